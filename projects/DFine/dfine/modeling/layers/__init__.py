@@ -1,0 +1,2 @@
+from .box_ops import *  # noqa: F401,F403
+from .common import *  # noqa: F401,F403

@@ -1,0 +1,76 @@
+"""Small building blocks shared by every backbone, encoder and decoder of the family."""
+import math
+
+import torch
+from torch import nn
+
+__all__ = ["get_activation", "MLP", "ConvNormLayer", "inverse_sigmoid", "bias_init_with_prob"]
+
+_ACTIVATIONS = {
+    "relu": nn.ReLU,
+    "silu": nn.SiLU,
+    "swish": nn.SiLU,
+    "gelu": nn.GELU,
+    "leaky_relu": nn.LeakyReLU,
+    "hardsigmoid": nn.Hardsigmoid,
+}
+
+
+def get_activation(act):
+    """Return an activation module from its name; ``None`` gives ``nn.Identity``.
+
+    A module passed in is returned unchanged, so constructors accept either form.
+    """
+    if act is None:
+        return nn.Identity()
+    if isinstance(act, nn.Module):
+        return act
+    try:
+        return _ACTIVATIONS[act.lower()]()
+    except KeyError:
+        raise ValueError(f"Unknown activation {act!r}; choose one of {sorted(_ACTIVATIONS)}") from None
+
+
+class MLP(nn.Module):
+    """``num_layers`` Linear layers with an activation between them (none after the last).
+
+    Parameter names (``layers.{i}.weight``) follow the official implementations.
+    """
+
+    def __init__(self, input_dim, hidden_dim, output_dim, num_layers, act="relu"):
+        super().__init__()
+        dims = [input_dim] + [hidden_dim] * (num_layers - 1) + [output_dim]
+        self.layers = nn.ModuleList(nn.Linear(i, o) for i, o in zip(dims[:-1], dims[1:]))
+        self.act = get_activation(act)
+
+    def forward(self, x):
+        for i, layer in enumerate(self.layers):
+            x = layer(x)
+            if i < len(self.layers) - 1:
+                x = self.act(x)
+        return x
+
+
+class ConvNormLayer(nn.Module):
+    """Conv2d (no bias by default) -> BatchNorm2d -> activation; 'same' padding for odd kernels."""
+
+    def __init__(self, ch_in, ch_out, kernel_size, stride, padding=None, bias=False, act=None, groups=1):
+        super().__init__()
+        padding = (kernel_size - 1) // 2 if padding is None else padding
+        self.conv = nn.Conv2d(ch_in, ch_out, kernel_size, stride, padding=padding, bias=bias, groups=groups)
+        self.norm = nn.BatchNorm2d(ch_out)
+        self.act = get_activation(act)
+
+    def forward(self, x):
+        return self.act(self.norm(self.conv(x)))
+
+
+def inverse_sigmoid(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """Logit of ``x`` clamped to [0, 1]; both ``x`` and ``1 - x`` are clipped at ``eps``."""
+    x = x.clip(min=0.0, max=1.0)
+    return torch.log(x.clip(min=eps) / (1 - x).clip(min=eps))
+
+
+def bias_init_with_prob(prior_prob: float = 0.01) -> float:
+    """Bias that makes a sigmoid output ``prior_prob`` at initialisation."""
+    return float(-math.log((1 - prior_prob) / prior_prob))
