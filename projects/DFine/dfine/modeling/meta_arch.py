@@ -1,0 +1,131 @@
+"""The Detectron2 meta-architecture shared by RT-DETRv2, D-FINE, DEIM and DEIMv2."""
+from typing import Dict, List
+
+import torch
+from torch import nn
+
+from detectron2.modeling import META_ARCH_REGISTRY
+from detectron2.structures import Boxes, ImageList, Instances
+
+from .layers.box_ops import box_cxcywh_to_xyxy, box_xyxy_to_cxcywh
+from .postprocess import topk_detections
+
+__all__ = ["RealTimeDETR"]
+
+
+@META_ARCH_REGISTRY.register()
+class RealTimeDETR(nn.Module):
+    """``backbone -> encoder -> decoder`` detector with a set criterion (the real-time DETR family).
+
+    Submodule names (``backbone``, ``encoder``, ``decoder``) are those of the official models, so
+    official state dicts and their regex parameter groups apply unchanged.
+
+    Input (Detectron2 contract): ``list[dict]`` with ``"image"`` (CHW uint8 tensor in
+    ``input_format``), optional ``"height"``/``"width"`` (original size), and in training
+    ``"instances"`` with ``gt_boxes`` (absolute XYXY in the given image) and ``gt_classes``
+    (contiguous ids ``0..num_classes-1``).
+
+    Training returns a dict of already-weighted losses. Inference returns
+    ``[{"instances": Instances(pred_boxes, scores, pred_classes)}]`` in original-image coordinates,
+    the top ``num_top_queries`` (query, class) pairs per image like the official post-processor
+    (no NMS; boxes are not clipped, so COCO AP equals the official evaluation), optionally
+    filtered by ``score_threshold`` for demos.
+    """
+
+    def __init__(
+        self,
+        *,
+        backbone: nn.Module,
+        encoder: nn.Module,
+        decoder: nn.Module,
+        criterion: nn.Module,
+        pixel_mean=(0.0, 0.0, 0.0),
+        pixel_std=(255.0, 255.0, 255.0),
+        input_format: str = "RGB",
+        size_divisibility: int = 32,
+        num_top_queries: int = 300,
+        score_threshold: float = 0.0,
+    ):
+        """
+        Args:
+            pixel_mean, pixel_std: per-channel normalisation in RGB order. The official weights
+                expect RGB in [0, 1] (mean 0, std 255); DINOv3 models add ImageNet statistics.
+            input_format: channel order of the incoming images, "RGB" or "BGR". The network
+                always sees RGB, the order all official weights were trained with.
+            size_divisibility: images of a batch are zero-padded (bottom/right) to a common size
+                divisible by this; fixed-size inputs (the official 640x640) are never padded.
+        """
+        super().__init__()
+        if input_format not in ("RGB", "BGR"):
+            raise ValueError(f"input_format must be 'RGB' or 'BGR', got {input_format!r}")
+        self.backbone = backbone
+        self.encoder = encoder
+        self.decoder = decoder
+        self.criterion = criterion
+        self.input_format = input_format
+        self.size_divisibility = size_divisibility
+        self.num_top_queries = num_top_queries
+        self.score_threshold = score_threshold
+        self.register_buffer("pixel_mean", torch.tensor(pixel_mean, dtype=torch.float32).view(-1, 1, 1), False)
+        self.register_buffer("pixel_std", torch.tensor(pixel_std, dtype=torch.float32).view(-1, 1, 1), False)
+
+    @property
+    def device(self) -> torch.device:
+        return self.pixel_mean.device
+
+    def preprocess_image(self, batched_inputs: List[Dict]) -> ImageList:
+        """Normalise and batch the images; the result is RGB, float, padded bottom/right."""
+        images = []
+        for x in batched_inputs:
+            image = x["image"].to(self.device, non_blocking=True)
+            if self.input_format == "BGR":
+                image = image.flip(0)
+            images.append((image.float() - self.pixel_mean) / self.pixel_std)
+        return ImageList.from_tensors(images, self.size_divisibility)
+
+    def forward(self, batched_inputs: List[Dict]):
+        images = self.preprocess_image(batched_inputs)
+        feats = self.encoder(self.backbone(images.tensor))
+        if self.training:
+            targets = self.prepare_targets(batched_inputs, images)
+            outputs = self.decoder(feats, targets)
+            return self.criterion(outputs, targets)
+        outputs = self.decoder(feats)
+        return self.postprocess(outputs, batched_inputs, images)
+
+    def prepare_targets(self, batched_inputs: List[Dict], images: ImageList) -> List[Dict]:
+        """Ground truth as the decoder and criterion expect it: labels and cxcywh boxes
+        normalised by the padded batch size (the frame in which the decoder predicts)."""
+        height, width = images.tensor.shape[-2:]
+        scale = torch.tensor([width, height, width, height], dtype=torch.float32, device=self.device)
+        targets = []
+        for x in batched_inputs:
+            instances = x["instances"].to(self.device)
+            boxes = instances.gt_boxes.tensor.float() / scale
+            targets.append({"labels": instances.gt_classes.long(), "boxes": box_xyxy_to_cxcywh(boxes)})
+        return targets
+
+    def postprocess(self, outputs: Dict, batched_inputs: List[Dict], images: ImageList) -> List[Dict]:
+        scores, labels, boxes = topk_detections(outputs["pred_logits"], outputs["pred_boxes"], self.num_top_queries)
+        height, width = images.tensor.shape[-2:]
+        boxes = box_cxcywh_to_xyxy(boxes) * boxes.new_tensor([width, height, width, height])
+        results = []
+        for i, (x, (input_h, input_w)) in enumerate(zip(batched_inputs, images.image_sizes)):
+            out_h, out_w = x.get("height", input_h), x.get("width", input_w)
+            image_boxes = boxes[i] * boxes.new_tensor([out_w / input_w, out_h / input_h] * 2)
+            instances = Instances((out_h, out_w))
+            instances.pred_boxes = Boxes(image_boxes)
+            instances.scores = scores[i]
+            instances.pred_classes = labels[i]
+            if self.score_threshold > 0:
+                instances = instances[instances.scores > self.score_threshold]
+            results.append({"instances": instances})
+        return results
+
+    def deploy(self) -> "RealTimeDETR":
+        """Switch to eval mode and fuse re-parameterisable blocks for inference and export."""
+        self.eval()
+        for part in (self.backbone, self.encoder, self.decoder):
+            if hasattr(part, "convert_to_deploy"):
+                part.convert_to_deploy()
+        return self

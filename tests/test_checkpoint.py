@@ -1,0 +1,51 @@
+"""Conversion of official checkpoints: a round trip and the errors on mismatch."""
+import pytest
+import torch
+from torch import nn
+
+from dfine.checkpoint import CheckpointMismatchError, convert_official_state_dict, extract_official_state_dict
+
+
+class _Tiny(nn.Module):
+    def __init__(self, width=4):
+        super().__init__()
+        self.backbone = nn.Sequential(nn.Conv2d(3, width, 3), nn.BatchNorm2d(width))
+        self.decoder = nn.Linear(width, 2)
+        self.decoder.register_buffer("anchors", torch.zeros(1, 5, 4))
+
+
+def test_round_trip_from_ema_module_and_model():
+    source = _Tiny()
+    for p in source.parameters():
+        nn.init.normal_(p)
+    official = {"ema": {"module": source.state_dict(), "updates": 7}, "model": {}, "date": "2024"}
+    target = _Tiny()
+    target.load_state_dict(convert_official_state_dict(extract_official_state_dict(official), target))
+    for k, v in source.state_dict().items():
+        assert torch.equal(target.state_dict()[k], v), k
+    # Without an EMA the raw model weights are used.
+    assert extract_official_state_dict({"model": source.state_dict()}).keys() == source.state_dict().keys()
+
+
+def test_derived_buffers_may_be_absent():
+    source, target = _Tiny(), _Tiny()
+    state = {k: v for k, v in source.state_dict().items() if not k.endswith(("anchors", "num_batches_tracked"))}
+    converted = convert_official_state_dict(state, target)
+    assert set(converted) == set(target.state_dict())
+
+
+def test_other_architecture_is_reported_in_full():
+    wider = _Tiny(width=8).state_dict()
+    wider["decoder.extra.weight"] = torch.zeros(1)
+    del wider["decoder.bias"]
+    with pytest.raises(CheckpointMismatchError) as info:
+        convert_official_state_dict(wider, _Tiny())
+    message = str(info.value)
+    assert "backbone.0.weight: checkpoint (8, 3, 3, 3) vs model (4, 3, 3, 3)" in message
+    assert "decoder.extra.weight" in message and "not in the model" in message
+    assert "decoder.bias" in message and "missing in the checkpoint" in message
+
+
+def test_not_a_checkpoint():
+    with pytest.raises(CheckpointMismatchError, match="ema.module"):
+        extract_official_state_dict({"optimizer": {}, "epoch": 3})

@@ -1,0 +1,51 @@
+#!/usr/bin/env python
+"""Convert an official RT-DETRv2 / D-FINE / DEIM / DEIMv2 checkpoint for one of our configs.
+
+    python tools/convert_official.py --config-file configs/rtdetrv2_r50.py rtdetrv2_r50vd_6x_coco_ema.pth out.pth
+    python train_net.py --config-file configs/rtdetrv2_r50.py --eval-only train.init_checkpoint=out.pth
+
+The weights are taken from ``ema.module`` (else ``model``) of the official file. The model built
+from the config must match the checkpoint key for key and shape for shape; otherwise the script
+stops and lists every difference (for example a checkpoint of another model size).
+"""
+import argparse
+import logging
+import pickle
+import sys
+
+import torch
+from detectron2.config import LazyConfig, instantiate
+
+from dfine.checkpoint.official import CheckpointMismatchError, convert_official_state_dict, extract_official_state_dict
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config-file", required=True, help="our LazyConfig of the same model")
+    parser.add_argument("official", help="official checkpoint (.pth)")
+    parser.add_argument("output", help="converted Detectron2 checkpoint (.pth)")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides, key=value")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+    cfg = LazyConfig.apply_overrides(LazyConfig.load(args.config_file), args.opts)
+    model = instantiate(cfg.model)
+    try:
+        checkpoint = torch.load(args.official, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        # Official training checkpoints also pickle scheduler objects (e.g. a Counter of
+        # milestones), which the safe loader refuses. Only convert files you trust.
+        logging.warning("%s holds more than tensors; loading it with full unpickling", args.official)
+        checkpoint = torch.load(args.official, map_location="cpu", weights_only=False)
+    try:
+        state_dict = convert_official_state_dict(extract_official_state_dict(checkpoint), model)
+    except CheckpointMismatchError as e:
+        sys.exit(f"{args.official} does not fit {args.config_file}:\n{e}")
+    model.load_state_dict(state_dict, strict=True)
+    torch.save({"model": state_dict, "__source__": f"converted from {args.official}"}, args.output)
+    print(f"Wrote {args.output}: {len(state_dict)} tensors, "
+          f"{sum(v.numel() for k, v in state_dict.items() if v.is_floating_point()):,} floating-point values.")
+
+
+if __name__ == "__main__":
+    main()
