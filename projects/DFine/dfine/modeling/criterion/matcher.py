@@ -1,0 +1,107 @@
+"""One-to-one Hungarian matching between the queries of one decoder output and the ground truth."""
+from typing import Dict, List, Tuple
+
+import torch
+from scipy.optimize import linear_sum_assignment
+from torch import nn
+
+from ..layers.box_ops import box_cxcywh_to_xyxy, generalized_box_iou
+
+__all__ = ["HungarianMatcher"]
+
+# scipy rejects a cost matrix holding NaN or -inf (and one whose +inf entries leave no assignment),
+# which would abort training over one bad pair: GIoU is 0/0 for two zero-size boxes at one point, and a
+# diverged prediction gives NaN/inf everywhere. Such pairs get a finite cost far above any real one
+# (boxes lie in [0, 1], so real costs stay below ~50): they are matched only when nothing else is left.
+_INVALID_COST = 1e6
+
+
+class HungarianMatcher(nn.Module):
+    """Minimum-cost one-to-one assignment of queries to ground-truth boxes, per image.
+
+    The cost of assigning query ``q`` to ground truth ``g`` is
+    ``cost_bbox * L1(box_q, box_g) + cost_class * class_cost + cost_giou * -GIoU(box_q, box_g)``
+    with L1 on normalised cxcywh boxes. The class cost is the focal-loss difference
+    ``alpha (1-p)^gamma (-log p) - (1-alpha) p^gamma (-log(1-p))`` of the sigmoid probability ``p`` of
+    the ground-truth class (``use_focal_loss=True``), or ``-softmax`` probability otherwise.
+    The matcher has no parameters and no gradient.
+    """
+
+    def __init__(
+        self,
+        weight_dict: Dict[str, float] = {"cost_class": 2, "cost_bbox": 5, "cost_giou": 2},  # noqa: B006 (never mutated)
+        use_focal_loss: bool = True,
+        alpha: float = 0.25,
+        gamma: float = 2.0,
+    ):
+        """
+        Args:
+            weight_dict: weights of the cost terms, keys ``cost_class``, ``cost_bbox``, ``cost_giou``.
+            use_focal_loss: sigmoid focal class cost (every official config) instead of softmax.
+            alpha, gamma: focal parameters of the class cost.
+        """
+        super().__init__()
+        self.cost_class = weight_dict["cost_class"]
+        self.cost_bbox = weight_dict["cost_bbox"]
+        self.cost_giou = weight_dict["cost_giou"]
+        if self.cost_class == 0 and self.cost_bbox == 0 and self.cost_giou == 0:
+            raise ValueError("HungarianMatcher needs at least one non-zero cost weight")
+        self.use_focal_loss = use_focal_loss
+        self.alpha = alpha
+        self.gamma = gamma
+
+    def cost_matrix(
+        self, logits: torch.Tensor, boxes: torch.Tensor, gt_labels: torch.Tensor, gt_boxes: torch.Tensor
+    ) -> torch.Tensor:
+        """Matching cost of every prediction against every ground truth.
+
+        Args:
+            logits: ``[N, C]`` class logits of N predictions.
+            boxes: ``[N, 4]`` predicted boxes, normalised cxcywh.
+            gt_labels: ``[M]`` int64 class ids in ``[0, C)``.
+            gt_boxes: ``[M, 4]`` ground-truth boxes, normalised cxcywh.
+
+        Returns:
+            ``[N, M]`` cost, lower is better.
+        """
+        if self.use_focal_loss:
+            prob = logits.sigmoid()[:, gt_labels]
+            neg_cost = (1 - self.alpha) * (prob**self.gamma) * (-(1 - prob + 1e-8).log())
+            pos_cost = self.alpha * ((1 - prob) ** self.gamma) * (-(prob + 1e-8).log())
+            cost_class = pos_cost - neg_cost
+        else:
+            cost_class = -logits.softmax(-1)[:, gt_labels]
+        cost_bbox = torch.cdist(boxes, gt_boxes, p=1)
+        cost_giou = -generalized_box_iou(box_cxcywh_to_xyxy(boxes), box_cxcywh_to_xyxy(gt_boxes))
+        return self.cost_bbox * cost_bbox + self.cost_class * cost_class + self.cost_giou * cost_giou
+
+    @torch.no_grad()
+    def forward(
+        self, outputs: Dict[str, torch.Tensor], targets: List[Dict[str, torch.Tensor]]
+    ) -> List[Tuple[torch.Tensor, torch.Tensor]]:
+        """
+        Args:
+            outputs: ``"pred_logits"`` ``[B, Q, C]`` and ``"pred_boxes"`` ``[B, Q, 4]`` (normalised cxcywh).
+            targets: B dicts with ``"labels"`` ``[G_i]`` int64 and ``"boxes"`` ``[G_i, 4]`` (normalised cxcywh).
+
+        Returns:
+            B pairs ``(query_idx, gt_idx)`` of int64 CPU tensors of length ``min(Q, G_i)``: query
+            ``query_idx[k]`` of image i is matched to its ground truth ``gt_idx[k]``. Images without
+            ground truth give two empty tensors.
+        """
+        batch_size, num_queries = outputs["pred_logits"].shape[:2]
+        sizes = [len(t["boxes"]) for t in targets]
+        cost = self.cost_matrix(
+            outputs["pred_logits"].flatten(0, 1),
+            outputs["pred_boxes"].flatten(0, 1),
+            torch.cat([t["labels"] for t in targets]),
+            torch.cat([t["boxes"] for t in targets]),
+        )
+        # One transfer for the whole batch; scipy needs the costs on the host anyway.
+        cost = cost.view(batch_size, num_queries, sum(sizes)).cpu()
+        cost = torch.nan_to_num(cost, nan=_INVALID_COST, posinf=_INVALID_COST, neginf=_INVALID_COST)
+        indices = []
+        for i, image_cost in enumerate(cost.split(sizes, dim=-1)):
+            query_idx, gt_idx = linear_sum_assignment(image_cost[i])
+            indices.append((torch.as_tensor(query_idx, dtype=torch.int64), torch.as_tensor(gt_idx, dtype=torch.int64)))
+        return indices

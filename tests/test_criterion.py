@@ -1,0 +1,460 @@
+"""Hungarian matcher, loss functions and the RT-DETRv2 criterion."""
+import itertools
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from dfine.modeling.criterion import (
+    HungarianMatcher,
+    RTDETRCriterion,
+    focal_loss,
+    giou_box_loss,
+    l1_box_loss,
+    varifocal_loss,
+)
+
+UNIT_WEIGHTS = {"loss_vfl": 1, "loss_bbox": 1, "loss_giou": 1}
+
+# Toy problem of official-implementations.md §8 items 15 and 17: two queries, three classes, one
+# ground truth (class 1), matched to query 0.
+TOY_LOGITS = [[[0.0, 1.0, -1.0], [2.0, -2.0, 0.5]]]
+TOY_BOXES = [[[0.5, 0.5, 0.2, 0.2], [0.3, 0.3, 0.1, 0.2]]]
+TOY_GT_BOX = [[0.52, 0.5, 0.2, 0.25]]
+
+
+def _toy():
+    outputs = {
+        "pred_logits": torch.tensor(TOY_LOGITS, requires_grad=True),
+        "pred_boxes": torch.tensor(TOY_BOXES, requires_grad=True),
+    }
+    targets = [{"labels": torch.tensor([1]), "boxes": torch.tensor(TOY_GT_BOX)}]
+    return outputs, targets
+
+
+class _FixedMatcher(nn.Module):
+    """Returns given indices, to test the criterion's bookkeeping without the assignment."""
+
+    def __init__(self, indices):
+        super().__init__()
+        self.indices = indices
+
+    def forward(self, outputs, targets):
+        return self.indices
+
+
+def _random_boxes(generator, *shape):
+    """Valid normalised cxcywh boxes: centres in [0.3, 0.7], sizes in [0.05, 0.35]."""
+    centres = 0.3 + 0.4 * torch.rand(*shape, 2, generator=generator)
+    sizes = 0.05 + 0.3 * torch.rand(*shape, 2, generator=generator)
+    return torch.cat([centres, sizes], dim=-1)
+
+
+def _random_problem(seed, sizes, num_queries=6, num_classes=4, num_aux=1, num_enc=1, num_dn=2, num_groups=2):
+    """Decoder training outputs in the official RT-DETRv2 layout, with CDN bookkeeping as the
+    official denoising builds it: group g of image i has its positives at ``g * 2 * max_gt + j``."""
+    g = torch.Generator().manual_seed(seed)
+    batch = len(sizes)
+
+    def head(queries):
+        return {
+            "pred_logits": torch.randn(batch, queries, num_classes, generator=g).requires_grad_(),
+            "pred_boxes": _random_boxes(g, batch, queries).requires_grad_(),
+        }
+
+    max_gt = max(max(sizes), 1)
+    num_dn_queries = 2 * max_gt * num_groups
+    outputs = head(num_queries)
+    outputs["aux_outputs"] = [head(num_queries) for _ in range(num_aux)]
+    outputs["enc_aux_outputs"] = [head(num_queries) for _ in range(num_enc)]
+    outputs["dn_aux_outputs"] = [head(num_dn_queries) for _ in range(num_dn)]
+    positive = [
+        torch.tensor([k * 2 * max_gt + j for k in range(num_groups) for j in range(n)], dtype=torch.int64)
+        for n in sizes
+    ]
+    outputs["dn_meta"] = {
+        "dn_positive_idx": positive,
+        "dn_num_group": num_groups,
+        "dn_num_split": [num_dn_queries, num_queries],
+    }
+    targets = [
+        {"labels": torch.randint(0, num_classes, (n,), generator=g), "boxes": _random_boxes(g, n)} for n in sizes
+    ]
+    return outputs, targets
+
+
+def _expected_keys(num_aux, num_dn, num_enc):
+    per_output = ["loss_vfl", "loss_bbox", "loss_giou"]
+    suffixes = (
+        [""]
+        + [f"_aux_{i}" for i in range(num_aux)]
+        + [f"_dn_{i}" for i in range(num_dn)]
+        + [f"_enc_{i}" for i in range(num_enc)]
+    )
+    return [k + s for s in suffixes for k in per_output]
+
+
+# ---------------------------------------------------------------- loss functions
+
+
+def test_varifocal_and_box_losses_match_official_toy_values():
+    """Reference values from official-implementations.md §8 items 15 and 17 (official
+    ``loss_labels_vfl`` / ``loss_boxes`` of RT-DETRv2, alpha 0.75, gamma 2, num_boxes 1)."""
+    logits = torch.tensor(TOY_LOGITS)
+    boxes, gt_boxes = torch.tensor(TOY_BOXES)[0, :1], torch.tensor(TOY_GT_BOX)
+    one_hot = torch.zeros_like(logits)
+    one_hot[0, 0, 1] = 1
+    quality = torch.zeros(1, 2)
+    # IoU of (.4,.4,.6,.6) with (.42,.375,.62,.625): intersection .036, union .054.
+    quality[0, 0] = 2 / 3
+    assert varifocal_loss(logits, one_hot, quality, 1.0, alpha=0.75, gamma=2.0).item() == pytest.approx(
+        2.099992, abs=1e-6
+    )
+    assert l1_box_loss(boxes, gt_boxes, 1.0).item() == pytest.approx(0.070000, abs=1e-6)
+    assert giou_box_loss(boxes, gt_boxes, 1.0).item() == pytest.approx(0.351515, abs=1e-6)
+    # The normaliser divides every loss.
+    assert l1_box_loss(boxes, gt_boxes, torch.tensor(4.0)).item() == pytest.approx(0.0175, abs=1e-7)
+
+
+def test_varifocal_loss_weights():
+    """A matched class with IoU 0 contributes nothing; negatives are weighted alpha * p^gamma."""
+    logits = torch.tensor([[[0.3, -0.4]]])
+    one_hot = torch.tensor([[[1.0, 0.0]]])
+    p = torch.sigmoid(torch.tensor(-0.4))
+    negative_only = 0.75 * p**2 * -torch.log(1 - p)
+    assert varifocal_loss(logits, one_hot, torch.zeros(1, 1), 1.0).item() == pytest.approx(
+        negative_only.item(), rel=1e-6
+    )
+
+
+def test_focal_loss_formula():
+    logits, one_hot = torch.tensor(TOY_LOGITS), torch.tensor([[[0.0, 1.0, 0.0], [0.0, 0.0, 0.0]]])
+    p = logits.sigmoid()
+    p_t = torch.where(one_hot > 0, p, 1 - p)
+    alpha_t = torch.where(one_hot > 0, 0.25, 0.75)
+    expected = (-alpha_t * (1 - p_t) ** 2 * p_t.log()).sum() / 2.0
+    assert focal_loss(logits, one_hot, 2.0, alpha=0.25, gamma=2.0).item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+# ---------------------------------------------------------------- matcher
+
+
+def test_matcher_cost_matrix_hand_computed():
+    """Focal class cost at p = 0.5: alpha (1-p)^2 log 2 - (1-alpha) p^2 log 2 = -0.125 log 2;
+    L1 of the toy pair: 0.02 + 0.05; GIoU: 2/3 - (0.055 - 0.054) / 0.055 (enclosing box 0.22 x 0.25)."""
+    matcher = HungarianMatcher({"cost_class": 2, "cost_bbox": 5, "cost_giou": 2}, alpha=0.25, gamma=2.0)
+    cost = matcher.cost_matrix(
+        torch.tensor([[0.0]]), torch.tensor([[0.5, 0.5, 0.2, 0.2]]), torch.tensor([0]), torch.tensor(TOY_GT_BOX)
+    )
+    giou = 2 / 3 - 0.001 / 0.055
+    expected = 5 * 0.07 + 2 * (-0.125 * math.log(2)) + 2 * -giou
+    assert cost.shape == (1, 1)
+    assert cost.item() == pytest.approx(expected, abs=1e-6)
+    softmax_matcher = HungarianMatcher({"cost_class": 1, "cost_bbox": 0, "cost_giou": 0}, use_focal_loss=False)
+    cost = softmax_matcher.cost_matrix(
+        torch.tensor([[0.0, math.log(3.0)]]), torch.zeros(1, 4) + 0.5, torch.tensor([1]), torch.zeros(1, 4) + 0.5
+    )
+    assert cost.item() == pytest.approx(-0.75, abs=1e-6)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_matcher_finds_the_minimum_cost_assignment(seed):
+    """Compared with brute-force enumeration of every injective assignment of GTs to queries."""
+    g = torch.Generator().manual_seed(seed)
+    num_queries, sizes = 5, [3, 0, 4, 1]
+    outputs = {
+        "pred_logits": torch.randn(len(sizes), num_queries, 3, generator=g),
+        "pred_boxes": _random_boxes(g, len(sizes), num_queries),
+    }
+    targets = [{"labels": torch.randint(0, 3, (n,), generator=g), "boxes": _random_boxes(g, n)} for n in sizes]
+    matcher = HungarianMatcher()
+    indices = matcher(outputs, targets)
+    assert len(indices) == len(sizes)
+    for i, ((query_idx, gt_idx), target) in enumerate(zip(indices, targets)):
+        assert query_idx.dtype == gt_idx.dtype == torch.int64
+        assert query_idx.device.type == gt_idx.device.type == "cpu"
+        n = len(target["labels"])
+        assert len(query_idx) == len(gt_idx) == n
+        if n == 0:
+            continue
+        cost = matcher.cost_matrix(
+            outputs["pred_logits"][i], outputs["pred_boxes"][i], target["labels"], target["boxes"]
+        ).double()
+        assert sorted(gt_idx.tolist()) == list(range(n)) and len(set(query_idx.tolist())) == n
+        best = min(
+            sum(cost[q, j] for j, q in enumerate(queries)) for queries in itertools.permutations(range(num_queries), n)
+        )
+        assert cost[query_idx, gt_idx].sum().item() == pytest.approx(best.item(), abs=1e-9)
+
+
+def test_matcher_survives_non_finite_costs():
+    """A NaN prediction must not abort the assignment, and is not matched while valid queries remain."""
+    outputs = {
+        "pred_logits": torch.zeros(1, 3, 2),
+        "pred_boxes": torch.tensor([[[0.5, 0.5, 0.2, 0.2], [float("nan")] * 4, [0.3, 0.3, 0.2, 0.2]]]),
+    }
+    targets = [{"labels": torch.tensor([0, 1]), "boxes": torch.tensor([[0.5, 0.5, 0.2, 0.2], [0.3, 0.3, 0.2, 0.2]])}]
+    ((query_idx, gt_idx),) = HungarianMatcher()(outputs, targets)
+    assert dict(zip(gt_idx.tolist(), query_idx.tolist())) == {0: 0, 1: 2}
+
+
+def test_matcher_all_images_empty():
+    outputs = {"pred_logits": torch.zeros(2, 3, 2), "pred_boxes": torch.full((2, 3, 4), 0.5)}
+    targets = [{"labels": torch.zeros(0, dtype=torch.int64), "boxes": torch.zeros(0, 4)}] * 2
+    for query_idx, gt_idx in HungarianMatcher()(outputs, targets):
+        assert query_idx.shape == gt_idx.shape == (0,)
+
+
+# ---------------------------------------------------------------- criterion
+
+
+def test_criterion_toy_values_and_weighting():
+    """Same §8 toy through the criterion: the matcher pairs query 0 with the GT, num_boxes = 1."""
+    outputs, targets = _toy()
+    unweighted = RTDETRCriterion(HungarianMatcher(), UNIT_WEIGHTS, num_classes=3)(outputs, targets)
+    assert list(unweighted) == ["loss_vfl", "loss_bbox", "loss_giou"]
+    assert unweighted["loss_vfl"].item() == pytest.approx(2.099992, abs=1e-6)
+    assert unweighted["loss_bbox"].item() == pytest.approx(0.070000, abs=1e-6)
+    assert unweighted["loss_giou"].item() == pytest.approx(0.351515, abs=1e-6)
+    weights = {"loss_vfl": 1.5, "loss_bbox": 5, "loss_giou": 2}
+    weighted = RTDETRCriterion(HungarianMatcher(), weights, num_classes=3)(outputs, targets)
+    for key, weight in weights.items():
+        assert weighted[key].item() == pytest.approx(weight * unweighted[key].item(), rel=1e-6)
+    focal = RTDETRCriterion(HungarianMatcher(), {"loss_focal": 1}, losses=("focal",), num_classes=3)(outputs, targets)
+    assert list(focal) == ["loss_focal"] and focal["loss_focal"] > 0
+
+
+def test_criterion_key_set_and_order():
+    outputs, targets = _random_problem(0, [2, 1], num_aux=2, num_enc=1, num_dn=3)
+    losses = RTDETRCriterion(HungarianMatcher(), num_classes=4)(outputs, targets)
+    # Official insertion order (main, aux, dn, enc): summing the dict adds terms in the same order.
+    assert list(losses) == _expected_keys(num_aux=2, num_dn=3, num_enc=1)
+    assert all(v.dim() == 0 and torch.isfinite(v) for v in losses.values())
+
+    del outputs["dn_aux_outputs"], outputs["dn_meta"], outputs["enc_aux_outputs"]
+    losses = RTDETRCriterion(HungarianMatcher(), num_classes=4)(outputs, targets)
+    assert list(losses) == _expected_keys(num_aux=2, num_dn=0, num_enc=0)
+
+
+# Computed by running the official RT-DETRv2 ``RTDETRCriterionv2`` (rtdetrv2_criterion.py, matcher.py:
+# focal matcher costs 2/5/2, alpha 0.75, gamma 2, weights vfl 1 / bbox 5 / giou 2) on
+# ``_formula_problem()``; our criterion agreed bit for bit, gradients included.
+OFFICIAL_FORMULA_LOSSES = {
+    "loss_vfl": 2.965806,
+    "loss_bbox": 2.078555,
+    "loss_giou": 2.013364,
+    "loss_vfl_aux_0": 3.120649,
+    "loss_bbox_aux_0": 1.694538,
+    "loss_giou_aux_0": 1.706003,
+    "loss_vfl_dn_0": 2.594948,
+    "loss_bbox_dn_0": 2.426231,
+    "loss_giou_dn_0": 2.113436,
+    "loss_vfl_dn_1": 2.861844,
+    "loss_bbox_dn_1": 2.228207,
+    "loss_giou_dn_1": 1.90038,
+    "loss_vfl_enc_0": 3.317782,
+    "loss_bbox_enc_0": 1.772289,
+    "loss_giou_enc_0": 2.028227,
+}
+
+
+def _formula_problem():
+    """RNG-free inputs (reproducible on any torch version): 2 images with 2 and 1 GTs, 5 queries,
+    3 classes, one aux layer, one encoder output, two denoising layers with 2 groups (max_gt 2)."""
+
+    def head(phase, queries):
+        k = torch.arange(2 * queries * 3, dtype=torch.float32)
+        j = torch.arange(2 * queries * 4, dtype=torch.float32).view(2, queries, 4)
+        return {
+            "pred_logits": (2 * torch.sin(1.7 * k + phase)).view(2, queries, 3).requires_grad_(),
+            "pred_boxes": (
+                torch.tensor([0.5, 0.5, 0.3, 0.3]) + torch.tensor([0.2, 0.2, 0.15, 0.15]) * torch.cos(0.9 * j + phase)
+            ).requires_grad_(),
+        }
+
+    outputs = head(0.0, 5)
+    outputs["aux_outputs"] = [head(1.0, 5)]
+    outputs["enc_aux_outputs"] = [head(2.0, 5)]
+    outputs["dn_aux_outputs"] = [head(3.0, 8), head(4.0, 8)]
+    outputs["dn_meta"] = {
+        "dn_positive_idx": [torch.tensor([0, 1, 4, 5]), torch.tensor([0, 4])],
+        "dn_num_group": 2,
+        "dn_num_split": [8, 5],
+    }
+    targets = [
+        {"labels": torch.tensor([2, 0]), "boxes": torch.tensor([[0.45, 0.55, 0.3, 0.25], [0.6, 0.4, 0.2, 0.35]])},
+        {"labels": torch.tensor([1]), "boxes": torch.tensor([[0.5, 0.5, 0.4, 0.3]])},
+    ]
+    return outputs, targets
+
+
+def test_criterion_matches_official_loss_dict():
+    outputs, targets = _formula_problem()
+    losses = RTDETRCriterion(HungarianMatcher(), num_classes=3)(outputs, targets)
+    assert list(losses) == list(OFFICIAL_FORMULA_LOSSES)
+    for key, value in OFFICIAL_FORMULA_LOSSES.items():
+        assert losses[key].item() == pytest.approx(value, rel=1e-5, abs=1e-6), key
+
+
+def test_denoising_pairs_and_normaliser():
+    """Positive DN query ``g * 2 * max_gt + j`` is supervised with GT j of its image, normalised by
+    ``num_boxes * dn_num_group``: boxes equal to their GT shifted by 0.01 in cx give L1 0.01 exactly,
+    whatever the other (negative, padding) queries hold."""
+    sizes, groups = [2, 0, 3], 2
+    outputs, targets = _random_problem(1, sizes, num_groups=groups)
+    dn = outputs["dn_aux_outputs"][0]
+    with torch.no_grad():
+        for i, positive in enumerate(outputs["dn_meta"]["dn_positive_idx"]):
+            gt_of_query = torch.arange(sizes[i]).repeat(groups)
+            dn["pred_boxes"][i, positive] = targets[i]["boxes"][gt_of_query] + torch.tensor([0.01, 0, 0, 0])
+    losses = RTDETRCriterion(HungarianMatcher(), UNIT_WEIGHTS, num_classes=4)(outputs, targets)
+    assert losses["loss_bbox_dn_0"].item() == pytest.approx(0.01, abs=1e-6)
+    # Each group repeats the same pairs, so the GIoU loss is the per-GT mean.
+    gt_boxes = torch.cat([t["boxes"] for t in targets])
+    expected_giou = giou_box_loss(gt_boxes + torch.tensor([0.01, 0, 0, 0]), gt_boxes, float(sum(sizes)))
+    assert losses["loss_giou_dn_0"].item() == pytest.approx(expected_giou.item(), rel=1e-5)
+    assert losses["loss_bbox_dn_1"].item() > 0.05
+
+    outputs["dn_meta"]["dn_positive_idx"][0] = outputs["dn_meta"]["dn_positive_idx"][0][:-1]
+    with pytest.raises(ValueError, match="dn_positive_idx"):
+        RTDETRCriterion(HungarianMatcher(), num_classes=4)(outputs, targets)
+
+
+def test_empty_ground_truth_batch_keeps_keys_and_graph():
+    """Every rank must return the same keys, connected to the graph, or DDP hangs. RT-DETRv2's CDN
+    gives a batch without GT one dummy group without positives (official denoising.py)."""
+    outputs, targets = _random_problem(2, [0, 0], num_aux=1, num_enc=1, num_dn=2, num_groups=1)
+    assert all(len(p) == 0 for p in outputs["dn_meta"]["dn_positive_idx"])
+    losses = RTDETRCriterion(HungarianMatcher(), num_classes=4)(outputs, targets)
+    assert list(losses) == _expected_keys(num_aux=1, num_dn=2, num_enc=1)
+    for key, value in losses.items():
+        assert torch.isfinite(value), key
+        assert value.requires_grad, key
+        if "loss_bbox" in key or "loss_giou" in key:
+            assert value.item() == 0, key
+    sum(losses.values()).backward()
+    for head in [outputs, *outputs["aux_outputs"], *outputs["dn_aux_outputs"], *outputs["enc_aux_outputs"]]:
+        assert torch.isfinite(head["pred_logits"].grad).all() and head["pred_logits"].grad.abs().sum() > 0
+        assert head["pred_boxes"].grad is not None and torch.all(head["pred_boxes"].grad == 0)
+
+
+def test_invariant_to_batch_order():
+    sizes = [2, 0, 3]
+    outputs, targets = _random_problem(3, sizes)
+    criterion = RTDETRCriterion(HungarianMatcher(), num_classes=4)
+    reference = criterion(outputs, targets)
+
+    order = [2, 0, 1]
+
+    def permute(head):
+        return {"pred_logits": head["pred_logits"][order], "pred_boxes": head["pred_boxes"][order]}
+
+    permuted = permute(outputs)
+    for key in ("aux_outputs", "enc_aux_outputs", "dn_aux_outputs"):
+        permuted[key] = [permute(h) for h in outputs[key]]
+    permuted["dn_meta"] = dict(
+        outputs["dn_meta"], dn_positive_idx=[outputs["dn_meta"]["dn_positive_idx"][i] for i in order]
+    )
+    losses = criterion(permuted, [targets[i] for i in order])
+    assert list(losses) == list(reference)
+    for key in reference:
+        assert losses[key].item() == pytest.approx(reference[key].item(), rel=1e-5), key
+
+
+def test_class_agnostic_encoder_output():
+    """With ``enc_meta["class_agnostic"]`` the single-class encoder output is matched and supervised
+    as if every GT had class 0, like a 1-class criterion on that output alone."""
+    outputs, targets = _random_problem(4, [2, 3], num_aux=0, num_dn=0)
+    del outputs["dn_aux_outputs"], outputs["dn_meta"]
+    enc = outputs["enc_aux_outputs"][0]
+    enc["pred_logits"] = enc["pred_logits"][..., :1].detach()
+    outputs["enc_meta"] = {"class_agnostic": True}
+    losses = RTDETRCriterion(HungarianMatcher(), num_classes=4)(outputs, targets)
+    agnostic_targets = [{"labels": torch.zeros_like(t["labels"]), "boxes": t["boxes"]} for t in targets]
+    alone = RTDETRCriterion(HungarianMatcher(), num_classes=1)(enc, agnostic_targets)
+    for key, value in alone.items():
+        assert losses[key + "_enc_0"].item() == pytest.approx(value.item(), rel=1e-6), key
+
+
+def test_num_boxes_is_clamped_and_stays_on_device():
+    num_boxes = RTDETRCriterion._num_boxes(0, torch.device("cpu"))
+    assert isinstance(num_boxes, torch.Tensor) and num_boxes.dim() == 0 and num_boxes.item() == 1
+    assert RTDETRCriterion._num_boxes(7, torch.device("cpu")).item() == 7
+
+
+def test_loss_path_never_reads_tensors_on_the_host(monkeypatch):
+    """Apart from the matcher (scipy), the criterion must not synchronise with the device."""
+    outputs, targets = _random_problem(5, [2, 1])
+    matcher = _FixedMatcher(HungarianMatcher()(outputs, targets))
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("host synchronisation in the loss path")
+
+    for name in ("item", "tolist", "__bool__", "__float__", "__int__", "cpu", "numpy"):
+        monkeypatch.setattr(torch.Tensor, name, forbidden)
+    losses = RTDETRCriterion(matcher, num_classes=4)(outputs, targets)
+    monkeypatch.undo()
+    assert len(losses) == len(_expected_keys(num_aux=1, num_dn=2, num_enc=1))
+
+
+def test_configuration_errors():
+    with pytest.raises(ValueError, match="Unknown loss"):
+        RTDETRCriterion(HungarianMatcher(), losses=("vfl", "mal_typo"))
+    with pytest.raises(ValueError, match="non-zero"):
+        HungarianMatcher({"cost_class": 0, "cost_bbox": 0, "cost_giou": 0})
+    outputs, targets = _toy()
+    with pytest.raises(ValueError, match="classes"):
+        RTDETRCriterion(HungarianMatcher(), num_classes=80)(outputs, targets)
+    with pytest.raises(KeyError, match="loss_giou"):
+        RTDETRCriterion(HungarianMatcher(), {"loss_vfl": 1, "loss_bbox": 5}, num_classes=3)(outputs, targets)
+
+
+class _TwoHeads(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.cls = nn.Linear(8, 3)
+        self.box = nn.Linear(8, 4)
+
+    def forward(self, features):
+        return {"pred_logits": self.cls(features), "pred_boxes": self.box(features).sigmoid()}
+
+
+def _ddp_worker(rank, init_file, result_file):
+    import datetime
+
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    dist.init_process_group(
+        "gloo", init_method=f"file://{init_file}", rank=rank, world_size=2, timeout=datetime.timedelta(seconds=60)
+    )
+    try:
+        torch.manual_seed(0)
+        # Separate class and box heads: if the box losses of the rank without GT were missing or
+        # detached, the box head would get no gradient there and DDP would fail.
+        head = DistributedDataParallel(_TwoHeads())
+        # Rank 0 sees 3 ground-truth boxes, rank 1 none: num_boxes must be their mean, 1.5, on both.
+        sizes = [2, 1] if rank == 0 else [0, 0]
+        _, targets = _random_problem(rank, sizes, num_classes=3)
+        features = torch.randn(2, 6, 8, generator=torch.Generator().manual_seed(rank))
+        criterion = RTDETRCriterion(HungarianMatcher(), num_classes=3)
+        for _ in range(2):  # a parameter left without gradient would make DDP fail on the second step
+            losses = criterion(head(features), targets)
+            sum(losses.values()).backward()
+        num_boxes = RTDETRCriterion._num_boxes(sum(sizes), torch.device("cpu"))
+        if rank == 1:
+            torch.save({"keys": list(losses), "num_boxes": num_boxes.item()}, result_file)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_distributed_num_boxes_and_empty_rank(tmp_path):
+    """Two gloo processes under DDP, one without ground truth: same keys, averaged num_boxes, no hang."""
+    import torch.multiprocessing as mp
+
+    result_file = tmp_path / "rank1.pt"
+    mp.spawn(_ddp_worker, args=(str(tmp_path / "init"), str(result_file)), nprocs=2)
+    result = torch.load(result_file)
+    assert result["keys"] == ["loss_vfl", "loss_bbox", "loss_giou"]
+    assert result["num_boxes"] == 1.5
