@@ -1,0 +1,1 @@
+from .presnet import PResNet  # noqa: F401

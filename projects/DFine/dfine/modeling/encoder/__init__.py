@@ -1,0 +1,1 @@
+from .hybrid_encoder import HybridEncoder  # noqa: F401

@@ -1,0 +1,218 @@
+"""Hybrid encoder of RT-DETR: AIFI (intra-scale attention on the coarsest level) + CCFF (cross-scale fusion).
+
+The CCFF blocks differ between the papers; ``version`` selects them, so every paper shares this
+one encoder. Parameter names follow the official modules so official checkpoints load unchanged.
+"""
+from collections import OrderedDict
+from typing import List, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..layers.common import ConvNormLayer, get_activation
+
+__all__ = ["HybridEncoder", "RepVggBlock", "CSPRepLayer", "build_2d_sincos_position_embedding"]
+
+
+def _fuse_conv_norm(layer: ConvNormLayer):
+    """(kernel, bias) of the conv + BatchNorm pair of ``layer`` folded into one conv."""
+    norm = layer.norm
+    scale = norm.weight / (norm.running_var + norm.eps).sqrt()
+    bias = norm.bias - norm.running_mean * scale
+    if layer.conv.bias is not None:
+        bias = bias + layer.conv.bias * scale
+    return layer.conv.weight * scale.reshape(-1, 1, 1, 1), bias
+
+
+class RepVggBlock(nn.Module):
+    """``act(BN(conv3x3(x)) + BN(conv1x1(x)))``; ``convert_to_deploy`` folds it into one 3x3 conv."""
+
+    def __init__(self, ch_in, ch_out, act="relu"):
+        super().__init__()
+        self.conv1 = ConvNormLayer(ch_in, ch_out, 3, 1, padding=1)
+        self.conv2 = ConvNormLayer(ch_in, ch_out, 1, 1, padding=0)
+        self.act = get_activation(act)
+
+    def forward(self, x):
+        if hasattr(self, "conv"):
+            return self.act(self.conv(x))
+        return self.act(self.conv1(x) + self.conv2(x))
+
+    @torch.no_grad()
+    def convert_to_deploy(self):
+        if hasattr(self, "conv"):
+            return
+        kernel3, bias3 = _fuse_conv_norm(self.conv1)
+        kernel1, bias1 = _fuse_conv_norm(self.conv2)
+        self.conv = nn.Conv2d(kernel3.shape[1], kernel3.shape[0], 3, 1, padding=1).to(kernel3)
+        self.conv.weight.copy_(kernel3 + F.pad(kernel1, [1, 1, 1, 1]))
+        self.conv.bias.copy_(bias3 + bias1)
+        del self.conv1, self.conv2
+
+
+class CSPRepLayer(nn.Module):
+    """CSP block of RT-DETR's CCFF: ``conv3(RepVGG^n(conv1(x)) + conv2(x))``."""
+
+    def __init__(self, in_channels, out_channels, num_blocks=3, expansion=1.0, act="silu"):
+        super().__init__()
+        hidden = int(out_channels * expansion)
+        self.conv1 = ConvNormLayer(in_channels, hidden, 1, 1, act=act)
+        self.conv2 = ConvNormLayer(in_channels, hidden, 1, 1, act=act)
+        self.bottlenecks = nn.Sequential(*[RepVggBlock(hidden, hidden, act=act) for _ in range(num_blocks)])
+        self.conv3 = ConvNormLayer(hidden, out_channels, 1, 1, act=act) if hidden != out_channels else nn.Identity()
+
+    def forward(self, x):
+        return self.conv3(self.bottlenecks(self.conv1(x)) + self.conv2(x))
+
+
+class TransformerEncoderLayer(nn.Module):
+    """Post-norm transformer encoder layer (AIFI); the position embedding is added to queries and keys."""
+
+    def __init__(self, d_model, nhead, dim_feedforward=2048, dropout=0.1, activation="relu"):
+        super().__init__()
+        self.self_attn = nn.MultiheadAttention(d_model, nhead, dropout, batch_first=True)
+        self.linear1 = nn.Linear(d_model, dim_feedforward)
+        self.dropout = nn.Dropout(dropout)
+        self.linear2 = nn.Linear(dim_feedforward, d_model)
+        self.norm1 = nn.LayerNorm(d_model)
+        self.norm2 = nn.LayerNorm(d_model)
+        self.dropout1 = nn.Dropout(dropout)
+        self.dropout2 = nn.Dropout(dropout)
+        self.activation = get_activation(activation)
+
+    def forward(self, src, pos_embed=None):
+        q = k = src if pos_embed is None else src + pos_embed
+        attn = self.self_attn(q, k, value=src, need_weights=False)[0]
+        src = self.norm1(src + self.dropout1(attn))
+        ffn = self.linear2(self.dropout(self.activation(self.linear1(src))))
+        return self.norm2(src + self.dropout2(ffn))
+
+
+class TransformerEncoder(nn.Module):
+    def __init__(self, num_layers, **layer_kwargs):
+        super().__init__()
+        self.layers = nn.ModuleList(TransformerEncoderLayer(**layer_kwargs) for _ in range(num_layers))
+
+    def forward(self, src, pos_embed=None):
+        for layer in self.layers:
+            src = layer(src, pos_embed=pos_embed)
+        return src
+
+
+def build_2d_sincos_position_embedding(w: int, h: int, embed_dim: int = 256, temperature: float = 10000.0):
+    """2-D sin-cos embedding ``[1, w*h, embed_dim]`` in the official layout.
+
+    Rows are ordered w-major (row ``= x * h + y``) while the flattened feature map is h-major
+    (``y * w + x``): on square maps the "x" channels therefore encode the row. The official
+    weights were trained with this layout, so it is kept as is.
+    """
+    if embed_dim % 4:
+        raise ValueError(f"embed_dim must be divisible by 4 for the 2-D sin-cos embedding, got {embed_dim}")
+    grid_w, grid_h = torch.meshgrid(torch.arange(int(w), dtype=torch.float32),
+                                    torch.arange(int(h), dtype=torch.float32), indexing="ij")
+    pos_dim = embed_dim // 4
+    omega = 1.0 / temperature ** (torch.arange(pos_dim, dtype=torch.float32) / pos_dim)
+    out_w = grid_w.flatten()[:, None] @ omega[None]
+    out_h = grid_h.flatten()[:, None] @ omega[None]
+    return torch.cat([out_w.sin(), out_w.cos(), out_h.sin(), out_h.cos()], dim=1)[None]
+
+
+def _rt_detrv2_blocks(hidden_dim, expansion, depth_mult, act):
+    """CCFF parts of RT-DETR/RT-DETRv2: activated lateral/down-sampling convs and CSPRep fusion."""
+    return {
+        "lateral": lambda: ConvNormLayer(hidden_dim, hidden_dim, 1, 1, act=act),
+        "downsample": lambda: ConvNormLayer(hidden_dim, hidden_dim, 3, 2, act=act),
+        "fusion": lambda: CSPRepLayer(hidden_dim * 2, hidden_dim, round(3 * depth_mult), expansion=expansion, act=act),
+    }
+
+
+# CCFF variants by ``version``; each maps to builders of its lateral, down-sampling and fusion blocks.
+CCFF_VERSIONS = {"rt_detrv2": _rt_detrv2_blocks}
+
+
+class HybridEncoder(nn.Module):
+    """AIFI on the levels in ``use_encoder_idx``, then top-down FPN and bottom-up PAN fusion.
+
+    Input: backbone maps ``[B, in_channels[i], H_i, W_i]`` with strides ``feat_strides``.
+    Output: as many maps of ``hidden_dim`` channels at the same strides.
+    ``eval_spatial_size`` ``(h, w)`` precomputes the position embedding for inference at that
+    size (a non-persistent buffer, as in the official model); other sizes compute it on the fly.
+    """
+
+    def __init__(self, in_channels: Sequence[int] = (512, 1024, 2048), feat_strides: Sequence[int] = (8, 16, 32),
+                 hidden_dim: int = 256, nhead: int = 8, dim_feedforward: int = 1024, dropout: float = 0.0,
+                 enc_act: str = "gelu", use_encoder_idx: Sequence[int] = (2,), num_encoder_layers: int = 1,
+                 pe_temperature: float = 10000, expansion: float = 1.0, depth_mult: float = 1.0, act: str = "silu",
+                 eval_spatial_size=None, version: str = "rt_detrv2"):
+        super().__init__()
+        if version not in CCFF_VERSIONS:
+            raise ValueError(f"Unknown HybridEncoder version {version!r}; available: {sorted(CCFF_VERSIONS)}")
+        self.in_channels = list(in_channels)
+        self.feat_strides = list(feat_strides)
+        self.hidden_dim = hidden_dim
+        self.use_encoder_idx = list(use_encoder_idx)
+        self.num_encoder_layers = num_encoder_layers
+        self.pe_temperature = pe_temperature
+        self.eval_spatial_size = eval_spatial_size
+        self.out_channels: List[int] = [hidden_dim] * len(in_channels)
+        self.out_strides: List[int] = list(feat_strides)
+
+        self.input_proj = nn.ModuleList(
+            nn.Sequential(OrderedDict([("conv", nn.Conv2d(c, hidden_dim, 1, bias=False)),
+                                       ("norm", nn.BatchNorm2d(hidden_dim))]))
+            for c in in_channels
+        )
+        self.encoder = nn.ModuleList(
+            TransformerEncoder(num_encoder_layers, d_model=hidden_dim, nhead=nhead, dim_feedforward=dim_feedforward,
+                               dropout=dropout, activation=enc_act)
+            for _ in self.use_encoder_idx
+        )
+        blocks = CCFF_VERSIONS[version](hidden_dim, expansion, depth_mult, act)
+        num_fusions = len(in_channels) - 1
+        self.lateral_convs = nn.ModuleList(blocks["lateral"]() for _ in range(num_fusions))
+        self.fpn_blocks = nn.ModuleList(blocks["fusion"]() for _ in range(num_fusions))
+        self.downsample_convs = nn.ModuleList(blocks["downsample"]() for _ in range(num_fusions))
+        self.pan_blocks = nn.ModuleList(blocks["fusion"]() for _ in range(num_fusions))
+
+        if eval_spatial_size:
+            for idx in self.use_encoder_idx:
+                stride = self.feat_strides[idx]
+                embed = build_2d_sincos_position_embedding(
+                    eval_spatial_size[1] // stride, eval_spatial_size[0] // stride, hidden_dim, pe_temperature)
+                self.register_buffer(f"pos_embed{idx}", embed, persistent=False)
+
+    def _position_embedding(self, idx, h, w, device):
+        cached = getattr(self, f"pos_embed{idx}", None)
+        if self.training or cached is None or cached.shape[1] != h * w:
+            return build_2d_sincos_position_embedding(w, h, self.hidden_dim, self.pe_temperature).to(device)
+        return cached
+
+    def forward(self, feats: List[torch.Tensor]) -> List[torch.Tensor]:
+        if len(feats) != len(self.in_channels):
+            raise ValueError(f"HybridEncoder expects {len(self.in_channels)} feature maps, got {len(feats)}")
+        proj = [layer(feat) for layer, feat in zip(self.input_proj, feats)]
+        for encoder, idx in zip(self.encoder, self.use_encoder_idx):
+            h, w = proj[idx].shape[2:]
+            tokens = proj[idx].flatten(2).permute(0, 2, 1)
+            memory = encoder(tokens, pos_embed=self._position_embedding(idx, h, w, tokens.device))
+            proj[idx] = memory.permute(0, 2, 1).reshape(-1, self.hidden_dim, h, w).contiguous()
+
+        # Top-down: the lateral conv's output also replaces the stored coarser map (official behaviour).
+        inner = [proj[-1]]
+        for i, idx in enumerate(range(len(proj) - 1, 0, -1)):
+            high = self.lateral_convs[i](inner[0])
+            inner[0] = high
+            up = F.interpolate(high, scale_factor=2.0, mode="nearest")
+            inner.insert(0, self.fpn_blocks[i](torch.cat([up, proj[idx - 1]], dim=1)))
+        # Bottom-up.
+        outs = [inner[0]]
+        for i in range(len(proj) - 1):
+            down = self.downsample_convs[i](outs[-1])
+            outs.append(self.pan_blocks[i](torch.cat([down, inner[i + 1]], dim=1)))
+        return outs
+
+    def convert_to_deploy(self):
+        for module in list(self.modules()):
+            if isinstance(module, RepVggBlock):
+                module.convert_to_deploy()
