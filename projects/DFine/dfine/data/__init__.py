@@ -1,0 +1,38 @@
+"""Data: dataset loading with checks, RT-DETR augmentations, epoch-aware mapper and loaders.
+
+Importing this package registers the generated toy data set as ``toy_shapes_train`` and
+``toy_shapes_val`` (files are generated on first load).
+"""
+from .datasets import load_dataset_dicts, register_coco_dataset, validate_category_ids
+from .loader import DetectionDataset, EpochAwareSampler, MultiScaleCollate, build_test_loader, build_train_loader
+from .mapper import DetrDatasetMapper
+from .toy_shapes import TOY_SHAPES_CLASSES, prepare_toy_shapes, register_toy_shapes
+from .transforms import (
+    RandomIoUCrop,
+    RandomPhotometricDistort,
+    RandomZoomOut,
+    SanitizeBoxes,
+    rtdetr_train_augmentations,
+)
+
+register_toy_shapes()
+
+__all__ = [
+    "load_dataset_dicts",
+    "register_coco_dataset",
+    "validate_category_ids",
+    "DetectionDataset",
+    "EpochAwareSampler",
+    "MultiScaleCollate",
+    "build_test_loader",
+    "build_train_loader",
+    "DetrDatasetMapper",
+    "TOY_SHAPES_CLASSES",
+    "prepare_toy_shapes",
+    "register_toy_shapes",
+    "RandomIoUCrop",
+    "RandomPhotometricDistort",
+    "RandomZoomOut",
+    "SanitizeBoxes",
+    "rtdetr_train_augmentations",
+]

@@ -1,0 +1,222 @@
+"""Train/test data loaders whose samples carry their epoch (DESIGN.md "Contracts").
+
+Detectron2 trains from an infinite stream of samples, and its loader iterator lives for the whole
+run, so epoch-dependent data behaviour cannot be switched by setting attributes (they never
+reach live workers). Here the sampler yields ``(index, epoch)`` pairs of one global sample
+stream, the dataset hands the epoch to the mapper, and the collate function reads it from the
+mapped dicts. Everything epoch-dependent is then a pure function of the stream position: the
+same in every worker, reproducible, and resumable with :meth:`EpochAwareSampler.set_start_iter`.
+"""
+import itertools
+import logging
+import random
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from detectron2.data import DatasetFromList, build_detection_test_loader
+from detectron2.data.build import worker_init_reset_seed
+from detectron2.structures import Boxes, Instances
+from detectron2.utils import comm
+
+from .datasets import load_dataset_dicts
+
+__all__ = [
+    "EpochAwareSampler",
+    "DetectionDataset",
+    "MultiScaleCollate",
+    "build_train_loader",
+    "build_test_loader",
+]
+
+logger = logging.getLogger(__name__)
+
+
+class EpochAwareSampler(Sampler):
+    """Infinite sampler over a global stream of ``(index, epoch)`` pairs.
+
+    The global stream is the concatenation of epochs; epoch ``e`` is a permutation of
+    ``range(size)`` seeded by ``(seed, e)`` (or the identity without ``shuffle``), so stream
+    position ``p`` belongs to epoch ``p // size``. At global iteration ``it`` rank ``r`` takes
+    positions ``[it * TB + r * B, it * TB + (r + 1) * B)``, where ``TB = total_batch_size`` and
+    ``B = TB / world_size``: the ranks' batches partition the global batch, and the epoch of a
+    sample does not depend on the number of ranks or workers. An epoch is ``size / TB``
+    iterations, possibly fractional: no sample is dropped at epoch ends and a batch may straddle
+    two epochs.
+    """
+
+    def __init__(
+        self,
+        size: int,
+        total_batch_size: int,
+        shuffle: bool = True,
+        seed: Optional[int] = None,
+        rank: Optional[int] = None,
+        world_size: Optional[int] = None,
+    ):
+        """
+        Args:
+            size: number of samples in the data set.
+            total_batch_size: batch size summed over all ranks.
+            shuffle: shuffle every epoch (else epochs are ``0..size-1`` in order).
+            seed: shared by all ranks; ``None`` draws one shared random seed across ranks.
+            rank, world_size: default to the current process group's.
+        """
+        if size <= 0:
+            raise ValueError(f"EpochAwareSampler needs a non-empty data set, got size={size}.")
+        self._rank = comm.get_rank() if rank is None else rank
+        self._world_size = comm.get_world_size() if world_size is None else world_size
+        if total_batch_size <= 0 or total_batch_size % self._world_size != 0:
+            raise ValueError(
+                f"total_batch_size={total_batch_size} must be a positive multiple of world_size={self._world_size}."
+            )
+        self._size = size
+        self._total_batch_size = total_batch_size
+        self.batch_size = total_batch_size // self._world_size
+        self._shuffle = shuffle
+        self._seed = int(comm.shared_random_seed() if seed is None else seed)
+        if self._seed < 0:
+            raise ValueError(f"seed must be non-negative, got {seed}.")
+        self._start_iter = 0
+
+    def set_start_iter(self, iteration: int) -> None:
+        """Start the stream at global iteration ``iteration`` (for resume). Takes effect at the
+        next ``iter()`` of the sampler, i.e. when the DataLoader iterator is created."""
+        self._start_iter = int(iteration)
+
+    def epoch_permutation(self, epoch: int) -> np.ndarray:
+        """Order of the data set indices in ``epoch``."""
+        if not self._shuffle:
+            return np.arange(self._size)
+        return np.random.default_rng([self._seed, epoch]).permutation(self._size)
+
+    def __iter__(self) -> Iterator[Tuple[int, int]]:
+        epoch, order = -1, None
+        for iteration in itertools.count(self._start_iter):
+            start = iteration * self._total_batch_size + self._rank * self.batch_size
+            for position in range(start, start + self.batch_size):
+                if position // self._size != epoch:
+                    epoch = position // self._size
+                    order = self.epoch_permutation(epoch)
+                yield int(order[position % self._size]), epoch
+
+
+class DetectionDataset(Dataset):
+    """Map-style data set of Detectron2 dataset dicts whose items are indexed by ``(index, epoch)``.
+
+    ``dataset[(i, e)]`` is ``mapper(copy of dicts[i], e)`` with ``"epoch": e`` added. A plain
+    integer index means epoch 0. The dicts are pickled into one byte buffer each (detectron2's
+    :class:`DatasetFromList`), so DataLoader workers share them instead of copying Python objects.
+    """
+
+    def __init__(self, dataset_dicts: List[Dict], mapper: Callable[[Dict, int], Dict]):
+        self._dicts = DatasetFromList(dataset_dicts, copy=True, serialize=True)
+        self.mapper = mapper
+
+    def __len__(self) -> int:
+        return len(self._dicts)
+
+    def __getitem__(self, key: Union[int, Tuple[int, int]]) -> Dict:
+        index, epoch = key if isinstance(key, tuple) else (key, 0)
+        sample = self.mapper(self._dicts[index], epoch)
+        sample["epoch"] = epoch
+        return sample
+
+
+class MultiScaleCollate:
+    """Batch collate: a list of mapped dicts, with the official batch-level multi-scale resize.
+
+    While the batch's epoch (the largest sample epoch in it) is below ``stop_epoch``, one size
+    is drawn with ``random.choice(scales)`` and every image is resized to it with nearest
+    interpolation, as the official ``BatchImageCollateFunction`` does with ``F.interpolate`` on
+    the batch (official-implementations.md §5.5). Ground-truth boxes are scaled with the image.
+    ``scales=None`` disables it; ``stop_epoch=None`` never stops it.
+    """
+
+    def __init__(
+        self, scales: Optional[Sequence[Union[int, Tuple[int, int]]]] = None, stop_epoch: Optional[int] = None
+    ):
+        self.scales = list(scales) if scales is not None else None
+        self.stop_epoch = stop_epoch
+
+    def __call__(self, batch: List[Dict]) -> List[Dict]:
+        if not self.scales:
+            return batch
+        epoch = max(sample.get("epoch", 0) for sample in batch)
+        if self.stop_epoch is not None and epoch >= self.stop_epoch:
+            return batch
+        size = random.choice(self.scales)
+        size = (size, size) if isinstance(size, int) else tuple(size)
+        return [_resize_sample(sample, size) for sample in batch]
+
+
+def _resize_sample(sample: Dict, size: Tuple[int, int]) -> Dict:
+    """Resize ``sample["image"]`` ``(C, H, W)`` to ``size = (h, w)`` (nearest) and its gt boxes."""
+    image = sample["image"]
+    old_h, old_w = image.shape[-2:]
+    out = dict(sample)
+    out["image"] = F.interpolate(image[None], size=size, mode="nearest")[0]
+    if "instances" in sample:
+        old = sample["instances"]
+        scale = torch.tensor([size[1] / old_w, size[0] / old_h] * 2, dtype=torch.float32)
+        instances = Instances(size)
+        for name, value in old.get_fields().items():
+            instances.set(name, value)
+        instances.gt_boxes = Boxes(old.gt_boxes.tensor * scale.to(old.gt_boxes.tensor.device))
+        out["instances"] = instances
+    return out
+
+
+def build_train_loader(
+    dataset: Union[str, Sequence[str], List[Dict]],
+    mapper: Callable[[Dict, int], Dict],
+    total_batch_size: int,
+    num_workers: int = 4,
+    seed: Optional[int] = None,
+    multi_scale: Optional[Sequence[int]] = None,
+    multi_scale_stop_epoch: Optional[int] = None,
+) -> DataLoader:
+    """Infinite training loader yielding lists of ``total_batch_size / world_size`` mapped dicts.
+
+    Args:
+        dataset: registered data set name(s), loaded with
+            :func:`~dfine.data.datasets.load_dataset_dicts`, or a list of dataset dicts.
+        mapper: ``mapper(dataset_dict, epoch) -> dict``, e.g. :class:`DetrDatasetMapper`.
+        total_batch_size: batch size summed over all ranks.
+        num_workers: DataLoader worker processes (seeded with detectron2's
+            ``worker_init_reset_seed``).
+        seed: seed of the epoch permutations (shared by ranks); ``None`` draws a shared one.
+        multi_scale, multi_scale_stop_epoch: see :class:`MultiScaleCollate`.
+
+    ``len(loader.dataset)`` is the number of training images, to convert epochs to iterations
+    (``iterations_per_epoch = len(loader.dataset) / total_batch_size``); ``loader.sampler`` is the
+    :class:`EpochAwareSampler` (``set_start_iter`` before iterating, to resume).
+    """
+    if isinstance(dataset, str) or (len(dataset) > 0 and all(isinstance(d, str) for d in dataset)):
+        dataset = load_dataset_dicts(dataset)
+    dataset = DetectionDataset(dataset, mapper)
+    sampler = EpochAwareSampler(len(dataset), total_batch_size, shuffle=True, seed=seed)
+    logger.info(
+        f"Train loader: {len(dataset)} images, batch {sampler.batch_size} per rank "
+        f"({total_batch_size} in total), multi-scale {multi_scale} until epoch {multi_scale_stop_epoch}."
+    )
+    return DataLoader(
+        dataset,
+        batch_size=sampler.batch_size,
+        sampler=sampler,
+        num_workers=num_workers,
+        collate_fn=MultiScaleCollate(multi_scale, multi_scale_stop_epoch),
+        worker_init_fn=worker_init_reset_seed,
+        drop_last=True,
+    )
+
+
+def build_test_loader(
+    dataset_name: Union[str, Sequence[str]], mapper: Callable[[Dict], Dict], num_workers: int = 2
+) -> DataLoader:
+    """Inference loader: batch size 1, each rank gets its shard (detectron2's InferenceSampler),
+    images without annotations are kept."""
+    return build_detection_test_loader(load_dataset_dicts(dataset_name), mapper=mapper, num_workers=num_workers)

@@ -1,0 +1,46 @@
+"""Shared fixtures: small generated COCO-format data sets on disk."""
+import json
+from types import SimpleNamespace
+
+import pytest
+
+from dfine.data.datasets import register_coco_dataset
+from dfine.data.toy_shapes import TOY_SHAPES_CLASSES, prepare_toy_shapes, toy_shapes_paths
+
+
+@pytest.fixture(scope="session")
+def tiny_coco(tmp_path_factory):
+    """8 train / 4 val toy-shape images of 64x64 in COCO format, registered as
+    ``tiny_coco_train`` and ``tiny_coco_val`` (6 classes, see ``dfine.data.toy_shapes``)."""
+    root = str(tmp_path_factory.mktemp("tiny_coco") / "toy_shapes")
+    prepare_toy_shapes(root, num_train=8, num_val=4, image_size=64, seed=0)
+    names = {}
+    for split in ("train", "val"):
+        json_file, image_root = toy_shapes_paths(root, split)
+        names[split] = f"tiny_coco_{split}"
+        register_coco_dataset(names[split], json_file, image_root)
+    return SimpleNamespace(
+        root=root,
+        train=names["train"],
+        val=names["val"],
+        thing_classes=list(TOY_SHAPES_CLASSES),
+        image_size=64,
+    )
+
+
+@pytest.fixture
+def write_coco_json():
+    """A function ``write(path, images, annotations, categories) -> str`` that writes a minimal
+    COCO instances json. ``images``: dicts with id/file_name/width/height; ``annotations``: dicts
+    with image_id/category_id/bbox (xywh), whose id/iscrowd/area are filled in."""
+
+    def write(path, images, annotations, categories):
+        annotations = [
+            {"id": i + 1, "iscrowd": 0, "area": float(a["bbox"][2] * a["bbox"][3]), **a}
+            for i, a in enumerate(annotations)
+        ]
+        with open(path, "w") as f:
+            json.dump({"images": images, "annotations": annotations, "categories": categories}, f)
+        return str(path)
+
+    return write
