@@ -1,1 +1,1 @@
-from .presnet import PResNet  # noqa: F401
+from .presnet import PResNet, freeze_batch_norm  # noqa: F401

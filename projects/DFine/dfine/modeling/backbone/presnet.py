@@ -14,11 +14,34 @@ from torch import nn
 
 from ..layers.common import ConvNormLayer, get_activation
 
-__all__ = ["PResNet"]
+__all__ = ["PResNet", "freeze_batch_norm"]
 
 BLOCKS_PER_STAGE = {18: [2, 2, 2, 2], 34: [3, 4, 6, 3], 50: [3, 4, 6, 3], 101: [3, 4, 23, 3]}
 STAGE_WIDTHS = [64, 128, 256, 512]
 STAGE_STRIDES = [4, 8, 16, 32]
+
+
+def freeze_batch_norm(module: nn.Module) -> nn.Module:
+    """Replace every BatchNorm2d / SyncBatchNorm in ``module`` by detectron2's ``FrozenBatchNorm2d``.
+
+    Weight, bias, running statistics and eps carry over. The step counter ``num_batches_tracked``
+    does not: the official frozen norm has none, and detectron2 main's own
+    ``convert_frozen_batchnorm`` would keep it as a state-dict entry the official checkpoints lack.
+    Returns the new module when ``module`` itself is a norm, else ``module`` converted in place.
+    """
+    if isinstance(module, (nn.BatchNorm2d, nn.SyncBatchNorm)):
+        frozen = FrozenBatchNorm2d(module.num_features, eps=module.eps)
+        frozen.running_mean.copy_(module.running_mean.detach())
+        frozen.running_var.copy_(module.running_var.detach())
+        if module.affine:
+            frozen.weight.copy_(module.weight.detach())
+            frozen.bias.copy_(module.bias.detach())
+        return frozen.to(module.running_mean.device)
+    for name, child in module.named_children():
+        new_child = freeze_batch_norm(child)
+        if new_child is not child:
+            setattr(module, name, new_child)
+    return module
 
 
 def _shortcut(ch_in, ch_out, stride, variant):
@@ -91,11 +114,16 @@ class PResNet(nn.Module):
     Args:
         depth: 18, 34, 50 or 101.
         variant: "d" (official RT-DETR models), or a/b/c.
-        return_idx: stage indices to return; stage i has stride ``4 * 2**i``.
-        freeze_at: -1 trains everything; ``k >= 0`` freezes the stem and the first ``k`` stages.
-        freeze_norm: replace every BatchNorm2d by a FrozenBatchNorm2d (fixed statistics and affine).
+        num_stages: number of residual stages built (``res_layers``), at most 4.
+        return_idx: increasing stage indices to return; stage i has stride ``4 * 2**i``.
+        act: activation of the stem, the blocks and the residual sums.
+        freeze_at: -1 trains everything; ``k >= 0`` sets ``requires_grad=False`` on the stem and the
+            first ``k`` stages (so 0 freezes the stem only).
+        freeze_norm: replace every BatchNorm2d by detectron2's FrozenBatchNorm2d (fixed statistics and
+            affine, kept as buffers), see :func:`freeze_batch_norm`.
 
-    Input ``[B, 3, H, W]``; output a list of ``[B, out_channels[i], H / out_strides[i], W / out_strides[i]]``.
+    Input ``[B, 3, H, W]``; output a list, one map per ``return_idx`` entry, of shape
+    ``[B, out_channels[i], ceil(H / out_strides[i]), ceil(W / out_strides[i])]``.
     """
 
     def __init__(self, depth: int, variant: str = "d", num_stages: int = 4, return_idx: Sequence[int] = (1, 2, 3),
@@ -118,10 +146,13 @@ class PResNet(nn.Module):
         self.res_layers = nn.ModuleList()
         ch_in = stem_width
         for i in range(num_stages):
-            self.res_layers.append(Blocks(block, ch_in, STAGE_WIDTHS[i], BLOCKS_PER_STAGE[depth][i], i == 0, act, variant))
+            count = BLOCKS_PER_STAGE[depth][i]
+            self.res_layers.append(Blocks(block, ch_in, STAGE_WIDTHS[i], count, i == 0, act, variant))
             ch_in = stage_channels[i]
 
         self.return_idx = list(return_idx)
+        if self.return_idx != sorted(set(self.return_idx)) or not set(self.return_idx) <= set(range(num_stages)):
+            raise ValueError(f"return_idx must be increasing stage indices below {num_stages}, got {return_idx}")
         self.out_channels: List[int] = [stage_channels[i] for i in self.return_idx]
         self.out_strides: List[int] = [STAGE_STRIDES[i] for i in self.return_idx]
 
@@ -129,7 +160,7 @@ class PResNet(nn.Module):
             for module in [self.conv1, *self.res_layers[:min(freeze_at, num_stages)]]:
                 module.requires_grad_(False)
         if freeze_norm:
-            FrozenBatchNorm2d.convert_frozen_batchnorm(self)
+            freeze_batch_norm(self)
 
     def forward(self, x):
         x = F.max_pool2d(self.conv1(x), kernel_size=3, stride=2, padding=1)

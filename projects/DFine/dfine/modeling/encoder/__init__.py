@@ -1,1 +1,1 @@
-from .hybrid_encoder import HybridEncoder  # noqa: F401
+from .hybrid_encoder import CCFF_VERSIONS, HybridEncoder, RepVggBlock, build_2d_sincos_position_embedding  # noqa: F401

@@ -4,7 +4,8 @@ The CCFF blocks differ between the papers; ``version`` selects them, so every pa
 one encoder. Parameter names follow the official modules so official checkpoints load unchanged.
 """
 from collections import OrderedDict
-from typing import List, Sequence
+from functools import partial
+from typing import Callable, Dict, List, NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -12,7 +13,16 @@ from torch import nn
 
 from ..layers.common import ConvNormLayer, get_activation
 
-__all__ = ["HybridEncoder", "RepVggBlock", "CSPRepLayer", "build_2d_sincos_position_embedding"]
+__all__ = [
+    "HybridEncoder",
+    "TransformerEncoderLayer",
+    "RepVggBlock",
+    "CSPRepLayer",
+    "CCFFBlocks",
+    "CCFF_VERSIONS",
+    "rt_detrv2_ccff_blocks",
+    "build_2d_sincos_position_embedding",
+]
 
 
 def _fuse_conv_norm(layer: ConvNormLayer):
@@ -41,6 +51,8 @@ class RepVggBlock(nn.Module):
 
     @torch.no_grad()
     def convert_to_deploy(self):
+        """Fold both branches and their BatchNorms into one biased 3x3 ``conv`` and delete ``conv1`` /
+        ``conv2``, as D-FINE / DEIM do (the RT-DETRv2 code keeps them, so its deploy model is larger)."""
         if hasattr(self, "conv"):
             return
         kernel3, bias3 = _fuse_conv_norm(self.conv1)
@@ -52,7 +64,11 @@ class RepVggBlock(nn.Module):
 
 
 class CSPRepLayer(nn.Module):
-    """CSP block of RT-DETR's CCFF: ``conv3(RepVGG^n(conv1(x)) + conv2(x))``."""
+    """CSP block of RT-DETR's CCFF: ``conv3(RepVGG^n(conv1(x)) + conv2(x))``.
+
+    ``[B, in_channels, H, W] -> [B, out_channels, H, W]``; the branches have
+    ``int(out_channels * expansion)`` channels, and ``conv3`` is the identity when that is ``out_channels``.
+    """
 
     def __init__(self, in_channels, out_channels, num_blocks=3, expansion=1.0, act="silu"):
         super().__init__()
@@ -90,6 +106,8 @@ class TransformerEncoderLayer(nn.Module):
 
 
 class TransformerEncoder(nn.Module):
+    """``num_layers`` AIFI layers on tokens ``[B, N, C]``, all given the same position embedding ``[1, N, C]``."""
+
     def __init__(self, num_layers, **layer_kwargs):
         super().__init__()
         self.layers = nn.ModuleList(TransformerEncoderLayer(**layer_kwargs) for _ in range(num_layers))
@@ -118,26 +136,48 @@ def build_2d_sincos_position_embedding(w: int, h: int, embed_dim: int = 256, tem
     return torch.cat([out_w.sin(), out_w.cos(), out_h.sin(), out_h.cos()], dim=1)[None]
 
 
-def _rt_detrv2_blocks(hidden_dim, expansion, depth_mult, act):
-    """CCFF parts of RT-DETR/RT-DETRv2: activated lateral/down-sampling convs and CSPRep fusion."""
-    return {
-        "lateral": lambda: ConvNormLayer(hidden_dim, hidden_dim, 1, 1, act=act),
-        "downsample": lambda: ConvNormLayer(hidden_dim, hidden_dim, 3, 2, act=act),
-        "fusion": lambda: CSPRepLayer(hidden_dim * 2, hidden_dim, round(3 * depth_mult), expansion=expansion, act=act),
-    }
+class CCFFBlocks(NamedTuple):
+    """Builders of one paper's CCFF parts; every call returns a new module. ``h`` is ``hidden_dim``."""
+
+    lateral: Callable[[], nn.Module]  # [B, h, H, W] -> [B, h, H, W], before the top-down upsampling
+    downsample: Callable[[], nn.Module]  # [B, h, H, W] -> [B, h, H/2, W/2], bottom-up
+    fusion: Callable[[int], nn.Module]  # in channels c -> module [B, c, H, W] -> [B, h, H, W]
 
 
-# CCFF variants by ``version``; each maps to builders of its lateral, down-sampling and fusion blocks.
-CCFF_VERSIONS = {"rt_detrv2": _rt_detrv2_blocks}
+def rt_detrv2_ccff_blocks(hidden_dim: int, expansion: float, depth_mult: float, act: str) -> CCFFBlocks:
+    """RT-DETR / RT-DETRv2: activated 1x1 lateral and 3x3 stride-2 convs, CSPRep fusion blocks."""
+    return CCFFBlocks(
+        lateral=partial(ConvNormLayer, hidden_dim, hidden_dim, 1, 1, act=act),
+        downsample=partial(ConvNormLayer, hidden_dim, hidden_dim, 3, 2, act=act),
+        fusion=lambda in_channels: CSPRepLayer(
+            in_channels, hidden_dim, round(3 * depth_mult), expansion=expansion, act=act),
+    )
+
+
+# ``HybridEncoder(version=...)`` -> builder of that paper's CCFF blocks, called with
+# (hidden_dim, expansion, depth_mult, act).
+CCFF_VERSIONS: Dict[str, Callable[..., CCFFBlocks]] = {"rt_detrv2": rt_detrv2_ccff_blocks}
 
 
 class HybridEncoder(nn.Module):
-    """AIFI on the levels in ``use_encoder_idx``, then top-down FPN and bottom-up PAN fusion.
+    """AIFI on the levels in ``use_encoder_idx``, then top-down FPN and bottom-up PAN fusion (CCFF).
 
-    Input: backbone maps ``[B, in_channels[i], H_i, W_i]`` with strides ``feat_strides``.
-    Output: as many maps of ``hidden_dim`` channels at the same strides.
-    ``eval_spatial_size`` ``(h, w)`` precomputes the position embedding for inference at that
-    size (a non-persistent buffer, as in the official model); other sizes compute it on the fly.
+    Args:
+        in_channels, feat_strides: channels and strides of the backbone maps, finest first; each level
+            has half the size of the previous one.
+        hidden_dim: channels of the projected maps, of AIFI and of every output.
+        nhead, dim_feedforward, dropout, enc_act, num_encoder_layers: AIFI transformer layers.
+        use_encoder_idx: levels that go through AIFI (one encoder each).
+        pe_temperature: temperature of the 2-D sin-cos position embedding.
+        expansion, depth_mult, act: width ratio, block count ``round(3 * depth_mult)`` and activation
+            of the CCFF blocks.
+        eval_spatial_size: ``(h, w)`` of the inference input. The position embedding for that size is
+            precomputed (a non-persistent buffer, as in the official model); training and other sizes
+            compute it on the fly.
+        version: which paper's CCFF blocks to build, a key of ``CCFF_VERSIONS``.
+
+    Input: backbone maps ``[B, in_channels[i], H_i, W_i]``. Output: a list of as many maps
+    ``[B, hidden_dim, H_i, W_i]`` at the same strides (``out_strides``).
     """
 
     def __init__(self, in_channels: Sequence[int] = (512, 1024, 2048), feat_strides: Sequence[int] = (8, 16, 32),
@@ -170,33 +210,41 @@ class HybridEncoder(nn.Module):
         )
         blocks = CCFF_VERSIONS[version](hidden_dim, expansion, depth_mult, act)
         num_fusions = len(in_channels) - 1
-        self.lateral_convs = nn.ModuleList(blocks["lateral"]() for _ in range(num_fusions))
-        self.fpn_blocks = nn.ModuleList(blocks["fusion"]() for _ in range(num_fusions))
-        self.downsample_convs = nn.ModuleList(blocks["downsample"]() for _ in range(num_fusions))
-        self.pan_blocks = nn.ModuleList(blocks["fusion"]() for _ in range(num_fusions))
+        # Top-down fusion blocks see [upsampled coarser map, lateral map]; bottom-up ones see
+        # [down-sampled finer map, top-down output]: both concatenated on channels.
+        self.lateral_convs = nn.ModuleList(blocks.lateral() for _ in range(num_fusions))
+        self.fpn_blocks = nn.ModuleList(blocks.fusion(2 * hidden_dim) for _ in range(num_fusions))
+        self.downsample_convs = nn.ModuleList(blocks.downsample() for _ in range(num_fusions))
+        self.pan_blocks = nn.ModuleList(blocks.fusion(2 * hidden_dim) for _ in range(num_fusions))
 
         if eval_spatial_size:
             for idx in self.use_encoder_idx:
-                stride = self.feat_strides[idx]
-                embed = build_2d_sincos_position_embedding(
-                    eval_spatial_size[1] // stride, eval_spatial_size[0] // stride, hidden_dim, pe_temperature)
+                h, w = self._eval_grid(idx)
+                embed = build_2d_sincos_position_embedding(w, h, hidden_dim, pe_temperature)
                 self.register_buffer(f"pos_embed{idx}", embed, persistent=False)
 
+    def _eval_grid(self, idx):
+        """(h, w) of level ``idx`` at ``eval_spatial_size``, floored as in the official model."""
+        stride = self.feat_strides[idx]
+        return self.eval_spatial_size[0] // stride, self.eval_spatial_size[1] // stride
+
     def _position_embedding(self, idx, h, w, device):
-        cached = getattr(self, f"pos_embed{idx}", None)
-        if self.training or cached is None or cached.shape[1] != h * w:
-            return build_2d_sincos_position_embedding(w, h, self.hidden_dim, self.pe_temperature).to(device)
-        return cached
+        # The precomputed embedding serves eval at eval_spatial_size; any other size (the official
+        # model would fail there) and training compute it for the actual grid.
+        if not self.training and self.eval_spatial_size and self._eval_grid(idx) == (h, w):
+            return getattr(self, f"pos_embed{idx}")
+        return build_2d_sincos_position_embedding(w, h, self.hidden_dim, self.pe_temperature).to(device)
 
     def forward(self, feats: List[torch.Tensor]) -> List[torch.Tensor]:
         if len(feats) != len(self.in_channels):
             raise ValueError(f"HybridEncoder expects {len(self.in_channels)} feature maps, got {len(feats)}")
         proj = [layer(feat) for layer, feat in zip(self.input_proj, feats)]
-        for encoder, idx in zip(self.encoder, self.use_encoder_idx):
-            h, w = proj[idx].shape[2:]
-            tokens = proj[idx].flatten(2).permute(0, 2, 1)
-            memory = encoder(tokens, pos_embed=self._position_embedding(idx, h, w, tokens.device))
-            proj[idx] = memory.permute(0, 2, 1).reshape(-1, self.hidden_dim, h, w).contiguous()
+        if self.num_encoder_layers > 0:
+            for encoder, idx in zip(self.encoder, self.use_encoder_idx):
+                h, w = proj[idx].shape[2:]
+                tokens = proj[idx].flatten(2).permute(0, 2, 1)  # [B, h*w, C], h-major
+                memory = encoder(tokens, pos_embed=self._position_embedding(idx, h, w, tokens.device))
+                proj[idx] = memory.permute(0, 2, 1).reshape(-1, self.hidden_dim, h, w).contiguous()
 
         # Top-down: the lateral conv's output also replaces the stored coarser map (official behaviour).
         inner = [proj[-1]]
@@ -213,6 +261,8 @@ class HybridEncoder(nn.Module):
         return outs
 
     def convert_to_deploy(self):
-        for module in list(self.modules()):
-            if isinstance(module, RepVggBlock):
+        """Re-parameterise every block that can be (RepVGG: two conv+BN branches into one conv) for
+        inference; outputs stay the same. Call it in eval mode: it folds the running statistics."""
+        for module in list(self.modules())[1:]:
+            if hasattr(module, "convert_to_deploy"):
                 module.convert_to_deploy()
