@@ -1,4 +1,4 @@
-"""Contrastive denoising (DN-DETR / DINO) queries, as RT-DETRv2 builds them."""
+"""Contrastive denoising queries (DN-DETR, Li et al. 2022; DINO, Zhang et al. 2023), as RT-DETRv2 builds them."""
 from typing import Dict, List, Optional, Tuple
 
 import torch
@@ -18,40 +18,60 @@ def contrastive_denoising_group(
     num_denoising: int = 100,
     label_noise_ratio: float = 0.5,
     box_noise_scale: float = 1.0,
+    abs_box_size: bool = False,
 ) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor], Optional[torch.Tensor], Optional[Dict]]:
-    """Noised copies of the ground truth that the decoder must denoise.
+    """Noised copies of the ground truth that the decoder learns to reconstruct.
 
-    Every image's GT is padded to ``max_gt`` and repeated in ``G = num_denoising // max_gt`` groups
-    of ``max_gt`` positives (box noise < half the box size) followed by ``max_gt`` negatives
-    (noise between one and two halves, to be classified as background). Labels are flipped to a
-    random class with probability ``label_noise_ratio / 2``.
+    Every image's GT is padded to ``max_gt`` (label ``num_classes``, whose embedding is the zero
+    padding row; box 0) and repeated in ``G = max(num_denoising // max_gt, 1)`` groups. A group is
+    ``max_gt`` positives, whose corners move by less than half the box size, then ``max_gt``
+    negatives, moved by one to two halves, which must be classified as background. Real (non-pad)
+    labels of both kinds flip to a uniform random class with probability ``label_noise_ratio / 2``.
 
-    A batch without any GT still gets one group around a centre box (with no positives), so all
-    processes of a DDP job run the same graph, as in the current official code.
+    A batch without any GT still gets one group of one pad query around the box (0.5, 0.5, 0.1, 0.1)
+    and no positives, as in the current official code (commit 068dfde): every DDP process then runs
+    the same graph and returns the same output and loss keys.
+
+    The random draws (label flips, new labels, signs, magnitudes) are made in the official order
+    and shapes, so a seeded run reproduces the official queries.
+
+    Args:
+        targets: per image ``{"labels": int64 [n], "boxes": [n, 4] normalized cxcywh}``.
+        num_classes: number of real classes; ``class_embed`` has ``num_classes + 1`` rows.
+        num_queries: number of matching queries ``K`` that follow the denoising ones.
+        class_embed: label embedding giving the query content.
+        num_denoising: budget of positive queries per image (rounded down to whole groups).
+        label_noise_ratio: twice the label-flip probability.
+        box_noise_scale: noise amplitude in units of half the box size.
+        abs_box_size: when noise makes a box's corners cross, use its absolute width/height, as
+            the DEIM and D-FINE copies of this function do. RT-DETRv2 keeps the negative size,
+            which ``inverse_sigmoid`` clamps to a near-zero box.
 
     Returns:
-        ``(content [B, T, C], boxes_unact [B, T, 4], attn_mask [T+K, T+K] (True = blocked),
-        dn_meta)`` with ``T = 2 * max_gt * G``; ``dn_meta`` holds ``dn_positive_idx`` (per image,
-        positions of its positives in group-major order), ``dn_num_group`` and
-        ``dn_num_split = [T, K]``. All ``None`` when ``num_denoising <= 0``.
+        ``(content [B, T, C], boxes_unact [B, T, 4] (logits of cxcywh), attn_mask [T+K, T+K]
+        (True = blocked), dn_meta)`` with ``T = 2 * max_gt * G``. ``dn_meta`` holds
+        ``dn_positive_idx`` (per image, the query indices of its positives, group-major, pairing with
+        ``arange(n).tile(G)``), ``dn_num_group`` ``G`` and ``dn_num_split`` ``[T, K]``.
+        All four are ``None`` when ``num_denoising <= 0``.
     """
     if num_denoising <= 0:
         return None, None, None, None
     num_gts = [len(t["labels"]) for t in targets]
     device = targets[0]["labels"].device
+    batch = len(targets)
     empty_batch = max(num_gts) == 0
     max_gt = max(max(num_gts), 1)
     num_group = 1 if empty_batch else max(num_denoising // max_gt, 1)
-    batch = len(targets)
 
     labels = torch.full([batch, max_gt], num_classes, dtype=torch.int64, device=device)
     boxes = torch.zeros([batch, max_gt, 4], device=device)
     if empty_batch:
+        # A real box, so that noise and inverse_sigmoid stay finite and meaningful.
         boxes[..., :2], boxes[..., 2:] = 0.5, 0.1
     is_gt = torch.zeros([batch, max_gt], dtype=torch.bool, device=device)
-    for i, (t, n) in enumerate(zip(targets, num_gts)):
-        labels[i, :n] = t["labels"]
-        boxes[i, :n] = t["boxes"]
+    for i, (target, n) in enumerate(zip(targets, num_gts)):
+        labels[i, :n] = target["labels"]
+        boxes[i, :n] = target["boxes"]
         is_gt[i, :n] = True
 
     labels = labels.tile([1, 2 * num_group])
@@ -68,23 +88,23 @@ def contrastive_denoising_group(
         flip = torch.rand_like(labels, dtype=torch.float) < label_noise_ratio * 0.5
         random_labels = torch.randint_like(labels, 0, num_classes)
         labels = torch.where(flip & is_gt, random_labels, labels)
-
     if box_noise_scale > 0:
-        xyxy = box_cxcywh_to_xyxy(boxes)
         half_size = boxes[..., 2:].tile([1, 1, 2]) * 0.5 * box_noise_scale
         sign = torch.randint_like(boxes, 0, 2) * 2.0 - 1.0
-        part = torch.rand_like(boxes)
-        part = (part + 1.0) * negative + part * (1 - negative)
-        boxes = box_xyxy_to_cxcywh((xyxy + sign * part * half_size).clip(min=0.0, max=1.0))
+        magnitude = torch.rand_like(boxes)
+        magnitude = (magnitude + 1.0) * negative + magnitude * (1 - negative)
+        corners = box_cxcywh_to_xyxy(boxes) + sign * magnitude * half_size
+        boxes = box_xyxy_to_cxcywh(corners.clip(min=0.0, max=1.0))
+        if abs_box_size:
+            boxes = boxes.abs()
     boxes_unact = inverse_sigmoid(boxes)
     content = class_embed(labels)
 
     size = num_dn + num_queries
     attn_mask = torch.zeros([size, size], dtype=torch.bool, device=device)
-    attn_mask[num_dn:, :num_dn] = True  # matching queries must not see the answers
-    for g in range(num_group):
-        rows = slice(2 * max_gt * g, 2 * max_gt * (g + 1))
-        attn_mask[rows, 2 * max_gt * (g + 1):num_dn] = True  # nor any group the others
-        attn_mask[rows, :2 * max_gt * g] = True
+    # Matching queries must not see the (noised) answers, and each group only sees itself.
+    attn_mask[num_dn:, :num_dn] = True
+    group = torch.arange(num_dn, device=device) // (2 * max_gt)
+    attn_mask[:num_dn, :num_dn] = group[:, None] != group[None, :]
     dn_meta = {"dn_positive_idx": dn_positive_idx, "dn_num_group": num_group, "dn_num_split": [num_dn, num_queries]}
     return content, boxes_unact, attn_mask, dn_meta

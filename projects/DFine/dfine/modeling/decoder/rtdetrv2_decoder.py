@@ -1,14 +1,14 @@
-"""RT-DETRv2 decoder: top-K query selection from the encoder memory, then iterative box refinement
-with multi-scale deformable cross-attention and contrastive denoising queries.
+"""RT-DETRv2 decoder (Lv et al. 2024): top-K query selection from the encoder memory, then iterative
+box refinement with multi-scale deformable cross-attention, trained with contrastive denoising queries.
 
-Parameter and buffer names follow the official ``RTDETRTransformerv2`` so that official
-checkpoints load unchanged. Boxes are normalized cxcywh throughout.
+Parameter and buffer names follow the official ``RTDETRTransformerv2`` so that official checkpoints
+load unchanged. Boxes are normalized cxcywh throughout; "unact" tensors are their logits.
 """
+import copy
 from collections import OrderedDict
 from typing import Dict, List, Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..layers.common import MLP, bias_init_with_prob, get_activation, inverse_sigmoid
@@ -19,10 +19,15 @@ __all__ = ["RTDETRv2Decoder", "generate_anchors"]
 
 
 def generate_anchors(spatial_shapes, grid_size=0.05, eps=1e-2, dtype=torch.float32, device="cpu"):
-    """One anchor per memory token: the cell centre, size ``grid_size * 2**level``.
+    """One anchor box per memory token: the cell centre, side ``grid_size * 2**level``.
 
-    Returns ``(anchors [1, sum(HW), 4], valid_mask [1, sum(HW), 1])``; anchors are logits, and
-    ``+inf`` where the anchor is not strictly inside ``(eps, 1 - eps)`` (the official convention).
+    Args:
+        spatial_shapes: ``[(H_l, W_l)]`` per level, finest first.
+
+    Returns:
+        ``(anchors [1, sum(H_l*W_l), 4], valid_mask [1, sum(H_l*W_l), 1])``. Anchors are logits of
+        normalized cxcywh; an anchor with any coordinate outside ``(eps, 1 - eps)`` is invalid and
+        its logits are ``+inf`` (the official convention).
     """
     anchors = []
     for level, (h, w) in enumerate(spatial_shapes):
@@ -37,7 +42,7 @@ def generate_anchors(spatial_shapes, grid_size=0.05, eps=1e-2, dtype=torch.float
 
 
 class TransformerDecoderLayer(nn.Module):
-    """Post-norm layer: self-attention, deformable cross-attention, FFN."""
+    """Post-norm layer: self-attention among queries, deformable cross-attention to the memory, FFN."""
 
     def __init__(self, d_model=256, n_head=8, dim_feedforward=1024, dropout=0.0, activation="relu",
                  n_levels=4, n_points=4, cross_attn_method="default"):
@@ -57,7 +62,18 @@ class TransformerDecoderLayer(nn.Module):
         nn.init.xavier_uniform_(self.linear1.weight)
         nn.init.xavier_uniform_(self.linear2.weight)
 
-    def forward(self, target, reference_points, memory, spatial_shapes, attn_mask=None, memory_mask=None, query_pos=None):
+    def forward(self, target, reference_points, memory, spatial_shapes, attn_mask=None, memory_mask=None,
+                query_pos=None):
+        """
+        Args:
+            target: ``[B, Q, C]`` query content.
+            reference_points: ``[B, Q, 1, 4]`` normalized cxcywh.
+            memory: ``[B, sum(H_l*W_l), C]``.
+            spatial_shapes: ``[(H_l, W_l)]``.
+            attn_mask: optional ``[Q, Q]`` bool, True = query may not attend.
+            memory_mask: optional ``[B, sum(H_l*W_l)]``, True where the memory is valid.
+            query_pos: ``[B, Q, C]`` position embedding of the reference boxes.
+        """
         q = k = target + query_pos
         attn = self.self_attn(q, k, value=target, attn_mask=attn_mask, need_weights=False)[0]
         target = self.norm1(target + self.dropout1(attn))
@@ -68,27 +84,44 @@ class TransformerDecoderLayer(nn.Module):
 
 
 class TransformerDecoder(nn.Module):
+    """The layer stack with iterative box refinement; the heads are owned by the caller."""
+
     def __init__(self, num_layers, eval_idx=-1, **layer_kwargs):
         super().__init__()
-        self.layers = nn.ModuleList(TransformerDecoderLayer(**layer_kwargs) for _ in range(num_layers))
-        self.eval_idx = eval_idx if eval_idx >= 0 else num_layers + eval_idx
+        if not -num_layers <= eval_idx < num_layers:
+            raise ValueError(f"eval_idx {eval_idx} is not a layer of a {num_layers}-layer decoder")
+        # Clones of one layer, so every layer starts from the same weights, as in the official code.
+        layer = TransformerDecoderLayer(**layer_kwargs)
+        self.layers = nn.ModuleList(copy.deepcopy(layer) for _ in range(num_layers))
+        self.eval_idx = eval_idx % num_layers
 
     def forward(self, target, ref_unact, memory, spatial_shapes, bbox_head, score_head, query_pos_head,
                 attn_mask=None, memory_mask=None):
-        """Returns stacked boxes and logits: every layer in training, only ``eval_idx`` in eval."""
+        """
+        Args:
+            target: ``[B, Q, C]`` initial query content.
+            ref_unact: ``[B, Q, 4]`` logits of the initial reference boxes.
+            bbox_head, score_head: one head per layer; ``query_pos_head`` maps a box to ``[C]``.
+
+        Returns:
+            ``(boxes [N, B, Q, 4], logits [N, B, Q, num_classes])``: every layer in training
+            (N = num_layers), only layer ``eval_idx`` in eval (N = 1).
+        """
         boxes, logits = [], []
         ref_detach = ref_unact.sigmoid()
         ref = None
         for i, layer in enumerate(self.layers):
+            # Each layer refines the previous layer's box, with the gradient stopped between layers.
             query_pos = query_pos_head(ref_detach)
             target = layer(target, ref_detach.unsqueeze(2), memory, spatial_shapes, attn_mask, memory_mask, query_pos)
-            delta = bbox_head[i](target)
-            refined = (delta + inverse_sigmoid(ref_detach)).sigmoid()
+            refined = (bbox_head[i](target) + inverse_sigmoid(ref_detach)).sigmoid()
             if self.training:
                 logits.append(score_head[i](target))
-                # "Look forward twice": from layer 1 on, the box is trained from the previous
-                # layer's undetached prediction so the gradient reaches that layer too.
-                boxes.append(refined if i == 0 else (delta + inverse_sigmoid(ref)).sigmoid())
+                # "Look forward twice" (DINO): the supervised box of layer i > 0 is built on the
+                # previous layer's undetached box, so its loss also trains that layer. The head runs a
+                # second time instead of reusing its output, as in the official graph: summing the two
+                # branches' gradients before the head would round differently.
+                boxes.append(refined if i == 0 else (bbox_head[i](target) + inverse_sigmoid(ref)).sigmoid())
             elif i == self.eval_idx:
                 logits.append(score_head[i](target))
                 boxes.append(refined)
@@ -99,15 +132,41 @@ class TransformerDecoder(nn.Module):
 
 
 class RTDETRv2Decoder(nn.Module):
-    """The official ``RTDETRTransformerv2`` (plus DEIM's ``query_pos_method``/``mlp_act`` options).
+    """The official ``RTDETRTransformerv2``, plus the options of DEIM's copy of it.
 
-    Input: encoder maps ``[B, feat_channels[i], H_i, W_i]`` and, in training, targets
-    ``[{"labels": int64 [n], "boxes": [n, 4] normalized cxcywh}]``.
+    Args (as the official ones):
+        num_classes: foreground classes (no background slot; sigmoid scores).
+        hidden_dim: decoder width ``C``.
+        num_queries: ``K`` queries selected from the memory.
+        feat_channels, feat_strides: channels and strides of the input maps, finest first.
+        num_levels: memory levels; levels beyond the inputs come from stride-2 3x3 convs.
+        num_points: deformable points per head and level (int or per-level list).
+        nhead, num_layers, dim_feedforward, dropout, activation: decoder layers.
+        num_denoising, label_noise_ratio, box_noise_scale: contrastive denoising (0 disables it).
+        learn_query_content: learned query content instead of the selected memory.
+        eval_spatial_size: ``(H, W)`` of the eval input; anchors for it are precomputed as buffers.
+        eval_idx: the layer whose prediction is returned in eval (negative counts from the end).
+        eps: anchors closer than ``eps`` to the image border are invalid.
+        aux_loss: return the auxiliary outputs in training.
+        cross_attn_method: ``"default"`` (bilinear) or ``"discrete"`` deformable sampling.
+        query_select_method: ``"default"`` (top-K of max class logit), ``"one2many"`` (top-K over
+            all (token, class) pairs) or ``"agnostic"`` (single-logit encoder score head).
+        query_pos_method: ``"default"``, ``MLP(4, 2C, C, 2)``; or DEIM's ``"as_reg"``,
+            ``MLP(4, C, C, 3)``.
+        mlp_act: activation of the query-position and box MLPs (DEIM; the official one is ReLU).
+        dn_abs_box_size: the DEIM denoising variant (see ``abs_box_size`` of
+            ``contrastive_denoising_group``); DEIM-RT-DETRv2 sets it.
 
-    Output (training): ``pred_logits [B, K, C]``, ``pred_boxes [B, K, 4]`` of the last layer,
-    ``aux_outputs`` (layers 0..L-2), ``enc_aux_outputs`` (the selected encoder proposals),
-    ``enc_meta``, and with denoising ``dn_aux_outputs`` (all layers) and ``dn_meta``.
-    Output (eval): ``pred_logits``/``pred_boxes`` of layer ``eval_idx``.
+    ``forward(feats, targets)``: ``feats`` is a list of ``[B, feat_channels[l], H_l, W_l]``;
+    ``targets`` (training with denoising only) a list of ``{"labels": int64 [n], "boxes": [n, 4]
+    normalized cxcywh}``. Returns a dict:
+
+    * eval: ``pred_logits [B, K, num_classes]``, ``pred_boxes [B, K, 4]`` of layer ``eval_idx``;
+    * training: the same from the last layer, and when ``aux_loss``: ``aux_outputs`` (layers
+      0..L-2), ``enc_aux_outputs`` (one entry: the selected encoder proposals, undetached),
+      ``enc_meta`` (``{"class_agnostic": bool}``) and, with denoising, ``dn_aux_outputs`` (all L
+      layers on the ``T`` denoising queries) and ``dn_meta`` (see ``contrastive_denoising_group``).
+      Every list entry is a ``{"pred_logits", "pred_boxes"}`` dict.
     """
 
     def __init__(self, num_classes=80, hidden_dim=256, num_queries=300, feat_channels=(512, 1024, 2048),
@@ -115,16 +174,16 @@ class RTDETRv2Decoder(nn.Module):
                  dropout=0.0, activation="relu", num_denoising=100, label_noise_ratio=0.5, box_noise_scale=1.0,
                  learn_query_content=False, eval_spatial_size=None, eval_idx=-1, eps=1e-2, aux_loss=True,
                  cross_attn_method="default", query_select_method="default", query_pos_method="default",
-                 mlp_act="relu"):
+                 mlp_act="relu", dn_abs_box_size=False):
         super().__init__()
         if len(feat_channels) > num_levels or len(feat_strides) != len(feat_channels):
-            raise ValueError("feat_channels/feat_strides must have one entry per input level (at most num_levels)")
+            raise ValueError("feat_channels and feat_strides need one entry per input map, at most num_levels")
         if query_select_method not in ("default", "one2many", "agnostic"):
             raise ValueError(f"Unknown query_select_method {query_select_method!r}")
-        if cross_attn_method not in ("default", "discrete"):
-            raise ValueError(f"Unknown cross_attn_method {cross_attn_method!r}")
+        if query_pos_method not in ("default", "as_reg"):
+            raise ValueError(f"Unknown query_pos_method {query_pos_method!r}")
+        # Each extra level halves the previous one.
         feat_strides = list(feat_strides)
-        # Extra levels are made by stride-2 convs on the coarsest map.
         feat_strides += [feat_strides[-1] * 2 ** (i + 1) for i in range(num_levels - len(feat_strides))]
         self.hidden_dim = hidden_dim
         self.feat_strides = feat_strides
@@ -139,17 +198,17 @@ class RTDETRv2Decoder(nn.Module):
         self.num_denoising = num_denoising
         self.label_noise_ratio = label_noise_ratio
         self.box_noise_scale = box_noise_scale
+        self.dn_abs_box_size = dn_abs_box_size
         self.learn_query_content = learn_query_content
 
         self.input_proj = nn.ModuleList()
-        in_channels = list(feat_channels)
-        for i in range(num_levels):
-            c_in, kernel, stride = (in_channels[i], 1, 1) if i < len(in_channels) else (
-                in_channels[-1] if i == len(in_channels) else hidden_dim, 3, 2)
-            self.input_proj.append(nn.Sequential(OrderedDict([
-                ("conv", nn.Conv2d(c_in, hidden_dim, kernel, stride, padding=kernel // 2, bias=False)),
-                ("norm", nn.BatchNorm2d(hidden_dim)),
-            ])))
+        for level in range(num_levels):
+            if level < len(feat_channels):
+                conv = nn.Conv2d(feat_channels[level], hidden_dim, 1, bias=False)
+            else:
+                c_in = feat_channels[-1] if level == len(feat_channels) else hidden_dim
+                conv = nn.Conv2d(c_in, hidden_dim, 3, 2, padding=1, bias=False)
+            self.input_proj.append(nn.Sequential(OrderedDict([("conv", conv), ("norm", nn.BatchNorm2d(hidden_dim))])))
         self.decoder = TransformerDecoder(
             num_layers, eval_idx, d_model=hidden_dim, n_head=nhead, dim_feedforward=dim_feedforward, dropout=dropout,
             activation=activation, n_levels=num_levels, n_points=num_points, cross_attn_method=cross_attn_method)
@@ -160,11 +219,9 @@ class RTDETRv2Decoder(nn.Module):
         if learn_query_content:
             self.tgt_embed = nn.Embedding(num_queries, hidden_dim)
         if query_pos_method == "default":
-            self.query_pos_head = MLP(4, 2 * hidden_dim, hidden_dim, 2)
-        elif query_pos_method == "as_reg":
-            self.query_pos_head = MLP(4, hidden_dim, hidden_dim, 3, act=mlp_act)
+            self.query_pos_head = MLP(4, 2 * hidden_dim, hidden_dim, 2, act=mlp_act)
         else:
-            raise ValueError(f"Unknown query_pos_method {query_pos_method!r}")
+            self.query_pos_head = MLP(4, hidden_dim, hidden_dim, 3, act=mlp_act)
         self.enc_output = nn.Sequential(OrderedDict([("proj", nn.Linear(hidden_dim, hidden_dim)),
                                                      ("norm", nn.LayerNorm(hidden_dim))]))
         self.enc_score_head = nn.Linear(hidden_dim, 1 if query_select_method == "agnostic" else num_classes)
@@ -185,23 +242,36 @@ class RTDETRv2Decoder(nn.Module):
     def _reset_parameters(self):
         prior_bias = bias_init_with_prob(0.01)
         nn.init.constant_(self.enc_score_head.bias, prior_bias)
+        for head in self.dec_score_head:
+            nn.init.constant_(head.bias, prior_bias)
+        # Box heads start as the identity on their reference box.
         for head in [self.enc_bbox_head, *self.dec_bbox_head]:
             nn.init.constant_(head.layers[-1].weight, 0)
             nn.init.constant_(head.layers[-1].bias, 0)
-        for head in self.dec_score_head:
-            nn.init.constant_(head.bias, prior_bias)
         nn.init.xavier_uniform_(self.enc_output.proj.weight)
         if self.learn_query_content:
             nn.init.xavier_uniform_(self.tgt_embed.weight)
+        # The first two layers only, also for the 3-layer "as_reg" head (as DEIM does).
         nn.init.xavier_uniform_(self.query_pos_head.layers[0].weight)
         nn.init.xavier_uniform_(self.query_pos_head.layers[1].weight)
         for proj in self.input_proj:
             nn.init.xavier_uniform_(proj.conv.weight)
 
+    def convert_to_deploy(self):
+        """Inference form of the decoder: the eval-mode module itself.
+
+        Nothing is fused or dropped. The official RT-DETRv2 decoder has no deploy conversion, and its
+        deploy model (and parameter count) keeps every layer and head; the layers after ``eval_idx``
+        cost nothing at inference because eval stops at ``eval_idx``. With ``eval_spatial_size``
+        the anchors are already buffers, so no anchor is generated at run time for that size.
+        """
+        return self.eval()
+
     def _flatten_memory(self, feats):
+        """Project the input maps; returns ``memory [B, sum(H_l*W_l), C]`` and ``[(H_l, W_l)]``."""
         maps = [proj(feat) for proj, feat in zip(self.input_proj, feats)]
-        for i in range(len(feats), self.num_levels):
-            maps.append(self.input_proj[i](feats[-1] if i == len(feats) else maps[-1]))
+        for level in range(len(feats), self.num_levels):
+            maps.append(self.input_proj[level](feats[-1] if level == len(feats) else maps[-1]))
         spatial_shapes = [list(m.shape[2:]) for m in maps]
         return torch.cat([m.flatten(2).permute(0, 2, 1) for m in maps], 1), spatial_shapes
 
@@ -218,11 +288,17 @@ class RTDETRv2Decoder(nn.Module):
 
         return gather(memory), gather(logits), gather(coords_unact)
 
-    def _decoder_input(self, memory, spatial_shapes):
+    def _encoder_proposals(self, memory, spatial_shapes):
+        """Score every memory token as a box and keep the top K.
+
+        Returns ``(content [B, K, C], boxes_unact [B, K, 4], logits [B, K, num_classes])``; boxes and
+        logits keep their gradient (they are supervised as the encoder output).
+        """
         if self.training or not self.eval_spatial_size or spatial_shapes != self._eval_spatial_shapes():
             anchors, valid_mask = generate_anchors(spatial_shapes, eps=self.eps, device=memory.device)
         else:
             anchors, valid_mask = self.anchors, self.valid_mask
+        # Tokens of invalid anchors are zeroed (their boxes stay +inf and are rarely selected).
         memory = valid_mask.to(memory.dtype) * memory
         output_memory = self.enc_output(memory)
         enc_logits = self.enc_score_head(output_memory)
@@ -234,17 +310,20 @@ class RTDETRv2Decoder(nn.Module):
             content = topk_memory.detach()
         return content, topk_coords_unact, topk_logits
 
-    def forward(self, feats: List[torch.Tensor], targets: Optional[List[Dict]] = None) -> Dict:
+    def forward(self, feats: List[torch.Tensor], targets: Optional[List[Dict[str, torch.Tensor]]] = None) -> Dict:
         memory, spatial_shapes = self._flatten_memory(feats)
-        dn_content, dn_boxes_unact, attn_mask, dn_meta = None, None, None, None
+        attn_mask, dn_meta = None, None
         if self.training and self.num_denoising > 0:
+            if targets is None:
+                raise ValueError("Training with denoising needs the targets")
             dn_content, dn_boxes_unact, attn_mask, dn_meta = contrastive_denoising_group(
                 targets, self.num_classes, self.num_queries, self.denoising_class_embed,
-                self.num_denoising, self.label_noise_ratio, self.box_noise_scale)
+                self.num_denoising, self.label_noise_ratio, self.box_noise_scale, self.dn_abs_box_size)
 
-        content, topk_coords_unact, topk_logits = self._decoder_input(memory, spatial_shapes)
+        content, topk_coords_unact, topk_logits = self._encoder_proposals(memory, spatial_shapes)
         ref_unact = topk_coords_unact.detach()
         if dn_meta is not None:
+            # Denoising queries go first, as dn_positive_idx and dn_num_split assume.
             content = torch.cat([dn_content, content], 1)
             ref_unact = torch.cat([dn_boxes_unact, ref_unact], 1)
         boxes, logits = self.decoder(content, ref_unact, memory, spatial_shapes, self.dec_bbox_head,
@@ -255,14 +334,14 @@ class RTDETRv2Decoder(nn.Module):
 
         out = {"pred_logits": logits[-1], "pred_boxes": boxes[-1]}
         if self.training and self.aux_loss:
-            out["aux_outputs"] = _layer_outputs(logits[:-1], boxes[:-1])
-            out["enc_aux_outputs"] = _layer_outputs([topk_logits], [topk_coords_unact.sigmoid()])
+            out["aux_outputs"] = _per_layer(logits[:-1], boxes[:-1])
+            out["enc_aux_outputs"] = _per_layer([topk_logits], [topk_coords_unact.sigmoid()])
             out["enc_meta"] = {"class_agnostic": self.query_select_method == "agnostic"}
             if dn_meta is not None:
-                out["dn_aux_outputs"] = _layer_outputs(dn_logits, dn_boxes)
+                out["dn_aux_outputs"] = _per_layer(dn_logits, dn_boxes)
                 out["dn_meta"] = dn_meta
         return out
 
 
-def _layer_outputs(logits, boxes):
+def _per_layer(logits, boxes):
     return [{"pred_logits": lg, "pred_boxes": bx} for lg, bx in zip(logits, boxes)]
