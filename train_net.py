@@ -2,96 +2,176 @@
 """Train or evaluate a real-time DETR model described by a Detectron2 LazyConfig.
 
     python train_net.py --config-file configs/rtdetrv2_r50.py [--num-gpus 8] [key=value ...]
-    python train_net.py --config-file configs/rtdetrv2_r50.py --eval-only train.init_checkpoint=model.pth
     python train_net.py --config-file configs/rtdetrv2_r50.py --resume
+    python train_net.py --config-file configs/rtdetrv2_r50.py --eval-only train.init_checkpoint=model.pth
 
-When ``train.epochs`` is set, the number of iterations is derived from the training set size and
-the total batch size (``eval_epochs`` / ``checkpoint_epochs`` likewise), and printed at start.
+The config provides ``model``, ``optimizer`` (its ``params.model`` is filled in here),
+``lr_multiplier`` (an fvcore ParamScheduler), ``dataloader.{train,test,evaluator}`` and ``train``
+(configs/common/train.py documents its keys, including the epoch-based lengths).
+
+EMA weights are used as the official code uses them: with ``train.ema.enabled`` the evaluation
+during training runs on the EMA weights only (the raw weights are not evaluated), and when
+``train.init_checkpoint`` has EMA weights, ``--eval-only`` evaluates them and a new training
+starts from them.
 """
 import logging
+import math
+from fractions import Fraction
 
+import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import LazyConfig, instantiate
 from detectron2.engine import default_argument_parser, default_setup, default_writers, hooks, launch
 from detectron2.engine.defaults import create_ddp_model
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
+from omegaconf import OmegaConf
 
-from dfine.engine import DetrTrainer, EMAWeightsLoader, ModelEMA, unwrap_model
+from dfine.engine import EMAHook, ModelEMA, Trainer, load_ema_or_model_weights
 
-logger = logging.getLogger("dfine")
+logger = logging.getLogger("dfine.train_net")
+
+# (length in epochs, the length in iterations it replaces), see configs/common/train.py.
+EPOCH_KEYS = (("epochs", "max_iter"), ("eval_epochs", "eval_period"), ("checkpoint_epochs", "checkpointer.period"))
+
+
+def resolve_device(device: str) -> str:
+    """``"auto"`` is "cuda" when CUDA is available, else "cpu"; other names are kept."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def convert_epochs(cfg, num_images: int) -> None:
+    """When ``cfg.train.epochs`` is set, express the training length and the periods given in
+    epochs in iterations, in place (see configs/common/train.py). Without ``epochs`` the run is
+    configured in iterations and ``eval_epochs`` / ``checkpoint_epochs`` are ignored.
+
+    One epoch is ``num_images / cfg.dataloader.train.total_batch_size`` iterations (fractional,
+    like the epochs of the epoch-aware sampler); ``e`` epochs become
+    ``ceil(e * num_images / total_batch_size)`` iterations.
+    """
+    train = cfg.train
+    if train.get("epochs") is None:
+        ignored = [f"train.{key}" for key, _ in EPOCH_KEYS if train.get(key) is not None]
+        if ignored:
+            logger.info("train.epochs is None: the run is set in iterations and %s ignored.", " and ".join(ignored))
+        return
+    total_batch_size = cfg.dataloader.train.total_batch_size
+    conversions = []
+    for epochs_key, iters_key in EPOCH_KEYS:
+        epochs = train.get(epochs_key)
+        if epochs is None:
+            continue
+        if isinstance(epochs, bool) or not isinstance(epochs, (int, float)):
+            raise ValueError(f"train.{epochs_key} must be a number, or None (null on the command line); got {epochs!r}")
+        # Exact rational arithmetic: 3 * (10 / 3) must give 10 iterations, not ceil(10.000000000000002).
+        iterations = math.ceil(Fraction(str(epochs)) * num_images / total_batch_size)
+        OmegaConf.update(train, iters_key, iterations, merge=False)
+        conversions.append(f"train.{epochs_key}={epochs} -> train.{iters_key}={iterations}")
+    logger.info(
+        "%d training images / total batch size %d = %.3f iterations per epoch: %s",
+        num_images, total_batch_size, num_images / total_batch_size, ", ".join(conversions),
+    )
+
+
+def load_initial_weights(model, path: str) -> None:
+    """The weights to start training from or to evaluate: the checkpoint's EMA weights when it
+    has them (as the official evaluation and fine-tuning take them), else its model weights."""
+    weights = load_ema_or_model_weights(model, path)
+    if path:
+        logger.info("Loaded the %s weights of %s.", weights, path)
 
 
 def do_test(cfg, model):
+    """COCO-style evaluation of ``model`` on ``cfg.dataloader.test`` with ``cfg.dataloader.evaluator``."""
+    if "evaluator" not in cfg.dataloader:
+        return {}
     results = inference_on_dataset(model, instantiate(cfg.dataloader.test), instantiate(cfg.dataloader.evaluator))
-    if comm.is_main_process():
-        print_csv_format(results)
+    print_csv_format(results)
     return results
 
 
-def resolve_epochs(cfg, num_images: int) -> None:
-    """Express the epoch-based keys of ``cfg.train`` in iterations (global batch, drop-last)."""
-    train = cfg.train
-    if not train.get("epochs"):
-        return
-    total_batch = cfg.dataloader.train.total_batch_size
-    iters_per_epoch = max(num_images // total_batch, 1)
-    train.max_iter = train.epochs * iters_per_epoch
-    if train.get("eval_epochs"):
-        train.eval_period = train.eval_epochs * iters_per_epoch
-    if train.get("checkpoint_epochs"):
-        train.checkpointer.period = train.checkpoint_epochs * iters_per_epoch
-    logger.info(
-        "Schedule: %d epochs x %d iterations (%d images / total batch %d) = %d iterations; "
-        "evaluation every %d and checkpoints every %d iterations.",
-        train.epochs, iters_per_epoch, num_images, total_batch, train.max_iter, train.eval_period,
-        train.checkpointer.period)
-
-
 def do_train(args, cfg):
-    model = instantiate(cfg.model).to(cfg.train.device)
+    device = resolve_device(cfg.train.device)
+    model = instantiate(cfg.model)
     logger.info("Model:\n%s", model)
+    model.to(device)
+    if cfg.train.sync_bn and comm.get_world_size() > 1 and torch.device(device).type == "cuda":
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+
     cfg.optimizer.params.model = model
     optimizer = instantiate(cfg.optimizer)
     train_loader = instantiate(cfg.dataloader.train)
-    resolve_epochs(cfg, len(train_loader.dataset))
+    convert_epochs(cfg, len(train_loader.dataset))
 
-    model = create_ddp_model(model, **cfg.train.ddp)
-    ema = ModelEMA(unwrap_model(model), decay=cfg.train.ema.decay, warmups=cfg.train.ema.warmups) if cfg.train.ema.enabled else None
-    trainer = DetrTrainer(model=model, data_loader=train_loader, optimizer=optimizer, amp=cfg.train.amp.enabled,
-                          amp_dtype=cfg.train.amp.dtype, clip_grad_max_norm=cfg.train.clip_grad.max_norm, ema=ema)
-    checkpointer = DetectionCheckpointer(unwrap_model(model), cfg.train.output_dir, trainer=trainer,
-                                         **({"ema": ema} if ema is not None else {}))
+    ema = ModelEMA(model, decay=cfg.train.ema.decay, warmups=cfg.train.ema.warmups) if cfg.train.ema.enabled else None
+    ddp_kwargs = dict(cfg.train.ddp)
+    if torch.device(device).type == "cpu":
+        # DDP takes no device_ids for CPU modules (detectron2 would pass the local rank).
+        ddp_kwargs["device_ids"] = None
+    model = create_ddp_model(model, **ddp_kwargs)
+    trainer = Trainer(
+        model=model,
+        data_loader=train_loader,
+        optimizer=optimizer,
+        amp_enabled=cfg.train.amp.enabled,
+        amp_dtype=cfg.train.amp.dtype,
+        clip_grad_max_norm=cfg.train.clip_grad.max_norm,
+    )
+    checkpointer = DetectionCheckpointer(
+        model, cfg.train.output_dir, trainer=trainer, **({"ema": ema} if ema is not None else {})
+    )
     eval_model = ema.module if ema is not None else model
-    trainer.register_hooks([
-        hooks.IterationTimer(),
-        hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
-        hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if comm.is_main_process() else None,
-        hooks.EvalHook(cfg.train.eval_period, lambda: do_test(cfg, eval_model)),
-        hooks.PeriodicWriter(default_writers(cfg.train.output_dir, cfg.train.max_iter), period=cfg.train.log_period)
-        if comm.is_main_process() else None,
-    ])
-    checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=args.resume)
-    if ema is not None and ema.updates == 0:
-        # A fresh run (possibly from init_checkpoint weights): the average starts at the model.
-        ema.module.load_state_dict(unwrap_model(model).state_dict())
-    start_iter = trainer.iter + 1 if args.resume and checkpointer.has_checkpoint() else 0
+    trainer.register_hooks(
+        [
+            hooks.IterationTimer(),
+            EMAHook(ema) if ema is not None else None,
+            hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
+            hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if comm.is_main_process() else None,
+            hooks.EvalHook(cfg.train.eval_period, lambda: do_test(cfg, eval_model)),
+            hooks.PeriodicWriter(default_writers(cfg.train.output_dir, cfg.train.max_iter), period=cfg.train.log_period)
+            if comm.is_main_process()
+            else None,
+        ]
+    )
+    if args.resume and checkpointer.has_checkpoint():
+        # Everything the last checkpoint holds: weights, EMA, optimizer, scaler, hook states (the
+        # hooks are registered first for that) and the iteration that had just finished.
+        checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=True)
+        start_iter = trainer.iter + 1
+    else:
+        load_initial_weights(model, cfg.train.init_checkpoint)
+        start_iter = 0
     trainer.train(start_iter, cfg.train.max_iter)
 
 
 def main(args):
-    cfg = LazyConfig.apply_overrides(LazyConfig.load(args.config_file), args.opts)
+    cfg = LazyConfig.load(args.config_file)
+    cfg = LazyConfig.apply_overrides(cfg, args.opts)
     default_setup(cfg, args)
+    setup_logger(cfg.train.output_dir, distributed_rank=comm.get_rank(), name="dfine")
+
     if args.eval_only:
-        model = instantiate(cfg.model).to(cfg.train.device)
-        model = create_ddp_model(model)
-        # Evaluate the EMA weights when the checkpoint has them, as the official code does.
-        DetectionCheckpointer(model, ema=EMAWeightsLoader(unwrap_model(model))).load(cfg.train.init_checkpoint)
+        model = instantiate(cfg.model)
+        model.to(resolve_device(cfg.train.device))
+        load_initial_weights(model, cfg.train.init_checkpoint)
         return do_test(cfg, model)
     do_train(args, cfg)
 
 
-if __name__ == "__main__":
+def invoke_main() -> None:
     args = default_argument_parser().parse_args()
-    launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
-           dist_url=args.dist_url, args=(args,))
+    launch(
+        main,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )
+
+
+if __name__ == "__main__":
+    invoke_main()

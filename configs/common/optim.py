@@ -1,12 +1,17 @@
-"""AdamW with official-style regex parameter groups, and the RT-DETRv2 learning-rate schedule."""
+"""AdamW with official regex parameter groups, and the RT-DETRv2 learning-rate schedule.
+
+``optimizer.params.model`` is set by train_net.py. Rule learning rates are absolute, as in the
+official YAML files; per-model configs replace ``optimizer.params.rules`` with their official
+patterns, verbatim (quirks included, see ``dfine.solver.param_groups``).
+"""
 import torch
 from detectron2.config import LazyCall as L
 
-from dfine.solver import LinearWarmupConstant, param_groups
+from dfine.solver import ConstantSchedule, LinearWarmup, param_groups
 
-# `params.model` is set by train_net.py. The rules are those of the official
-# configs/rtdetrv2/include/optimizer.yml: a 10x lower backbone LR (its norms excluded, so they
-# train at the base LR, as officially), and no weight decay on encoder/decoder norms.
+# Official configs/rtdetrv2/include/optimizer.yml: the backbone at 1e-5 except parameters whose
+# name contains "norm" (those train at the base LR with weight decay, as officially); no weight
+# decay on encoder/decoder norms; everything else at lr 1e-4 and weight decay 1e-4.
 AdamW = L(torch.optim.AdamW)(
     params=L(param_groups)(
         rules=[
@@ -19,5 +24,11 @@ AdamW = L(torch.optim.AdamW)(
     weight_decay=1e-4,
 )
 
-# Official LinearWarmup(2000) then constant (its MultiStepLR milestone is never reached).
-rtdetrv2_lr_multiplier = L(LinearWarmupConstant)(warmup_iters=2000, max_iter="${train.max_iter}")
+# Official LinearWarmup(warmup_duration=2000), then constant: the MultiStepLR that follows it
+# officially never reaches its milestone. `train.max_iter` is read when train_net.py builds the
+# schedule, after converting `train.epochs`.
+rtdetrv2_lr_multiplier = L(LinearWarmup)(
+    scheduler=L(ConstantSchedule)(value=1.0),
+    warmup_iters=2000,
+    max_iter="${train.max_iter}",
+)

@@ -1,27 +1,39 @@
 """Training defaults shared by every config (read by train_net.py).
 
 Lengths are in iterations (``max_iter``, ``eval_period``, ``checkpointer.period``) unless
-``epochs`` is set: then train_net.py derives ``max_iter`` from the training set size and the total
-batch size, and ``eval_epochs`` / ``checkpoint_epochs`` (when set) override the two periods.
+``epochs`` is set. Then train_net.py sets ``max_iter`` from ``epochs``, and ``eval_period`` /
+``checkpointer.period`` from ``eval_epochs`` / ``checkpoint_epochs`` when those are set (the
+iteration values stay in force otherwise), with ``iterations per epoch = number of training images
+/ dataloader.train.total_batch_size`` (fractional, as the epochs of the epoch-aware sampler),
+rounding up, and logs the result. ``train.epochs=null`` switches a config to iterations.
+
+``device="auto"`` means "cuda" when CUDA is available and "cpu" otherwise, decided when
+train_net.py runs (not when the config is written), so a saved config runs on either.
 """
-import torch
 
 train = dict(
     output_dir="./output",
+    # Weights to start training from or to evaluate with --eval-only: the checkpoint's EMA weights
+    # if it has them, else its model weights. --resume ignores it when output_dir has a checkpoint.
     init_checkpoint="",
     max_iter=90000,
     epochs=None,
     eval_period=5000,
     eval_epochs=None,
-    log_period=20,
     checkpointer=dict(period=5000, max_to_keep=3),
     checkpoint_epochs=None,
-    # Autocast on CUDA only (the official README trains with --use-amp); ignored on CPU.
+    log_period=20,
+    # Autocast on CUDA (the official training commands pass --use-amp: float16 with a GradScaler);
+    # off on CPU.
     amp=dict(enabled=True, dtype="float16"),
+    # Official clip_max_norm; 0 disables.
     clip_grad=dict(max_norm=0.1),
-    # Official ModelEMA: decay * (1 - exp(-updates / warmups)); evaluation uses these weights.
+    # Official ModelEMA: decay * (1 - exp(-updates / warmups)). Evaluation uses the EMA weights.
     ema=dict(enabled=True, decay=0.9999, warmups=2000),
+    # Arguments of DistributedDataParallel (through detectron2's create_ddp_model).
     ddp=dict(broadcast_buffers=False, find_unused_parameters=False, fp16_compression=False),
-    device="cuda" if torch.cuda.is_available() else "cpu",
+    # BatchNorm -> SyncBatchNorm when training on several GPUs (official runtime.yml sync_bn).
+    sync_bn=True,
+    device="auto",
     seed=-1,
 )

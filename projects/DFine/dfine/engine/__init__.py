@@ -1,2 +1,6 @@
-from .ema import EMAWeightsLoader, ModelEMA  # noqa: F401
-from .trainer import DetrTrainer, unwrap_model  # noqa: F401
+"""Training engine: the trainer (AMP, gradient clipping, resumable data stream) and the EMA."""
+from .ema import ModelEMA, load_ema_or_model_weights, unwrap_model
+from .hooks import EMAHook
+from .trainer import Trainer
+
+__all__ = ["ModelEMA", "load_ema_or_model_weights", "unwrap_model", "EMAHook", "Trainer"]

@@ -1,111 +1,123 @@
-"""One trainer for the whole family: AMP on CUDA, grad-norm clipping, EMA, resumable data stream."""
+"""The training loop of the real-time DETR family: detectron2's SimpleTrainer with AMP, gradient
+clipping and a data stream that resumes where it stopped."""
 import logging
 import time
-from typing import Dict, Optional
+from typing import Union
 
-import numpy as np
 import torch
-from detectron2.engine import TrainerBase
-from detectron2.utils import comm
-from detectron2.utils.events import get_event_storage
+from detectron2.engine import SimpleTrainer
 
-from .ema import ModelEMA
-
-__all__ = ["DetrTrainer", "unwrap_model"]
+__all__ = ["Trainer"]
 
 logger = logging.getLogger(__name__)
 
+_AMP_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 
-class DetrTrainer(TrainerBase):
-    """Runs ``loss = sum(model(batch).values())``, backward, clip, step, EMA update.
 
-    Differences from detectron2's ``SimpleTrainer`` that the DETR recipes need:
+class Trainer(SimpleTrainer):
+    """One step: ``loss = sum(model(batch).values())``, backward, optional clipping, optimizer step.
 
-    - the data iterator is created at the first step, after ``--resume`` has set ``self.iter``,
-      and the loader's sampler is told where to start, so a resumed run sees exactly the samples
-      (and epochs) that an uninterrupted run would;
-    - AMP (autocast + GradScaler for fp16) runs on CUDA only; on CPU it is off;
-    - the gradient norm is clipped (``max_norm`` 0.1 in the official configs; 0 disables);
-    - the EMA of the weights is updated after every optimizer step.
+    What it adds to detectron2's ``SimpleTrainer`` (official ``train_one_epoch``,
+    official-implementations.md §6.5):
+
+    - AMP: the forward runs under ``torch.amp.autocast("cuda", dtype=amp_dtype)``, with a
+      ``GradScaler`` for float16 (not needed for bfloat16). AMP needs the model on CUDA; on CPU it
+      is off and training runs in float32.
+    - Gradient-norm clipping to ``clip_grad_max_norm`` over all parameters, after unscaling (0.1
+      in all official configs; 0 disables).
+    - The data iterator is created at the first step, i.e. after ``resume_or_load`` and
+      ``train(start_iter, ...)`` have set ``self.iter``. If the loader's sampler has
+      ``set_start_iter`` (``dfine.data.EpochAwareSampler``), it is called with that iteration
+      first, so a resumed run draws exactly the samples (and epochs) an uninterrupted run would.
+
+    The model is a detectron2 meta-architecture: it takes the batch (a list of dicts) and, in
+    training, returns a dict of already-weighted scalar losses; every entry is summed. Metrics go
+    through detectron2's ``_write_metrics`` (the only host synchronisation of the step besides
+    what the model and, for float16, the GradScaler need). Construct it with keyword arguments.
     """
 
-    def __init__(self, *, model, data_loader, optimizer, amp: bool = False, amp_dtype: str = "float16",
-                 clip_grad_max_norm: float = 0.0, ema: Optional[ModelEMA] = None):
-        super().__init__()
-        model.train()
-        self.model = model
+    def __init__(
+        self,
+        *,
+        model: torch.nn.Module,
+        data_loader,
+        optimizer: torch.optim.Optimizer,
+        amp_enabled: bool = False,
+        amp_dtype: Union[str, torch.dtype] = "float16",
+        clip_grad_max_norm: float = 0.0,
+    ):
+        """
+        Args:
+            model: the meta-architecture, possibly wrapped in DistributedDataParallel.
+            data_loader: an iterable of batches; see the class docstring for ``sampler``.
+            optimizer: a torch optimizer over the model's parameters.
+            amp_enabled: use autocast (CUDA only; ignored with a log message on CPU).
+            amp_dtype: "float16" (as the official ``--use-amp``) or "bfloat16".
+            clip_grad_max_norm: max total L2 norm of the gradients; 0 disables clipping.
+        """
+        # detectron2 0.6's SimpleTrainer calls iter(data_loader) in its constructor, which would
+        # start the loader's workers and sampler before a resumed start iteration is known. It
+        # gets an empty stand-in; the real iterator is made lazily by `_data_loader_iter`.
+        super().__init__(model=model, data_loader=(), optimizer=optimizer)
         self.data_loader = data_loader
-        self.optimizer = optimizer
-        self.ema = ema
-        self.clip_grad_max_norm = clip_grad_max_norm
-        device = next(model.parameters()).device
-        self.amp = amp and device.type == "cuda"
-        if amp and not self.amp:
-            logger.info("AMP requested but the model is on %s; training in float32.", device)
-        self.amp_dtype = getattr(torch, amp_dtype)
-        self.grad_scaler = torch.amp.GradScaler("cuda", enabled=self.amp and self.amp_dtype == torch.float16)
-        self._data_iter = None
+        self._data_loader_iter_obj = None
 
-    def _next_batch(self):
-        if self._data_iter is None:
+        if isinstance(amp_dtype, str):
+            if amp_dtype not in _AMP_DTYPES:
+                raise ValueError(f"amp_dtype must be one of {sorted(_AMP_DTYPES)}, got {amp_dtype!r}")
+            amp_dtype = _AMP_DTYPES[amp_dtype]
+        device = next(model.parameters()).device
+        self.amp_enabled = bool(amp_enabled) and device.type == "cuda"
+        if amp_enabled and not self.amp_enabled:
+            logger.info("AMP is enabled in the config but the model is on %s: training in float32.", device)
+        self.amp_dtype = amp_dtype
+        # A disabled scaler passes losses and steps through unchanged, so there is one code path.
+        self.grad_scaler = torch.amp.GradScaler("cuda", enabled=self.amp_enabled and amp_dtype == torch.float16)
+        self.clip_grad_max_norm = float(clip_grad_max_norm)
+
+    @property
+    def _data_loader_iter(self):
+        if self._data_loader_iter_obj is None:
             sampler = getattr(self.data_loader, "sampler", None)
             if hasattr(sampler, "set_start_iter"):
                 sampler.set_start_iter(self.iter)
-            self._data_iter = iter(self.data_loader)
-        return next(self._data_iter)
+            self._data_loader_iter_obj = iter(self.data_loader)
+        return self._data_loader_iter_obj
+
+    @_data_loader_iter.setter
+    def _data_loader_iter(self, value):
+        # Assigned by detectron2 0.6's constructor (main makes it a read-only property).
+        self._data_loader_iter_obj = value
 
     def run_step(self):
-        assert self.model.training, "DetrTrainer: the model was switched to eval mode"
+        assert self.model.training, "[Trainer] model was changed to eval mode!"
         start = time.perf_counter()
-        data = self._next_batch()
+        data = next(self._data_loader_iter)
         data_time = time.perf_counter() - start
 
-        with torch.autocast("cuda", dtype=self.amp_dtype, enabled=self.amp):
+        with torch.amp.autocast("cuda", dtype=self.amp_dtype, enabled=self.amp_enabled):
             loss_dict = self.model(data)
         losses = sum(loss_dict.values())
 
-        self.optimizer.zero_grad(set_to_none=True)
+        self.optimizer.zero_grad()
         self.grad_scaler.scale(losses).backward()
         if self.clip_grad_max_norm > 0:
             self.grad_scaler.unscale_(self.optimizer)
-            params = [p for group in self.optimizer.param_groups for p in group["params"] if p.grad is not None]
-            torch.nn.utils.clip_grad_norm_(params, self.clip_grad_max_norm)
-        self.grad_scaler.step(self.optimizer)
-        self.grad_scaler.update()
-        if self.ema is not None:
-            self.ema.update(unwrap_model(self.model))
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_grad_max_norm)
+
         self._write_metrics(loss_dict, data_time)
 
-    def _write_metrics(self, loss_dict: Dict[str, torch.Tensor], data_time: float):
-        metrics = {k: v.detach().float() for k, v in loss_dict.items()}
-        # One host transfer for all terms (detectron2 logs every iteration, as here).
-        values = torch.stack(list(metrics.values())).cpu().tolist() if metrics else []
-        metrics = dict(zip(metrics, values))
-        metrics["data_time"] = data_time
-        gathered = comm.gather(metrics)
-        if not comm.is_main_process():
-            return
-        storage = get_event_storage()
-        storage.put_scalar("data_time", float(np.max([m.pop("data_time") for m in gathered])))
-        averaged = {k: float(np.mean([m[k] for m in gathered])) for k in gathered[0]}
-        total = sum(averaged.values())
-        if not np.isfinite(total):
-            raise FloatingPointError(f"Loss became infinite or NaN at iteration={self.iter}!\nloss_dict = {averaged}")
-        storage.put_scalar("total_loss", total)
-        if len(averaged) > 1:
-            storage.put_scalars(**averaged)
+        self.grad_scaler.step(self.optimizer)
+        self.grad_scaler.update()
 
     def state_dict(self):
-        state = super().state_dict()
-        state["grad_scaler"] = self.grad_scaler.state_dict()
-        return state
+        ret = super().state_dict()
+        # Empty when the scaler is disabled; otherwise floats and ints only.
+        ret["grad_scaler"] = self.grad_scaler.state_dict()
+        return ret
 
     def load_state_dict(self, state_dict):
         super().load_state_dict(state_dict)
-        if "grad_scaler" in state_dict:
+        # A checkpoint of a run without float16 AMP has no scaler state: keep the fresh scaler.
+        if self.grad_scaler.is_enabled() and state_dict.get("grad_scaler"):
             self.grad_scaler.load_state_dict(state_dict["grad_scaler"])
-
-
-def unwrap_model(model):
-    """The module inside a DistributedDataParallel wrapper (the model itself otherwise)."""
-    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model

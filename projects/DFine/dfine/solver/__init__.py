@@ -1,2 +1,5 @@
-from .lr_scheduler import LinearWarmupConstant  # noqa: F401
-from .param_groups import param_groups  # noqa: F401
+"""Optimizer parameter groups and learning-rate schedules (fvcore ParamSchedulers)."""
+from .lr_scheduler import ConstantSchedule, LinearWarmup
+from .param_groups import param_groups
+
+__all__ = ["ConstantSchedule", "LinearWarmup", "param_groups"]

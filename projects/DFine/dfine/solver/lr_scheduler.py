@@ -1,27 +1,64 @@
 """Learning-rate multipliers as fvcore ParamSchedulers of ``where = iteration / max_iter``.
 
-Detectron2's ``LRMultiplier`` evaluates the scheduler at ``where = k / max_iter`` for iteration
-``k`` (``where == 1.0`` after the last step, so a scheduler must accept it). The official recipes
-count in iterations, so these schedulers take ``max_iter`` and work in iterations internally.
+Detectron2's ``LRMultiplier`` (the ``hooks.LRScheduler`` hook) sets the LR of iteration ``k`` to
+``base_lr * scheduler(k / max_iter)`` for every parameter group, and it is stepped once more after
+the last iteration, so a scheduler is also asked for ``where == 1.0``. fvcore's
+``ConstantParamScheduler`` raises there; the schedules here accept the closed interval [0, 1].
+
+The official recipes count their warm-up in optimizer steps, so :class:`LinearWarmup` takes
+``max_iter`` and converts ``where`` back to the iteration index. The schedule after the warm-up
+is any inner ParamScheduler: :class:`ConstantSchedule` for RT-DETRv2 and D-FINE.
 """
 from fvcore.common.param_scheduler import ParamScheduler
 
-__all__ = ["LinearWarmupConstant"]
+__all__ = ["ConstantSchedule", "LinearWarmup"]
 
 
-class LinearWarmupConstant(ParamScheduler):
-    """The RT-DETRv2 / D-FINE schedule: linear warm-up, then constant.
+def _check_where(where: float) -> None:
+    if not 0.0 <= where <= 1.0:
+        raise ValueError(f"where must be in [0, 1], got {where}")
 
-    Iteration ``k`` (0-based) uses ``min(1, (k + 1) / warmup_iters)``, exactly as the official
-    ``LinearWarmup`` (its milestone-based decay is never reached by the official configs).
+
+class ConstantSchedule(ParamScheduler):
+    """``value`` for every ``where`` in [0, 1], the end point included."""
+
+    def __init__(self, value: float = 1.0):
+        self.value = value
+
+    def __call__(self, where: float) -> float:
+        _check_where(where)
+        return self.value
+
+
+class LinearWarmup(ParamScheduler):
+    """The official linear warm-up (``LinearWarmup`` of RT-DETRv2 / D-FINE) in front of ``scheduler``.
+
+    Iteration ``k`` (0-based) of ``max_iter`` gets ``min(1, (k + 1) / warmup_iters) *
+    scheduler(k / max_iter)``. With ``scheduler = ConstantSchedule(1.0)`` this is the official
+    schedule exactly: the official warm-up steps once when it is built and then after every
+    optimizer step, so iteration ``k`` runs at ``(k + 1) / warmup_iters`` of the base LR, and the
+    official ``MultiStepLR`` milestones after it are never reached. ``warmup_iters = 0`` disables
+    the warm-up (the official obj2coco configs).
     """
 
-    def __init__(self, warmup_iters: int, max_iter: int):
+    def __init__(self, scheduler: ParamScheduler, warmup_iters: int, max_iter: int):
+        """
+        Args:
+            scheduler: the schedule the warm-up factor multiplies, also during the warm-up.
+            warmup_iters: warm-up length in iterations.
+            max_iter: training length in iterations (``train.max_iter``), to recover ``k`` from ``where``.
+        """
+        if warmup_iters < 0 or max_iter <= 0:
+            raise ValueError(f"Need warmup_iters >= 0 and max_iter > 0, got {warmup_iters} and {max_iter}")
+        self.scheduler = scheduler
         self.warmup_iters = int(warmup_iters)
         self.max_iter = int(max_iter)
 
     def __call__(self, where: float) -> float:
-        if self.warmup_iters <= 0:
-            return 1.0
+        _check_where(where)
+        value = self.scheduler(where)
+        if self.warmup_iters == 0:
+            return value
+        # where = k / max_iter, so this rounding recovers k exactly.
         iteration = round(where * self.max_iter)
-        return min(1.0, (iteration + 1) / self.warmup_iters)
+        return min(1.0, (iteration + 1) / self.warmup_iters) * value
