@@ -37,7 +37,7 @@ def test_config_instantiates(name):
     optimizer = instantiate(cfg.optimizer)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     assert sum(p.numel() for g in optimizer.param_groups for p in g["params"]) == trainable
-    cfg.train.max_iter = 1000
+    cfg.train.max_iter = 10000
     lr_multiplier = instantiate(cfg.lr_multiplier)
     assert lr_multiplier(0.0) > 0 and lr_multiplier(1.0) == pytest.approx(1.0)
     if name in OFFICIAL_PARAMETERS:

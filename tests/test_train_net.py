@@ -1,0 +1,93 @@
+"""train_net.py end to end on a tiny generated COCO set: train with checkpoints, resume, eval-only."""
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+import train_net  # noqa: E402
+
+TINY_MODEL = [
+    "model.encoder.hidden_dim=32", "model.encoder.dim_feedforward=64", "model.encoder.eval_spatial_size=[64,64]",
+    "model.decoder.feat_channels=[32,32,32]", "model.decoder.hidden_dim=32", "model.decoder.dim_feedforward=64",
+    "model.decoder.num_layers=2", "model.decoder.num_queries=20", "model.decoder.num_denoising=10",
+    "model.decoder.eval_spatial_size=[64,64]", "model.num_top_queries=20",
+]
+
+
+def _args(tiny_coco, output_dir, *extra, resume=False, eval_only=False):
+    opts = TINY_MODEL + [
+        f"train.output_dir={output_dir}", "train.device=cpu", "train.epochs=null", "train.eval_epochs=null", "train.checkpoint_epochs=null", "train.max_iter=10",
+        "train.checkpointer.period=5", "train.eval_period=10", "train.log_period=5", "train.seed=0",
+        f"dataloader.train.dataset={tiny_coco.train}", f"dataloader.test.dataset_name={tiny_coco.val}",
+        "dataloader.train.total_batch_size=2", "dataloader.train.num_workers=0", "dataloader.test.num_workers=0",
+        "dataloader.train.mapper.image_size=64", "dataloader.test.mapper.image_size=64",
+        "dataloader.train.seed=0",
+    ] + list(extra)
+    argv = ["--config-file", str(ROOT / "configs/quickstart/rtdetrv2_r18_toy.py")]
+    argv += ["--resume"] if resume else []
+    argv += ["--eval-only"] if eval_only else []
+    return train_net.default_argument_parser().parse_args(argv + opts)
+
+
+def _metrics(output_dir):
+    with open(os.path.join(output_dir, "metrics.json")) as f:
+        return [json.loads(line) for line in f]
+
+
+def test_train_checkpoint_resume_and_eval_only(tiny_coco, tmp_path):
+    out = str(tmp_path / "run")
+    train_net.main(_args(tiny_coco, out))
+    assert set(os.listdir(out)) >= {"last_checkpoint", "metrics.json", "model_0000004.pth", "model_final.pth"}
+    metrics = _metrics(out)
+    assert any("bbox/AP" in m for m in metrics), "the final evaluation must be logged"
+    losses = [m["total_loss"] for m in metrics if "total_loss" in m]
+    assert losses and all(torch.isfinite(torch.tensor(losses)))
+
+    checkpoint = torch.load(os.path.join(out, "model_final.pth"), map_location="cpu", weights_only=True)
+    assert checkpoint["iteration"] == 9 and checkpoint["ema"]["updates"] == 10
+    assert "grad_scaler" in checkpoint["trainer"]
+
+    # Resume from the iteration-5 checkpoint and finish the same 10 iterations.
+    with open(os.path.join(out, "last_checkpoint"), "w") as f:
+        f.write("model_0000004.pth")
+    train_net.main(_args(tiny_coco, out, resume=True))
+    resumed = torch.load(os.path.join(out, "model_final.pth"), map_location="cpu", weights_only=True)
+    assert resumed["iteration"] == 9 and resumed["ema"]["updates"] == 10
+
+    results = train_net.main(_args(tiny_coco, out, f"train.init_checkpoint={out}/model_final.pth", eval_only=True))
+    assert set(results["bbox"]) >= {"AP", "AP50", "AP75"}
+
+
+def test_background_only_images_train(tiny_coco, tmp_path, write_coco_json):
+    """An image with no annotations is valid training data (empty target), not an error."""
+    from dfine.data.datasets import register_coco_dataset
+    from dfine.data.toy_shapes import toy_shapes_paths
+
+    json_file, image_root = toy_shapes_paths(tiny_coco.root, "train")
+    data = json.loads(Path(json_file).read_text())
+    empty = write_coco_json(tmp_path / "empty.json", data["images"][:2], [], data["categories"])
+    register_coco_dataset("tiny_coco_background_only", empty, image_root)
+    out = str(tmp_path / "bg")
+    train_net.main(_args(tiny_coco, out, "dataloader.train.dataset=tiny_coco_background_only", "train.max_iter=3",
+                         "train.eval_period=0"))
+    losses = [m["total_loss"] for m in _metrics(out) if "total_loss" in m]
+    assert losses and all(torch.isfinite(torch.tensor(losses)))
+
+
+def test_category_id_out_of_range_is_a_clear_error(tiny_coco, tmp_path, write_coco_json):
+    from dfine.data.datasets import register_coco_dataset
+    from dfine.data.toy_shapes import toy_shapes_paths
+
+    json_file, image_root = toy_shapes_paths(tiny_coco.root, "train")
+    data = json.loads(Path(json_file).read_text())
+    bad = data["annotations"][:3]
+    bad[1] = dict(bad[1], category_id=42)
+    path = write_coco_json(tmp_path / "bad.json", data["images"], bad, data["categories"])
+    register_coco_dataset("tiny_coco_bad_category", path, image_root)
+    with pytest.raises(ValueError, match="42"):
+        train_net.main(_args(tiny_coco, str(tmp_path / "bad"), "dataloader.train.dataset=tiny_coco_bad_category"))
