@@ -86,12 +86,25 @@ class RealTimeDETR(nn.Module):
     def forward(self, batched_inputs: List[Dict]):
         images = self.preprocess_image(batched_inputs)
         feats = self.encoder(self.backbone(images.tensor))
+        padding_mask = self.padding_mask(images)
         if self.training:
             targets = self.prepare_targets(batched_inputs, images)
-            outputs = self.decoder(feats, targets)
+            outputs = self.decoder(feats, targets, padding_mask=padding_mask)
             return self.criterion(outputs, targets)
-        outputs = self.decoder(feats)
+        outputs = self.decoder(feats, padding_mask=padding_mask)
         return self.postprocess(outputs, batched_inputs, images)
+
+    @staticmethod
+    def padding_mask(images: ImageList):
+        """``[B, H, W]`` bool, True on the padding; None when no image of the batch is padded
+        (always the case at the official fixed input size)."""
+        height, width = images.tensor.shape[-2:]
+        if all(tuple(size) == (height, width) for size in images.image_sizes):
+            return None
+        mask = torch.ones(len(images), height, width, dtype=torch.bool, device=images.tensor.device)
+        for i, (h, w) in enumerate(images.image_sizes):
+            mask[i, :h, :w] = False
+        return mask
 
     def prepare_targets(self, batched_inputs: List[Dict], images: ImageList) -> List[Dict]:
         """Ground truth as the decoder and criterion expect it: labels and cxcywh boxes

@@ -9,6 +9,7 @@ from collections import OrderedDict
 from typing import Dict, List, Optional
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..layers.common import MLP, bias_init_with_prob, get_activation, inverse_sigmoid
@@ -288,7 +289,17 @@ class RTDETRv2Decoder(nn.Module):
 
         return gather(memory), gather(logits), gather(coords_unact)
 
-    def _encoder_proposals(self, memory, spatial_shapes):
+    @staticmethod
+    def _memory_valid(padding_mask, spatial_shapes):
+        """``[B, sum(H_l*W_l)]``, True where a memory token lies on the image rather than on the
+        zero padding of a smaller image in the batch; None when nothing is padded."""
+        if padding_mask is None:
+            return None
+        padded = padding_mask[:, None].float()
+        levels = [F.interpolate(padded, size=(h, w), mode="nearest")[:, 0] < 0.5 for h, w in spatial_shapes]
+        return torch.cat([level.flatten(1) for level in levels], 1)
+
+    def _encoder_proposals(self, memory, spatial_shapes, memory_valid=None):
         """Score every memory token as a box and keep the top K.
 
         Returns ``(content [B, K, C], boxes_unact [B, K, 4], logits [B, K, num_classes])``; boxes and
@@ -299,9 +310,14 @@ class RTDETRv2Decoder(nn.Module):
         else:
             anchors, valid_mask = self.anchors, self.valid_mask
         # Tokens of invalid anchors are zeroed (their boxes stay +inf and are rarely selected).
+        if memory_valid is not None:
+            valid_mask = valid_mask & memory_valid.unsqueeze(-1)
         memory = valid_mask.to(memory.dtype) * memory
         output_memory = self.enc_output(memory)
         enc_logits = self.enc_score_head(output_memory)
+        if memory_valid is not None:
+            # Padding is never proposed (unless the images have fewer tokens than queries).
+            enc_logits = enc_logits.masked_fill(~memory_valid.unsqueeze(-1), torch.finfo(enc_logits.dtype).min)
         enc_coords_unact = self.enc_bbox_head(output_memory) + anchors
         topk_memory, topk_logits, topk_coords_unact = self._select_topk(output_memory, enc_logits, enc_coords_unact)
         if self.learn_query_content:
@@ -310,8 +326,12 @@ class RTDETRv2Decoder(nn.Module):
             content = topk_memory.detach()
         return content, topk_coords_unact, topk_logits
 
-    def forward(self, feats: List[torch.Tensor], targets: Optional[List[Dict[str, torch.Tensor]]] = None) -> Dict:
+    def forward(self, feats: List[torch.Tensor], targets: Optional[List[Dict[str, torch.Tensor]]] = None,
+                padding_mask: Optional[torch.Tensor] = None) -> Dict:
+        """``padding_mask``: optional ``[B, H, W]`` bool at input resolution, True on the zero padding
+        of images smaller than the batch; padded memory is neither proposed nor attended to."""
         memory, spatial_shapes = self._flatten_memory(feats)
+        memory_valid = self._memory_valid(padding_mask, spatial_shapes)
         attn_mask, dn_meta = None, None
         if self.training and self.num_denoising > 0:
             if targets is None:
@@ -320,14 +340,15 @@ class RTDETRv2Decoder(nn.Module):
                 targets, self.num_classes, self.num_queries, self.denoising_class_embed,
                 self.num_denoising, self.label_noise_ratio, self.box_noise_scale, self.dn_abs_box_size)
 
-        content, topk_coords_unact, topk_logits = self._encoder_proposals(memory, spatial_shapes)
+        content, topk_coords_unact, topk_logits = self._encoder_proposals(memory, spatial_shapes, memory_valid)
         ref_unact = topk_coords_unact.detach()
         if dn_meta is not None:
             # Denoising queries go first, as dn_positive_idx and dn_num_split assume.
             content = torch.cat([dn_content, content], 1)
             ref_unact = torch.cat([dn_boxes_unact, ref_unact], 1)
         boxes, logits = self.decoder(content, ref_unact, memory, spatial_shapes, self.dec_bbox_head,
-                                     self.dec_score_head, self.query_pos_head, attn_mask=attn_mask)
+                                     self.dec_score_head, self.query_pos_head, attn_mask=attn_mask,
+                                     memory_mask=memory_valid)
         if dn_meta is not None:
             dn_boxes, boxes = boxes.split(dn_meta["dn_num_split"], dim=2)
             dn_logits, logits = logits.split(dn_meta["dn_num_split"], dim=2)
