@@ -442,7 +442,7 @@ def test_trainer_amp_is_disabled_on_cpu():
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 def test_trainer_amp_on_cuda(dtype):
     torch.manual_seed(0)
-    model = TinyDetector().cuda()
+    model = TinyDetector().to(torch.device("cuda"))
     trainer = Trainer(model=model, data_loader=StreamLoader(), optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
                       amp_enabled=True, amp_dtype=dtype, clip_grad_max_norm=0.1)
     trainer.train(0, 2)
