@@ -49,3 +49,36 @@ def test_other_architecture_is_reported_in_full():
 def test_not_a_checkpoint():
     with pytest.raises(CheckpointMismatchError, match="ema.module"):
         extract_official_state_dict({"optimizer": {}, "epoch": 3})
+
+
+def test_convert_official_cli_round_trip_and_mismatch(tmp_path):
+    """tools/convert_official.py on an official-layout R18 checkpoint (synthetic weights over the
+    official key list recorded in tests/golden/rtdetrv2_r18_keys.json)."""
+    import json
+    import sys
+    from pathlib import Path
+
+    from detectron2.config import LazyConfig, instantiate
+
+    from dfine.engine import load_ema_or_model_weights
+    from golden.synth import synth_state_dict
+
+    root = Path(__file__).resolve().parents[1]
+    sys.path.insert(0, str(root / "tools"))
+    import convert_official
+
+    keys = json.loads((root / "tests/golden/rtdetrv2_r18_keys.json").read_text())["state_dict"]
+    official = synth_state_dict(keys, seed=0)
+    torch.save({"ema": {"module": official, "updates": 1000}, "date": "2024-01-01"}, tmp_path / "official.pth")
+    config = str(root / "configs/rtdetrv2_r18.py")
+    convert_official.main(["--config-file", config, str(tmp_path / "official.pth"), str(tmp_path / "ours.pth")])
+
+    model = instantiate(LazyConfig.load(config).model)
+    assert load_ema_or_model_weights(model, str(tmp_path / "ours.pth")) == "model"
+    for key, value in official.items():
+        assert torch.equal(model.state_dict()[key], value), key
+
+    # The same file is refused for another model size (R34 has more blocks), differences listed.
+    with pytest.raises(SystemExit, match=r"(?s)does not fit .*rtdetrv2_r34.py.*110 key\(s\) missing in the checkpoint"):
+        convert_official.main(["--config-file", str(root / "configs/rtdetrv2_r34.py"),
+                               str(tmp_path / "official.pth"), str(tmp_path / "r34.pth")])
