@@ -458,3 +458,46 @@ def test_distributed_num_boxes_and_empty_rank(tmp_path):
     result = torch.load(result_file)
     assert result["keys"] == ["loss_vfl", "loss_bbox", "loss_giou"]
     assert result["num_boxes"] == 1.5
+
+
+# ---------------------------------------------------------------- DEIM's matchability-aware loss
+
+
+def test_matchability_aware_loss_matches_official_toy_value():
+    """official-implementations.md §8 item 16: the §8 toy (IoU 2/3 for the matched query) through
+    the official DEIM ``loss_labels_mal`` with gamma 1.5 gives 3.299469."""
+    from dfine.modeling.criterion.losses import matchability_aware_loss
+
+    logits = torch.tensor(TOY_LOGITS)
+    one_hot = torch.zeros_like(logits)
+    one_hot[0, 0, 1] = 1
+    quality = torch.zeros(1, 2)
+    quality[0, 0] = 2 / 3
+    assert matchability_aware_loss(logits, one_hot, quality, 1.0, gamma=1.5).item() == pytest.approx(3.299469, abs=1e-6)
+    outputs, targets = _toy()
+    criterion = RTDETRCriterion(HungarianMatcher(), {"loss_mal": 1, "loss_bbox": 1, "loss_giou": 1},
+                                losses=("mal", "boxes"), gamma=1.5, num_classes=3)
+    losses = criterion(outputs, targets)
+    assert list(losses) == ["loss_mal", "loss_bbox", "loss_giou"]
+    assert losses["loss_mal"].item() == pytest.approx(3.299469, abs=1e-6)
+
+
+def test_matchability_aware_loss_structure():
+    """§3.3: a matched query with logit 0 and IoU 0.5 has target 0.5**1.5 = 0.353553 and weight 1,
+    so its BCE is log 2 whatever the target; negatives are weighted p**gamma (times mal alpha)."""
+    from dfine.modeling.criterion.losses import matchability_aware_loss
+
+    one_hot = torch.tensor([[[1.0, 0.0]]])
+    quality = torch.tensor([[0.5]])
+    logits = torch.tensor([[[0.0, -1.0]]])
+    p = torch.sigmoid(torch.tensor(-1.0))
+    negative = p**1.5 * -torch.log(1 - p)
+    expected = torch.log(torch.tensor(2.0)) + negative
+    assert matchability_aware_loss(logits, one_hot, quality, 1.0, gamma=1.5).item() == pytest.approx(expected.item(), rel=1e-6)
+    expected_alpha = torch.log(torch.tensor(2.0)) + 0.5 * negative
+    assert matchability_aware_loss(logits, one_hot, quality, 1.0, gamma=1.5, alpha=0.5).item() == pytest.approx(
+        expected_alpha.item(), rel=1e-6)
+    # The positive's gradient pushes the logit towards the target 0.5**1.5, not towards 1.
+    logits.requires_grad_()
+    matchability_aware_loss(logits, one_hot, quality, 1.0, gamma=1.5).backward()
+    assert logits.grad[0, 0, 0].item() == pytest.approx(0.5 - 0.5**1.5, abs=1e-6)

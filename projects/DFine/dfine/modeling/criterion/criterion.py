@@ -1,13 +1,13 @@
 """Set criterion of the real-time DETR family: which output is supervised with which pairs."""
 import itertools
-from typing import Dict, List, NamedTuple, Sequence
+from typing import Dict, List, NamedTuple, Optional, Sequence
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
 from ..layers.box_ops import box_cxcywh_to_xyxy, elementwise_box_iou
-from .losses import focal_loss, giou_box_loss, l1_box_loss, varifocal_loss
+from .losses import focal_loss, giou_box_loss, l1_box_loss, matchability_aware_loss, varifocal_loss
 
 __all__ = ["RTDETRCriterion"]
 
@@ -94,14 +94,17 @@ class RTDETRCriterion(nn.Module):
         alpha: float = 0.75,
         gamma: float = 2.0,
         num_classes: int = 80,
+        mal_alpha: Optional[float] = None,
     ):
         """
         Args:
             matcher: returns per-image ``(query_idx, gt_idx)`` pairs, see :class:`HungarianMatcher`.
             weight_dict: weight of every loss key the selected terms produce.
-            losses: loss terms, among ``"vfl"`` (loss_vfl), ``"focal"`` (loss_focal) and ``"boxes"``
-                (loss_bbox, loss_giou).
-            alpha, gamma: focal parameters of the classification loss.
+            losses: loss terms, among ``"vfl"`` (loss_vfl), ``"mal"`` (loss_mal, DEIM), ``"focal"``
+                (loss_focal) and ``"boxes"`` (loss_bbox, loss_giou).
+            alpha, gamma: focal parameters of the classification loss (MAL uses only ``gamma``,
+                1.5 in DEIM).
+            mal_alpha: optional weight of MAL's negatives (None in every official config).
             num_classes: number of classes K of ``pred_logits`` (no background slot).
         """
         super().__init__()
@@ -114,6 +117,7 @@ class RTDETRCriterion(nn.Module):
         self.alpha = alpha
         self.gamma = gamma
         self.num_classes = num_classes
+        self.mal_alpha = mal_alpha
 
     def forward(self, outputs: Dict, targets: List[Dict[str, torch.Tensor]]) -> Dict[str, torch.Tensor]:
         """
@@ -190,6 +194,11 @@ class RTDETRCriterion(nn.Module):
         logits = output["pred_logits"]
         one_hot, quality = _one_hot_targets(logits, targets, pairs), _quality_targets(output, targets, pairs)
         return {"loss_vfl": varifocal_loss(logits, one_hot, quality, num_boxes, self.alpha, self.gamma)}
+
+    def _loss_mal(self, output, targets: _BatchTargets, pairs: _MatchedPairs, num_boxes):
+        logits = output["pred_logits"]
+        one_hot, quality = _one_hot_targets(logits, targets, pairs), _quality_targets(output, targets, pairs)
+        return {"loss_mal": matchability_aware_loss(logits, one_hot, quality, num_boxes, self.gamma, self.mal_alpha)}
 
     def _loss_focal(self, output, targets: _BatchTargets, pairs: _MatchedPairs, num_boxes):
         logits = output["pred_logits"]

@@ -8,6 +8,8 @@ queries, no gradient). Box losses take the matched pairs only, ``[N, 4]`` normal
 Every loss is a sum divided by ``num_boxes`` (a float or 0-dim tensor: the number of ground-truth
 boxes per process, see :class:`RTDETRCriterion`), as in the official implementations.
 """
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 from torchvision.ops import sigmoid_focal_loss as _elementwise_focal_loss
@@ -48,6 +50,35 @@ def varifocal_loss(
     target_score = quality.unsqueeze(-1) * one_hot
     pred_score = logits.sigmoid().detach()
     weight = alpha * pred_score.pow(gamma) * (1 - one_hot) + target_score
+    loss = F.binary_cross_entropy_with_logits(logits, target_score, weight=weight, reduction="none")
+    return _sum_over_queries(loss, num_boxes)
+
+
+def matchability_aware_loss(
+    logits: torch.Tensor,
+    one_hot: torch.Tensor,
+    quality: torch.Tensor,
+    num_boxes,
+    gamma: float = 1.5,
+    alpha: Optional[float] = None,
+) -> torch.Tensor:
+    """Matchability-Aware Loss (DEIM, Huang et al., 2025), DEIM's replacement for VFL.
+
+    The positive target is ``quality ** gamma`` (so low-IoU matches still get a small, non-zero
+    target) and positives have weight 1 whatever their IoU; negatives keep the focal weight
+    ``p^gamma`` (times ``alpha`` when given; no official config sets it, so their ``alpha`` of
+    0.75 is not used by MAL).
+
+    Args:
+        logits: ``[B, Q, C]``.
+        one_hot: ``[B, Q, C]`` in the dtype of ``logits``.
+        quality: ``[B, Q]`` IoU of each matched query with its ground truth, 0 elsewhere.
+    """
+    target_score = (quality.unsqueeze(-1) * one_hot).pow(gamma)
+    negative_weight = logits.sigmoid().detach().pow(gamma)
+    if alpha is not None:
+        negative_weight = alpha * negative_weight
+    weight = negative_weight * (1 - one_hot) + one_hot
     loss = F.binary_cross_entropy_with_logits(logits, target_score, weight=weight, reduction="none")
     return _sum_over_queries(loss, num_boxes)
 
