@@ -576,3 +576,44 @@ def test_train_net_resume_continues_exactly_and_eval_only_uses_ema(train_net, tm
     plain = _run(train_net, config, tmp_path / "eval", "--eval-only", f"train.init_checkpoint={tmp_path / 'plain.pth'}")
     assert plain["bbox"]["AP"] != pytest.approx(results["bbox"]["AP"], rel=1e-3)
     assert os.path.isfile(full / "config.yaml")
+
+
+# ---------------------------------------------------------------- DEIM flat-cosine schedule
+
+
+def test_flat_cosine_matches_official_values():
+    """official-implementations.md §8 item 24, computed with the official ``flat_cosine_schedule``
+    (DEIM engine/optim/lr_scheduler.py): T=58000, W=2000, F=29000, N=8000, base 5e-4, gamma 0.5 ->
+    lr(1000)=1.25e-4, lr(2000)=5e-4, lr(40000)=3.65659e-4, lr(>=50000)=2.5e-4."""
+    from dfine.solver import FlatCosine
+
+    # 58 epochs of 1000 iterations: flat until epoch 29, no augmentation for the last 8.
+    schedule = FlatCosine(max_iter=58000, epochs=58, flat_epochs=29, no_aug_epochs=8, warmup_iters=2000, lr_gamma=0.5)
+    base = 5e-4
+    for step, lr in [(1000, 1.25e-4), (2000, 5e-4), (29000, 5e-4), (40000, 3.65659e-4), (50000, 2.5e-4),
+                     (57999, 2.5e-4)]:
+        assert base * schedule.factor_at_step(step) == pytest.approx(lr, rel=1e-5), step
+        # Iteration k trains with the LR of step k - 1, as the official loop steps after each update.
+        assert base * schedule((step + 1) / 58000) == pytest.approx(lr, rel=1e-5), step
+    assert schedule(0.0) == pytest.approx(1 / 500)  # the official solver's unused LinearWarmup(500)
+    assert schedule(1 / 58000) == 0.0
+    # Continuous at the phase borders and monotone over the cosine.
+    values = [schedule.factor_at_step(t) for t in range(29000, 50001, 500)]
+    assert all(a >= b for a, b in zip(values, values[1:])) and values[0] == 1.0 and values[-1] == 0.5
+
+
+def test_flat_cosine_runs_to_the_last_iteration():
+    from detectron2.solver import LRMultiplier
+
+    from dfine.solver import FlatCosine
+
+    param = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([param], lr=1.0)
+    schedule = FlatCosine(max_iter=30, epochs=3, flat_epochs=1, no_aug_epochs=1, warmup_iters=5, lr_gamma=0.1)
+    multiplier = LRMultiplier(optimizer, schedule, max_iter=30)
+    lrs = []
+    for _ in range(30):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        multiplier.step()  # also evaluated at where == 1.0 after the last step
+    assert lrs[0] == pytest.approx(1 / 500) and lrs[-1] == pytest.approx(0.1) and max(lrs) == pytest.approx(1.0)

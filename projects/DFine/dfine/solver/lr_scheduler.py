@@ -8,10 +8,13 @@ the last iteration, so a scheduler is also asked for ``where == 1.0``. fvcore's
 The official recipes count their warm-up in optimizer steps, so :class:`LinearWarmup` takes
 ``max_iter`` and converts ``where`` back to the iteration index. The schedule after the warm-up
 is any inner ParamScheduler: :class:`ConstantSchedule` for RT-DETRv2 and D-FINE.
+:class:`FlatCosine` is DEIM's schedule, which has its own (quadratic) warm-up.
 """
+import math
+
 from fvcore.common.param_scheduler import ParamScheduler
 
-__all__ = ["ConstantSchedule", "LinearWarmup"]
+__all__ = ["ConstantSchedule", "LinearWarmup", "FlatCosine"]
 
 
 def _check_where(where: float) -> None:
@@ -62,3 +65,46 @@ class LinearWarmup(ParamScheduler):
         # where = k / max_iter, so this rounding recovers k exactly.
         iteration = round(where * self.max_iter)
         return min(1.0, (iteration + 1) / self.warmup_iters) * value
+
+
+class FlatCosine(ParamScheduler):
+    """DEIM's flat-cosine schedule (official ``FlatCosineLRScheduler``), as a factor of the base LR.
+
+    With ``T = max_iter``, ``W = warmup_iters`` and the flat and no-augmentation phases converted
+    from epochs (``F = flat_epochs / epochs * T``, ``N = no_aug_epochs / epochs * T``), the
+    official LR at step ``t`` is ``(t / W)**2`` for ``t <= W``, 1 up to ``F``, ``lr_gamma`` from
+    ``T - N`` on, and a half cosine from 1 down to ``lr_gamma`` in between.
+
+    The official loop steps the scheduler after each optimizer step, so iteration ``k >= 1``
+    trains with the LR of step ``k - 1``; iteration 0 runs at ``initial_factor``, the value an
+    unused ``LinearWarmup`` of the official solver leaves behind (``1 / its warmup_duration``).
+    Both are kept, so the LR of every iteration equals the official one.
+    """
+
+    def __init__(self, max_iter: int, epochs: float, flat_epochs: float, no_aug_epochs: float,
+                 warmup_iters: int = 2000, lr_gamma: float = 0.5, initial_factor: float = 1 / 500):
+        if max_iter <= 0 or epochs <= 0:
+            raise ValueError(f"Need max_iter > 0 and epochs > 0, got {max_iter} and {epochs}")
+        iters_per_epoch = max_iter / epochs
+        self.max_iter = int(max_iter)
+        self.warmup_iters = int(warmup_iters)
+        self.flat_iters = flat_epochs * iters_per_epoch
+        self.no_aug_iters = no_aug_epochs * iters_per_epoch
+        self.lr_gamma = lr_gamma
+        self.initial_factor = initial_factor
+
+    def factor_at_step(self, t: float) -> float:
+        """The official LR of step ``t`` divided by the base LR."""
+        if t <= self.warmup_iters:
+            return (t / self.warmup_iters) ** 2 if self.warmup_iters > 0 else 1.0
+        if t <= self.flat_iters:
+            return 1.0
+        if t >= self.max_iter - self.no_aug_iters:
+            return self.lr_gamma
+        progress = (t - self.flat_iters) / (self.max_iter - self.flat_iters - self.no_aug_iters)
+        return self.lr_gamma + (1 - self.lr_gamma) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    def __call__(self, where: float) -> float:
+        _check_where(where)
+        iteration = round(where * self.max_iter)
+        return self.initial_factor if iteration == 0 else self.factor_at_step(iteration - 1)
