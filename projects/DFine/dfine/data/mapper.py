@@ -11,7 +11,7 @@ from detectron2.data import detection_utils
 from detectron2.data import transforms as T
 from detectron2.structures import Boxes, BoxMode, Instances
 
-from .transforms import SanitizeBoxes, rtdetr_train_augmentations, valid_boxes
+from .transforms import SanitizeBoxes, clip_boxes, rtdetr_train_augmentations, valid_boxes
 
 __all__ = ["DetrDatasetMapper"]
 
@@ -155,7 +155,6 @@ def annotations_to_arrays(annotations: List[Dict], height: int, width: int) -> T
     boxes = np.array(
         [BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS) for a in annotations], dtype=np.float32
     ).reshape(-1, 4)
-    boxes[:, 0::2] = boxes[:, 0::2].clip(0, width)
-    boxes[:, 1::2] = boxes[:, 1::2].clip(0, height)
+    boxes = clip_boxes(boxes, height, width)
     classes = np.array([a["category_id"] for a in annotations], dtype=np.int64)
     return boxes, classes

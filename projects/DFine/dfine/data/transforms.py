@@ -33,6 +33,7 @@ __all__ = [
     "RandomIoUCrop",
     "BoxSanitizeTransform",
     "SanitizeBoxes",
+    "clip_boxes",
     "valid_boxes",
     "rtdetr_train_augmentations",
 ]
@@ -151,9 +152,7 @@ class IoUCropTransform(CropTransform):
         cx = 0.5 * (box[:, 0] + box[:, 2]) - self.x0
         cy = 0.5 * (box[:, 1] + box[:, 3]) - self.y0
         inside = (cx > 0) & (cx < self.w) & (cy > 0) & (cy < self.h)
-        out = box - np.array([self.x0, self.y0, self.x0, self.y0], dtype=np.float32)
-        out[:, 0::2] = out[:, 0::2].clip(0, self.w)
-        out[:, 1::2] = out[:, 1::2].clip(0, self.h)
+        out = clip_boxes(box - np.array([self.x0, self.y0, self.x0, self.y0], dtype=np.float32), self.h, self.w)
         out[~inside] = 0
         return out
 
@@ -228,14 +227,17 @@ class BoxSanitizeTransform(Transform):
         return coords
 
     def apply_box(self, box: np.ndarray) -> np.ndarray:
-        out = np.asarray(box, dtype=np.float32).reshape(-1, 4).copy()
-        out[:, 0::2] = out[:, 0::2].clip(0, self.width)
-        out[:, 1::2] = out[:, 1::2].clip(0, self.height)
+        out = clip_boxes(np.asarray(box, dtype=np.float32).reshape(-1, 4), self.height, self.width)
         out[~valid_boxes(out, self.min_size)] = 0
         return out
 
     def apply_segmentation(self, segmentation: np.ndarray) -> np.ndarray:
         return segmentation
+
+
+def clip_boxes(boxes: np.ndarray, height: float, width: float) -> np.ndarray:
+    """``(N, 4)`` XYXY boxes clipped to ``[0, width] x [0, height]`` (a new array)."""
+    return boxes.clip(0, np.array([width, height, width, height], dtype=boxes.dtype))
 
 
 def valid_boxes(boxes: np.ndarray, min_size: float) -> np.ndarray:
