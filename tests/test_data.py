@@ -17,7 +17,7 @@ from detectron2.structures import Boxes, BoxMode, Instances
 from dfine.data import (
     DetrDatasetMapper,
     EpochAwareSampler,
-    MultiScaleCollate,
+    BatchCollate,
     RandomIoUCrop,
     RandomZoomOut,
     SanitizeBoxes,
@@ -407,7 +407,7 @@ def _collate_sample(epoch):
 
 
 def test_multi_scale_collate_stops_at_stop_epoch():
-    collate = MultiScaleCollate(scales=[32, 48], stop_epoch=2)
+    collate = BatchCollate(scales=[32, 48], stop_epoch=2)
     random.seed(0)
     seen = set()
     for _ in range(20):
@@ -428,7 +428,7 @@ def test_multi_scale_collate_stops_at_stop_epoch():
     # a batch that reaches the stop epoch keeps the mapper's size
     for batch in ([_collate_sample(1), _collate_sample(2)], [_collate_sample(5)]):
         assert all(s["image"].shape == (3, 16, 16) for s in collate(batch))
-    assert MultiScaleCollate()([_collate_sample(0)])[0]["image"].shape == (3, 16, 16)
+    assert BatchCollate()([_collate_sample(0)])[0]["image"].shape == (3, 16, 16)
 
 
 def test_train_and_test_loaders_on_tiny_coco(tiny_coco):

@@ -1,11 +1,20 @@
-"""Data: dataset loading with checks, RT-DETR augmentations, epoch-aware mapper and loaders.
+"""Data: dataset loading with checks, RT-DETR augmentations, DEIM Dense O2O (Mosaic, MixUp),
+epoch-aware mapper and loaders.
 
 Importing this package registers the generated toy data set as ``toy_shapes_train`` and
 ``toy_shapes_val`` (files are generated on first load).
 """
 from .datasets import load_dataset_dicts, register_coco_dataset, validate_category_ids
-from .loader import DetectionDataset, EpochAwareSampler, MultiScaleCollate, build_test_loader, build_train_loader
-from .mapper import DetrDatasetMapper
+from .dense_o2o import MixUp, Mosaic
+from .loader import (
+    BatchCollate,
+    DetectionDataset,
+    EpochAwareSampler,
+    build_test_loader,
+    build_train_loader,
+    generate_scales,
+)
+from .mapper import DetrDatasetMapper, policy_for_epoch
 from .toy_shapes import TOY_SHAPES_CLASSES, prepare_toy_shapes, register_toy_shapes
 from .transforms import (
     RandomIoUCrop,
@@ -23,7 +32,11 @@ __all__ = [
     "validate_category_ids",
     "DetectionDataset",
     "EpochAwareSampler",
-    "MultiScaleCollate",
+    "BatchCollate",
+    "generate_scales",
+    "MixUp",
+    "Mosaic",
+    "policy_for_epoch",
     "build_test_loader",
     "build_train_loader",
     "DetrDatasetMapper",

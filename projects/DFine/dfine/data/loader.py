@@ -7,6 +7,7 @@ stream, the dataset hands the epoch to the mapper, and the collate function read
 mapped dicts. Everything epoch-dependent is then a pure function of the stream position: the
 same in every worker, reproducible, and resumable with :meth:`EpochAwareSampler.set_start_iter`.
 """
+import inspect
 import itertools
 import logging
 import random
@@ -23,11 +24,13 @@ from detectron2.structures import Boxes, Instances
 from detectron2.utils import comm
 
 from .datasets import load_dataset_dicts
+from .dense_o2o import MixUp
 
 __all__ = [
     "EpochAwareSampler",
     "DetectionDataset",
-    "MultiScaleCollate",
+    "BatchCollate",
+    "generate_scales",
     "build_train_loader",
     "build_test_loader",
 ]
@@ -107,46 +110,68 @@ class EpochAwareSampler(Sampler):
 class DetectionDataset(Dataset):
     """Map-style data set of Detectron2 dataset dicts whose items are indexed by ``(index, epoch)``.
 
-    ``dataset[(i, e)]`` is ``mapper(copy of dicts[i], e)`` with ``"epoch": e`` added. A plain
-    integer index means epoch 0. The dicts are pickled into one byte buffer each (detectron2's
-    :class:`DatasetFromList`), so DataLoader workers share them instead of copying Python objects.
+    ``dataset[(i, e)]`` is ``mapper(copy of dicts[i], e)`` with ``"epoch": e`` added; a mapper
+    with a ``dataset`` argument (:class:`~dfine.data.mapper.DetrDatasetMapper`, for Mosaic) also
+    gets the sequence of all dicts. A plain integer index means epoch 0. The dicts are pickled into
+    one byte buffer each (detectron2's :class:`DatasetFromList`), so DataLoader workers share them
+    instead of copying Python objects.
     """
 
-    def __init__(self, dataset_dicts: List[Dict], mapper: Callable[[Dict, int], Dict]):
+    def __init__(self, dataset_dicts: List[Dict], mapper: Callable[..., Dict]):
         self._dicts = DatasetFromList(dataset_dicts, copy=True, serialize=True)
         self.mapper = mapper
+        self._mapper_takes_dataset = "dataset" in inspect.signature(mapper).parameters
 
     def __len__(self) -> int:
         return len(self._dicts)
 
     def __getitem__(self, key: Union[int, Tuple[int, int]]) -> Dict:
         index, epoch = key if isinstance(key, tuple) else (key, 0)
-        sample = self.mapper(self._dicts[index], epoch)
+        if self._mapper_takes_dataset:
+            sample = self.mapper(self._dicts[index], epoch, dataset=self._dicts)
+        else:
+            sample = self.mapper(self._dicts[index], epoch)
         sample["epoch"] = epoch
         return sample
 
 
-class MultiScaleCollate:
-    """Batch collate: a list of mapped dicts, with the official batch-level multi-scale resize.
+def generate_scales(base_size: int, base_size_repeat: int) -> List[int]:
+    """The official multi-scale list of D-FINE/DEIM (``generate_scales``): multiples of 32 from
+    ``0.75 * base_size`` up, ``base_size`` repeated ``base_size_repeat`` times, then multiples of
+    32 from ``1.25 * base_size`` down. ``(640, 3)`` gives ``[480, ..., 608, 640, 640, 640, 800,
+    ..., 672]``."""
+    low, high = int(base_size * 0.75 / 32) * 32, int(base_size * 1.25 / 32) * 32
+    steps = (base_size - low) // 32
+    return [low + 32 * i for i in range(steps)] + [base_size] * base_size_repeat + [high - 32 * i for i in range(steps)]
 
-    While the batch's epoch (the largest sample epoch in it) is below ``stop_epoch``, one size
-    is drawn with ``random.choice(scales)`` and every image is resized to it with nearest
-    interpolation, as the official ``BatchImageCollateFunction`` does with ``F.interpolate`` on
-    the batch (official-implementations.md §5.5). Ground-truth boxes are scaled with the image.
-    ``scales=None`` disables it; ``stop_epoch=None`` never stops it.
+
+class BatchCollate:
+    """Batch collate of the official ``BatchImageCollateFunction``: a list of mapped dicts, with
+    batch MixUp and then the batch-level multi-scale resize.
+
+    The batch's epoch is the largest sample epoch in it. ``mixup`` (a
+    :class:`~dfine.data.dense_o2o.MixUp`, or ``None``) decides for itself from that epoch. While
+    the epoch is below ``stop_epoch``, one size is drawn with ``random.choice(scales)`` and every
+    image is resized to it with nearest interpolation, as the official collate does with
+    ``F.interpolate`` on the batch (official-implementations.md §5.5). Ground-truth boxes are
+    scaled with the image. ``scales=None`` disables it; ``stop_epoch=None`` never stops it.
     """
 
     def __init__(
-        self, scales: Optional[Sequence[Union[int, Tuple[int, int]]]] = None, stop_epoch: Optional[int] = None
+        self,
+        scales: Optional[Sequence[Union[int, Tuple[int, int]]]] = None,
+        stop_epoch: Optional[int] = None,
+        mixup: Optional[MixUp] = None,
     ):
         self.scales = list(scales) if scales is not None else None
         self.stop_epoch = stop_epoch
+        self.mixup = mixup
 
     def __call__(self, batch: List[Dict]) -> List[Dict]:
-        if not self.scales:
-            return batch
         epoch = max(sample.get("epoch", 0) for sample in batch)
-        if self.stop_epoch is not None and epoch >= self.stop_epoch:
+        if self.mixup is not None:
+            batch = self.mixup(batch, epoch)
+        if not self.scales or (self.stop_epoch is not None and epoch >= self.stop_epoch):
             return batch
         size = random.choice(self.scales)
         size = (size, size) if isinstance(size, int) else tuple(size)
@@ -178,6 +203,8 @@ def build_train_loader(
     seed: Optional[int] = None,
     multi_scale: Optional[Sequence[int]] = None,
     multi_scale_stop_epoch: Optional[int] = None,
+    mixup_prob: float = 0.0,
+    mixup_epochs: Sequence[int] = (0, 0),
 ) -> DataLoader:
     """Infinite training loader yielding lists of ``total_batch_size / world_size`` mapped dicts.
 
@@ -189,7 +216,10 @@ def build_train_loader(
         num_workers: DataLoader worker processes (seeded with detectron2's
             ``worker_init_reset_seed``).
         seed: seed of the epoch permutations (shared by ranks); ``None`` draws a shared one.
-        multi_scale, multi_scale_stop_epoch: see :class:`MultiScaleCollate`.
+        multi_scale, multi_scale_stop_epoch: the ``scales`` and ``stop_epoch`` of
+            :class:`BatchCollate` (see :func:`generate_scales` for the official lists).
+        mixup_prob, mixup_epochs: DEIM's batch MixUp (:class:`~dfine.data.dense_o2o.MixUp`);
+            ``mixup_prob=0`` disables it.
 
     ``len(loader.dataset)`` is the number of training images, to convert epochs to iterations
     (``iterations_per_epoch = len(loader.dataset) / total_batch_size``); ``loader.sampler`` is the
@@ -201,14 +231,16 @@ def build_train_loader(
     sampler = EpochAwareSampler(len(dataset), total_batch_size, shuffle=True, seed=seed)
     logger.info(
         f"Train loader: {len(dataset)} images, batch {sampler.batch_size} per rank "
-        f"({total_batch_size} in total), multi-scale {multi_scale} until epoch {multi_scale_stop_epoch}."
+        f"({total_batch_size} in total), multi-scale {multi_scale} until epoch {multi_scale_stop_epoch}, "
+        f"MixUp with prob {mixup_prob} in epochs {list(mixup_epochs)}."
     )
+    mixup = MixUp(mixup_prob, mixup_epochs) if mixup_prob > 0 else None
     return DataLoader(
         dataset,
         batch_size=sampler.batch_size,
         sampler=sampler,
         num_workers=num_workers,
-        collate_fn=MultiScaleCollate(multi_scale, multi_scale_stop_epoch),
+        collate_fn=BatchCollate(multi_scale, multi_scale_stop_epoch, mixup),
         worker_init_fn=worker_init_reset_seed,
         drop_last=True,
     )

@@ -1,7 +1,8 @@
-"""Dataset mapper for the real-time DETR family: RT-DETR augmentations, fixed-size resize,
-epoch-dependent augmentation policy."""
+"""Dataset mapper for the real-time DETR family: RT-DETR augmentations, DEIM's Mosaic, fixed-size
+resize, and the epoch-dependent augmentation policy."""
 import logging
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+import numbers
+from typing import Dict, FrozenSet, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -11,28 +12,63 @@ from detectron2.data import detection_utils
 from detectron2.data import transforms as T
 from detectron2.structures import Boxes, BoxMode, Instances
 
+from .dense_o2o import Mosaic, Sample
 from .transforms import SanitizeBoxes, clip_boxes, rtdetr_train_augmentations, valid_boxes
 
-__all__ = ["DetrDatasetMapper"]
+__all__ = ["DetrDatasetMapper", "policy_for_epoch"]
 
 logger = logging.getLogger(__name__)
 
 RTDETR_POLICY_OPS = ("RandomPhotometricDistort", "RandomZoomOut", "RandomIoUCrop")
+# Mosaic rules out these two in the same sample (official DEIM Compose).
+MOSAIC_EXCLUDED_OPS = ("RandomZoomOut", "RandomIoUCrop")
+
+
+def policy_for_epoch(
+    epoch: int, policy_epoch: Union[None, int, Sequence[int]], policy_ops: Sequence[str], mosaic_draw: float = 1.0,
+    mosaic_prob: float = 0.0,
+) -> Tuple[bool, FrozenSet[str]]:
+    """Which policy augmentations a sample of ``epoch`` gets: ``(use_mosaic, skipped op names)``.
+
+    ``use_mosaic`` says whether a configured :class:`~dfine.data.dense_o2o.Mosaic` runs (it counts
+    as the policy op ``"Mosaic"``).
+
+    * ``policy_epoch=None``: every op runs.
+    * An int ``e`` (RT-DETRv2 / D-FINE ``stop_epoch`` policy): every op runs before epoch ``e``;
+      ``policy_ops`` and Mosaic are skipped from it on.
+    * Three epochs ``[e0, e1, e2]`` (DEIM's four stages, official ``Compose.stop_epoch_forward``):
+      before ``e0`` every policy op is skipped; in ``[e0, e1)`` a sample uses Mosaic when
+      ``mosaic_draw < mosaic_prob`` (``mosaic_draw`` is a U(0, 1) draw), and then skips zoom-out
+      and IoU crop, else it gets the RT-DETR ops without Mosaic; in ``[e1, e2)`` the RT-DETR ops
+      run without Mosaic; from ``e2`` on every policy op is skipped.
+    """
+    everything = frozenset(policy_ops) | {"Mosaic"}
+    if policy_epoch is None:
+        return True, frozenset()
+    if isinstance(policy_epoch, numbers.Integral):
+        return (False, everything) if epoch >= policy_epoch else (True, frozenset())
+    e0, e1, e2 = policy_epoch
+    if epoch < e0 or epoch >= e2:
+        return False, everything
+    if epoch < e1 and mosaic_draw < mosaic_prob:
+        return True, frozenset(MOSAIC_EXCLUDED_OPS)
+    return False, frozenset({"Mosaic"})
 
 
 class DetrDatasetMapper:
     """Turn a Detectron2 dataset dict into the model's input dict.
 
-    Training: read the image (RGB), clip the non-crowd annotation boxes to it, run the
-    augmentations (default: :func:`~dfine.data.transforms.rtdetr_train_augmentations`), resize
-    to ``image_size`` without keeping the aspect ratio (PIL bilinear, as the official ``Resize``)
-    and drop boxes with a side below ``min_box_size``. Inference: read and resize only.
+    Training: read the image (RGB), clip the non-crowd annotation boxes to it, optionally build a
+    :class:`~dfine.data.dense_o2o.Mosaic`, run the augmentations (default:
+    :func:`~dfine.data.transforms.rtdetr_train_augmentations`), resize to ``image_size`` without
+    keeping the aspect ratio (PIL bilinear, as the official ``Resize``) and drop boxes with a side
+    below ``min_box_size``. Inference: read and resize only.
 
-    The augmentation policy is a pure function of the ``epoch`` argument: augmentations whose
-    class name is in ``policy_ops`` are skipped when ``epoch >= policy_epoch`` (the official
-    RT-DETRv2/D-FINE ``stop_epoch`` policy, official-implementations.md §5.4). The epoch arrives
-    with every sample (see :class:`~dfine.data.loader.DetectionDataset`), so the policy holds in
-    DataLoader workers and after resume.
+    The augmentation policy is a pure function of the sample's ``epoch`` (see
+    :func:`policy_for_epoch`): a scalar ``policy_epoch`` is the RT-DETRv2/D-FINE ``stop_epoch``
+    policy, three epochs are DEIM's four stages with Mosaic at ``mosaic_prob`` in the second.
+    The epoch arrives with every sample (see :class:`~dfine.data.loader.DetectionDataset`), so
+    the policy holds in DataLoader workers and after resume.
 
     Output dict:
 
@@ -53,7 +89,9 @@ class DetrDatasetMapper:
         image_size: Union[int, Tuple[int, int]] = 640,
         augmentations: Optional[Sequence[T.Augmentation]] = None,
         policy_ops: Sequence[str] = RTDETR_POLICY_OPS,
-        policy_epoch: Optional[int] = None,
+        policy_epoch: Union[None, int, Sequence[int]] = None,
+        mosaic: Optional[Mosaic] = None,
+        mosaic_prob: float = 0.0,
         image_format: str = "RGB",
         min_box_size: float = 1,
     ):
@@ -63,13 +101,23 @@ class DetrDatasetMapper:
             image_size: output size, ``int`` for a square or ``(height, width)``.
             augmentations: applied in order before the resize, on RGB images. ``None`` means the
                 RT-DETR training list in training and nothing in inference.
-            policy_ops: class names of the augmentations that the policy switches off.
-            policy_epoch: first epoch without ``policy_ops``; ``None`` keeps them on forever.
+            policy_ops: class names of the augmentations that the policy switches off
+                (``"Mosaic"`` for the mosaic).
+            policy_epoch: ``None`` (no policy), the first epoch without ``policy_ops``, or
+                ``[e0, e1, e2]`` for DEIM's four stages.
+            mosaic: the Mosaic to use where the policy asks for one; ``None`` disables it.
+            mosaic_prob: chance of Mosaic per sample in ``[e0, e1)`` of a three-epoch policy.
             image_format: "RGB" or "BGR", the channel order of the output image.
             min_box_size: boxes with a side below this many pixels are dropped.
         """
         if image_format not in ("RGB", "BGR"):
             raise ValueError(f"image_format must be 'RGB' or 'BGR', got {image_format!r}")
+        if policy_epoch is not None and not isinstance(policy_epoch, numbers.Integral):
+            policy_epoch = tuple(int(e) for e in policy_epoch)
+            if len(policy_epoch) != 3 or list(policy_epoch) != sorted(policy_epoch):
+                raise ValueError(f"policy_epoch must be an int or three ascending epochs, got {policy_epoch}")
+        if not 0.0 <= mosaic_prob <= 1.0:
+            raise ValueError(f"mosaic_prob must be in [0, 1], got {mosaic_prob}")
         if isinstance(image_size, int):
             image_size = (image_size, image_size)
         if augmentations is None:
@@ -79,41 +127,51 @@ class DetrDatasetMapper:
         self.augmentations = list(augmentations)
         self.policy_ops = tuple(policy_ops)
         self.policy_epoch = policy_epoch
+        self.mosaic = mosaic
+        self.mosaic_prob = float(mosaic_prob)
         self.image_format = image_format
         self.min_box_size = min_box_size
         self.resize = T.Resize(self.image_size, interp=Image.BILINEAR)
-        logger.info(f"[DetrDatasetMapper] is_train={is_train}, augmentations: {self.augmentations}")
+        logger.info(
+            f"[DetrDatasetMapper] is_train={is_train}, augmentations: {self.augmentations}, policy_epoch="
+            f"{policy_epoch}, mosaic: {mosaic} at mosaic_prob={mosaic_prob}"
+        )
 
-    def active_augmentations(self, epoch: int) -> List[T.Augmentation]:
-        """The augmentations that run at ``epoch`` (policy applied), then the resize and a box
-        sanitising step (which also clips the float rounding of the resize)."""
-        policy_off = self.policy_epoch is not None and epoch >= self.policy_epoch
-        kept = [a for a in self.augmentations if not (policy_off and type(a).__name__ in self.policy_ops)]
-        return kept + [self.resize, SanitizeBoxes(self.min_box_size)]
+    def plan(self, epoch: int) -> Tuple[bool, List[T.Augmentation]]:
+        """Draw this sample's policy: whether it gets Mosaic, and the augmentations that run after
+        it (policy applied), followed by the resize and a box sanitising step (which also clips
+        the float rounding of the resize)."""
+        # Only three-epoch policies draw, and only in their Mosaic stage, as the official code.
+        drawn = isinstance(self.policy_epoch, tuple) and self.policy_epoch[0] <= epoch < self.policy_epoch[1]
+        use_mosaic, skipped = policy_for_epoch(
+            epoch, self.policy_epoch, self.policy_ops, np.random.random() if drawn else 1.0, self.mosaic_prob
+        )
+        kept = [a for a in self.augmentations if type(a).__name__ not in skipped]
+        return use_mosaic and self.mosaic is not None, kept + [self.resize, SanitizeBoxes(self.min_box_size)]
 
-    def __call__(self, dataset_dict: Dict, epoch: int = 0) -> Dict:
+    def __call__(self, dataset_dict: Dict, epoch: int = 0, dataset: Optional[Sequence[Dict]] = None) -> Dict:
         """
         Args:
             dataset_dict: Detectron2 dataset dict (not modified).
             epoch: training epoch of this sample, for the augmentation policy.
+            dataset: all dataset dicts, where Mosaic draws its other images from.
         """
         file_name = dataset_dict["file_name"]
-        image = read_rgb_image(file_name)
-        height, width = image.shape[:2]
-        expected = (dataset_dict.get("height", height), dataset_dict.get("width", width))
-        if expected != (height, width):
-            raise ValueError(
-                f"Image {file_name!r} has size (h, w)={(height, width)} but its dataset dict says {expected}."
-            )
-
         if self.is_train:
-            boxes, classes = annotations_to_arrays(dataset_dict.get("annotations", []), height, width)
-            aug_input = T.AugInput(image, boxes=boxes)
-            T.AugmentationList(self.active_augmentations(epoch))(aug_input)
+            sample = read_sample(dataset_dict)
+            height, width = sample.image.shape[:2]
+            use_mosaic, augmentations = self.plan(epoch)
+            if use_mosaic:
+                load = (lambda i: read_sample(dataset[i])) if dataset is not None else None
+                sample = self.mosaic(sample, len(dataset) if dataset is not None else 0, load)
+            aug_input = T.AugInput(sample.image, boxes=sample.boxes)
+            T.AugmentationList(augmentations)(aug_input)
             image = aug_input.image
             keep = valid_boxes(aug_input.boxes, self.min_box_size)
-            boxes, classes = aug_input.boxes[keep], classes[keep]
+            boxes, classes = aug_input.boxes[keep], sample.classes[keep]
         else:
+            image = read_checked_image(dataset_dict)
+            height, width = image.shape[:2]
             image = self.resize.get_transform(image).apply_image(image)
 
         if self.image_format == "BGR":
@@ -132,6 +190,24 @@ class DetrDatasetMapper:
             result["instances"] = instances
             result["num_dropped_boxes"] = int((~keep).sum())
         return result
+
+
+def read_checked_image(dataset_dict: Dict) -> np.ndarray:
+    """The RGB image of ``dataset_dict``, checked against the size its dict declares."""
+    file_name = dataset_dict["file_name"]
+    image = read_rgb_image(file_name)
+    height, width = image.shape[:2]
+    expected = (dataset_dict.get("height", height), dataset_dict.get("width", width))
+    if expected != (height, width):
+        raise ValueError(f"Image {file_name!r} has size (h, w)={(height, width)} but its dataset dict says {expected}.")
+    return image
+
+
+def read_sample(dataset_dict: Dict) -> Sample:
+    """The image of ``dataset_dict`` with its non-crowd boxes (clipped) and classes."""
+    image = read_checked_image(dataset_dict)
+    boxes, classes = annotations_to_arrays(dataset_dict.get("annotations", []), *image.shape[:2])
+    return Sample(image, boxes, classes)
 
 
 def read_rgb_image(file_name: str) -> np.ndarray:

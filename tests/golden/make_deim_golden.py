@@ -1,0 +1,245 @@
+"""Write the DEIM golden files of this folder by running the official DEIM implementation.
+
+The official code is imported from a work tree outside this repository; nothing of it is copied
+here. Inputs are drawn here with NumPy from fixed seeds (or read from ``rtdetrv2_criterion.npz``),
+so the tests rebuild them without the official code. How to rerun, from the repository root, with
+the official venv described in ``make_rtdetrv2_golden.py``::
+
+    mkdir -p /tmp/deim
+    git -C /work/.mirror/Intellindust-AI-Lab+DEIM/repo archive HEAD | tar -x -C /tmp/deim
+    OFFICIAL_DEIM=/tmp/deim \\
+    OFFICIAL_DEIM_COMMIT=$(git -C /work/.mirror/Intellindust-AI-Lab+DEIM/repo log -1 --format=%H) \\
+    PYTHONDONTWRITEBYTECODE=1 /root/.cache/dfine/official-venv/bin/python tests/golden/make_deim_golden.py
+
+Outputs ``deim_golden.json`` (scalars and small lists) and ``deim_golden.npz`` (images):
+
+* ``criterion``: the official ``DEIMCriterion`` (``losses ['mal', 'boxes']``, gamma 1.5, alpha
+  0.75, ``use_uni_set False``, weights mal 1 / bbox 5 / giou 2, as ``configs/base/rt_deim.yml``)
+  with the official ``HungarianMatcher`` (class 2 / bbox 5 / giou 2, focal 0.25 / 2) on the final,
+  auxiliary and encoder outputs of ``rtdetrv2_criterion.npz`` without the denoising outputs.
+* ``lr``: the learning rate of two parameter groups (base 2e-4 and 2e-5) at chosen iterations of
+  the official training loop (``LinearWarmup(2000)`` built and never stepped again, then
+  ``FlatCosineLRScheduler.step(iteration)`` after every iteration), with 100 iterations per
+  epoch and the DEIM-RT-DETRv2-R50 epochs (60, flat 34, no-aug 2, warm-up 2000, gamma 0.5).
+* ``ema``: ``ModelEMA(decay=0.9999, warmups=2000).decay_fn(updates)`` at chosen updates.
+* ``policy``: for a 12-epoch schedule (policy ``[2, 6, 10]``, MixUp ``[2, 6)``, multi-scale stop
+  10), the ops that the official ``Compose`` runs per epoch when its Mosaic draw succeeds
+  (``random.random`` patched to 0.0) or fails (0.99), and whether the official
+  ``BatchImageCollateFunction`` mixes (coin patched to 0.0) and resizes the batch.
+* ``mixup``: ``apply_mixup`` on three images (``rng(5)``, 2x8x6 uint8 / 255) with the coin patched to
+  0.1 and ``random.uniform`` to 0.4812345678: mixed images (npz ``mixup_images``) and targets.
+* ``mosaic``: the official ``Mosaic(output_size=32, use_cache=False)`` on image 0 of a four-image
+  data set (``mosaic_image_{i}`` in the npz, with ``mosaic_boxes_{i}`` / ``mosaic_labels_{i}``),
+  ``random.choices`` patched to ``[2, 1, 3]`` and the affine parameters fixed; output image
+  (npz ``mosaic_output``) and boxes / labels.
+"""
+import json
+import os
+import random
+import sys
+import types
+from pathlib import Path
+from unittest import mock
+
+import numpy as np
+import torch
+
+GOLDEN_DIR = Path(__file__).resolve().parent
+OFFICIAL = os.environ["OFFICIAL_DEIM"]
+sys.path.insert(0, OFFICIAL)
+sys.modules.setdefault("calflops", types.SimpleNamespace(calculate_flops=None))  # imported, not used
+
+LR_ITERATIONS = [0, 1, 2, 1000, 1999, 2000, 2001, 3000, 3400, 3401, 4600, 5799, 5800, 5801, 5999]
+EMA_UPDATES = [1, 10, 100, 1000, 2000, 5000, 20000]
+MOSAIC_SIZES = [(40, 60), (50, 30), (64, 64), (30, 45)]  # (h, w) of the four images
+MOSAIC_AFFINE = {"angle": 7.5, "translate": (3, -2), "scale": 1.2, "shear": (0.0, 0.0)}
+
+
+def mosaic_inputs():
+    """Four uint8 RGB images and their XYXY boxes / labels (shared with the test)."""
+    images, boxes, labels = [], [], []
+    for i, (h, w) in enumerate(MOSAIC_SIZES):
+        rng = np.random.default_rng(100 + i)
+        images.append(rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8))
+        x0, y0 = rng.uniform(0, w / 2, 2), rng.uniform(0, h / 2, 2)
+        b = np.stack([x0, y0, x0 + rng.uniform(2, w / 2, 2), y0 + rng.uniform(2, h / 2, 2)], 1)
+        boxes.append(b.astype(np.float32))
+        labels.append(rng.integers(0, 5, size=2).astype(np.int64))
+    return images, boxes, labels
+
+
+def mixup_inputs():
+    """Three 2x8x6 uint8 images, with normalised cxcywh boxes and labels (shared with the test)."""
+    rng = np.random.default_rng(5)
+    images = rng.integers(0, 256, size=(3, 2, 8, 6), dtype=np.uint8)
+    counts = [2, 1, 3]
+    boxes = [rng.uniform(0.2, 0.6, size=(n, 4)).astype(np.float32) for n in counts]
+    labels = [rng.integers(0, 5, size=n).astype(np.int64) for n in counts]
+    return images, boxes, labels
+
+
+def job_criterion():
+    from engine.deim.deim_criterion import DEIMCriterion
+    from engine.deim.matcher import HungarianMatcher
+
+    arrays = np.load(GOLDEN_DIR / "rtdetrv2_criterion.npz")
+
+    def outputs(prefix):
+        return {k: torch.from_numpy(arrays[prefix + k]) for k in ("pred_logits", "pred_boxes")}
+
+    out = outputs("")
+    out["aux_outputs"] = [outputs("aux_0_"), outputs("aux_1_")]
+    out["enc_aux_outputs"] = [outputs("enc_0_")]
+    out["enc_meta"] = {"class_agnostic": False}
+    targets = [
+        {"labels": torch.from_numpy(arrays[f"target_{b}_labels"]), "boxes": torch.from_numpy(arrays[f"target_{b}_boxes"])}
+        for b in range(2)
+    ]
+    matcher = HungarianMatcher({"cost_class": 2, "cost_bbox": 5, "cost_giou": 2}, use_focal_loss=True, alpha=0.25, gamma=2.0)
+    criterion = DEIMCriterion(
+        matcher, weight_dict={"loss_mal": 1, "loss_bbox": 5, "loss_giou": 2}, losses=["mal", "boxes"],
+        alpha=0.75, gamma=1.5, num_classes=5, use_uni_set=False,
+    )
+    losses = criterion(out, targets)
+    return {"losses": {k: v.item() for k, v in losses.items()}, "total": sum(losses.values()).item()}
+
+
+def job_lr():
+    from engine.optim.lr_scheduler import FlatCosineLRScheduler
+    from engine.optim.warmup import LinearWarmup
+
+    params = [torch.nn.Parameter(torch.zeros(1)), torch.nn.Parameter(torch.zeros(1))]
+    optimizer = torch.optim.AdamW([{"params": [params[0]]}, {"params": [params[1]], "lr": 2e-5}], lr=2e-4)
+    steps = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[1000], gamma=0.1)
+    LinearWarmup(steps, warmup_duration=2000)  # its constructor sets the LR of the first iteration
+    scheduler = FlatCosineLRScheduler(optimizer, 0.5, 100, total_epochs=60, warmup_iter=2000, flat_epochs=34, no_aug_epochs=2)
+    used = {}
+    for iteration in range(6000):
+        used[iteration] = [g["lr"] for g in optimizer.param_groups]
+        scheduler.step(iteration, optimizer)
+    return {
+        "iters_per_epoch": 100, "epochs": 60, "flat_epochs": 34, "no_aug_epochs": 2, "warmup_iters": 2000,
+        "lr_gamma": 0.5, "base_lrs": [2e-4, 2e-5], "lr": {str(i): used[i] for i in LR_ITERATIONS},
+    }
+
+
+def job_ema():
+    from engine.optim.ema import ModelEMA
+
+    ema = ModelEMA(torch.nn.Linear(1, 1), decay=0.9999, warmups=2000)
+    return {"decay": 0.9999, "warmups": 2000, "d": {str(u): ema.decay_fn(u) for u in EMA_UPDATES}}
+
+
+def job_policy():
+    from engine.data.dataloader import BatchImageCollateFunction
+    from engine.data.transforms.container import Compose
+
+    names = ["Mosaic", "RandomPhotometricDistort", "RandomZoomOut", "RandomIoUCrop", "SanitizeBoundingBoxes",
+             "RandomHorizontalFlip", "Resize"]
+    ran = []
+
+    def recorder(name):
+        def forward(self, *inputs):
+            ran.append(name)
+            return inputs if len(inputs) > 1 else inputs[0]
+        return type(name, (torch.nn.Module,), {"forward": forward})()
+
+    policy = {"name": "stop_epoch", "epoch": [2, 6, 10], "ops": names[:4]}
+    compose = Compose([recorder(n) for n in names], policy=policy, mosaic_prob=0.5)
+    collate = BatchImageCollateFunction(stop_epoch=10, base_size=64, base_size_repeat=1, mixup_prob=0.5, mixup_epochs=[2, 6])
+    table = []
+    for epoch in range(12):
+        row = {"epoch": epoch}
+        for key, draw in (("mosaic_drawn", 0.0), ("mosaic_not_drawn", 0.99)):
+            ran.clear()
+            with mock.patch("random.random", return_value=draw):
+                compose(None, {}, types.SimpleNamespace(epoch=epoch))
+            row[key] = list(ran)
+        collate.set_epoch(epoch)
+        items = [(torch.zeros(3, 64, 64), {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0), "area": torch.zeros(0)})] * 2
+        with mock.patch("random.random", return_value=0.0), mock.patch("random.choice", return_value=32):
+            images, targets = collate(items)
+        row["mixup"] = "mixup" in targets[0]
+        row["multi_scale"] = images.shape[-1] != 64
+        table.append(row)
+    return {"policy_epoch": [2, 6, 10], "mixup_epochs": [2, 6], "multi_scale_stop_epoch": 10, "epochs": table}
+
+
+def job_mixup():
+    from engine.data.dataloader import BatchImageCollateFunction
+
+    images, boxes, labels = mixup_inputs()
+    collate = BatchImageCollateFunction(mixup_prob=0.5, mixup_epochs=[0, 5])
+    collate.set_epoch(1)
+    targets = [{"boxes": torch.from_numpy(b), "labels": torch.from_numpy(l), "area": torch.ones(len(l))}
+               for b, l in zip(boxes, labels)]
+    with mock.patch("random.random", return_value=0.1), mock.patch("random.uniform", return_value=0.4812345678):
+        mixed, new_targets = collate.apply_mixup(torch.from_numpy(images).float() / 255, targets)
+    return (
+        {"beta": 0.481235, "boxes": [t["boxes"].tolist() for t in new_targets],
+         "labels": [t["labels"].tolist() for t in new_targets], "weights": [t["mixup"].tolist() for t in new_targets]},
+        {"mixup_images": mixed.numpy()},
+    )
+
+
+def job_mosaic():
+    from PIL import Image
+    from torchvision import tv_tensors
+
+    from engine.data.transforms.mosaic import Mosaic
+
+    images, boxes, labels = mosaic_inputs()
+
+    def item(i):
+        h, w = MOSAIC_SIZES[i]
+        target = {"boxes": tv_tensors.BoundingBoxes(torch.from_numpy(boxes[i]), format="XYXY", canvas_size=(h, w)),
+                  "labels": torch.from_numpy(labels[i])}
+        return Image.fromarray(images[i]), target
+
+    mosaic = Mosaic(output_size=32, rotation_range=10, translation_range=[0.1, 0.1], scaling_range=[0.5, 1.5],
+                    probability=1.0, fill_value=0, use_cache=False)
+    mosaic.affine_transform.make_params = lambda flat_inputs: dict(MOSAIC_AFFINE)
+
+    class Dataset:
+        load_item = staticmethod(item)
+
+        def __len__(self):
+            return 4
+
+    with mock.patch("random.choices", return_value=[2, 1, 3]):
+        image, target, _ = mosaic(*item(0), Dataset())
+    arrays = {f"mosaic_image_{i}": images[i] for i in range(4)}
+    arrays["mosaic_output"] = np.asarray(image)
+    return (
+        {"indices": [2, 1, 3], "affine": {**MOSAIC_AFFINE, "translate": list(MOSAIC_AFFINE["translate"])},
+         "output_size": 32, "boxes": target["boxes"].tolist(), "labels": target["labels"].tolist()},
+        arrays,
+    )
+
+
+def main():
+    import torchvision
+
+    golden = {
+        "official_repo": "Intellindust-AI-Lab/DEIM",
+        "official_commit": os.environ["OFFICIAL_DEIM_COMMIT"],
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "command": "OFFICIAL_DEIM=<official DEIM> PYTHONDONTWRITEBYTECODE=1 python tests/golden/make_deim_golden.py",
+        "criterion": job_criterion(),
+        "lr": job_lr(),
+        "ema": job_ema(),
+        "policy": job_policy(),
+    }
+    arrays = {}
+    golden["mixup"], more = job_mixup()
+    arrays.update(more)
+    golden["mosaic"], more = job_mosaic()
+    arrays.update(more)
+    (GOLDEN_DIR / "deim_golden.json").write_text(json.dumps(golden, indent=1) + "\n")
+    np.savez_compressed(GOLDEN_DIR / "deim_golden.npz", **arrays)
+    print("wrote deim_golden.json and deim_golden.npz")
+
+
+if __name__ == "__main__":
+    main()
