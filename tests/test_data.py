@@ -269,7 +269,7 @@ def test_boxes_stay_inside_after_every_augmentation(tiny_coco):
         for _ in range(4):
             boxes, _ = annotations_to_arrays(record["annotations"], record["height"], record["width"])
             aug_input = T.AugInput(read_rgb_image(record["file_name"]), boxes=boxes)
-            for aug in mapper.active_augmentations(epoch=0):
+            for aug in mapper.plan(epoch=0)[1]:
                 aug(aug_input)
                 h, w = aug_input.image.shape[:2]
                 b = aug_input.boxes
@@ -307,7 +307,7 @@ def test_policy_skips_ops_from_policy_epoch(tmp_path):
         torch.testing.assert_close(out["instances"].gt_boxes.tensor, plain["instances"].gt_boxes.tensor)
 
     # the default RT-DETR list keeps sanitize and flip (and the resize) once the policy stops
-    names = lambda epoch: [type(a).__name__ for a in default.active_augmentations(epoch)]  # noqa: E731
+    names = lambda epoch: [type(a).__name__ for a in default.plan(epoch)[1]]  # noqa: E731
     default = DetrDatasetMapper(True, image_size=32, policy_epoch=71)
     assert names(70) == [
         "RandomPhotometricDistort", "RandomZoomOut", "RandomIoUCrop", "SanitizeBoxes", "RandomFlip", "Resize",
