@@ -28,7 +28,7 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 from omegaconf import OmegaConf
 
-from dfine.engine import EMAHook, ModelEMA, Trainer, load_ema_or_model_weights
+from dfine.engine import EMAHook, ModelEMA, StageSwitchHook, Trainer, load_ema_or_model_weights
 
 logger = logging.getLogger("dfine.train_net")
 
@@ -76,6 +76,12 @@ def convert_epochs(cfg, num_images: int) -> None:
     )
 
 
+def first_iteration_of_epoch(epoch: float, num_images: int, total_batch_size: int) -> int:
+    """The first iteration whose batch reaches ``epoch`` of the sample stream (a batch belongs to
+    the epoch of its last sample, as the batch collate decides its epoch-dependent behaviour)."""
+    return math.floor(Fraction(str(epoch)) * num_images / total_batch_size)
+
+
 def load_initial_weights(model, path: str) -> None:
     """The weights to start training from or to evaluate: the checkpoint's EMA weights when it
     has them (as the official evaluation and fine-tuning take them), else its model weights."""
@@ -104,7 +110,8 @@ def do_train(args, cfg):
     cfg.optimizer.params.model = model
     optimizer = instantiate(cfg.optimizer)
     train_loader = instantiate(cfg.dataloader.train)
-    convert_epochs(cfg, len(train_loader.dataset))
+    num_images = len(train_loader.dataset)
+    convert_epochs(cfg, num_images)
 
     ema = ModelEMA(model, decay=cfg.train.ema.decay, warmups=cfg.train.ema.warmups) if cfg.train.ema.enabled else None
     ddp_kwargs = dict(cfg.train.ddp)
@@ -124,13 +131,24 @@ def do_train(args, cfg):
         model, cfg.train.output_dir, trainer=trainer, **({"ema": ema} if ema is not None else {})
     )
     eval_model = ema.module if ema is not None else model
+    stage_switch = None
+    switch = cfg.train.get("stage_switch") or {}
+    if switch.get("epoch") is not None:
+        switch_iter = first_iteration_of_epoch(switch.epoch, num_images, cfg.dataloader.train.total_batch_size)
+        logger.info("train.stage_switch.epoch=%s -> stage 2 starts at iteration %d.", switch.epoch, switch_iter)
+        stage_switch = StageSwitchHook(
+            checkpointer, switch_iter, cfg.train.eval_period, ema=ema, restart_decay=switch.ema_restart_decay
+        )
     trainer.register_hooks(
         [
             hooks.IterationTimer(),
             EMAHook(ema) if ema is not None else None,
             hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
-            hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if comm.is_main_process() else None,
+            # Evaluation and the stage switch's decision first, so a checkpoint of the same
+            # iteration holds them (an exact resume).
             hooks.EvalHook(cfg.train.eval_period, lambda: do_test(cfg, eval_model)),
+            stage_switch,
+            hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if comm.is_main_process() else None,
             hooks.PeriodicWriter(default_writers(cfg.train.output_dir, cfg.train.max_iter), period=cfg.train.log_period)
             if comm.is_main_process()
             else None,

@@ -1,4 +1,5 @@
-"""Every config instantiates, and the RT-DETRv2 models have exactly the official parameter counts."""
+"""Every config instantiates, the RT-DETRv2 and DEIM-RT-DETRv2 models have exactly the official
+parameter counts, and the recipes carry the official values."""
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,12 @@ OFFICIAL_PARAMETERS = {
     "rtdetrv2_r50.py": 42_891_372,
     "rtdetrv2_r101.py": 76_556_268,
     "rtdetrv2_r50_m.py": 36_593_772,  # official-implementations.md §1.1: 36.59M
+    # DEIM-RT-DETRv2 (the issue; official-implementations.md §1.3 measured 20.18M ... 76.66M).
+    "deim_rtdetrv2_r18.py": 20_183_440,
+    "deim_rtdetrv2_r34.py": 31_440_644,
+    "deim_rtdetrv2_r50.py": 42_943_596,
+    "deim_rtdetrv2_r50_m.py": 33_198_864,
+    "deim_rtdetrv2_r101.py": 76_660_716,
 }
 
 
@@ -26,7 +33,7 @@ def _load(name):
 
 def test_all_configs_are_covered():
     assert set(OFFICIAL_PARAMETERS) <= set(CONFIGS)
-    assert "quickstart/rtdetrv2_r18_toy.py" in CONFIGS
+    assert {"quickstart/rtdetrv2_r18_toy.py", "quickstart/deim_rtdetrv2_r18_toy.py"} <= set(CONFIGS)
 
 
 @pytest.mark.parametrize("name", CONFIGS)
@@ -39,15 +46,17 @@ def test_config_instantiates(name):
     assert sum(p.numel() for g in optimizer.param_groups for p in g["params"]) == trainable
     cfg.train.max_iter = 10000
     lr_multiplier = instantiate(cfg.lr_multiplier)
-    assert lr_multiplier(0.0) > 0 and lr_multiplier(1.0) == pytest.approx(1.0)
+    final = cfg.lr_multiplier.get("lr_gamma", 1.0)  # flat-cosine ends at lr_gamma
+    assert lr_multiplier(0.0) > 0 and lr_multiplier(1.0) == pytest.approx(final)
     if name in OFFICIAL_PARAMETERS:
         assert sum(p.numel() for p in model.parameters()) == OFFICIAL_PARAMETERS[name]
         # Official configs use the whole recipe: EMA, grad clipping, AMP on CUDA, epochs.
         assert cfg.train.ema.enabled and cfg.train.clip_grad.max_norm == 0.1 and cfg.train.epochs
 
 
-def test_coco_missing_gives_a_clear_error(tmp_path, monkeypatch):
-    cfg = _load("rtdetrv2_r18.py")
+@pytest.mark.parametrize("name", ["rtdetrv2_r18.py", "deim_rtdetrv2_r50.py"])
+def test_coco_missing_gives_a_clear_error(name, tmp_path, monkeypatch):
+    cfg = _load(name)
     # detectron2 registered COCO at import under $DETECTRON2_DATASETS (default ./datasets);
     # run from an empty folder so that relative path is surely missing.
     monkeypatch.chdir(tmp_path)
@@ -63,3 +72,61 @@ def test_r18_official_recipe_values():
     assert cfg.optimizer.lr == 1e-4 and cfg.optimizer.weight_decay == 1e-4
     assert cfg.lr_multiplier.warmup_iters == 2000 and cfg.train.ema.warmups == 2000
     assert cfg.model.decoder.num_layers == 3 and not cfg.model.backbone.freeze_norm
+
+
+# The official DEIM configs configs/deim_rtdetrv2/deim_*_coco.yml, merged with their includes by the
+# official YAML loader (one per process): epochs, policy [e0, e1, e2], MixUp epochs, multi-scale
+# (None: the R18 file's `scales: ~`) and its stop epoch, flat / no-aug epochs, LR, the backbone rule's
+# LR, total batch size 16 (rt_optimizer.yml overrides dataloader.yml's 32).
+DEIM_OFFICIAL = {
+    "deim_rtdetrv2_r18.py": (120, [4, 64, 117], [4, 64], False, 117, 64, 3, 2e-4, None),
+    "deim_rtdetrv2_r34.py": (120, [4, 64, 117], [4, 64], True, 117, 64, 3, 2e-4, 1e-4),
+    "deim_rtdetrv2_r50.py": (60, [4, 34, 58], [4, 34], True, 58, 34, 2, 2e-4, 2e-5),
+    "deim_rtdetrv2_r50_m.py": (60, [4, 34, 58], [4, 34], True, 58, 34, 2, 2e-4, 2e-5),
+    "deim_rtdetrv2_r101.py": (60, [4, 34, 58], [4, 34], True, 58, 34, 2, 2e-4, 2e-6),
+}
+
+
+@pytest.mark.parametrize("name", sorted(DEIM_OFFICIAL))
+def test_deim_official_recipe_values(name):
+    epochs, policy, mixup, multi_scale, stop, flat, no_aug, lr, backbone_lr = DEIM_OFFICIAL[name]
+    cfg = _load(name)
+    train_loader = cfg.dataloader.train
+    assert cfg.train.epochs == epochs and list(train_loader.mapper.policy_epoch) == policy
+    assert list(train_loader.mixup_epochs) == mixup and train_loader.mixup_prob == 0.5
+    assert train_loader.mapper.mosaic_prob == 0.5 and train_loader.mapper.mosaic.output_size == 320
+    assert not train_loader.mapper.mosaic.use_cache and train_loader.mapper.mosaic.max_cached_images == 50
+    assert train_loader.multi_scale == ([480, 512, 544, 576, 608, 640, 640, 640, 800, 768, 736, 704, 672]
+                                        if multi_scale else None)
+    assert train_loader.multi_scale_stop_epoch == stop and cfg.train.stage_switch.epoch == stop
+    assert cfg.train.stage_switch.ema_restart_decay == 0.9999 and train_loader.total_batch_size == 16
+    assert (cfg.lr_multiplier.flat_epochs, cfg.lr_multiplier.no_aug_epochs) == (flat, no_aug)
+    assert (cfg.lr_multiplier.warmup_iters, cfg.lr_multiplier.lr_gamma) == (2000, 0.5)
+    assert cfg.lr_multiplier.initial_factor == 1 / 2000 and cfg.train.ema.warmups == 2000
+    assert cfg.optimizer.lr == lr and cfg.optimizer.weight_decay == 1e-4
+    backbone_rules = [r for r in cfg.optimizer.params.rules if "backbone" in r["pattern"]]
+    assert [r["lr"] for r in backbone_rules] == ([backbone_lr] if backbone_lr else [])
+    assert cfg.model.backbone.freeze_at == -1 and not cfg.model.backbone.freeze_norm
+    decoder = cfg.model.decoder
+    assert (decoder.query_pos_method, decoder.activation, decoder.mlp_act) == ("as_reg", "silu", "silu")
+    criterion = cfg.model.criterion
+    assert list(criterion.losses) == ["mal", "boxes"] and criterion.mal_gamma == 1.5
+    assert {k: criterion.weight_dict[k] for k in ("loss_mal", "loss_bbox", "loss_giou")} == {
+        "loss_mal": 1, "loss_bbox": 5, "loss_giou": 2}
+
+
+def test_deim_ablations_are_one_override_each():
+    base = _load("deim_rtdetrv2_r50.py")
+    # Dense O2O off: Mosaic and MixUp.
+    cfg = LazyConfig.apply_overrides(_load("deim_rtdetrv2_r50.py"), ["dataloader.train.mapper.mosaic_prob=0"])
+    assert cfg.dataloader.train.mapper.mosaic_prob == 0 and cfg.dataloader.train.mixup_prob == 0
+    # MAL -> VFL, with RT-DETRv2's gamma 2.0 and a weight for loss_vfl.
+    cfg = LazyConfig.apply_overrides(_load("deim_rtdetrv2_r50.py"), ["model.criterion.losses=[vfl,boxes]"])
+    criterion = instantiate(cfg.model.criterion)
+    assert criterion.losses == ("vfl", "boxes") and criterion.gamma == 2.0 and criterion.weight_dict["loss_vfl"] == 1
+    # RT-DETRv2's schedule: constant after the warm-up.
+    cfg = LazyConfig.apply_overrides(_load("deim_rtdetrv2_r50.py"), ["lr_multiplier.lr_gamma=1.0"])
+    cfg.train.max_iter = 6000
+    schedule = instantiate(cfg.lr_multiplier)
+    assert [schedule(w) for w in (0.5, 0.9, 1.0)] == [1.0, 1.0, 1.0]
+    assert base.dataloader.train.mixup_prob == 0.5

@@ -1,8 +1,10 @@
 """DEIM: Dense O2O (Mosaic, MixUp), the four-stage augmentation policy, MAL in the criterion, the
 flat-cosine LR and the EMA, against golden values of the official DEIM code
 (tests/golden/make_deim_golden.py wrote ``deim_golden.json`` / ``.npz``; its docstring says how)."""
+import itertools
 import json
 import random
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -220,3 +222,257 @@ def test_ema_decay_matches_official():
     ema = ModelEMA(torch.nn.Linear(1, 1), decay=golden["decay"], warmups=golden["warmups"])
     for updates, decay in golden["d"].items():
         assert ema.decay_at(int(updates)) == pytest.approx(decay, rel=1e-12), updates
+
+
+# ----------------------------------------------------------------------------- stage switch
+class _LinearModel(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(2, 1)
+
+    def forward(self, batch):
+        return {"loss": (self.linear(torch.stack([b["x"] for b in batch])) ** 2).mean()}
+
+
+class _Stream:
+    """Batches that depend on the iteration only, resumable like dfine's EpochAwareSampler."""
+
+    def __init__(self):
+        self.sampler, self.start = self, 0
+
+    def set_start_iter(self, iteration):
+        self.start = iteration
+
+    def __iter__(self):
+        for iteration in itertools.count(self.start):
+            generator = torch.Generator().manual_seed(iteration)
+            yield [{"x": torch.randn(2, generator=generator)} for _ in range(2)]
+
+
+def _run_stage_switch(tmp_path, aps, max_iter=14, switch_iter=6, resume=False):
+    """Train a linear model with an EvalHook that reports ``aps`` (in order) every 2 iterations and
+    a StageSwitchHook switching at ``switch_iter``; returns the weights seen at chosen points."""
+    from detectron2.checkpoint import DetectionCheckpointer
+    from detectron2.engine import HookBase, hooks
+    from fvcore.common.param_scheduler import LinearParamScheduler
+
+    from dfine.engine import EMAHook, ModelEMA, StageSwitchHook, Trainer
+
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    model = _LinearModel()
+    stream = _Stream()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    trainer = Trainer(model=model, data_loader=stream, optimizer=optimizer)
+    ema = ModelEMA(model, decay=0.9, warmups=0)
+    checkpointer = DetectionCheckpointer(model, str(tmp_path), trainer=trainer, ema=ema)
+    reported = itertools.chain(aps, itertools.repeat(0.0))  # then the evaluation after training
+    seen = {}
+
+    class Spy(HookBase):
+        def before_step(self):
+            seen[("before", self.trainer.iter)] = (model.linear.weight.detach().clone(), optimizer.param_groups[0]["lr"])
+
+        def after_step(self):
+            seen[("after", self.trainer.iter)] = model.linear.weight.detach().clone()
+
+    switch = StageSwitchHook(checkpointer, switch_iter, eval_period=2, ema=ema, restart_decay=0.5)
+    trainer.register_hooks([
+        EMAHook(ema),
+        hooks.LRScheduler(scheduler=LinearParamScheduler(1.0, 0.1)),
+        hooks.EvalHook(2, lambda: {"bbox": {"AP": next(reported)}}),
+        switch,
+        hooks.PeriodicCheckpointer(checkpointer, period=2),
+        Spy(),
+    ])
+    start = 0
+    if resume:
+        checkpointer.resume_or_load("", resume=True)
+        start = trainer.iter + 1
+    trainer.train(start, max_iter)
+    return switch, ema, seen
+
+
+def test_stage_switch_reloads_the_best_stage1_state(tmp_path):
+    # Evaluations after iterations 1, 3, 5 (stage 1), 7, 9, 11 (stage 2).
+    switch, ema, seen = _run_stage_switch(tmp_path, aps=[10.0, 20.0, 15.0, 18.0, 12.0, 25.0])
+    best = seen[("after", 3)]  # the state of the best stage-1 evaluation (AP 20)
+    assert (tmp_path / "model_best_stage1.pth").is_file() and (tmp_path / "model_best_stage2.pth").is_file()
+    # At the switch the weights go back to that state, the LR stays the scheduled one.
+    weights, lr = seen[("before", 6)]
+    torch.testing.assert_close(weights, best)
+    assert lr == pytest.approx((1.0 - 0.9 * 6 / 14) * 0.1)
+    assert ema.decay == 0.5
+    # Stage 2: AP 18 does not beat 20 -> reload again; AP 12 (after the reload, the reference is
+    # reset) counts as an improvement, AP 25 beats everything and is saved as the stage-2 best.
+    torch.testing.assert_close(seen[("before", 8)][0], best)
+    assert not torch.equal(seen[("before", 10)][0], best)
+    assert switch.state_dict() == {"best_stage1": 20.0, "best_overall": 25.0, "reference": 25.0, "switched": True}
+
+
+def test_stage_switch_state_survives_resume(tmp_path):
+    aps = [10.0, 20.0, 15.0, 18.0, 12.0, 25.0]
+    straight, _, seen_straight = _run_stage_switch(tmp_path / "straight", aps)
+    # Resume from the checkpoint after iteration 7 (stage 2, just after its first reload).
+    (tmp_path / "resumed").mkdir()
+    for name in ("model_0000007.pth", "model_best_stage1.pth"):
+        shutil.copy(tmp_path / "straight" / name, tmp_path / "resumed" / name)
+    (tmp_path / "resumed" / "last_checkpoint").write_text("model_0000007.pth")
+    resumed, _, seen_resumed = _run_stage_switch(tmp_path / "resumed", aps[4:], resume=True)
+    assert resumed.state_dict() == straight.state_dict()
+    for iteration in (8, 10, 12):
+        torch.testing.assert_close(seen_resumed[("before", iteration)][0], seen_straight[("before", iteration)][0])
+
+
+# ------------------------------------------------------------------ the policy in DataLoader workers
+from detectron2.data import transforms as T  # noqa: E402
+from PIL import Image  # noqa: E402
+
+
+class _MarkPixel(T.Transform):
+    """Sets pixel (0, column) of channel 0 to ``value``: a visible trace that an op ran."""
+
+    def __init__(self, column, value):
+        super().__init__()
+        self._set_attributes(locals())
+
+    def apply_image(self, img):
+        img = img.copy()
+        img[0, self.column, 0] = self.value
+        return img
+
+    def apply_coords(self, coords):
+        return coords
+
+
+def _marker(name, column, value):
+    # Named like the RT-DETR op it stands for, which is what the policy switches on and off.
+    return type(name, (T.Augmentation,), {"get_transform": lambda self, image: _MarkPixel(column, value)})()
+
+
+MARKERS = {"RandomPhotometricDistort": 50, "RandomZoomOut": 60, "RandomIoUCrop": 70}
+
+
+def _black_dataset(tmp_path, count=8, size=32):
+    path = tmp_path / "black.png"
+    Image.fromarray(np.zeros((size, size, 3), dtype=np.uint8)).save(path)
+    annotation = {"bbox": [4.0, 4.0, 12.0, 12.0], "bbox_mode": 0, "category_id": 1, "iscrowd": 0}  # XYXY_ABS
+    return [{"file_name": str(path), "height": size, "width": size, "image_id": i, "annotations": [annotation]}
+            for i in range(count)]
+
+
+def _marker_loader(dicts):
+    from dfine.data import build_train_loader
+
+    mapper = DetrDatasetMapper(
+        True, image_size=32, augmentations=[_marker(name, col, v) for col, (name, v) in enumerate(MARKERS.items())],
+        policy_epoch=[1, 2, 3], mosaic=Mosaic(output_size=16, rotation_range=0, translation_range=(0, 0),
+                                              scaling_range=(1, 1)), mosaic_prob=1.0,
+    )
+    # 8 images, 4 per batch: epoch e is iterations 2e and 2e + 1.
+    return build_train_loader(dicts, mapper, total_batch_size=4, num_workers=2, seed=0, mixup_prob=1.0,
+                              mixup_epochs=[1, 2])
+
+
+def _stage_of(batch):
+    """Which of the four stages a batch shows."""
+    marks = [float(s["image"][0, 0, col]) for s in batch for col in range(3)]
+    counts = {len(s["instances"]) for s in batch}
+    mixed = {s["image"].dtype for s in batch} == {torch.float32}
+    if mixed and counts == {8} and marks == [50.0, 0.0, 0.0] * 4:
+        return 2  # Mosaic (4 images) + photometric only, then MixUp (x2)
+    if not mixed and counts == {1} and marks == [50.0, 60.0, 70.0] * 4:
+        return 3  # RT-DETR augmentations without Mosaic
+    if not mixed and counts == {1} and marks == [0.0] * 12:
+        return "1 or 4"
+    return f"unexpected: mixed={mixed}, counts={counts}, marks={marks}"
+
+
+def test_policy_boundaries_in_workers_straight_and_resumed(tmp_path):
+    """num_workers=2: the first batch after each boundary already has the new stage, and a resume
+    landing in the Dense O2O stage continues there."""
+    dicts = _black_dataset(tmp_path)
+    expected = ["1 or 4", "1 or 4", 2, 2, 3, 3, "1 or 4", "1 or 4"]
+    batches = list(itertools.islice(iter(_marker_loader(dicts)), 8))
+    assert [_stage_of(b) for b in batches] == expected
+    assert [b[0]["epoch"] for b in batches] == [0, 0, 1, 1, 2, 2, 3, 3]
+
+    resumed = _marker_loader(dicts)
+    resumed.sampler.set_start_iter(3)  # what the trainer does on resume after iteration 2
+    batches = list(itertools.islice(iter(resumed), 3))
+    assert [_stage_of(b) for b in batches] == [2, 3, 3]
+
+
+def test_seeded_loader_gives_the_same_batches_twice():
+    """Mosaic (cache off and on), MixUp, multi-scale and the RT-DETR ops, with 2 workers."""
+    from dfine.data import build_train_loader, generate_scales, load_dataset_dicts
+
+    dicts = load_dataset_dicts("toy_shapes_train")[:32]
+
+    def batches(use_cache):
+        mapper = DetrDatasetMapper(True, image_size=64, policy_epoch=[0, 4, 5], mosaic_prob=0.5,
+                                   mosaic=Mosaic(output_size=32, use_cache=use_cache))
+        loader = build_train_loader(dicts, mapper, total_batch_size=4, num_workers=2, seed=0, mixup_prob=0.5,
+                                    mixup_epochs=[0, 4], multi_scale=generate_scales(64, 2), multi_scale_stop_epoch=4)
+        torch.manual_seed(0)  # the worker seeds derive from it, as with train.seed
+        return list(itertools.islice(iter(loader), 6))
+
+    for use_cache in (False, True):
+        first, second = batches(use_cache), batches(use_cache)
+        for a, b in zip(first, second):
+            for x, y in zip(a, b):
+                assert torch.equal(x["image"], y["image"])
+                assert torch.equal(x["instances"].gt_boxes.tensor, y["instances"].gt_boxes.tensor)
+                assert torch.equal(x["instances"].gt_classes, y["instances"].gt_classes)
+
+
+def test_mosaic_and_mixup_keep_every_box_valid():
+    from dfine.data import BatchCollate, load_dataset_dicts
+
+    dicts = load_dataset_dicts("toy_shapes_train")[:40]
+    collate = BatchCollate(mixup=MixUp(prob=1.0, epochs=(0, 1)))
+    np.random.seed(0)
+    random.seed(0)
+    for use_cache in (False, True):
+        mapper = DetrDatasetMapper(True, image_size=96, policy_epoch=[0, 1, 2], mosaic_prob=1.0,
+                                   mosaic=Mosaic(output_size=48, use_cache=use_cache), min_box_size=1)
+        samples = [mapper(d, 0, dataset=dicts) for d in dicts]
+        for batch in (samples[i:i + 4] for i in range(0, len(samples), 4)):
+            for sample in collate(batch):
+                boxes, classes = sample["instances"].gt_boxes.tensor, sample["instances"].gt_classes
+                assert len(boxes) == len(classes) > 0
+                assert (boxes >= 0).all() and (boxes[:, 0::2] <= 96).all() and (boxes[:, 1::2] <= 96).all()
+                assert (boxes[:, 2:] - boxes[:, :2] >= 1).all()
+                assert ((classes >= 0) & (classes < 6)).all()
+
+
+def test_mosaic_boxes_keep_their_class(tmp_path):
+    """Each object is painted in its class colour; after Mosaic (random affine, nearest) the centre of
+    every unclipped output box still has the colour of the class it is labelled with."""
+    colours = {0: (255, 0, 0), 1: (0, 255, 0), 2: (0, 0, 255)}
+    dicts = []
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        image = np.full((48, 48, 3), 128, dtype=np.uint8)
+        annotations = []
+        for j, (x0, y0) in enumerate([(4, 4), (26, 26)]):
+            cls = int(rng.integers(0, 3))
+            image[y0:y0 + 16, x0:x0 + 16] = colours[cls]
+            annotations.append({"bbox": [x0, y0, x0 + 16, y0 + 16], "bbox_mode": 0, "category_id": cls, "iscrowd": 0})
+        Image.fromarray(image).save(tmp_path / f"{i}.png")
+        dicts.append({"file_name": str(tmp_path / f"{i}.png"), "height": 48, "width": 48, "annotations": annotations})
+    mapper = DetrDatasetMapper(True, image_size=48, augmentations=[], policy_epoch=[0, 1, 2], mosaic_prob=1.0,
+                               mosaic=Mosaic(output_size=24))
+    np.random.seed(1)
+    checked = 0
+    for _ in range(10):
+        for d in dicts:
+            out = mapper(d, 0, dataset=dicts)
+            image = out["image"].permute(1, 2, 0).numpy()
+            for box, cls in zip(out["instances"].gt_boxes.tensor.tolist(), out["instances"].gt_classes.tolist()):
+                if min(box) <= 1 or max(box) >= 47 or box[2] - box[0] < 6:
+                    continue  # clipped by the canvas, or too small to have a clean centre
+                cx, cy = int((box[0] + box[2]) / 2), int((box[1] + box[3]) / 2)
+                np.testing.assert_allclose(image[cy, cx], colours[cls], atol=12)
+                checked += 1
+    assert checked > 50

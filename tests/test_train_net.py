@@ -19,16 +19,16 @@ TINY_MODEL = [
 ]
 
 
-def _args(tiny_coco, output_dir, *extra, resume=False, eval_only=False):
+def _args(tiny_coco, output_dir, *extra, resume=False, eval_only=False, config="quickstart/rtdetrv2_r18_toy.py"):
     opts = TINY_MODEL + [
         f"train.output_dir={output_dir}", "train.device=cpu", "train.epochs=null", "train.eval_epochs=null", "train.checkpoint_epochs=null", "train.max_iter=10",
         "train.checkpointer.period=5", "train.eval_period=10", "train.log_period=5", "train.seed=0",
-        f"dataloader.train.dataset={tiny_coco.train}", f"dataloader.test.dataset_name={tiny_coco.val}",
+        f"dataloader.train.dataset.names={tiny_coco.train}", f"dataloader.test.dataset.names={tiny_coco.val}",
         "dataloader.train.total_batch_size=2", "dataloader.train.num_workers=0", "dataloader.test.num_workers=0",
         "dataloader.train.mapper.image_size=64", "dataloader.test.mapper.image_size=64",
         "dataloader.train.seed=0",
     ] + list(extra)
-    argv = ["--config-file", str(ROOT / "configs/quickstart/rtdetrv2_r18_toy.py")]
+    argv = ["--config-file", str(ROOT / "configs" / config)]
     argv += ["--resume"] if resume else []
     argv += ["--eval-only"] if eval_only else []
     return train_net.default_argument_parser().parse_args(argv + opts)
@@ -73,7 +73,7 @@ def test_background_only_images_train(tiny_coco, tmp_path, write_coco_json):
     empty = write_coco_json(tmp_path / "empty.json", data["images"][:2], [], data["categories"])
     register_coco_dataset("tiny_coco_background_only", empty, image_root)
     out = str(tmp_path / "bg")
-    train_net.main(_args(tiny_coco, out, "dataloader.train.dataset=tiny_coco_background_only", "train.max_iter=3",
+    train_net.main(_args(tiny_coco, out, "dataloader.train.dataset.names=tiny_coco_background_only", "train.max_iter=3",
                          "train.eval_period=0"))
     losses = [m["total_loss"] for m in _metrics(out) if "total_loss" in m]
     assert losses and all(torch.isfinite(torch.tensor(losses)))
@@ -90,4 +90,34 @@ def test_category_id_out_of_range_is_a_clear_error(tiny_coco, tmp_path, write_co
     path = write_coco_json(tmp_path / "bad.json", data["images"], bad, data["categories"])
     register_coco_dataset("tiny_coco_bad_category", path, image_root)
     with pytest.raises(ValueError, match="42"):
-        train_net.main(_args(tiny_coco, str(tmp_path / "bad"), "dataloader.train.dataset=tiny_coco_bad_category"))
+        train_net.main(_args(tiny_coco, str(tmp_path / "bad"), "dataloader.train.dataset.names=tiny_coco_bad_category"))
+
+
+def test_deim_toy_recipe_runs_all_stages_and_switches(tiny_coco, tmp_path):
+    """The DEIM quick-start recipe on 8 images, batch 2 (4 iterations per epoch): no-aug, Dense O2O,
+    RT-DETR augmentations, no-aug, with an evaluation per epoch and the stage switch at epoch 3."""
+    out = tmp_path / "deim"
+    train_net.main(_args(
+        tiny_coco, str(out), "train.epochs=4", "train.eval_epochs=1", "train.checkpoint_epochs=1",
+        "train.stage_switch.epoch=3", "dataloader.train.mapper.policy_epoch=[1,2,3]",
+        "dataloader.train.mixup_epochs=[1,2]", "dataloader.train.multi_scale_stop_epoch=3",
+        "dataloader.train.multi_scale=[48,64]", "lr_multiplier.flat_epochs=2", "lr_multiplier.no_aug_epochs=1",
+        "lr_multiplier.warmup_iters=2", config="quickstart/deim_rtdetrv2_r18_toy.py",
+    ))
+    assert {"model_best_stage1.pth", "model_final.pth"} <= set(os.listdir(out))
+    final = torch.load(out / "model_final.pth", map_location="cpu", weights_only=True)
+    assert final["iteration"] == 15
+    assert final["trainer"]["hooks"]["StageSwitchHook"]["switched"] is True
+    losses = [m for m in _metrics(out) if "loss_mal" in m]
+    assert losses and all(torch.isfinite(torch.tensor([m["total_loss"] for m in losses])))
+
+
+def test_deim_r50_config_trains_on_another_data_set(tiny_coco, tmp_path):
+    """configs/deim_rtdetrv2_r50.py with only data set (and size) overrides, instead of COCO."""
+    out = tmp_path / "deim_r50"
+    train_net.main(_args(
+        tiny_coco, str(out), "train.max_iter=2", "train.eval_period=0", "dataloader.train.multi_scale=null",
+        "dataloader.train.mapper.mosaic.output_size=32", "model.decoder.num_classes=6",
+        config="deim_rtdetrv2_r50.py",
+    ))
+    assert "model_final.pth" in os.listdir(out)

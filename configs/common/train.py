@@ -30,6 +30,10 @@ train = dict(
     clip_grad=dict(max_norm=0.1),
     # Official ModelEMA: decay * (1 - exp(-updates / warmups)). Evaluation uses the EMA weights.
     ema=dict(enabled=True, decay=0.9999, warmups=2000),
+    # D-FINE / DEIM stage switch (dfine.engine.StageSwitchHook): at the start of `epoch` (the official
+    # stop_epoch) reload the best evaluated state of the augmentation stage and set the EMA decay
+    # to `ema_restart_decay`. None disables it (RT-DETRv2).
+    stage_switch=dict(epoch=None, ema_restart_decay=0.9999),
     # Arguments of DistributedDataParallel (through detectron2's create_ddp_model).
     ddp=dict(broadcast_buffers=False, find_unused_parameters=False, fp16_compression=False),
     # BatchNorm -> SyncBatchNorm when training on several GPUs (official runtime.yml sync_bn).

@@ -7,12 +7,12 @@ from detectron2.config import LazyCall as L
 from detectron2.evaluation import COCOEvaluator
 from omegaconf import OmegaConf
 
-from dfine.data import DetrDatasetMapper, build_test_loader, build_train_loader
+from dfine.data import DetrDatasetMapper, build_test_loader, build_train_loader, load_dataset_dicts
 
 dataloader = OmegaConf.create()
 
 dataloader.train = L(build_train_loader)(
-    dataset="coco_2017_train",
+    dataset=L(load_dataset_dicts)(names="coco_2017_train"),
     # RandomPhotometricDistort(p=0.5), RandomZoomOut(fill=0), RandomIoUCrop(p=0.8), sanitise, flip,
     # then Resize(640x640) and sanitise; the first three stop at `policy_epoch`.
     mapper=L(DetrDatasetMapper)(is_train=True, image_size=640, policy_epoch=None, image_format="RGB", min_box_size=1),
@@ -22,9 +22,9 @@ dataloader.train = L(build_train_loader)(
     multi_scale_stop_epoch=None,
 )
 dataloader.test = L(build_test_loader)(
-    dataset_name="coco_2017_val",
+    dataset=L(load_dataset_dicts)(names="coco_2017_val"),
     mapper=L(DetrDatasetMapper)(is_train=False, image_size=640, image_format="RGB"),
     num_workers=4,
 )
 # use_fast_impl=False: the pure-Python detectron2 0.6 install has no compiled COCOeval.
-dataloader.evaluator = L(COCOEvaluator)(dataset_name="${..test.dataset_name}", use_fast_impl=False)
+dataloader.evaluator = L(COCOEvaluator)(dataset_name="${..test.dataset.names}", use_fast_impl=False)

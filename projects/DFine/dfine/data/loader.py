@@ -225,9 +225,7 @@ def build_train_loader(
     (``iterations_per_epoch = len(loader.dataset) / total_batch_size``); ``loader.sampler`` is the
     :class:`EpochAwareSampler` (``set_start_iter`` before iterating, to resume).
     """
-    if isinstance(dataset, str) or (len(dataset) > 0 and all(isinstance(d, str) for d in dataset)):
-        dataset = load_dataset_dicts(dataset)
-    dataset = DetectionDataset(dataset, mapper)
+    dataset = DetectionDataset(_as_dataset_dicts(dataset), mapper)
     sampler = EpochAwareSampler(len(dataset), total_batch_size, shuffle=True, seed=seed)
     logger.info(
         f"Train loader: {len(dataset)} images, batch {sampler.batch_size} per rank "
@@ -247,8 +245,16 @@ def build_train_loader(
 
 
 def build_test_loader(
-    dataset_name: Union[str, Sequence[str]], mapper: Callable[[Dict], Dict], num_workers: int = 2
+    dataset: Union[str, Sequence[str], List[Dict]], mapper: Callable[[Dict], Dict], num_workers: int = 2
 ) -> DataLoader:
     """Inference loader: batch size 1, each rank gets its shard (detectron2's InferenceSampler),
-    images without annotations are kept."""
-    return build_detection_test_loader(load_dataset_dicts(dataset_name), mapper=mapper, num_workers=num_workers)
+    images without annotations are kept. ``dataset``: registered name(s) or a list of dataset dicts
+    (e.g. ``L(load_dataset_dicts)(names=...)`` in a config, as detectron2's own configs do)."""
+    return build_detection_test_loader(_as_dataset_dicts(dataset), mapper=mapper, num_workers=num_workers)
+
+
+def _as_dataset_dicts(dataset: Union[str, Sequence[str], List[Dict]]) -> List[Dict]:
+    """Registered data set name(s) loaded with checks, or a list of dataset dicts as it is."""
+    if isinstance(dataset, str) or (len(dataset) > 0 and all(isinstance(d, str) for d in dataset)):
+        return load_dataset_dicts(dataset)
+    return dataset

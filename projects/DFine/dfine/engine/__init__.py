@@ -1,6 +1,6 @@
-"""Training engine: the trainer (AMP, gradient clipping, resumable data stream) and the EMA."""
+"""Training engine: the trainer (AMP, gradient clipping, resumable data stream) the EMA and the stage switch."""
 from .ema import ModelEMA, load_ema_or_model_weights, unwrap_model
-from .hooks import EMAHook
+from .hooks import EMAHook, StageSwitchHook
 from .trainer import Trainer
 
-__all__ = ["ModelEMA", "load_ema_or_model_weights", "unwrap_model", "EMAHook", "Trainer"]
+__all__ = ["ModelEMA", "load_ema_or_model_weights", "unwrap_model", "EMAHook", "StageSwitchHook", "Trainer"]

@@ -95,6 +95,7 @@ class RTDETRCriterion(nn.Module):
         gamma: float = 2.0,
         num_classes: int = 80,
         mal_alpha: Optional[float] = None,
+        mal_gamma: Optional[float] = None,
     ):
         """
         Args:
@@ -105,6 +106,9 @@ class RTDETRCriterion(nn.Module):
             alpha, gamma: focal parameters of the classification loss (MAL uses only ``gamma``,
                 1.5 in DEIM).
             mal_alpha: optional weight of MAL's negatives (None in every official config).
+            mal_gamma: MAL's gamma when it differs from ``gamma`` (the official criterion has one
+                ``gamma`` for every term; a separate one lets a config switch between MAL at 1.5
+                and VFL at 2.0 by changing ``losses`` alone).
             num_classes: number of classes K of ``pred_logits`` (no background slot).
         """
         super().__init__()
@@ -118,6 +122,7 @@ class RTDETRCriterion(nn.Module):
         self.gamma = gamma
         self.num_classes = num_classes
         self.mal_alpha = mal_alpha
+        self.mal_gamma = gamma if mal_gamma is None else mal_gamma
 
     def forward(self, outputs: Dict, targets: List[Dict[str, torch.Tensor]]) -> Dict[str, torch.Tensor]:
         """
@@ -198,7 +203,7 @@ class RTDETRCriterion(nn.Module):
     def _loss_mal(self, output, targets: _BatchTargets, pairs: _MatchedPairs, num_boxes):
         logits = output["pred_logits"]
         one_hot, quality = _one_hot_targets(logits, targets, pairs), _quality_targets(output, targets, pairs)
-        return {"loss_mal": matchability_aware_loss(logits, one_hot, quality, num_boxes, self.gamma, self.mal_alpha)}
+        return {"loss_mal": matchability_aware_loss(logits, one_hot, quality, num_boxes, self.mal_gamma, self.mal_alpha)}
 
     def _loss_focal(self, output, targets: _BatchTargets, pairs: _MatchedPairs, num_boxes):
         logits = output["pred_logits"]

@@ -1,0 +1,43 @@
+"""DEIM-RT-DETRv2-L: RT-DETRv2 with PResNet-50vd trained with DEIM's recipe for 60 epochs (official
+DEIM configs/deim_rtdetrv2/deim_r50vd_60e_coco.yml). README: 54.3 AP, 42M parameters.
+
+    python train_net.py --config-file configs/deim_rtdetrv2_r50.py
+
+Stages (epochs): [0, 4) no augmentation, [4, 34) Dense O2O (Mosaic at 0.5 and MixUp at 0.5 per
+batch, else the RT-DETR augmentations), [34, 58) RT-DETR augmentations, [58, 60) none; multi-scale
+until 58, where the best state of the first 58 epochs is reloaded. See configs/common/deim.py for the
+recipe and its ablations.
+"""
+from dfine.data import generate_scales
+
+from .common.deim import backbone as _backbone
+from .common.deim import criterion as _criterion
+from .common.deim import decoder as _decoder
+from .common.deim import lr_multiplier
+from .common.deim import mosaic as _mosaic
+from .rtdetrv2_r50 import dataloader, model, optimizer, train
+
+model.backbone.update(_backbone)
+model.decoder.update(_decoder)
+model.criterion.update(_criterion)
+
+dataloader.train.mapper.update(policy_epoch=[4, 34, 58], mosaic=_mosaic, mosaic_prob=0.5)
+dataloader.train.update(
+    mixup_prob="${.mapper.mosaic_prob}",
+    mixup_epochs=[4, 34],
+    multi_scale=generate_scales(640, 3),
+    multi_scale_stop_epoch=58,
+    total_batch_size=16,
+)
+
+train.output_dir = "./output/deim_rtdetrv2_r50"
+train.epochs = 60
+train.stage_switch.epoch = 58
+train.ema.warmups = 2000
+lr_multiplier.update(flat_epochs=34, no_aug_epochs=2)
+
+optimizer.lr = 2e-4
+optimizer.params.rules = [
+    {"pattern": r"^(?=.*backbone)(?!.*norm).*$", "lr": 2e-5},
+    {"pattern": r"^(?=.*(?:norm|bn)).*$", "weight_decay": 0.0},
+]
