@@ -617,3 +617,10 @@ def test_flat_cosine_runs_to_the_last_iteration():
         optimizer.step()
         multiplier.step()  # also evaluated at where == 1.0 after the last step
     assert lrs[0] == pytest.approx(1 / 500) and lrs[-1] == pytest.approx(0.1) and max(lrs) == pytest.approx(1.0)
+
+
+def test_flat_cosine_needs_epochs():
+    from dfine.solver import FlatCosine
+
+    with pytest.raises(ValueError, match="train.epochs"):
+        FlatCosine(max_iter=100, epochs=None, flat_epochs=4, no_aug_epochs=1)

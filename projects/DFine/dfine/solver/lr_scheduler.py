@@ -83,6 +83,11 @@ class FlatCosine(ParamScheduler):
 
     def __init__(self, max_iter: int, epochs: float, flat_epochs: float, no_aug_epochs: float,
                  warmup_iters: int = 2000, lr_gamma: float = 0.5, initial_factor: float = 1 / 500):
+        if epochs is None or flat_epochs is None or no_aug_epochs is None:
+            raise ValueError(
+                "FlatCosine places its phases in epochs: set train.epochs (and the schedule's flat_epochs and "
+                f"no_aug_epochs), got epochs={epochs}, flat_epochs={flat_epochs}, no_aug_epochs={no_aug_epochs}."
+            )
         if max_iter <= 0 or epochs <= 0:
             raise ValueError(f"Need max_iter > 0 and epochs > 0, got {max_iter} and {epochs}")
         iters_per_epoch = max_iter / epochs
