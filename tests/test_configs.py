@@ -130,3 +130,34 @@ def test_deim_ablations_are_one_override_each():
     schedule = instantiate(cfg.lr_multiplier)
     assert [schedule(w) for w in (0.5, 0.9, 1.0)] == [1.0, 1.0, 1.0]
     assert base.dataloader.train.mixup_prob == 0.5
+
+
+def test_deim_r50_starts_on_coco_when_it_is_there(tmp_path, monkeypatch):
+    """A minimal COCO 2017 layout under ./datasets (detectron2's builtin registration): the DEIM
+    config's train loader reads it and yields a Dense O2O batch, without any override."""
+    import json
+
+    import numpy as np
+    from detectron2.data.datasets.builtin_meta import COCO_CATEGORIES
+    from PIL import Image
+
+    coco = tmp_path / "datasets" / "coco"
+    (coco / "train2017").mkdir(parents=True)
+    (coco / "annotations").mkdir()
+    categories = [{"id": c["id"], "name": c["name"]} for c in COCO_CATEGORIES if c["isthing"]]
+    images, annotations = [], []
+    for i in range(4):
+        Image.fromarray(np.full((48, 64, 3), 40 * i, dtype=np.uint8)).save(coco / "train2017" / f"{i:012d}.jpg")
+        images.append({"id": i + 1, "file_name": f"{i:012d}.jpg", "height": 48, "width": 64})
+        annotations.append({"id": i + 1, "image_id": i + 1, "category_id": 90, "bbox": [8, 8, 20, 16],
+                            "area": 320.0, "iscrowd": 0})
+    (coco / "annotations" / "instances_train2017.json").write_text(
+        json.dumps({"images": images, "annotations": annotations, "categories": categories}))
+    monkeypatch.chdir(tmp_path)
+    cfg = _load("deim_rtdetrv2_r50.py")
+    cfg.dataloader.train.update(total_batch_size=2, num_workers=0)
+    loader = instantiate(cfg.dataloader.train)
+    loader.sampler.set_start_iter(2 * 4)  # epoch 4: the Dense O2O stage
+    batch = next(iter(loader))
+    assert len(loader.dataset) == 4 and len(batch) == 2 and batch[0]["epoch"] == 4
+    assert {int(c) for s in batch for c in s["instances"].gt_classes} <= {79}  # COCO id 90 -> class 79
