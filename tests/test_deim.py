@@ -209,6 +209,7 @@ def test_flat_cosine_lr_of_the_training_loop_matches_official():
     used = {}
     for iteration in range(max_iter):
         used[iteration] = [group["lr"] for group in optimizer.param_groups]
+        optimizer.step()  # no gradients: changes nothing, keeps torch's step-order check quiet
         scheduler.step()  # the last step asks for where == 1.0, as detectron2's hook does
     assert len(golden["lr"]) >= 12
     for iteration, lrs in golden["lr"].items():
@@ -476,3 +477,11 @@ def test_mosaic_boxes_keep_their_class(tmp_path):
                 np.testing.assert_allclose(image[cy, cx], colours[cls], atol=12)
                 checked += 1
     assert checked > 50
+
+
+def test_generate_scales_matches_official():
+    """official-implementations.md §8 item 23, the official ``generate_scales``."""
+    from dfine.data import generate_scales
+
+    assert generate_scales(640, 3) == [480, 512, 544, 576, 608, 640, 640, 640, 800, 768, 736, 704, 672]
+    assert generate_scales(640, 20) == [480, 512, 544, 576, 608] + [640] * 20 + [800, 768, 736, 704, 672]
