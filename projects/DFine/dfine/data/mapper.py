@@ -77,8 +77,9 @@ class DetrDatasetMapper:
     * ``"image_id"``, ``"file_name"``: copied from the input;
     * training only: ``"instances"``: :class:`Instances` of image size ``(H, W)`` with
       ``gt_boxes`` (:class:`Boxes`, absolute XYXY in the resized image) and ``gt_classes``
-      (int64), possibly empty; ``"num_dropped_boxes"``: how many non-crowd annotations did not
-      survive (degenerate, cropped out, or thinner than ``min_box_size`` after resizing).
+      (int64), possibly empty; ``"num_dropped_boxes"``: how many non-crowd annotations (of the
+      four images, after a Mosaic) did not survive (degenerate, cropped out, or thinner than
+      ``min_box_size`` after resizing).
 
     Never returns ``None`` (detectron2 0.6's retry path breaks on Python >= 3.11).
     """
