@@ -49,6 +49,8 @@ def _synth_tensor(key: str, shape: tuple, rng: np.random.Generator) -> np.ndarra
         return _uniform(rng, -0.1, 0.1, shape)
     if leaf == "running_var":
         return _uniform(rng, 0.5, 1.5, shape)
+    if leaf == "scale":  # HGNetv2 learnable affine block
+        return _uniform(rng, 0.9, 1.1, shape)
     if leaf.endswith("bias"):  # bias, in_proj_bias
         return _uniform(rng, -0.1, 0.1, shape)
     if leaf.endswith("weight"):  # weight, in_proj_weight
