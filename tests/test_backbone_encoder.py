@@ -285,3 +285,40 @@ def test_backbone_and_encoder_maps_equal_official(name):
             assert x.double().abs().sum().item() == pytest.approx(float(golden[f"{prefix}_{i}_abs_sum"]), rel=1e-6)
             np.testing.assert_allclose(x[0, :16, :: h // 8, :: w // 8].numpy(), golden[f"{prefix}_{i}_slice"],
                                        rtol=0, atol=1e-5)
+
+
+# --------------------------------------------------------------------- D-FINE CCFF (version="dfine")
+DFINE_ENCODER = json.loads((Path(__file__).parent / "golden" / "dfine_encoder_golden.json").read_text())
+DFINE_ENCODER_ARRAYS = np.load(Path(__file__).parent / "golden" / "dfine_encoder_golden.npz")
+
+
+@pytest.mark.parametrize("size", ["n", "s"])
+def test_dfine_encoder_matches_official(size):
+    """The official D-FINE HybridEncoder of the N (two levels) and S configs
+    (tests/golden/make_dfine_golden.py): same state-dict layout, parameter counts before and after
+    deploy, outputs of synthetic weights, and deploy keeps the outputs."""
+    from golden.synth import synth_state_dict
+
+    golden = DFINE_ENCODER["encoders"][size]
+    encoder = HybridEncoder(**golden["config"], eval_spatial_size=[64, 64], version="dfine")
+    assert {k: list(v.shape) for k, v in encoder.state_dict().items()} == golden["state_dict"]
+    assert list(encoder.state_dict()) == list(golden["state_dict"])
+    assert sum(p.numel() for p in encoder.parameters()) == golden["num_parameters"]
+    missing, unexpected = encoder.load_state_dict(synth_state_dict(golden["state_dict"], seed=1), strict=False)
+    assert not unexpected and all(k.endswith("num_batches_tracked") for k in missing)
+    rng = np.random.default_rng(7)  # as make_dfine_golden.encoder_features
+    feats = [torch.from_numpy(rng.standard_normal((1, c, 64 // s, 64 // s)).astype(np.float32))
+             for c, s in zip(golden["config"]["in_channels"], golden["config"]["feat_strides"])]
+    encoder.eval()
+    with torch.no_grad():
+        outs = encoder(feats)
+        encoder.convert_to_deploy()
+        deployed = encoder(feats)
+    assert sum(p.numel() for p in encoder.parameters()) == golden["deploy_num_parameters"]
+    for i, (out, expected) in enumerate(zip(outs, golden["outputs"])):
+        assert list(out.shape) == expected["shape"]
+        assert out.double().sum().item() == pytest.approx(expected["sum"], rel=1e-4)
+        assert out.double().abs().sum().item() == pytest.approx(expected["abs_sum"], rel=1e-5)
+        np.testing.assert_allclose(out[0, :8, ::2, ::2].numpy(), DFINE_ENCODER_ARRAYS[f"{size}_{i}"], rtol=1e-4,
+                                   atol=1e-5)
+        torch.testing.assert_close(deployed[i], out, rtol=1e-4, atol=1e-4)

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..layers.common import ConvNormLayer, get_activation
+from ..layers.common import ConvNormLayer, fuse_conv_and_norm, get_activation
 
 __all__ = [
     "HybridEncoder",
@@ -21,18 +21,11 @@ __all__ = [
     "CCFFBlocks",
     "CCFF_VERSIONS",
     "rt_detrv2_ccff_blocks",
+    "dfine_ccff_blocks",
+    "SCDown",
+    "RepNCSPELAN4",
     "build_2d_sincos_position_embedding",
 ]
-
-
-def _fuse_conv_norm(layer: ConvNormLayer):
-    """(kernel, bias) of the conv + BatchNorm pair of ``layer`` folded into one conv."""
-    norm = layer.norm
-    scale = norm.weight / (norm.running_var + norm.eps).sqrt()
-    bias = norm.bias - norm.running_mean * scale
-    if layer.conv.bias is not None:
-        bias = bias + layer.conv.bias * scale
-    return layer.conv.weight * scale.reshape(-1, 1, 1, 1), bias
 
 
 class RepVggBlock(nn.Module):
@@ -55,8 +48,8 @@ class RepVggBlock(nn.Module):
         ``conv2``, as D-FINE / DEIM do (the RT-DETRv2 code keeps them, so its deploy model is larger)."""
         if hasattr(self, "conv"):
             return
-        kernel3, bias3 = _fuse_conv_norm(self.conv1)
-        kernel1, bias1 = _fuse_conv_norm(self.conv2)
+        kernel3, bias3 = fuse_conv_and_norm(self.conv1.conv, self.conv1.norm)
+        kernel1, bias1 = fuse_conv_and_norm(self.conv2.conv, self.conv2.norm)
         self.conv = nn.Conv2d(kernel3.shape[1], kernel3.shape[0], 3, 1, padding=1).to(kernel3)
         self.conv.weight.copy_(kernel3 + F.pad(kernel1, [1, 1, 1, 1]))
         self.conv.bias.copy_(bias3 + bias1)
@@ -80,6 +73,45 @@ class CSPRepLayer(nn.Module):
 
     def forward(self, x):
         return self.conv3(self.bottlenecks(self.conv1(x)) + self.conv2(x))
+
+
+class SCDown(nn.Module):
+    """Spatial-channel decoupled down-sampling of D-FINE: a 1x1 conv, then a depth-wise
+    ``kernel_size`` conv with ``stride``, both conv + BN without activation."""
+
+    def __init__(self, ch_in, ch_out, kernel_size, stride):
+        super().__init__()
+        self.cv1 = ConvNormLayer(ch_in, ch_out, 1, 1)
+        self.cv2 = ConvNormLayer(ch_out, ch_out, kernel_size, stride, groups=ch_out)
+
+    def forward(self, x):
+        return self.cv2(self.cv1(x))
+
+
+class RepNCSPELAN4(nn.Module):
+    """GELAN fusion block of D-FINE's CCFF.
+
+    ``cv1`` (1x1, ``c3`` channels) is split in two halves; the second half goes through two
+    branches in a chain, each a CSPRep layer (``num_blocks`` RepVGG blocks, ``c4`` channels) and a
+    3x3 conv; the two halves and both branch outputs are concatenated and ``cv4`` (1x1) maps them
+    to ``c2``. ``[B, c1, H, W] -> [B, c2, H, W]``.
+    """
+
+    def __init__(self, c1, c2, c3, c4, num_blocks=3, act="silu"):
+        super().__init__()
+        self.half = c3 // 2
+        self.cv1 = ConvNormLayer(c1, c3, 1, 1, act=act)
+        self.cv2 = nn.Sequential(CSPRepLayer(c3 // 2, c4, num_blocks, expansion=1.0, act=act),
+                                 ConvNormLayer(c4, c4, 3, 1, act=act))
+        self.cv3 = nn.Sequential(CSPRepLayer(c4, c4, num_blocks, expansion=1.0, act=act),
+                                 ConvNormLayer(c4, c4, 3, 1, act=act))
+        self.cv4 = ConvNormLayer(c3 + 2 * c4, c2, 1, 1, act=act)
+
+    def forward(self, x):
+        parts = list(self.cv1(x).split((self.half, self.half), dim=1))
+        parts.append(self.cv2(parts[-1]))
+        parts.append(self.cv3(parts[-1]))
+        return self.cv4(torch.cat(parts, dim=1))
 
 
 class TransformerEncoderLayer(nn.Module):
@@ -154,9 +186,22 @@ def rt_detrv2_ccff_blocks(hidden_dim: int, expansion: float, depth_mult: float, 
     )
 
 
+def dfine_ccff_blocks(hidden_dim: int, expansion: float, depth_mult: float, act: str) -> CCFFBlocks:
+    """D-FINE / DEIM-D-FINE: 1x1 lateral convs without activation, SCDown down-sampling and GELAN
+    (RepNCSPELAN4) fusion with ``round(expansion * hidden_dim // 2)`` branch channels. (The
+    official D-FINE encoder builds the GELAN blocks with SiLU whatever ``act`` says; DEIM passes
+    ``act``; every official config uses SiLU.)"""
+    return CCFFBlocks(
+        lateral=partial(ConvNormLayer, hidden_dim, hidden_dim, 1, 1),
+        downsample=lambda: nn.Sequential(SCDown(hidden_dim, hidden_dim, 3, 2)),
+        fusion=lambda in_channels: RepNCSPELAN4(
+            in_channels, hidden_dim, 2 * hidden_dim, round(expansion * hidden_dim // 2), round(3 * depth_mult), act=act),
+    )
+
+
 # ``HybridEncoder(version=...)`` -> builder of that paper's CCFF blocks, called with
 # (hidden_dim, expansion, depth_mult, act).
-CCFF_VERSIONS: Dict[str, Callable[..., CCFFBlocks]] = {"rt_detrv2": rt_detrv2_ccff_blocks}
+CCFF_VERSIONS: Dict[str, Callable[..., CCFFBlocks]] = {"rt_detrv2": rt_detrv2_ccff_blocks, "dfine": dfine_ccff_blocks}
 
 
 class HybridEncoder(nn.Module):
@@ -261,8 +306,9 @@ class HybridEncoder(nn.Module):
         return outs
 
     def convert_to_deploy(self):
-        """Re-parameterise every block that can be (RepVGG: two conv+BN branches into one conv) for
-        inference; outputs stay the same. Call it in eval mode: it folds the running statistics."""
+        """Re-parameterise every block that can be for inference (RepVGG: two conv+BN branches into
+        one conv; conv+BN layers of the CCFF: one biased conv, as D-FINE's ``ConvNormLayer_fuse``);
+        outputs stay the same. Call it in eval mode: it folds the running statistics."""
         for module in list(self.modules())[1:]:
             if hasattr(module, "convert_to_deploy"):
                 module.convert_to_deploy()

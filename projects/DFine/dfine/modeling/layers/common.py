@@ -51,8 +51,21 @@ class MLP(nn.Module):
         return x
 
 
+def fuse_conv_and_norm(conv: nn.Conv2d, norm: nn.BatchNorm2d):
+    """``(kernel, bias)`` of one conv equal to ``norm(conv(x))`` with the norm's running statistics."""
+    scale = norm.weight / (norm.running_var + norm.eps).sqrt()
+    bias = norm.bias - norm.running_mean * scale
+    if conv.bias is not None:
+        bias = bias + conv.bias * scale
+    return conv.weight * scale.reshape(-1, 1, 1, 1), bias
+
+
 class ConvNormLayer(nn.Module):
-    """Conv2d (no bias by default) -> BatchNorm2d -> activation; 'same' padding for odd kernels."""
+    """Conv2d (no bias by default) -> BatchNorm2d -> activation; 'same' padding for odd kernels.
+
+    ``convert_to_deploy`` folds the norm into a biased conv named ``conv_bn_fused`` (the official
+    D-FINE ``ConvNormLayer_fuse``) and deletes ``conv`` and ``norm``.
+    """
 
     def __init__(self, ch_in, ch_out, kernel_size, stride, padding=None, bias=False, act=None, groups=1):
         super().__init__()
@@ -62,7 +75,21 @@ class ConvNormLayer(nn.Module):
         self.act = get_activation(act)
 
     def forward(self, x):
+        if hasattr(self, "conv_bn_fused"):
+            return self.act(self.conv_bn_fused(x))
         return self.act(self.norm(self.conv(x)))
+
+    @torch.no_grad()
+    def convert_to_deploy(self):
+        if hasattr(self, "conv_bn_fused"):
+            return
+        conv = self.conv
+        kernel, bias = fuse_conv_and_norm(conv, self.norm)
+        self.conv_bn_fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
+                                       padding=conv.padding, groups=conv.groups, bias=True).to(kernel)
+        self.conv_bn_fused.weight.copy_(kernel)
+        self.conv_bn_fused.bias.copy_(bias)
+        del self.conv, self.norm
 
 
 def inverse_sigmoid(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:

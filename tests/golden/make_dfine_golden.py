@@ -1,4 +1,5 @@
-"""Write ``hgnetv2_golden.json`` / ``.npz`` by running the official D-FINE HGNetv2.
+"""Write the D-FINE golden files ``hgnetv2_golden.json`` / ``.npz`` and ``dfine_encoder_golden.json`` /
+``.npz`` by running the official D-FINE backbone and hybrid encoder.
 
 Nothing of the official code is copied here. How to rerun, from the repository root, with the
 official venv described in ``make_rtdetrv2_golden.py``::
@@ -7,9 +8,9 @@ official venv described in ``make_rtdetrv2_golden.py``::
     git -C /work/.mirror/Peterande+D-FINE/repo archive HEAD | tar -x -C /tmp/dfine_official
     OFFICIAL_DFINE=/tmp/dfine_official \\
     OFFICIAL_DFINE_COMMIT=$(git -C /work/.mirror/Peterande+D-FINE/repo log -1 --format=%H) \\
-    PYTHONDONTWRITEBYTECODE=1 /root/.cache/dfine/official-venv/bin/python tests/golden/make_hgnetv2_golden.py
+    PYTHONDONTWRITEBYTECODE=1 /root/.cache/dfine/official-venv/bin/python tests/golden/make_dfine_golden.py
 
-Contents:
+``hgnetv2_golden``:
 
 * ``archs``: for every name B0-B6, with and without LAB, the parameter count of the official
   ``HGNetv2(name, use_lab, pretrained=False, freeze_norm=False)``.
@@ -20,6 +21,14 @@ Contents:
   ``eval()``, input ``synth_image(98, 130, seed=4)`` as RGB float / 255 (1x3x98x130, odd sizes to
   exercise the stem padding and ceil pooling); per returned level: shape, float64 sum and abs-sum,
   and ``x[0, :8, ::4, ::4]`` in the npz as ``{model}_{i}``.
+
+``dfine_encoder_golden``: the official ``HybridEncoder`` of the N (two levels) and S configs
+(``ENCODERS``), with ``eval_spatial_size`` 64x64: state-dict key -> shape, parameter count before and
+after ``convert_to_deploy`` of every submodule that has one (as ``model.deploy()``), and, for
+weights ``synth_state_dict(keys, seed=1)`` in ``eval()`` on feature maps
+``np.random.default_rng(7).standard_normal`` (float32, strides 8/16/32 of a 64x64 image, only the
+levels the config uses), the outputs' shape, sum and abs-sum and ``x[0, :8, ::2, ::2]`` (npz
+``{size}_{i}``) before deploy, and the largest absolute change after deploy.
 """
 import json
 import os
@@ -46,6 +55,14 @@ MODELS = {  # D-FINE configs/dfine/dfine_hgnetv2_*_coco.yml
 }
 
 
+ENCODERS = {  # D-FINE configs/dfine/dfine_hgnetv2_{n,s}_coco.yml + include/dfine_hgnetv2.yml
+    "n": dict(in_channels=[512, 1024], feat_strides=[16, 32], hidden_dim=128, use_encoder_idx=[1],
+              dim_feedforward=512, expansion=0.34, depth_mult=0.5),
+    "s": dict(in_channels=[256, 512, 1024], feat_strides=[8, 16, 32], hidden_dim=256, use_encoder_idx=[2],
+              dim_feedforward=1024, expansion=0.5, depth_mult=0.34),
+}
+
+
 def main():
     from src.nn.backbone.hgnetv2 import HGNetv2
 
@@ -56,7 +73,7 @@ def main():
         "official_repo": "Peterande/D-FINE",
         "official_commit": os.environ["OFFICIAL_DFINE_COMMIT"],
         "torch": torch.__version__,
-        "command": "OFFICIAL_DFINE=<official D-FINE> PYTHONDONTWRITEBYTECODE=1 python tests/golden/make_hgnetv2_golden.py",
+        "command": "OFFICIAL_DFINE=<official D-FINE> PYTHONDONTWRITEBYTECODE=1 python tests/golden/make_dfine_golden.py",
         "archs": {},
         "models": {},
     }
@@ -84,6 +101,49 @@ def main():
     (GOLDEN_DIR / "hgnetv2_golden.json").write_text(json.dumps(golden, indent=1) + "\n")
     np.savez_compressed(GOLDEN_DIR / "hgnetv2_golden.npz", **arrays)
     print("wrote hgnetv2_golden.json and hgnetv2_golden.npz")
+    encoders(golden)
+
+
+def encoder_features(in_channels, feat_strides, size=64):
+    """The synthetic backbone maps of the encoder golden values (shared with the test)."""
+    rng = np.random.default_rng(7)
+    return [torch.from_numpy(rng.standard_normal((1, c, size // s, size // s)).astype(np.float32))
+            for c, s in zip(in_channels, feat_strides)]
+
+
+def encoders(provenance):
+    from src.zoo.dfine.hybrid_encoder import HybridEncoder
+
+    golden = {k: provenance[k] for k in ("official_repo", "official_commit", "torch", "command")}
+    golden["encoders"] = {}
+    arrays = {}
+    for key, kwargs in ENCODERS.items():
+        model = HybridEncoder(**kwargs, eval_spatial_size=[64, 64])
+        shapes = {k: list(v.shape) for k, v in model.state_dict().items()}
+        num_parameters = sum(p.numel() for p in model.parameters())
+        model.load_state_dict(synth_state_dict(shapes, seed=1), strict=False)
+        model.eval()
+        feats = encoder_features(kwargs["in_channels"], kwargs["feat_strides"])
+        with torch.no_grad():
+            outs = model(feats)
+            for module in list(model.modules())[1:]:
+                if hasattr(module, "convert_to_deploy"):
+                    module.convert_to_deploy()
+            deployed = model(feats)
+        golden["encoders"][key] = {
+            "config": kwargs,
+            "state_dict": shapes,
+            "num_parameters": num_parameters,
+            "deploy_num_parameters": sum(p.numel() for p in model.parameters()),
+            "outputs": [{"shape": list(o.shape), "sum": o.double().sum().item(), "abs_sum": o.double().abs().sum().item()}
+                        for o in outs],
+            "deploy_max_abs_change": max((a - b).abs().max().item() for a, b in zip(outs, deployed)),
+        }
+        for i, o in enumerate(outs):
+            arrays[f"{key}_{i}"] = o[0, :8, ::2, ::2].numpy()
+    (GOLDEN_DIR / "dfine_encoder_golden.json").write_text(json.dumps(golden, indent=1) + "\n")
+    np.savez_compressed(GOLDEN_DIR / "dfine_encoder_golden.npz", **arrays)
+    print("wrote dfine_encoder_golden.json and dfine_encoder_golden.npz")
 
 
 if __name__ == "__main__":
