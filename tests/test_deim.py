@@ -485,3 +485,17 @@ def test_generate_scales_matches_official():
 
     assert generate_scales(640, 3) == [480, 512, 544, 576, 608, 640, 640, 640, 800, 768, 736, 704, 672]
     assert generate_scales(640, 20) == [480, 512, 544, 576, 608] + [640] * 20 + [800, 768, 736, 704, 672]
+
+
+def test_dense_o2o_with_background_only_images(tmp_path):
+    """Images without annotations are valid training data in Mosaic and MixUp too."""
+    path = tmp_path / "empty.png"
+    Image.fromarray(np.full((40, 56, 3), 90, dtype=np.uint8)).save(path)
+    dicts = [{"file_name": str(path), "height": 40, "width": 56, "image_id": i, "annotations": []} for i in range(3)]
+    for use_cache in (False, True):
+        mapper = DetrDatasetMapper(True, image_size=32, policy_epoch=[0, 1, 2], mosaic_prob=1.0,
+                                   mosaic=Mosaic(output_size=16, use_cache=use_cache))
+        batch = [dict(mapper(d, 0, dataset=dicts), epoch=0) for d in dicts]
+        for sample in MixUp(prob=1.0, epochs=(0, 1))(batch, epoch=0):
+            assert sample["instances"].gt_boxes.tensor.shape == (0, 4) and sample["image"].shape == (3, 32, 32)
+            assert sample["instances"].gt_classes.dtype == torch.int64
