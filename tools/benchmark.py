@@ -1,22 +1,29 @@
 #!/usr/bin/env python
-"""Measure speed; every result is one JSON line on stdout (medians over repeats).
+"""Measure a config; every result is one JSON line on stdout (medians over repeats).
 
-    bash tools/env.sh python tools/benchmark.py loader --config-file configs/deim_rtdetrv2_r50.py \\
-        [--variants full mosaic mosaic_cache mixup dense_o2o dense_o2o_cache] [--batches 20] [--repeats 3] \\
-        [--num-workers 2] [key=value ...]
+    bash tools/env.sh python tools/benchmark.py --config-file configs/rtdetrv2_r50.py \
+        [--what params,flops,latency,loader] [--device auto] [--repeats 5] [--batch-size 4] [key=value ...]
 
-``loader``: training-loader throughput in images/s, from the config's ``dataloader.train`` (config
-overrides apply, e.g. ``dataloader.train.dataset.names=toy_shapes_train``), one line per variant:
+Config overrides (``key=value``) apply as in train_net.py, e.g.
+``dataloader.train.dataset.names=toy_shapes_train``. Each ``--what`` item prints lines with
+``"benchmark": <item>`` and ``"config"``:
 
-* ``full``: the RT-DETR augmentations (photometric distort, zoom-out, IoU crop, flip), no Dense O2O;
-* ``mosaic`` / ``mosaic_cache``: Mosaic on every sample (and photometric distort), cache off / on;
-* ``mixup``: the RT-DETR augmentations and MixUp on every batch;
-* ``dense_o2o`` / ``dense_o2o_cache``: the config's Dense O2O stage as it is (Mosaic at
-  ``mosaic_prob``, MixUp at ``mixup_prob``), cache off / on.
-
-Each repeat builds a fresh loader, skips ``--warmup`` batches (worker start-up) and times the next
-``--batches``. Fields: ``benchmark``, ``variant``, ``images_per_s`` (median), ``images_per_s_all``,
-``batch_size``, ``num_workers``, ``image_size``, ``batches``, ``repeats``, ``config``.
+* ``params``: ``params`` (all), ``trainable``, and ``deploy_params`` after ``model.deploy()``.
+* ``flops``: fvcore's count of the deploy model on one image of the test size (the test
+  mapper's ``image_size``): ``gmacs`` (fvcore counts one multiply-add as one) and ``gflops`` =
+  2 x ``gmacs`` (the convention of the official READMEs' calflops numbers); ``uncounted_ops``
+  lists the ops fvcore has no formula for (their cost is not included).
+* ``latency``: inference time of ``model(batch)`` (preprocessing and post-processing included) in
+  eval mode without gradients, eager (``form: "eager"``) and after ``deploy()`` (``"deploy"``),
+  for batch 1 and ``--batch-size``: ``ms`` (median), ``ms_all``, ``images_per_s``; on CUDA the
+  clock waits for the device.
+* ``loader``: training-loader throughput in images/s from the config's ``dataloader.train``, one
+  line per ``--variants`` item: ``full`` (the RT-DETR augmentations, no Dense O2O), ``mosaic`` /
+  ``mosaic_cache`` (Mosaic on every sample, cache off / on), ``mixup`` (MixUp on every batch),
+  ``dense_o2o`` / ``dense_o2o_cache`` (the config's Dense O2O stage as it is). Each repeat builds
+  a fresh loader, skips ``--warmup`` batches (worker start-up) and times ``--batches``. Fields:
+  ``variant``, ``images_per_s`` (median), ``images_per_s_all``, ``batch_size``, ``num_workers``,
+  ``image_size``, ``batches``, ``repeats``.
 """
 import argparse
 import copy
@@ -30,6 +37,7 @@ import time
 import torch
 from detectron2.config import LazyCall as L
 from detectron2.config import LazyConfig, instantiate
+from torch import nn
 
 from dfine.data import Mosaic
 
@@ -83,8 +91,7 @@ def time_loader(train_cfg, batches: int, warmup: int) -> float:
     return images / elapsed
 
 
-def benchmark_loader(args) -> None:
-    cfg = LazyConfig.apply_overrides(LazyConfig.load(args.config_file), args.opts)
+def benchmark_loader(cfg, args, emit) -> None:
     train_cfg = cfg.dataloader.train
     if args.num_workers is not None:
         train_cfg.num_workers = args.num_workers
@@ -93,35 +100,124 @@ def benchmark_loader(args) -> None:
         variant_cfg = loader_variant(train_cfg, variant)
         torch.manual_seed(0)
         rates = [time_loader(variant_cfg, args.batches, args.warmup) for _ in range(args.repeats)]
-        print(json.dumps({
-            "benchmark": "loader",
-            "variant": variant,
-            "images_per_s": round(statistics.median(rates), 2),
-            "images_per_s_all": [round(r, 2) for r in rates],
-            "batch_size": variant_cfg.total_batch_size,
-            "num_workers": variant_cfg.num_workers,
-            "image_size": variant_cfg.mapper.image_size,
-            "batches": args.batches,
-            "repeats": args.repeats,
-            "config": args.config_file,
-        }), flush=True)
+        emit("loader", variant=variant, images_per_s=round(statistics.median(rates), 2),
+             images_per_s_all=[round(r, 2) for r in rates], batch_size=variant_cfg.total_batch_size,
+             num_workers=variant_cfg.num_workers, image_size=variant_cfg.mapper.image_size, batches=args.batches,
+             repeats=args.repeats)
+
+
+def test_image_size(cfg):
+    """``(height, width)`` the test mapper resizes to."""
+    size = cfg.dataloader.test.mapper.image_size
+    return (size, size) if isinstance(size, int) else tuple(size)
+
+
+def random_batch(batch_size, size, device):
+    """``batch_size`` random uint8 images in the model's input format."""
+    generator = torch.Generator().manual_seed(0)
+    return [{"image": torch.randint(0, 256, (3, *size), dtype=torch.uint8, generator=generator).to(device),
+             "height": size[0], "width": size[1]} for _ in range(batch_size)]
+
+
+class _TensorOutputs(nn.Module):
+    """The model on one image tensor, returning tensors (what fvcore's tracer needs)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, image):
+        instances = self.model([{"image": image[0], "height": image.shape[-2], "width": image.shape[-1]}])[0]["instances"]
+        return instances.pred_boxes.tensor, instances.scores, instances.pred_classes
+
+
+def benchmark_params(cfg, args, emit) -> None:
+    model = instantiate(cfg.model)
+    params = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    deploy_params = sum(p.numel() for p in model.deploy().parameters())
+    emit("params", params=params, trainable=trainable, deploy_params=deploy_params)
+
+
+def benchmark_flops(cfg, args, emit) -> None:
+    from fvcore.nn import FlopCountAnalysis
+
+    size = test_image_size(cfg)
+    model = instantiate(cfg.model).deploy()
+    image = random_batch(1, size, "cpu")[0]["image"][None]
+    counter = FlopCountAnalysis(_TensorOutputs(model), (image,))
+    counter.unsupported_ops_warnings(False)
+    counter.uncalled_modules_warnings(False)
+    macs = counter.total()
+    emit("flops", image_size=list(size), gmacs=round(macs / 1e9, 3), gflops=round(2 * macs / 1e9, 3),
+         uncounted_ops=sorted(counter.unsupported_ops()))
+
+
+@torch.no_grad()
+def time_inference(model, batch, repeats, warmup, device) -> list:
+    times = []
+    for i in range(warmup + repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        model(batch)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if i >= warmup:
+            times.append((time.perf_counter() - start) * 1000)
+    return times
+
+
+def benchmark_latency(cfg, args, emit) -> None:
+    device = torch.device(resolve_device(args.device))
+    size = test_image_size(cfg)
+    model = instantiate(cfg.model).to(device).eval()
+    for form in ("eager", "deploy"):
+        if form == "deploy":
+            model.deploy()
+        for batch_size in sorted({1, args.batch_size}):
+            times = time_inference(model, random_batch(batch_size, size, device), args.repeats, args.warmup, device)
+            ms = statistics.median(times)
+            emit("latency", form=form, device=str(device), batch_size=batch_size, image_size=list(size),
+                 ms=round(ms, 3), ms_all=[round(t, 3) for t in times], images_per_s=round(1000 * batch_size / ms, 2))
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+BENCHMARKS = {"params": benchmark_params, "flops": benchmark_flops, "latency": benchmark_latency,
+              "loader": benchmark_loader}
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    commands = parser.add_subparsers(dest="command", required=True)
-    loader = commands.add_parser("loader", help="training-loader throughput (images/s)")
-    loader.add_argument("--config-file", required=True)
-    loader.add_argument("--variants", nargs="+", choices=sorted(LOADER_VARIANTS), default=list(LOADER_VARIANTS))
-    loader.add_argument("--batches", type=int, default=20, help="timed batches per repeat")
-    loader.add_argument("--warmup", type=int, default=2, help="untimed batches first (worker start-up)")
-    loader.add_argument("--repeats", type=int, default=3)
-    loader.add_argument("--num-workers", type=int, default=None, help="default: the config's")
-    loader.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides key=value")
+    parser.add_argument("--config-file", required=True)
+    parser.add_argument("--what", default="params,flops,latency,loader",
+                        help=f"comma-separated, among {','.join(BENCHMARKS)}")
+    parser.add_argument("--device", default="auto", help="latency: auto (CUDA when available), cpu or cuda")
+    parser.add_argument("--repeats", type=int, default=5, help="timed repeats (loader: loaders built)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed runs (loader: batches) first")
+    parser.add_argument("--batch-size", type=int, default=4, help="latency: the batch size besides 1")
+    parser.add_argument("--variants", nargs="+", choices=sorted(LOADER_VARIANTS), default=list(LOADER_VARIANTS))
+    parser.add_argument("--batches", type=int, default=20, help="loader: timed batches per repeat")
+    parser.add_argument("--num-workers", type=int, default=None, help="loader: default the config's")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides key=value")
     args = parser.parse_args(argv)
+    what = [w.strip() for w in args.what.split(",") if w.strip()]
+    unknown = sorted(set(what) - set(BENCHMARKS))
+    if unknown:
+        parser.error(f"unknown --what {unknown}; choose among {sorted(BENCHMARKS)}")
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    if args.command == "loader":
-        benchmark_loader(args)
+    cfg = LazyConfig.apply_overrides(LazyConfig.load(args.config_file), args.opts)
+
+    def emit(benchmark, **fields):
+        print(json.dumps({"benchmark": benchmark, **fields, "config": args.config_file}), flush=True)
+
+    for item in what:
+        BENCHMARKS[item](cfg, args, emit)
 
 
 if __name__ == "__main__":
