@@ -158,7 +158,7 @@ def test_policy_for_epoch_forms():
     assert policy_for_epoch(4, 5, POLICY_OPS) == (True, frozenset())
     assert policy_for_epoch(5, 5, POLICY_OPS) == (False, frozenset(POLICY_OPS) | {"Mosaic"})
     # mosaic_prob=0 (the Dense O2O ablation) never draws Mosaic, whatever the draw.
-    assert policy_for_epoch(3, (2, 6, 10), POLICY_OPS, mosaic_draw=0.0, mosaic_prob=0.0)[0] is False
+    assert policy_for_epoch(3, (2, 6, 10), POLICY_OPS, mosaic_prob=0.0, draw=lambda: 0.0)[0] is False
     with pytest.raises(ValueError, match="three ascending"):
         DetrDatasetMapper(True, policy_epoch=[4, 2, 6])
 

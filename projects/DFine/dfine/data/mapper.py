@@ -2,7 +2,7 @@
 resize, and the epoch-dependent augmentation policy."""
 import logging
 import numbers
-from typing import Dict, FrozenSet, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, FrozenSet, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -25,8 +25,8 @@ MOSAIC_EXCLUDED_OPS = ("RandomZoomOut", "RandomIoUCrop")
 
 
 def policy_for_epoch(
-    epoch: int, policy_epoch: Union[None, int, Sequence[int]], policy_ops: Sequence[str], mosaic_draw: float = 1.0,
-    mosaic_prob: float = 0.0,
+    epoch: int, policy_epoch: Union[None, int, Sequence[int]], policy_ops: Sequence[str], mosaic_prob: float = 0.0,
+    draw: Optional[Callable[[], float]] = None,
 ) -> Tuple[bool, FrozenSet[str]]:
     """Which policy augmentations a sample of ``epoch`` gets: ``(use_mosaic, skipped op names)``.
 
@@ -38,9 +38,10 @@ def policy_for_epoch(
       ``policy_ops`` and Mosaic are skipped from it on.
     * Three epochs ``[e0, e1, e2]`` (DEIM's four stages, official ``Compose.stop_epoch_forward``):
       before ``e0`` every policy op is skipped; in ``[e0, e1)`` a sample uses Mosaic when
-      ``mosaic_draw < mosaic_prob`` (``mosaic_draw`` is a U(0, 1) draw), and then skips zoom-out
-      and IoU crop, else it gets the RT-DETR ops without Mosaic; in ``[e1, e2)`` the RT-DETR ops
-      run without Mosaic; from ``e2`` on every policy op is skipped.
+      ``draw() < mosaic_prob`` (one U(0, 1) draw per sample, made only in this stage, as
+      officially; default: NumPy's global RNG, seeded per DataLoader worker), and then skips zoom-out and IoU crop, else it gets the RT-DETR ops without
+      Mosaic; in ``[e1, e2)`` the RT-DETR ops run without Mosaic; from ``e2`` on every policy op is
+      skipped.
     """
     everything = frozenset(policy_ops) | {"Mosaic"}
     if policy_epoch is None:
@@ -50,7 +51,7 @@ def policy_for_epoch(
     e0, e1, e2 = policy_epoch
     if epoch < e0 or epoch >= e2:
         return False, everything
-    if epoch < e1 and mosaic_draw < mosaic_prob:
+    if epoch < e1 and (draw or np.random.random)() < mosaic_prob:
         return True, frozenset(MOSAIC_EXCLUDED_OPS)
     return False, frozenset({"Mosaic"})
 
@@ -142,11 +143,7 @@ class DetrDatasetMapper:
         """Draw this sample's policy: whether it gets Mosaic, and the augmentations that run after
         it (policy applied), followed by the resize and a box sanitising step (which also clips
         the float rounding of the resize)."""
-        # Only three-epoch policies draw, and only in their Mosaic stage, as the official code.
-        drawn = isinstance(self.policy_epoch, tuple) and self.policy_epoch[0] <= epoch < self.policy_epoch[1]
-        use_mosaic, skipped = policy_for_epoch(
-            epoch, self.policy_epoch, self.policy_ops, np.random.random() if drawn else 1.0, self.mosaic_prob
-        )
+        use_mosaic, skipped = policy_for_epoch(epoch, self.policy_epoch, self.policy_ops, self.mosaic_prob)
         kept = [a for a in self.augmentations if type(a).__name__ not in skipped]
         return use_mosaic and self.mosaic is not None, kept + [self.resize, SanitizeBoxes(self.min_box_size)]
 
@@ -163,8 +160,7 @@ class DetrDatasetMapper:
             height, width = sample.image.shape[:2]
             use_mosaic, augmentations = self.plan(epoch)
             if use_mosaic:
-                load = (lambda i: read_sample(dataset[i])) if dataset is not None else None
-                sample = self.mosaic(sample, len(dataset) if dataset is not None else 0, load)
+                sample = self.mosaic(sample, len(dataset or ()), lambda i: read_sample(dataset[i]))
             aug_input = T.AugInput(sample.image, boxes=sample.boxes)
             T.AugmentationList(augmentations)(aug_input)
             image = aug_input.image
