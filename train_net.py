@@ -28,7 +28,7 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 from omegaconf import OmegaConf
 
-from dfine.engine import EMAHook, ModelEMA, StageSwitchHook, Trainer, load_ema_or_model_weights
+from dfine.engine import EMAHook, ModelEMA, StageSwitchHook, Trainer, load_ema_or_model_weights, resolve_device
 
 logger = logging.getLogger("dfine.train_net")
 
@@ -36,11 +36,10 @@ logger = logging.getLogger("dfine.train_net")
 EPOCH_KEYS = (("epochs", "max_iter"), ("eval_epochs", "eval_period"), ("checkpoint_epochs", "checkpointer.period"))
 
 
-def resolve_device(device: str) -> str:
-    """``"auto"`` is "cuda" when CUDA is available, else "cpu"; other names are kept."""
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
+def epochs_in_iterations(epochs: float, num_images: int, total_batch_size: int) -> Fraction:
+    """``epochs`` of the sample stream in (fractional) iterations. Exact rational arithmetic:
+    3 * (10 / 3) must be 10 iterations, not 10.000000000000002."""
+    return Fraction(str(epochs)) * num_images / total_batch_size
 
 
 def convert_epochs(cfg, num_images: int) -> None:
@@ -66,8 +65,7 @@ def convert_epochs(cfg, num_images: int) -> None:
             continue
         if isinstance(epochs, bool) or not isinstance(epochs, (int, float)):
             raise ValueError(f"train.{epochs_key} must be a number, or None (null on the command line); got {epochs!r}")
-        # Exact rational arithmetic: 3 * (10 / 3) must give 10 iterations, not ceil(10.000000000000002).
-        iterations = math.ceil(Fraction(str(epochs)) * num_images / total_batch_size)
+        iterations = math.ceil(epochs_in_iterations(epochs, num_images, total_batch_size))
         OmegaConf.update(train, iters_key, iterations, merge=False)
         conversions.append(f"train.{epochs_key}={epochs} -> train.{iters_key}={iterations}")
     logger.info(
@@ -79,7 +77,7 @@ def convert_epochs(cfg, num_images: int) -> None:
 def first_iteration_of_epoch(epoch: float, num_images: int, total_batch_size: int) -> int:
     """The first iteration whose batch reaches ``epoch`` of the sample stream (a batch belongs to
     the epoch of its last sample, as the batch collate decides its epoch-dependent behaviour)."""
-    return math.floor(Fraction(str(epoch)) * num_images / total_batch_size)
+    return math.floor(epochs_in_iterations(epoch, num_images, total_batch_size))
 
 
 def load_initial_weights(model, path: str) -> None:

@@ -40,6 +40,7 @@ from detectron2.config import LazyConfig, instantiate
 from torch import nn
 
 from dfine.data import Mosaic
+from dfine.engine import resolve_device
 
 # Far-away epochs: epoch 0 of the benchmark sits in the stage each variant asks for.
 NEVER = 10**6
@@ -180,12 +181,6 @@ def benchmark_latency(cfg, args, emit) -> None:
             ms = statistics.median(times)
             emit("latency", form=form, device=str(device), batch_size=batch_size, image_size=list(size),
                  ms=round(ms, 3), ms_all=[round(t, 3) for t in times], images_per_s=round(1000 * batch_size / ms, 2))
-
-
-def resolve_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
 
 
 BENCHMARKS = {"params": benchmark_params, "flops": benchmark_flops, "latency": benchmark_latency,

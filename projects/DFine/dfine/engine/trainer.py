@@ -7,11 +7,18 @@ from typing import Union
 import torch
 from detectron2.engine import SimpleTrainer
 
-__all__ = ["Trainer"]
+__all__ = ["Trainer", "resolve_device"]
 
 logger = logging.getLogger(__name__)
 
 _AMP_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def resolve_device(device: str) -> str:
+    """``"auto"`` is "cuda" when CUDA is available, else "cpu"; other names are kept."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
 
 
 class Trainer(SimpleTrainer):
