@@ -297,6 +297,7 @@ def test_dfine_encoder_matches_official(size):
     """The official D-FINE HybridEncoder of the N (two levels) and S configs
     (tests/golden/make_dfine_golden.py): same state-dict layout, parameter counts before and after
     deploy, outputs of synthetic weights, and deploy keeps the outputs."""
+    from golden.make_dfine_golden import encoder_features
     from golden.synth import synth_state_dict
 
     golden = DFINE_ENCODER["encoders"][size]
@@ -306,9 +307,7 @@ def test_dfine_encoder_matches_official(size):
     assert sum(p.numel() for p in encoder.parameters()) == golden["num_parameters"]
     missing, unexpected = encoder.load_state_dict(synth_state_dict(golden["state_dict"], seed=1), strict=False)
     assert not unexpected and all(k.endswith("num_batches_tracked") for k in missing)
-    rng = np.random.default_rng(7)  # as make_dfine_golden.encoder_features
-    feats = [torch.from_numpy(rng.standard_normal((1, c, 64 // s, 64 // s)).astype(np.float32))
-             for c, s in zip(golden["config"]["in_channels"], golden["config"]["feat_strides"])]
+    feats = encoder_features(golden["config"]["in_channels"], golden["config"]["feat_strides"])
     encoder.eval()
     with torch.no_grad():
         outs = encoder(feats)

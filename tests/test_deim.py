@@ -15,23 +15,18 @@ from detectron2.structures import Boxes, Instances
 
 from dfine.data import BatchCollate, DetrDatasetMapper, MixUp, Mosaic, policy_for_epoch
 from dfine.data.dense_o2o import AffineParams, Sample
+from dfine.modeling.layers.box_ops import box_cxcywh_to_xyxy, box_xyxy_to_cxcywh
+from golden.make_deim_golden import mixup_inputs, mosaic_inputs
 
 GOLDEN_DIR = Path(__file__).parent / "golden"
 GOLDEN = json.loads((GOLDEN_DIR / "deim_golden.json").read_text())
 ARRAYS = np.load(GOLDEN_DIR / "deim_golden.npz")
 POLICY_OPS = ("RandomPhotometricDistort", "RandomZoomOut", "RandomIoUCrop")
+IMAGE_WH = torch.tensor([6.0, 8.0, 6.0, 8.0])  # of the MixUp inputs
 
 
 def _mosaic_samples():
-    samples = []
-    for i in range(4):
-        rng = np.random.default_rng(100 + i)  # as make_deim_golden.mosaic_inputs
-        image = rng.integers(0, 256, size=ARRAYS[f"mosaic_image_{i}"].shape, dtype=np.uint8)
-        h, w = image.shape[:2]
-        x0, y0 = rng.uniform(0, w / 2, 2), rng.uniform(0, h / 2, 2)
-        boxes = np.stack([x0, y0, x0 + rng.uniform(2, w / 2, 2), y0 + rng.uniform(2, h / 2, 2)], 1)
-        samples.append(Sample(image, boxes.astype(np.float32), rng.integers(0, 5, size=2).astype(np.int64)))
-    return samples
+    return [Sample(*inputs) for inputs in zip(*mosaic_inputs())]
 
 
 def test_mosaic_matches_official(monkeypatch):
@@ -79,28 +74,19 @@ def test_mosaic_without_cache_needs_the_data_set():
 
 
 def _mixup_batch():
-    rng = np.random.default_rng(5)  # as make_deim_golden.mixup_inputs
-    images = rng.integers(0, 256, size=(3, 2, 8, 6), dtype=np.uint8)
+    """The MixUp inputs of the golden script as a mapped batch: absolute XYXY boxes in 8x6 images."""
+    images, boxes, labels = mixup_inputs()
     batch = []
-    for n in [2, 1, 3]:
-        boxes = rng.uniform(0.2, 0.6, size=(n, 4)).astype(np.float32)
+    for image, cxcywh, classes in zip(images, boxes, labels):
         instances = Instances((8, 6))
-        cx, cy, w, h = (torch.from_numpy(boxes) * torch.tensor([6, 8, 6, 8])).unbind(1)
-        instances.gt_boxes = Boxes(torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], 1))
-        batch.append({"instances": instances})
-    for n, sample in zip([2, 1, 3], batch):
-        sample["instances"].gt_classes = torch.from_numpy(rng.integers(0, 5, size=n).astype(np.int64))
-    for image, sample in zip(images, batch):
-        sample["image"] = torch.from_numpy(image)
-        sample["epoch"] = 1
+        instances.gt_boxes = Boxes(box_cxcywh_to_xyxy(torch.from_numpy(cxcywh)) * IMAGE_WH)
+        instances.gt_classes = torch.from_numpy(classes)
+        batch.append({"image": torch.from_numpy(image), "instances": instances, "epoch": 1})
     return batch
 
 
 def _normalised_cxcywh(instances):
-    b = instances.gt_boxes.tensor
-    w, h = instances.image_size[1], instances.image_size[0]
-    return torch.stack([(b[:, 0] + b[:, 2]) / 2 / w, (b[:, 1] + b[:, 3]) / 2 / h, (b[:, 2] - b[:, 0]) / w,
-                        (b[:, 3] - b[:, 1]) / h], 1)
+    return box_xyxy_to_cxcywh(instances.gt_boxes.tensor / IMAGE_WH)
 
 
 def test_mixup_matches_official(monkeypatch):

@@ -11,7 +11,8 @@ the official venv described in ``make_rtdetrv2_golden.py``::
     OFFICIAL_DEIM_COMMIT=$(git -C /work/.mirror/Intellindust-AI-Lab+DEIM/repo log -1 --format=%H) \\
     PYTHONDONTWRITEBYTECODE=1 /root/.cache/dfine/official-venv/bin/python tests/golden/make_deim_golden.py
 
-Outputs ``deim_golden.json`` (scalars and small lists) and ``deim_golden.npz`` (images):
+Importing this module needs neither the official code nor ``dfine``: the tests take the inputs
+from :func:`mosaic_inputs` and :func:`mixup_inputs`. Outputs ``deim_golden.json`` (scalars and small lists) and ``deim_golden.npz`` (images):
 
 * ``criterion``: the official ``DEIMCriterion`` (``losses ['mal', 'boxes']``, gamma 1.5, alpha
   0.75, ``use_uni_set False``, weights mal 1 / bbox 5 / giou 2, as ``configs/base/rt_deim.yml``)
@@ -45,9 +46,6 @@ import numpy as np
 import torch
 
 GOLDEN_DIR = Path(__file__).resolve().parent
-OFFICIAL = os.environ["OFFICIAL_DEIM"]
-sys.path.insert(0, OFFICIAL)
-sys.modules.setdefault("calflops", types.SimpleNamespace(calculate_flops=None))  # imported, not used
 
 LR_ITERATIONS = [0, 1, 2, 1000, 1999, 2000, 2001, 3000, 3400, 3401, 4600, 5799, 5800, 5801, 5999]
 EMA_UPDATES = [1, 10, 100, 1000, 2000, 5000, 20000]
@@ -219,6 +217,10 @@ def job_mosaic():
 
 def main():
     import torchvision
+
+    # The official code is only needed here: the tests import the input generators above.
+    sys.path.insert(0, os.environ["OFFICIAL_DEIM"])
+    sys.modules.setdefault("calflops", types.SimpleNamespace(calculate_flops=None))  # imported, not used
 
     golden = {
         "official_repo": "Intellindust-AI-Lab/DEIM",

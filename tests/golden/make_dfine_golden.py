@@ -39,11 +39,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, os.environ["OFFICIAL_DFINE"])
-sys.modules.setdefault("calflops", types.SimpleNamespace(calculate_flops=None))
-
-from synth import synth_image, synth_state_dict  # noqa: E402
+try:  # imported by the tests as golden.make_dfine_golden, run as a script otherwise
+    from .synth import synth_image, synth_state_dict
+except ImportError:
+    from synth import synth_image, synth_state_dict
 
 GOLDEN_DIR = Path(__file__).resolve().parent
 MODELS = {  # D-FINE configs/dfine/dfine_hgnetv2_*_coco.yml
@@ -64,6 +63,9 @@ ENCODERS = {  # D-FINE configs/dfine/dfine_hgnetv2_{n,s}_coco.yml + include/dfin
 
 
 def main():
+    # The official code is only needed here: the tests import encoder_features.
+    sys.path.insert(0, os.environ["OFFICIAL_DFINE"])
+    sys.modules.setdefault("calflops", types.SimpleNamespace(calculate_flops=None))
     from src.nn.backbone.hgnetv2 import HGNetv2
 
     def count(model, trainable=False):
