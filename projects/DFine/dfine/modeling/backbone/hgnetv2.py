@@ -7,19 +7,16 @@ intermediate output and squeezes the result back with two 1x1 convs. Optional le
 blocks (LAB, a scalar scale and bias after each activation) are used by the small sizes. Parameter
 names follow the official module, so official checkpoints load unchanged.
 """
-from typing import Dict, List, NamedTuple, Sequence, Tuple
+from typing import Dict, NamedTuple, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..layers.common import get_activation
-from .presnet import freeze_batch_norm
+from .common import freeze_batch_norm, run_stages, select_stages
 
 __all__ = ["HGNetv2", "HGNETV2_ARCHS"]
-
-STAGE_STRIDES = [4, 8, 16, 32]
-
 
 class StageSpec(NamedTuple):
     in_channels: int
@@ -203,12 +200,8 @@ class HGNetv2(nn.Module):
         self.stem = StemBlock(*arch.stem_channels, use_lab=use_lab, act=act)
         self.stages = nn.ModuleList([HGStage(spec, use_lab=use_lab, act=act) for spec in arch.stages])
 
-        self.return_idx = list(return_idx)
-        num_stages = len(arch.stages)
-        if self.return_idx != sorted(set(self.return_idx)) or not set(self.return_idx) <= set(range(num_stages)):
-            raise ValueError(f"return_idx must be increasing stage indices below {num_stages}, got {return_idx}")
-        self.out_channels: List[int] = [arch.stages[i].out_channels for i in self.return_idx]
-        self.out_strides: List[int] = [STAGE_STRIDES[i] for i in self.return_idx]
+        self.return_idx, self.out_channels, self.out_strides = select_stages(
+            return_idx, [spec.out_channels for spec in arch.stages])
 
         if freeze_at >= 0:
             frozen = [self.stem] if freeze_stem_only else [self.stem, *self.stages[:freeze_at + 1]]
@@ -218,10 +211,4 @@ class HGNetv2(nn.Module):
             freeze_batch_norm(self)
 
     def forward(self, x):
-        x = self.stem(x)
-        outs = []
-        for i, stage in enumerate(self.stages):
-            x = stage(x)
-            if i in self.return_idx:
-                outs.append(x)
-        return outs
+        return run_stages(self.stem(x), self.stages, self.return_idx)

@@ -6,42 +6,18 @@ a three-conv 3x3 stem (variants c/d), the stride on the 3x3 conv of bottlenecks,
 follow the official module so official checkpoints load unchanged.
 """
 from collections import OrderedDict
-from typing import List, Sequence
+from typing import Sequence
 
 import torch.nn.functional as F
-from detectron2.layers import FrozenBatchNorm2d
 from torch import nn
 
 from ..layers.common import ConvNormLayer, get_activation
+from .common import freeze_batch_norm, run_stages, select_stages
 
-__all__ = ["PResNet", "freeze_batch_norm"]
+__all__ = ["PResNet"]
 
 BLOCKS_PER_STAGE = {18: [2, 2, 2, 2], 34: [3, 4, 6, 3], 50: [3, 4, 6, 3], 101: [3, 4, 23, 3]}
 STAGE_WIDTHS = [64, 128, 256, 512]
-STAGE_STRIDES = [4, 8, 16, 32]
-
-
-def freeze_batch_norm(module: nn.Module) -> nn.Module:
-    """Replace every BatchNorm2d / SyncBatchNorm in ``module`` by detectron2's ``FrozenBatchNorm2d``.
-
-    Weight, bias, running statistics and eps carry over. The step counter ``num_batches_tracked``
-    does not: the official frozen norm has none, and detectron2 main's own
-    ``convert_frozen_batchnorm`` would keep it as a state-dict entry the official checkpoints lack.
-    Returns the new module when ``module`` itself is a norm, else ``module`` converted in place.
-    """
-    if isinstance(module, (nn.BatchNorm2d, nn.SyncBatchNorm)):
-        frozen = FrozenBatchNorm2d(module.num_features, eps=module.eps)
-        frozen.running_mean.copy_(module.running_mean.detach())
-        frozen.running_var.copy_(module.running_var.detach())
-        if module.affine:
-            frozen.weight.copy_(module.weight.detach())
-            frozen.bias.copy_(module.bias.detach())
-        return frozen.to(module.running_mean.device)
-    for name, child in module.named_children():
-        new_child = freeze_batch_norm(child)
-        if new_child is not child:
-            setattr(module, name, new_child)
-    return module
 
 
 def _shortcut(ch_in, ch_out, stride, variant):
@@ -150,11 +126,7 @@ class PResNet(nn.Module):
             self.res_layers.append(Blocks(block, ch_in, STAGE_WIDTHS[i], count, i == 0, act, variant))
             ch_in = stage_channels[i]
 
-        self.return_idx = list(return_idx)
-        if self.return_idx != sorted(set(self.return_idx)) or not set(self.return_idx) <= set(range(num_stages)):
-            raise ValueError(f"return_idx must be increasing stage indices below {num_stages}, got {return_idx}")
-        self.out_channels: List[int] = [stage_channels[i] for i in self.return_idx]
-        self.out_strides: List[int] = [STAGE_STRIDES[i] for i in self.return_idx]
+        self.return_idx, self.out_channels, self.out_strides = select_stages(return_idx, stage_channels[:num_stages])
 
         if freeze_at >= 0:
             for module in [self.conv1, *self.res_layers[:min(freeze_at, num_stages)]]:
@@ -163,10 +135,5 @@ class PResNet(nn.Module):
             freeze_batch_norm(self)
 
     def forward(self, x):
-        x = F.max_pool2d(self.conv1(x), kernel_size=3, stride=2, padding=1)
-        outs = []
-        for i, stage in enumerate(self.res_layers):
-            x = stage(x)
-            if i in self.return_idx:
-                outs.append(x)
-        return outs
+        return run_stages(F.max_pool2d(self.conv1(x), kernel_size=3, stride=2, padding=1), self.res_layers,
+                          self.return_idx)
