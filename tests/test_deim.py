@@ -16,7 +16,7 @@ from detectron2.structures import Boxes, Instances
 from dfine.data import BatchCollate, DetrDatasetMapper, MixUp, Mosaic, policy_for_epoch
 from dfine.data.dense_o2o import AffineParams, Sample
 from dfine.modeling.layers.box_ops import box_cxcywh_to_xyxy, box_xyxy_to_cxcywh
-from golden.make_deim_golden import mixup_inputs, mosaic_inputs
+from golden.make_deim_golden import criterion_case, mixup_inputs, mosaic_inputs
 
 GOLDEN_DIR = Path(__file__).parent / "golden"
 GOLDEN = json.loads((GOLDEN_DIR / "deim_golden.json").read_text())
@@ -154,16 +154,7 @@ def test_deim_criterion_matches_official():
     auxiliary and encoder outputs of ``rtdetrv2_criterion.npz``, denoising off."""
     from dfine.modeling.criterion import HungarianMatcher, RTDETRCriterion
 
-    arrays = np.load(GOLDEN_DIR / "rtdetrv2_criterion.npz")
-
-    def head(prefix):
-        return {k: torch.from_numpy(arrays[prefix + k]) for k in ("pred_logits", "pred_boxes")}
-
-    outputs = head("")
-    outputs["aux_outputs"] = [head("aux_0_"), head("aux_1_")]
-    outputs["enc_aux_outputs"] = [head("enc_0_")]
-    targets = [{"labels": torch.from_numpy(arrays[f"target_{b}_labels"]),
-                "boxes": torch.from_numpy(arrays[f"target_{b}_boxes"])} for b in range(2)]
+    outputs, targets = criterion_case()
     criterion = RTDETRCriterion(
         HungarianMatcher(weight_dict={"cost_class": 2, "cost_bbox": 5, "cost_giou": 2}, alpha=0.25, gamma=2.0),
         weight_dict={"loss_mal": 1, "loss_bbox": 5, "loss_giou": 2}, losses=["mal", "boxes"], alpha=0.75,

@@ -76,23 +76,28 @@ def mixup_inputs():
     return images, boxes, labels
 
 
+def criterion_case():
+    """``(outputs, targets)`` of ``rtdetrv2_criterion.npz`` without its denoising outputs: final, two
+    auxiliary and one encoder output (shared with the test)."""
+    arrays = np.load(GOLDEN_DIR / "rtdetrv2_criterion.npz")
+
+    def head(prefix):
+        return {k: torch.from_numpy(arrays[prefix + k]) for k in ("pred_logits", "pred_boxes")}
+
+    outputs = head("")
+    outputs["aux_outputs"] = [head("aux_0_"), head("aux_1_")]
+    outputs["enc_aux_outputs"] = [head("enc_0_")]
+    targets = [{"labels": torch.from_numpy(arrays[f"target_{b}_labels"]),
+                "boxes": torch.from_numpy(arrays[f"target_{b}_boxes"])} for b in range(2)]
+    return outputs, targets
+
+
 def job_criterion():
     from engine.deim.deim_criterion import DEIMCriterion
     from engine.deim.matcher import HungarianMatcher
 
-    arrays = np.load(GOLDEN_DIR / "rtdetrv2_criterion.npz")
-
-    def outputs(prefix):
-        return {k: torch.from_numpy(arrays[prefix + k]) for k in ("pred_logits", "pred_boxes")}
-
-    out = outputs("")
-    out["aux_outputs"] = [outputs("aux_0_"), outputs("aux_1_")]
-    out["enc_aux_outputs"] = [outputs("enc_0_")]
+    out, targets = criterion_case()
     out["enc_meta"] = {"class_agnostic": False}
-    targets = [
-        {"labels": torch.from_numpy(arrays[f"target_{b}_labels"]), "boxes": torch.from_numpy(arrays[f"target_{b}_boxes"])}
-        for b in range(2)
-    ]
     matcher = HungarianMatcher({"cost_class": 2, "cost_bbox": 5, "cost_giou": 2}, use_focal_loss=True, alpha=0.25, gamma=2.0)
     criterion = DEIMCriterion(
         matcher, weight_dict={"loss_mal": 1, "loss_bbox": 5, "loss_giou": 2}, losses=["mal", "boxes"],
