@@ -1,12 +1,14 @@
 """DEIM's training recipe on RT-DETRv2 (official DEIM configs/base/rt_deim.yml and rt_optimizer.yml).
 
 The per-model configs configs/deim_rtdetrv2_*.py apply these pieces to the RT-DETRv2 model of the
-same size and set the epochs of the recipe (policy, MixUp window, flat and no-aug epochs, stop
-epoch). Ablations, one override each:
+same size, and configs/deim_dfine_hgnetv2_*.py apply them (configs/base/deim.yml) to the D-FINE
+model of the same size with ``apply_to_dfine``; both set the epochs of the recipe (policy, MixUp
+window, flat and no-aug epochs, stop epoch). Ablations, one override each:
 
 * Dense O2O off: ``dataloader.train.mapper.mosaic_prob=0`` (the configs set MixUp's probability to
   ``mosaic_prob``, both 0.5 in every official config, so MixUp goes off too);
-* MAL -> VFL: ``model.criterion.losses=[vfl,boxes]`` (VFL keeps RT-DETRv2's gamma 2.0);
+* MAL -> VFL: ``model.criterion.losses=[vfl,boxes]`` (``[vfl,boxes,local]`` for D-FINE; VFL keeps
+  gamma 2.0);
 * RT-DETRv2's LR schedule: ``lr_multiplier.lr_gamma=1.0`` (constant after the warm-up, as DEIM's own
   RT-DETRv2 baseline configs express it: lr_gamma 1, quadratic warm-up).
 """
@@ -51,3 +53,16 @@ lr_multiplier = L(FlatCosine)(
     lr_gamma=0.5,
     initial_factor=1 / 2000,
 )
+
+
+def apply_to_dfine(model, dataloader):
+    """DEIM's recipe on a D-FINE config (official DEIM configs/base/deim.yml): trainable HGNetv2 with
+    BatchNorm, SiLU in the decoder (its FFNs, MLPs and quality heads), MAL with FGL and DDF, and
+    Mosaic at 0.5 (MixUp at the same probability). The per-size configs set the epochs."""
+    model.backbone.update(backbone)
+    model.decoder.update(activation="silu", mlp_act="silu", lqe_act="silu")
+    model.criterion.update(criterion)
+    model.criterion.losses = ["mal", "boxes", "local"]
+    model.criterion.weight_dict.update(loss_fgl=0.15, loss_ddf=1.5)
+    dataloader.train.mapper.update(mosaic=mosaic, mosaic_prob=0.5)
+    dataloader.train.mixup_prob = "${.mapper.mosaic_prob}"

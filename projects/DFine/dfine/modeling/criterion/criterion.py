@@ -6,6 +6,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ..decoder.fdr import ddf_balance_weights, fgl_and_ddf_losses, union_matched_indices
 from ..layers.box_ops import box_cxcywh_to_xyxy, elementwise_box_iou
 from .losses import focal_loss, giou_box_loss, l1_box_loss, matchability_aware_loss, varifocal_loss
 
@@ -64,17 +65,36 @@ def _denoising_pairs(dn_meta: Dict, sizes: List[int]) -> _MatchedPairs:
     return _MatchedPairs(torch.cat(batch_idx), torch.cat(list(positive_idx)), torch.cat(gt_idx))
 
 
+class _Supervision(NamedTuple):
+    """The pairs an output's loss terms use and their normaliser."""
+
+    pairs: _MatchedPairs
+    num_boxes: torch.Tensor
+
+
+# Loss terms that supervise boxes: with GO-LSD they use the union set.
+_BOX_TERMS = ("boxes", "local")
+
+
 class RTDETRCriterion(nn.Module):
-    """Losses of RT-DETRv2: a Hungarian match per output, then classification and box losses.
+    """Losses of RT-DETRv2, D-FINE and DEIM: a Hungarian match per output, then classification, box
+    and (D-FINE) distribution losses.
 
-    Supervised outputs and their pairs / normaliser (official RT-DETRv2):
+    Supervised outputs and their pairs / normaliser (official RT-DETRv2 / D-FINE):
 
-    * the last decoder layer (keys ``loss_*``) and every ``aux_outputs[i]`` (``loss_*_aux_{i}``):
-      their own Hungarian match, ``num_boxes``;
-    * every ``dn_aux_outputs[i]`` (``loss_*_dn_{i}``): the denoising positives of ``dn_meta``,
-      ``num_boxes * dn_num_group``;
+    * the last decoder layer (keys ``loss_*``), every ``aux_outputs[i]`` (``loss_*_aux_{i}``) and
+      the first layer's ``pre_outputs`` (``loss_*_pre``, D-FINE): their own Hungarian match,
+      ``num_boxes``;
+    * every ``dn_aux_outputs[i]`` (``loss_*_dn_{i}``) and ``dn_pre_outputs`` (``loss_*_dn_pre``):
+      the denoising positives of ``dn_meta``, ``num_boxes * dn_num_group``;
     * every ``enc_aux_outputs[i]`` (``loss_*_enc_{i}``): its own Hungarian match, ``num_boxes``; with
       ``enc_meta["class_agnostic"]`` every ground truth counts as class 0.
+
+    With ``go_lsd`` (D-FINE's Globally Optimal Localization Self-Distillation) the box terms
+    (``boxes``, ``local``) of every matching output use instead the union of all these matches
+    (:func:`~dfine.modeling.decoder.fdr.union_matched_indices`), normalised by its size, and the
+    ``local`` term adds the DDF distillation of every output that names a teacher. Without it,
+    ``local`` is FGL alone on each output's own match.
 
     ``num_boxes`` is the number of ground-truth boxes averaged over processes, at least 1. It stays a
     tensor on the device: the host waits for the device only where the matcher hands its costs to
@@ -96,13 +116,16 @@ class RTDETRCriterion(nn.Module):
         num_classes: int = 80,
         mal_alpha: Optional[float] = None,
         mal_gamma: Optional[float] = None,
+        go_lsd: bool = False,
+        ddf_temperature: float = 5.0,
     ):
         """
         Args:
             matcher: returns per-image ``(query_idx, gt_idx)`` pairs, see :class:`HungarianMatcher`.
             weight_dict: weight of every loss key the selected terms produce.
             losses: loss terms, among ``"vfl"`` (loss_vfl), ``"mal"`` (loss_mal, DEIM), ``"focal"``
-                (loss_focal) and ``"boxes"`` (loss_bbox, loss_giou).
+                (loss_focal), ``"boxes"`` (loss_bbox, loss_giou) and ``"local"`` (loss_fgl and, with
+                GO-LSD, loss_ddf; D-FINE; outputs without ``pred_corners`` give none).
             alpha, gamma: focal parameters of the classification loss (MAL uses only ``gamma``,
                 1.5 in DEIM).
             mal_alpha: optional weight of MAL's negatives (None in every official config).
@@ -110,6 +133,9 @@ class RTDETRCriterion(nn.Module):
                 ``gamma`` for every term; a separate one lets a config switch between MAL at 1.5
                 and VFL at 2.0 by changing ``losses`` alone).
             num_classes: number of classes K of ``pred_logits`` (no background slot).
+            go_lsd: the union-set matching of the box terms and the DDF distillation (D-FINE and
+                DEIM-D-FINE; off for RT-DETRv2 and DEIM-RT-DETRv2, and for the GO-LSD ablation).
+            ddf_temperature: the distillation temperature ``T`` (5, fixed in the official code).
         """
         super().__init__()
         unknown = [name for name in losses if not hasattr(self, f"_loss_{name}")]
@@ -123,15 +149,20 @@ class RTDETRCriterion(nn.Module):
         self.num_classes = num_classes
         self.mal_alpha = mal_alpha
         self.mal_gamma = gamma if mal_gamma is None else mal_gamma
+        self.go_lsd = go_lsd
+        self.ddf_temperature = ddf_temperature
 
     def forward(self, outputs: Dict, targets: List[Dict[str, torch.Tensor]]) -> Dict[str, torch.Tensor]:
         """
         Args:
             outputs: the decoder's training output: ``pred_logits`` ``[B, Q, K]`` and ``pred_boxes``
                 ``[B, Q, 4]`` (normalised cxcywh), optional lists ``aux_outputs``,
-                ``enc_aux_outputs``, ``dn_aux_outputs`` of dicts with the same two keys, ``dn_meta``
-                (``dn_positive_idx``: B int64 tensors, ``dn_num_group``) when ``dn_aux_outputs``
-                is present, and optional ``enc_meta`` (``class_agnostic``).
+                ``enc_aux_outputs``, ``dn_aux_outputs`` of dicts with the same two keys, optional
+                dicts ``pre_outputs`` / ``dn_pre_outputs``, ``dn_meta`` (``dn_positive_idx``: B int64
+                tensors, ``dn_num_group``) when ``dn_aux_outputs`` is present, and optional
+                ``enc_meta`` (``class_agnostic``). D-FINE outputs also carry ``pred_corners``,
+                ``ref_points``, ``teacher_corners`` / ``teacher_logits``, and the top level ``up``
+                and ``reg_scale`` (see ``DFINEDecoder``).
             targets: B dicts with ``labels`` ``[G_i]`` int64 and ``boxes`` ``[G_i, 4]`` (normalised
                 cxcywh), on the device of the outputs.
 
@@ -150,27 +181,52 @@ class RTDETRCriterion(nn.Module):
             )
             num_boxes = self._num_boxes(sum(sizes), device)
 
-            # Key order follows the official dict (main, aux, dn, enc), so summing the dict
-            # adds the terms in the same order.
-            losses = self._hungarian_losses(outputs, targets, batch_targets, num_boxes, "")
-            for i, aux in enumerate(outputs.get("aux_outputs", ())):
-                losses.update(self._hungarian_losses(aux, targets, batch_targets, num_boxes, f"_aux_{i}"))
+            # Every Hungarian match first: the union set needs all of them.
+            matching = [("", outputs)]
+            matching += [(f"_aux_{i}", aux) for i, aux in enumerate(outputs.get("aux_outputs", ()))]
+            if "pre_outputs" in outputs:
+                matching.append(("_pre", outputs["pre_outputs"]))
+            encoder = [(f"_enc_{i}", enc) for i, enc in enumerate(outputs.get("enc_aux_outputs", ()))]
+            encoder_targets, encoder_batch_targets = targets, batch_targets
+            if outputs.get("enc_meta", {}).get("class_agnostic", False):
+                # Matched on class 0 too: the official code matches single-class logits against the
+                # real labels, which indexes past the logits as soon as a label is not 0.
+                encoder_targets = [{"labels": torch.zeros_like(t["labels"]), "boxes": t["boxes"]} for t in targets]
+                encoder_batch_targets = batch_targets._replace(
+                    labels=torch.zeros_like(batch_targets.labels), num_classes=1)
+            indices = [self.matcher(output, targets) for _, output in matching]
+            indices += [self.matcher(output, encoder_targets) for _, output in encoder]
+
+            union, ddf_weights = None, None
+            if self.go_lsd:
+                union_indices = union_matched_indices(indices[0], indices[1:])
+                union = _Supervision(
+                    _hungarian_pairs(union_indices, sizes, device),
+                    self._num_boxes(sum(len(q) for q, _ in union_indices), device),
+                )
+                # DDF balances matched and unmatched queries by the union set's counts, for the
+                # denoising outputs too (as the official criterion, which keeps the last ones).
+                ddf_weights = ddf_balance_weights(
+                    union.pairs.batch_idx, union.pairs.query_idx, *outputs["pred_logits"].shape[:2])
+
+            # Key order follows the official dicts (main, aux, pre, dn, dn pre, enc).
+            losses = {}
+            for (suffix, output), output_indices in zip(matching, indices):
+                own = _Supervision(_hungarian_pairs(output_indices, sizes, device), num_boxes)
+                losses.update(self._output_losses(output, batch_targets, own, suffix, union, outputs, ddf_weights))
 
             if "dn_aux_outputs" in outputs:
                 dn_meta = outputs["dn_meta"]
-                pairs = _denoising_pairs(dn_meta, sizes)
-                dn_num_boxes = num_boxes * dn_meta["dn_num_group"]
-                for i, dn in enumerate(outputs["dn_aux_outputs"]):
-                    losses.update(self._output_losses(dn, batch_targets, pairs, dn_num_boxes, f"_dn_{i}"))
+                denoising = _Supervision(_denoising_pairs(dn_meta, sizes), num_boxes * dn_meta["dn_num_group"])
+                dn_outputs = [(f"_dn_{i}", dn) for i, dn in enumerate(outputs["dn_aux_outputs"])]
+                if "dn_pre_outputs" in outputs:
+                    dn_outputs.append(("_dn_pre", outputs["dn_pre_outputs"]))
+                for suffix, dn in dn_outputs:
+                    losses.update(self._output_losses(dn, batch_targets, denoising, suffix, None, outputs, ddf_weights))
 
-            if "enc_aux_outputs" in outputs:
-                if outputs.get("enc_meta", {}).get("class_agnostic", False):
-                    # Matched on class 0 too: the official code matches single-class logits against the
-                    # real labels, which indexes past the logits as soon as a label is not 0.
-                    targets = [{"labels": torch.zeros_like(t["labels"]), "boxes": t["boxes"]} for t in targets]
-                    batch_targets = batch_targets._replace(labels=torch.zeros_like(batch_targets.labels), num_classes=1)
-                for i, enc in enumerate(outputs["enc_aux_outputs"]):
-                    losses.update(self._hungarian_losses(enc, targets, batch_targets, num_boxes, f"_enc_{i}"))
+            for (suffix, enc), enc_indices in zip(encoder, indices[len(matching):]):
+                own = _Supervision(_hungarian_pairs(enc_indices, sizes, device), num_boxes)
+                losses.update(self._output_losses(enc, encoder_batch_targets, own, suffix, union, outputs))
         return losses
 
     @staticmethod
@@ -183,15 +239,19 @@ class RTDETRCriterion(nn.Module):
             num_boxes = num_boxes / dist.get_world_size()
         return num_boxes.clamp(min=1)
 
-    def _hungarian_losses(self, output, targets, batch_targets, num_boxes, suffix):
-        pairs = _hungarian_pairs(self.matcher(output, targets), batch_targets.sizes, output["pred_logits"].device)
-        return self._output_losses(output, batch_targets, pairs, num_boxes, suffix)
+    def _output_losses(self, output, targets: _BatchTargets, own: _Supervision, suffix: str,
+                       union: Optional[_Supervision] = None, top: Optional[Dict] = None, ddf_weights=None):
+        """Every selected loss term of one output, weighted and with the output's key suffix.
 
-    def _output_losses(self, output, targets: _BatchTargets, pairs: _MatchedPairs, num_boxes, suffix: str):
-        """Every selected loss term of one output, weighted and with the output's key suffix."""
+        ``own`` supervises the classification terms, and the box terms too unless the union set
+        ``union`` is given; ``top`` is the decoder's whole output (for ``up`` / ``reg_scale``).
+        """
         losses = {}
         for name in self.losses:
-            for key, value in getattr(self, f"_loss_{name}")(output, targets, pairs, num_boxes).items():
+            pairs, num_boxes = union if union is not None and name in _BOX_TERMS else own
+            term = getattr(self, f"_loss_{name}")
+            extra = {"top": top, "ddf_weights": ddf_weights} if name == "local" else {}
+            for key, value in term(output, targets, pairs, num_boxes, **extra).items():
                 losses[key + suffix] = value * self.weight_dict[key]
         return losses
 
@@ -216,6 +276,19 @@ class RTDETRCriterion(nn.Module):
             "loss_bbox": l1_box_loss(boxes, gt_boxes, num_boxes),
             "loss_giou": giou_box_loss(boxes, gt_boxes, num_boxes),
         }
+
+
+    def _loss_local(self, output, targets: _BatchTargets, pairs: _MatchedPairs, num_boxes, top=None, ddf_weights=None):
+        if "pred_corners" not in output:
+            return {}
+        distill = self.go_lsd and "teacher_corners" in output
+        return fgl_and_ddf_losses(
+            output["pred_corners"], output["pred_boxes"], output["ref_points"], pairs.batch_idx, pairs.query_idx,
+            targets.boxes[pairs.gt_idx], num_boxes, top["reg_scale"], top["up"],
+            teacher_corners=output["teacher_corners"] if distill else None,
+            teacher_logits=output["teacher_logits"] if distill else None,
+            ddf_weights=ddf_weights, temperature=self.ddf_temperature,
+        )
 
 
 def _matched_boxes(output, targets: _BatchTargets, pairs: _MatchedPairs):

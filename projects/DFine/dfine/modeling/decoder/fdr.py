@@ -208,10 +208,11 @@ def union_matched_indices(
     """GO-LSD's union set: one (query, ground truth) matching per image gathered over all layers.
 
     Per image, the ``(query, gt)`` pairs of ``indices`` and of every entry of ``indices_aux_list``
-    are pooled and counted. Pairs are ranked by count, most frequent first, ties in ascending
-    ``(query, gt)`` order; each query keeps the ground truth of its best-ranked pair. The queries
-    come out in the order of their best-ranked pair, as in the official ``_get_go_indices``
-    (which does not fix the order of ties; it sorts them ascending on CPU).
+    are pooled and counted. Pairs are ranked by count, most frequent first; each query keeps the
+    ground truth of its best-ranked pair, and the queries come out in the order of their
+    best-ranked pair, as in the official ``_get_go_indices``. Ties are ranked by the same unstable
+    ``argsort`` as officially: a query matched to two ground truths equally often gets the one the
+    official code picks (with the same torch; the matcher's indices are on the CPU).
 
     Args:
         indices: per image ``(query_idx, gt_idx)`` int64 tensors (the final layer's matching).
@@ -228,7 +229,7 @@ def union_matched_indices(
             results.append((queries.long(), gts.long()))
             continue
         pairs, counts = torch.unique(torch.stack([queries, gts], 1), dim=0, return_counts=True)
-        ranked = pairs[torch.argsort(counts, descending=True, stable=True)]
+        ranked = pairs[torch.argsort(counts, descending=True)]
         # Keep the best-ranked pair of each query: the first of its run after a stable sort by query.
         by_query, position = torch.sort(ranked[:, 0], stable=True)
         first = torch.ones_like(by_query, dtype=torch.bool)

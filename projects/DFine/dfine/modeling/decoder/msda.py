@@ -117,9 +117,13 @@ class MSDeformableAttention(nn.Module):
         method: ``"default"`` (bilinear) or ``"discrete"`` (nearest pixel; the offsets are frozen, as
             in the official models, since rounding gives them no gradient).
         offset_scale: offsets are in units of ``offset_scale * box_size / P_l``.
+        projections: the value and output projections of the original deformable attention; D-FINE
+            drops both (the memory is attended as it is), which saves ``2 * C * (C + 1)`` parameters per
+            layer.
     """
 
-    def __init__(self, embed_dim=256, num_heads=8, num_levels=4, num_points=4, method="default", offset_scale=0.5):
+    def __init__(self, embed_dim=256, num_heads=8, num_levels=4, num_points=4, method="default", offset_scale=0.5,
+                 projections=True):
         super().__init__()
         if embed_dim % num_heads:
             raise ValueError(f"embed_dim {embed_dim} must be divisible by num_heads {num_heads}")
@@ -140,8 +144,8 @@ class MSDeformableAttention(nn.Module):
         total_points = num_heads * sum(points)
         self.sampling_offsets = nn.Linear(embed_dim, total_points * 2)
         self.attention_weights = nn.Linear(embed_dim, total_points)
-        self.value_proj = nn.Linear(embed_dim, embed_dim)
-        self.output_proj = nn.Linear(embed_dim, embed_dim)
+        self.value_proj = nn.Linear(embed_dim, embed_dim) if projections else nn.Identity()
+        self.output_proj = nn.Linear(embed_dim, embed_dim) if projections else nn.Identity()
         self._reset_parameters()
         if method == "discrete":
             self.sampling_offsets.requires_grad_(False)
@@ -159,10 +163,10 @@ class MSDeformableAttention(nn.Module):
         # Uniform attention over all points at the start.
         nn.init.constant_(self.attention_weights.weight, 0)
         nn.init.constant_(self.attention_weights.bias, 0)
-        nn.init.xavier_uniform_(self.value_proj.weight)
-        nn.init.constant_(self.value_proj.bias, 0)
-        nn.init.xavier_uniform_(self.output_proj.weight)
-        nn.init.constant_(self.output_proj.bias, 0)
+        for proj in (self.value_proj, self.output_proj):
+            if isinstance(proj, nn.Linear):
+                nn.init.xavier_uniform_(proj.weight)
+                nn.init.constant_(proj.bias, 0)
 
     def forward(self, query: torch.Tensor, reference_points: torch.Tensor, value: torch.Tensor,
                 spatial_shapes: Sequence[Sequence[int]], value_mask: torch.Tensor = None) -> torch.Tensor:

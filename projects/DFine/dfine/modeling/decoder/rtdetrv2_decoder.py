@@ -42,18 +42,46 @@ def generate_anchors(spatial_shapes, grid_size=0.05, eps=1e-2, dtype=torch.float
     return torch.where(valid_mask, anchors, torch.inf), valid_mask
 
 
+class Gate(nn.Module):
+    """Target gating (D-FINE): ``LayerNorm(g1 * x1 + g2 * x2)`` with per-channel gates
+    ``g1, g2 = sigmoid(Linear([x1, x2]))``, in place of the residual ``LayerNorm(x1 + x2)``.
+
+    The gates start at 0.5 (zero weight and bias), i.e. half the plain residual.
+    """
+
+    def __init__(self, d_model):
+        super().__init__()
+        self.gate = nn.Linear(2 * d_model, 2 * d_model)
+        nn.init.constant_(self.gate.weight, 0)
+        nn.init.constant_(self.gate.bias, bias_init_with_prob(0.5))
+        self.norm = nn.LayerNorm(d_model)
+
+    def forward(self, x1, x2):
+        gate1, gate2 = self.gate(torch.cat([x1, x2], -1)).sigmoid().chunk(2, dim=-1)
+        return self.norm(gate1 * x1 + gate2 * x2)
+
+
 class TransformerDecoderLayer(nn.Module):
-    """Post-norm layer: self-attention among queries, deformable cross-attention to the memory, FFN."""
+    """Post-norm layer: self-attention among queries, deformable cross-attention to the memory, FFN.
+
+    ``target_gate`` (D-FINE) merges the cross-attention into the queries with a :class:`Gate`
+    (``gateway``) instead of the residual and ``norm2``; ``attn_projections=False`` (D-FINE) drops
+    the value and output projections of the cross-attention.
+    """
 
     def __init__(self, d_model=256, n_head=8, dim_feedforward=1024, dropout=0.0, activation="relu",
-                 n_levels=4, n_points=4, cross_attn_method="default"):
+                 n_levels=4, n_points=4, cross_attn_method="default", target_gate=False, attn_projections=True):
         super().__init__()
         self.self_attn = nn.MultiheadAttention(d_model, n_head, dropout=dropout, batch_first=True)
         self.dropout1 = nn.Dropout(dropout)
         self.norm1 = nn.LayerNorm(d_model)
-        self.cross_attn = MSDeformableAttention(d_model, n_head, n_levels, n_points, method=cross_attn_method)
+        self.cross_attn = MSDeformableAttention(d_model, n_head, n_levels, n_points, method=cross_attn_method,
+                                                projections=attn_projections)
         self.dropout2 = nn.Dropout(dropout)
-        self.norm2 = nn.LayerNorm(d_model)
+        if target_gate:
+            self.gateway = Gate(d_model)
+        else:
+            self.norm2 = nn.LayerNorm(d_model)
         self.linear1 = nn.Linear(d_model, dim_feedforward)
         self.activation = get_activation(activation)
         self.dropout3 = nn.Dropout(dropout)
@@ -78,16 +106,19 @@ class TransformerDecoderLayer(nn.Module):
         q = k = target + query_pos
         attn = self.self_attn(q, k, value=target, attn_mask=attn_mask, need_weights=False)[0]
         target = self.norm1(target + self.dropout1(attn))
-        cross = self.cross_attn(target + query_pos, reference_points, memory, spatial_shapes, memory_mask)
-        target = self.norm2(target + self.dropout2(cross))
+        cross = self.dropout2(self.cross_attn(target + query_pos, reference_points, memory, spatial_shapes, memory_mask))
+        target = self.gateway(target, cross) if hasattr(self, "gateway") else self.norm2(target + cross)
         ffn = self.linear2(self.dropout3(self.activation(self.linear1(target))))
-        return self.norm3(target + self.dropout4(ffn))
+        # Clamped to the float16 range (as D-FINE does), so that an overflow under AMP reaches the
+        # norm as a large finite value rather than inf; values inside the range are unchanged.
+        return self.norm3((target + self.dropout4(ffn)).clamp(-65504, 65504))
 
 
 class TransformerDecoder(nn.Module):
     """The layer stack with iterative box refinement; the heads are owned by the caller."""
 
-    def __init__(self, num_layers, eval_idx=-1, **layer_kwargs):
+    def __init__(self, num_layers, eval_idx=-1, query_pos_clamp=None, **layer_kwargs):
+        """``query_pos_clamp``: bound of the query position embedding (D-FINE: 10), or None."""
         super().__init__()
         if not -num_layers <= eval_idx < num_layers:
             raise ValueError(f"eval_idx {eval_idx} is not a layer of a {num_layers}-layer decoder")
@@ -95,6 +126,12 @@ class TransformerDecoder(nn.Module):
         layer = TransformerDecoderLayer(**layer_kwargs)
         self.layers = nn.ModuleList(copy.deepcopy(layer) for _ in range(num_layers))
         self.eval_idx = eval_idx % num_layers
+        self.query_pos_clamp = query_pos_clamp
+
+    def query_pos(self, query_pos_head, boxes):
+        """Position embedding ``[B, Q, C]`` of the (detached) reference boxes."""
+        pos = query_pos_head(boxes)
+        return pos if self.query_pos_clamp is None else pos.clamp(-self.query_pos_clamp, self.query_pos_clamp)
 
     def forward(self, target, ref_unact, memory, spatial_shapes, bbox_head, score_head, query_pos_head,
                 attn_mask=None, memory_mask=None):
@@ -113,7 +150,7 @@ class TransformerDecoder(nn.Module):
         ref = None
         for i, layer in enumerate(self.layers):
             # Each layer refines the previous layer's box, with the gradient stopped between layers.
-            query_pos = query_pos_head(ref_detach)
+            query_pos = self.query_pos(query_pos_head, ref_detach)
             target = layer(target, ref_detach.unsqueeze(2), memory, spatial_shapes, attn_mask, memory_mask, query_pos)
             refined = (bbox_head[i](target) + inverse_sigmoid(ref_detach)).sigmoid()
             if self.training:
@@ -156,7 +193,11 @@ class RTDETRv2Decoder(nn.Module):
             ``MLP(4, C, C, 3)``.
         mlp_act: activation of the query-position and box MLPs (DEIM; the official one is ReLU).
         dn_abs_box_size: the DEIM denoising variant (see ``abs_box_size`` of
-            ``contrastive_denoising_group``); DEIM-RT-DETRv2 sets it.
+            ``contrastive_denoising_group``); DEIM-RT-DETRv2 and the D-FINE family set it.
+        target_gate, attn_projections: D-FINE's decoder layer (see ``TransformerDecoderLayer``).
+        query_pos_clamp: D-FINE bounds the query position embedding to ``[-10, 10]``.
+        identity_input_proj: an input map that already has ``hidden_dim`` channels is used as it is
+            instead of through a 1x1 conv + BN (D-FINE; its encoder outputs ``hidden_dim`` channels).
 
     ``forward(feats, targets)``: ``feats`` is a list of ``[B, feat_channels[l], H_l, W_l]``;
     ``targets`` (training with denoising only) a list of ``{"labels": int64 [n], "boxes": [n, 4]
@@ -175,7 +216,8 @@ class RTDETRv2Decoder(nn.Module):
                  dropout=0.0, activation="relu", num_denoising=100, label_noise_ratio=0.5, box_noise_scale=1.0,
                  learn_query_content=False, eval_spatial_size=None, eval_idx=-1, eps=1e-2, aux_loss=True,
                  cross_attn_method="default", query_select_method="default", query_pos_method="default",
-                 mlp_act="relu", dn_abs_box_size=False):
+                 mlp_act="relu", dn_abs_box_size=False, target_gate=False, attn_projections=True,
+                 query_pos_clamp=None, identity_input_proj=False):
         super().__init__()
         if len(feat_channels) > num_levels or len(feat_strides) != len(feat_channels):
             raise ValueError("feat_channels and feat_strides need one entry per input map, at most num_levels")
@@ -205,14 +247,19 @@ class RTDETRv2Decoder(nn.Module):
         self.input_proj = nn.ModuleList()
         for level in range(num_levels):
             if level < len(feat_channels):
+                if identity_input_proj and feat_channels[level] == hidden_dim:
+                    self.input_proj.append(nn.Identity())
+                    continue
                 conv = nn.Conv2d(feat_channels[level], hidden_dim, 1, bias=False)
             else:
                 c_in = feat_channels[-1] if level == len(feat_channels) else hidden_dim
                 conv = nn.Conv2d(c_in, hidden_dim, 3, 2, padding=1, bias=False)
             self.input_proj.append(nn.Sequential(OrderedDict([("conv", conv), ("norm", nn.BatchNorm2d(hidden_dim))])))
-        self.decoder = TransformerDecoder(
-            num_layers, eval_idx, d_model=hidden_dim, n_head=nhead, dim_feedforward=dim_feedforward, dropout=dropout,
-            activation=activation, n_levels=num_levels, n_points=num_points, cross_attn_method=cross_attn_method)
+        self.decoder_layer_kwargs = dict(
+            d_model=hidden_dim, n_head=nhead, dim_feedforward=dim_feedforward, dropout=dropout, activation=activation,
+            n_levels=num_levels, n_points=num_points, cross_attn_method=cross_attn_method, target_gate=target_gate,
+            attn_projections=attn_projections)
+        self.decoder = TransformerDecoder(num_layers, eval_idx, query_pos_clamp, **self.decoder_layer_kwargs)
 
         if num_denoising > 0:
             self.denoising_class_embed = nn.Embedding(num_classes + 1, hidden_dim, padding_idx=num_classes)
@@ -256,7 +303,8 @@ class RTDETRv2Decoder(nn.Module):
         nn.init.xavier_uniform_(self.query_pos_head.layers[0].weight)
         nn.init.xavier_uniform_(self.query_pos_head.layers[1].weight)
         for proj in self.input_proj:
-            nn.init.xavier_uniform_(proj.conv.weight)
+            if not isinstance(proj, nn.Identity):
+                nn.init.xavier_uniform_(proj.conv.weight)
 
     def convert_to_deploy(self):
         """Inference form of the decoder: the eval-mode module itself.
@@ -326,10 +374,14 @@ class RTDETRv2Decoder(nn.Module):
             content = topk_memory.detach()
         return content, topk_coords_unact, topk_logits
 
-    def forward(self, feats: List[torch.Tensor], targets: Optional[List[Dict[str, torch.Tensor]]] = None,
-                padding_mask: Optional[torch.Tensor] = None) -> Dict:
-        """``padding_mask``: optional ``[B, H, W]`` bool at input resolution, True on the zero padding
-        of images smaller than the batch; padded memory is neither proposed nor attended to."""
+    def _queries(self, feats, targets, padding_mask):
+        """Everything the decoder layers start from.
+
+        Returns a dict: ``memory``, ``spatial_shapes``, ``memory_valid`` (see ``_memory_valid``),
+        ``content [B, T + K, C]`` and ``ref_unact [B, T + K, 4]`` (denoising queries first, then the
+        K selected proposals, detached), ``attn_mask`` and ``dn_meta`` (None without denoising),
+        ``enc_logits [B, K, classes]`` and ``enc_boxes [B, K, 4]`` of the proposals (with gradient).
+        """
         memory, spatial_shapes = self._flatten_memory(feats)
         memory_valid = self._memory_valid(padding_mask, spatial_shapes)
         attn_mask, dn_meta = None, None
@@ -346,9 +398,24 @@ class RTDETRv2Decoder(nn.Module):
             # Denoising queries go first, as dn_positive_idx and dn_num_split assume.
             content = torch.cat([dn_content, content], 1)
             ref_unact = torch.cat([dn_boxes_unact, ref_unact], 1)
-        boxes, logits = self.decoder(content, ref_unact, memory, spatial_shapes, self.dec_bbox_head,
-                                     self.dec_score_head, self.query_pos_head, attn_mask=attn_mask,
-                                     memory_mask=memory_valid)
+        return dict(memory=memory, spatial_shapes=spatial_shapes, memory_valid=memory_valid, content=content,
+                    ref_unact=ref_unact, attn_mask=attn_mask, dn_meta=dn_meta, enc_logits=topk_logits,
+                    enc_boxes=topk_coords_unact.sigmoid())
+
+    def _encoder_outputs(self, queries, out):
+        """Add the supervised encoder proposals to the training output ``out``."""
+        out["enc_aux_outputs"] = _per_layer([queries["enc_logits"]], [queries["enc_boxes"]])
+        out["enc_meta"] = {"class_agnostic": self.query_select_method == "agnostic"}
+
+    def forward(self, feats: List[torch.Tensor], targets: Optional[List[Dict[str, torch.Tensor]]] = None,
+                padding_mask: Optional[torch.Tensor] = None) -> Dict:
+        """``padding_mask``: optional ``[B, H, W]`` bool at input resolution, True on the zero padding
+        of images smaller than the batch; padded memory is neither proposed nor attended to."""
+        q = self._queries(feats, targets, padding_mask)
+        dn_meta = q["dn_meta"]
+        boxes, logits = self.decoder(q["content"], q["ref_unact"], q["memory"], q["spatial_shapes"],
+                                     self.dec_bbox_head, self.dec_score_head, self.query_pos_head,
+                                     attn_mask=q["attn_mask"], memory_mask=q["memory_valid"])
         if dn_meta is not None:
             dn_boxes, boxes = boxes.split(dn_meta["dn_num_split"], dim=2)
             dn_logits, logits = logits.split(dn_meta["dn_num_split"], dim=2)
@@ -356,8 +423,7 @@ class RTDETRv2Decoder(nn.Module):
         out = {"pred_logits": logits[-1], "pred_boxes": boxes[-1]}
         if self.training and self.aux_loss:
             out["aux_outputs"] = _per_layer(logits[:-1], boxes[:-1])
-            out["enc_aux_outputs"] = _per_layer([topk_logits], [topk_coords_unact.sigmoid()])
-            out["enc_meta"] = {"class_agnostic": self.query_select_method == "agnostic"}
+            self._encoder_outputs(q, out)
             if dn_meta is not None:
                 out["dn_aux_outputs"] = _per_layer(dn_logits, dn_boxes)
                 out["dn_meta"] = dn_meta

@@ -1,0 +1,140 @@
+"""Our D-FINE and DEIM-D-FINE are the official models: same sizes, same outputs, same losses.
+
+Golden values: tests/golden/dfine_model_golden.{json,npz}, computed by the official Peterande/D-FINE
+(commit 4a1f73a) and Intellindust-AI-Lab/DEIM (commit 09d35d5) code with
+tests/golden/make_dfine_model_golden.py, on the synthetic weights, images and targets of
+tests/golden/synth.py. Our side loads the same synthetic official state dict through the
+official-checkpoint converter, so these tests also pin the key mapping of every size.
+"""
+import json
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from detectron2.config import LazyConfig, instantiate
+from detectron2.structures import Boxes, Instances
+from detectron2.utils.events import EventStorage
+
+from dfine.checkpoint import convert_official_state_dict
+from dfine.modeling.layers.box_ops import box_cxcywh_to_xyxy
+from golden.synth import synth_image, synth_state_dict, synth_targets
+
+ROOT = Path(__file__).resolve().parents[1]
+GOLDEN = ROOT / "tests" / "golden"
+SIZES = ["n", "s", "m", "l", "x"]
+REPOS = {"dfine": "dfine_hgnetv2_{}.py", "deim": "deim_dfine_hgnetv2_{}.py"}
+
+# The counts the issue lists as official. The official YAML loader keeps one dict for every config
+# loaded in a process (a mutable default argument), so a script that builds the five sizes one after
+# the other builds S-X with the N config's decoder dim_feedforward (512) and L/X with the M config's
+# use_lab (True). The golden script reproduces these numbers that way (chained_counts); the models
+# the official training commands build, and the released checkpoints fit, are the fresh ones.
+ISSUE_COUNTS = {
+    "dfine": {"n": 3_782_693, "s": 9_533_909, "m": 18_539_440, "l": 29_668_322, "x": 61_045_794},
+    "deim": {"n": 3_782_693, "s": 9_533_909, "m": 18_539_440, "l": 29_714_018, "x": 61_139_714},
+}
+
+
+@lru_cache(maxsize=None)
+def _golden():
+    return json.loads((GOLDEN / "dfine_model_golden.json").read_text())
+
+
+def _config(repo, size, *overrides):
+    cfg = LazyConfig.load(str(ROOT / "configs" / REPOS[repo].format(size)))
+    return LazyConfig.apply_overrides(cfg, list(overrides))
+
+
+def _count(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("repo", sorted(REPOS))
+@pytest.mark.parametrize("size", SIZES)
+def test_parameter_counts_equal_official(repo, size):
+    counts = _golden()["counts"][repo][size]
+    model = instantiate(_config(repo, size).model)
+    assert _count(model) == counts["num_parameters"]
+    assert sum(p.numel() for p in model.parameters() if p.requires_grad) == counts["num_trainable"]
+    # The official deploy form drops the decoder's unused heads and fuses the encoder's convs.
+    assert _count(model.deploy()) == counts["num_parameters_deploy"]
+
+
+@pytest.mark.parametrize("repo", sorted(REPOS))
+@pytest.mark.parametrize("size", SIZES)
+def test_issue_counts_are_the_official_loader_leak(repo, size):
+    chained = _golden()["chained_counts"][repo][size]
+    assert chained["num_parameters"] == ISSUE_COUNTS[repo][size]
+    overrides = []
+    if chained["dim_feedforward"]["chained"] != chained["dim_feedforward"]["fresh"]:
+        overrides.append(f"model.decoder.dim_feedforward={chained['dim_feedforward']['chained']}")
+    if chained["use_lab"]["chained"] != chained["use_lab"]["fresh"]:
+        overrides.append(f"model.backbone.use_lab={chained['use_lab']['chained']}")
+    assert _count(instantiate(_config(repo, size, *overrides).model)) == ISSUE_COUNTS[repo][size]
+
+
+def _build(repo, size, *overrides):
+    """Our model with the synthetic official weights of the golden files (strict key/shape check)."""
+    cfg = _config(repo, size, *overrides)
+    model = instantiate(cfg.model)
+    keys = _golden()["counts"]["dfine"][size]["state_dict"]
+    kept = ("up", "reg_scale")  # W(n)'s hyper-parameters: the model's own values, as in the script
+    weights = synth_state_dict({k: v for k, v in keys.items() if k.rsplit(".", 1)[-1] not in kept}, seed=0)
+    weights.update({k: v for k, v in model.state_dict().items() if k.rsplit(".", 1)[-1] in kept})
+    if cfg.model.decoder.num_denoising == 0:
+        del weights["decoder.denoising_class_embed.weight"]  # the official model has none either
+    model.load_state_dict(convert_official_state_dict(weights, model))
+    return model
+
+
+def _image(seed):
+    return torch.from_numpy(synth_image(640, 640, seed)).permute(2, 0, 1).contiguous()
+
+
+def _decoder_outputs(model, image):
+    with torch.no_grad():
+        x = (image[None].float() - model.pixel_mean) / model.pixel_std
+        return model.decoder(model.encoder(model.backbone(x)))
+
+
+def _assert_same_queries(out, logits, boxes, atol=1e-4):
+    """Compare query by query after pairing each official query with ours of the same box: selected
+    anchors whose encoder scores differ by ~1e-6 may come in either order."""
+    ours_boxes = out["pred_boxes"][0].numpy()
+    pairing = np.abs(ours_boxes[None, :, :] - boxes[0][:, None, :]).max(-1).argmin(1)
+    assert len(set(pairing.tolist())) == len(pairing), "queries do not pair one to one"
+    np.testing.assert_allclose(ours_boxes[pairing], boxes[0], atol=atol, rtol=0)
+    np.testing.assert_allclose(out["pred_logits"][0].numpy()[pairing], logits[0], atol=atol, rtol=0)
+
+
+@pytest.mark.parametrize("size", ["n", "s"])
+def test_eval_predictions_and_deploy_equal_official(size):
+    golden = np.load(GOLDEN / "dfine_model_golden.npz")
+    model = _build("dfine", size).eval()
+    logits, boxes = golden[f"{size}_eval_logits"], golden[f"{size}_eval_boxes"]
+    before = _decoder_outputs(model, _image(0))
+    _assert_same_queries(before, logits, boxes)
+
+    model.deploy()
+    assert _count(model) == _golden()["eval"][size]["deploy"]["num_parameters"]
+    _assert_same_queries(_decoder_outputs(model, _image(0)), logits, boxes)
+
+
+@pytest.mark.parametrize("repo,size", [("dfine", "n"), ("dfine", "s"), ("deim", "n")])
+def test_training_loss_without_denoising_equals_official(repo, size):
+    golden = _golden()["train"][size if repo == "dfine" else f"{repo}_{size}"]
+    model = _build(repo, size, "model.decoder.num_denoising=0").train()
+    batch = []
+    for seed, target in zip([1, 2], synth_targets([3, 5], 80, seed=3)):
+        instances = Instances((640, 640))
+        instances.gt_boxes = Boxes(box_cxcywh_to_xyxy(torch.as_tensor(target["boxes"])) * 640)
+        instances.gt_classes = torch.as_tensor(target["labels"])
+        batch.append({"image": _image(seed), "height": 640, "width": 640, "instances": instances})
+    with EventStorage():
+        losses = model(batch)
+    assert set(losses) == set(golden["losses"])
+    for key, value in golden["losses"].items():
+        assert losses[key].item() == pytest.approx(value, rel=5e-5, abs=1e-7), key
+    assert sum(losses.values()).item() == pytest.approx(golden["total"], rel=1e-5)
