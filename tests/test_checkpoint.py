@@ -82,3 +82,42 @@ def test_convert_official_cli_round_trip_and_mismatch(tmp_path):
     with pytest.raises(SystemExit, match=r"(?s)does not fit .*rtdetrv2_r34.py.*110 key\(s\) missing in the checkpoint"):
         convert_official.main(["--config-file", str(root / "configs/rtdetrv2_r34.py"),
                                str(tmp_path / "official.pth"), str(tmp_path / "r34.pth")])
+
+
+def test_convert_official_dfine_checkpoint_with_integer_reg_scale(tmp_path):
+    """An official D-FINE-N file (keys of tests/golden/dfine_model_golden.json): its reg_scale is an
+    int64 parameter (the YAML value 4), ours is float; the converted model has the same W(n)."""
+    import json
+    import sys
+    from pathlib import Path
+
+    from detectron2.config import LazyConfig, instantiate
+
+    from dfine.engine import load_ema_or_model_weights
+    from golden.synth import synth_state_dict
+
+    root = Path(__file__).resolve().parents[1]
+    sys.path.insert(0, str(root / "tools"))
+    import convert_official
+
+    keys = json.loads((root / "tests/golden/dfine_model_golden.json").read_text())["counts"]["dfine"]["n"]["state_dict"]
+    frozen = {"decoder.up": torch.tensor([0.5]), "decoder.decoder.up": torch.tensor([0.5]),
+              "decoder.reg_scale": torch.tensor([4]), "decoder.decoder.reg_scale": torch.tensor([4])}
+    official = {**synth_state_dict({k: v for k, v in keys.items() if k not in frozen}, seed=0), **frozen}
+    torch.save({"ema": {"module": official}}, tmp_path / "dfine_n_coco.pth")
+    config = str(root / "configs/dfine_hgnetv2_n.py")
+    convert_official.main(["--config-file", config, str(tmp_path / "dfine_n_coco.pth"), str(tmp_path / "ours.pth")])
+
+    model = instantiate(LazyConfig.load(config).model)
+    load_ema_or_model_weights(model, str(tmp_path / "ours.pth"))
+    assert model.decoder.reg_scale.dtype == torch.float32 and float(model.decoder.reg_scale) == 4.0
+    assert model.decoder.decoder.reg_scale is model.decoder.reg_scale
+    state = model.state_dict()
+    for key, value in official.items():
+        if key not in frozen:
+            assert torch.equal(state[key], value), key
+
+    # The S file does not fit the N config: reported in full, nothing loaded.
+    with pytest.raises(SystemExit, match=r"(?s)does not fit .*dfine_hgnetv2_s.py.*shape mismatch"):
+        convert_official.main(["--config-file", str(root / "configs/dfine_hgnetv2_s.py"),
+                               str(tmp_path / "dfine_n_coco.pth"), str(tmp_path / "s.pth")])

@@ -33,7 +33,10 @@ def _load(name):
 
 def test_all_configs_are_covered():
     assert set(OFFICIAL_PARAMETERS) <= set(CONFIGS)
-    assert {"quickstart/rtdetrv2_r18_toy.py", "quickstart/deim_rtdetrv2_r18_toy.py"} <= set(CONFIGS)
+    assert {"quickstart/rtdetrv2_r18_toy.py", "quickstart/deim_rtdetrv2_r18_toy.py",
+            "quickstart/dfine_hgnetv2_n_toy.py"} <= set(CONFIGS)
+    # D-FINE and DEIM-D-FINE: tests/test_parity_dfine.py checks their counts against the official code.
+    assert {f"{family}_hgnetv2_{size}.py" for family in ("dfine", "deim_dfine") for size in "nsmlx"} <= set(CONFIGS)
 
 
 @pytest.mark.parametrize("name", CONFIGS)
@@ -113,6 +116,84 @@ def test_deim_official_recipe_values(name):
     assert list(criterion.losses) == ["mal", "boxes"] and criterion.mal_gamma == 1.5
     assert {k: criterion.weight_dict[k] for k in ("loss_mal", "loss_bbox", "loss_giou")} == {
         "loss_mal": 1, "loss_bbox": 5, "loss_giou": 2}
+
+
+# The official D-FINE configs configs/dfine/dfine_hgnetv2_*_coco.yml with include/*.yml: epochs,
+# policy / multi-scale stop / stage-switch epoch, base_size_repeat (None: single-scale), EMA restart
+# decay, total batch size, LR, backbone LR, weight decay.
+DFINE_OFFICIAL = {
+    "dfine_hgnetv2_n.py": (160, 148, None, 0.9999, 128, 8e-4, 4e-4, 1e-4),
+    "dfine_hgnetv2_s.py": (132, 120, 20, 0.9999, 32, 2e-4, 1e-4, 1e-4),
+    "dfine_hgnetv2_m.py": (132, 120, 6, 0.9999, 32, 2e-4, 2e-5, 1e-4),
+    "dfine_hgnetv2_l.py": (80, 72, 4, 0.9999, 32, 2.5e-4, 1.25e-5, 1.25e-4),
+    "dfine_hgnetv2_x.py": (80, 72, 3, 0.9998, 32, 2.5e-4, 2.5e-6, 1.25e-4),
+}
+
+
+@pytest.mark.parametrize("name", sorted(DFINE_OFFICIAL))
+def test_dfine_official_recipe_values(name):
+    from dfine.data import generate_scales
+
+    epochs, stop, repeat, restart, batch, lr, backbone_lr, weight_decay = DFINE_OFFICIAL[name]
+    cfg = _load(name)
+    loader = cfg.dataloader.train
+    assert cfg.train.epochs == epochs and loader.mapper.policy_epoch == stop and loader.mapper.get("mosaic") is None
+    assert loader.multi_scale == (generate_scales(640, repeat) if repeat else None)
+    assert loader.multi_scale_stop_epoch == stop and cfg.train.stage_switch.epoch == stop
+    assert cfg.train.stage_switch.ema_restart_decay == restart and loader.total_batch_size == batch
+    assert cfg.lr_multiplier.warmup_iters == 500 and cfg.train.ema.warmups == 1000
+    assert cfg.optimizer.lr == lr and cfg.optimizer.weight_decay == weight_decay
+    assert cfg.optimizer.params.rules[0]["lr"] == backbone_lr
+    criterion = cfg.model.criterion
+    assert list(criterion.losses) == ["vfl", "boxes", "local"] and criterion.go_lsd and criterion.gamma == 2.0
+    assert dict(criterion.weight_dict) == {"loss_vfl": 1, "loss_bbox": 5, "loss_giou": 2, "loss_fgl": 0.15,
+                                           "loss_ddf": 1.5}
+    decoder = cfg.model.decoder
+    assert decoder.fdr and decoder.reg_max == 32 and decoder.reg_scale == (8.0 if "_x" in name else 4.0)
+    assert decoder.get("activation", "relu") == "relu"
+    assert cfg.model.backbone.freeze_norm == (name in ("dfine_hgnetv2_l.py", "dfine_hgnetv2_x.py"))
+
+
+# The official DEIM configs configs/deim_dfine/deim_hgnetv2_*_coco.yml with base/deim.yml: epochs,
+# policy [e0, e1, e2] (MixUp [e0, e1), stop e2), flat and no-aug epochs, lr_gamma, LR, backbone LR.
+DEIM_DFINE_OFFICIAL = {
+    "deim_dfine_hgnetv2_n.py": (160, [4, 78, 148], 7800, 12, 1.0, 8e-4, 4e-4),
+    "deim_dfine_hgnetv2_s.py": (132, [4, 64, 120], 64, 12, 0.5, 4e-4, 2e-4),
+    "deim_dfine_hgnetv2_m.py": (102, [4, 49, 90], 49, 12, 0.5, 4e-4, 4e-5),
+    "deim_dfine_hgnetv2_l.py": (58, [4, 29, 50], 29, 8, 0.5, 5e-4, 2.5e-5),
+    "deim_dfine_hgnetv2_x.py": (58, [4, 29, 50], 29, 8, 0.5, 5e-4, 5e-6),
+}
+
+
+@pytest.mark.parametrize("name", sorted(DEIM_DFINE_OFFICIAL))
+def test_deim_dfine_official_recipe_values(name):
+    epochs, policy, flat, no_aug, lr_gamma, lr, backbone_lr = DEIM_DFINE_OFFICIAL[name]
+    cfg = _load(name)
+    loader = cfg.dataloader.train
+    assert cfg.train.epochs == epochs and list(loader.mapper.policy_epoch) == policy
+    assert list(loader.mixup_epochs) == policy[:2] and loader.mixup_prob == 0.5 and loader.mapper.mosaic_prob == 0.5
+    assert loader.mapper.mosaic.output_size == 320
+    assert loader.multi_scale_stop_epoch == policy[2] and cfg.train.stage_switch.epoch == policy[2]
+    assert (cfg.lr_multiplier.flat_epochs, cfg.lr_multiplier.no_aug_epochs) == (flat, no_aug)
+    assert (cfg.lr_multiplier.warmup_iters, cfg.lr_multiplier.lr_gamma) == (2000, lr_gamma)
+    assert cfg.optimizer.lr == lr and cfg.optimizer.params.rules[0]["lr"] == backbone_lr
+    assert cfg.model.backbone.freeze_at == -1 and not cfg.model.backbone.freeze_norm
+    decoder = cfg.model.decoder
+    assert (decoder.activation, decoder.mlp_act, decoder.lqe_act) == ("silu", "silu", "silu")
+    criterion = cfg.model.criterion
+    assert list(criterion.losses) == ["mal", "boxes", "local"] and criterion.mal_gamma == 1.5 and criterion.go_lsd
+    assert {k: criterion.weight_dict[k] for k in ("loss_mal", "loss_bbox", "loss_giou", "loss_fgl", "loss_ddf")} == {
+        "loss_mal": 1, "loss_bbox": 5, "loss_giou": 2, "loss_fgl": 0.15, "loss_ddf": 1.5}
+
+
+def test_dfine_ablations_are_one_override_each():
+    # FDR off: box deltas, and the "local" term finds no distributions to supervise.
+    cfg = LazyConfig.apply_overrides(_load("dfine_hgnetv2_n.py"), ["model.decoder.fdr=False"])
+    decoder = instantiate(cfg.model.decoder)
+    assert not decoder.fdr and decoder.dec_bbox_head[0].layers[-1].out_features == 4
+    # GO-LSD off: own matches for the box terms, no distillation.
+    cfg = LazyConfig.apply_overrides(_load("deim_dfine_hgnetv2_n.py"), ["model.criterion.go_lsd=False"])
+    assert not instantiate(cfg.model.criterion).go_lsd
 
 
 def test_deim_ablations_are_one_override_each():

@@ -19,8 +19,18 @@ TINY_MODEL = [
 ]
 
 
-def _args(tiny_coco, output_dir, *extra, resume=False, eval_only=False, config="quickstart/rtdetrv2_r18_toy.py"):
-    opts = TINY_MODEL + [
+# D-FINE-N's two levels (strides 16 and 32) give 4x4 + 2x2 memory tokens at 64x64.
+TINY_DFINE = [
+    "model.encoder.hidden_dim=32", "model.encoder.dim_feedforward=64", "model.encoder.eval_spatial_size=[64,64]",
+    "model.decoder.feat_channels=[32,32]", "model.decoder.hidden_dim=32", "model.decoder.dim_feedforward=64",
+    "model.decoder.num_queries=16", "model.decoder.num_denoising=10", "model.decoder.eval_spatial_size=[64,64]",
+    "model.num_top_queries=16", "model.decoder.num_classes=6",
+]
+
+
+def _args(tiny_coco, output_dir, *extra, resume=False, eval_only=False, config="quickstart/rtdetrv2_r18_toy.py",
+          model=TINY_MODEL):
+    opts = list(model) + [
         f"train.output_dir={output_dir}", "train.device=cpu", "train.epochs=null", "train.eval_epochs=null", "train.checkpoint_epochs=null", "train.max_iter=10",
         "train.checkpointer.period=5", "train.eval_period=10", "train.log_period=5", "train.seed=0",
         f"dataloader.train.dataset.names={tiny_coco.train}", f"dataloader.test.dataset.names={tiny_coco.val}",
@@ -121,3 +131,24 @@ def test_deim_r50_config_trains_on_another_data_set(tiny_coco, tmp_path):
         config="deim_rtdetrv2_r50.py",
     ))
     assert torch.load(out / "model_final.pth", map_location="cpu", weights_only=True)["iteration"] == 1
+
+
+def test_deim_dfine_config_trains_with_go_lsd_and_evaluates(tiny_coco, tmp_path):
+    """configs/deim_dfine_hgnetv2_n.py (D-FINE-N with DEIM's recipe: Dense O2O, MAL, FGL + DDF) on the
+    tiny set with a narrowed model, through the stage switch, with an evaluation per epoch."""
+    out = tmp_path / "deim_dfine_n"
+    train_net.main(_args(
+        tiny_coco, str(out), "train.epochs=4", "train.eval_epochs=1", "train.checkpoint_epochs=1",
+        "train.stage_switch.epoch=3", "dataloader.train.mapper.policy_epoch=[1,2,3]",
+        "dataloader.train.mixup_epochs=[1,2]", "dataloader.train.multi_scale_stop_epoch=3",
+        "dataloader.train.mapper.mosaic.output_size=32", "lr_multiplier.flat_epochs=2",
+        "lr_multiplier.no_aug_epochs=1", "lr_multiplier.warmup_iters=2",
+        config="deim_dfine_hgnetv2_n.py", model=TINY_DFINE,
+    ))
+    final = torch.load(out / "model_final.pth", map_location="cpu", weights_only=True)
+    assert final["iteration"] == 15 and final["trainer"]["hooks"]["StageSwitchHook"]["switched"] is True
+    metrics = _metrics(out)
+    losses = [m for m in metrics if "loss_ddf_aux_0" in m]
+    assert losses and all(torch.isfinite(torch.tensor([m["total_loss"] for m in losses])))
+    assert {"loss_mal", "loss_fgl", "loss_ddf_dn_0", "loss_bbox_pre"} <= set(losses[-1])
+    assert any("bbox/AP" in m for m in metrics)
