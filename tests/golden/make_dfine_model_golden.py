@@ -117,6 +117,7 @@ GOLDEN_DIR = Path(__file__).resolve().parent
 REPO_ROOT = GOLDEN_DIR.parent.parent
 sys.path.insert(0, str(GOLDEN_DIR.parent))  # tests/, for golden.synth when run as a script
 
+from golden.make_rtdetrv2_golden import _image_tensor, _top_gaps  # noqa: E402
 from golden.synth import (  # noqa: E402
     CONSTRUCTOR_BUFFERS,
     fingerprint,
@@ -253,19 +254,6 @@ def _synth_unsupported_keys(state_dict: dict) -> list:
             bad.append(key)
     return bad
 
-
-def _image_tensor(seed: int) -> torch.Tensor:
-    """[3, 640, 640] float in [0, 1], as the official ``ConvertPILImage(float32, scale=True)``."""
-    return torch.from_numpy(synth_image(640, 640, seed)).permute(2, 0, 1).float() / 255.0
-
-
-def _top_gaps(values: torch.Tensor, k: int):
-    """Among the k largest values: the smallest gap between neighbours, the number of exact ties, and
-    the gap between the k-th and (k+1)-th largest (None when there are only k values)."""
-    top = values.flatten().double().sort(descending=True).values[: k + 1]
-    gaps = top[:-1] - top[1:]
-    cut = float(gaps[k - 1]) if len(top) > k else None
-    return float(gaps[: k - 1].min()), int((gaps[: k - 1] == 0).sum()), cut
 
 
 def job_counts(repo: str, size: str) -> tuple:
