@@ -12,7 +12,10 @@ The config provides ``model``, ``optimizer`` (its ``params.model`` is filled in 
 EMA weights are used as the official code uses them: with ``train.ema.enabled`` the evaluation
 during training runs on the EMA weights only (the raw weights are not evaluated), and when
 ``train.init_checkpoint`` has EMA weights, ``--eval-only`` evaluates them and a new training
-starts from them.
+starts from them. A new training may start from a checkpoint with another number of classes
+(fine-tuning COCO or Objects365 weights on a custom data set): the class-dependent tensors are
+re-initialised and listed in the log, any other difference is an error
+(``dfine.checkpoint.load_finetune_weights``).
 """
 import logging
 import math
@@ -28,6 +31,7 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 from omegaconf import OmegaConf
 
+from dfine.checkpoint import load_finetune_weights
 from dfine.engine import EMAHook, ModelEMA, StageSwitchHook, Trainer, load_ema_or_model_weights, resolve_device
 
 logger = logging.getLogger("dfine.train_net")
@@ -81,8 +85,9 @@ def first_iteration_of_epoch(epoch: float, num_images: int, total_batch_size: in
 
 
 def load_initial_weights(model, path: str) -> None:
-    """The weights to start training from or to evaluate: the checkpoint's EMA weights when it
-    has them (as the official evaluation and fine-tuning take them), else its model weights."""
+    """The weights to evaluate (``--eval-only``): the checkpoint's EMA weights when it has them
+    (as the official evaluation takes them), else its model weights. A training starts from them
+    through ``load_finetune_weights``, which also re-initialises class-dependent tensors."""
     weights = load_ema_or_model_weights(model, path)
     if path:
         logger.info("Loaded the %s weights of %s.", weights, path)
@@ -158,7 +163,7 @@ def do_train(args, cfg):
         checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=True)
         start_iter = trainer.iter + 1
     else:
-        load_initial_weights(model, cfg.train.init_checkpoint)
+        load_finetune_weights(model, cfg.train.init_checkpoint)
         start_iter = 0
     trainer.train(start_iter, cfg.train.max_iter)
 

@@ -1,5 +1,6 @@
 """Shared fixtures: small generated COCO-format data sets on disk."""
 import json
+import logging
 from types import SimpleNamespace
 
 import pytest
@@ -44,3 +45,16 @@ def write_coco_json():
         return str(path)
 
     return write
+
+
+@pytest.fixture
+def dfine_log(caplog):
+    """``caplog`` that also sees the ``dfine`` loggers, which train_net's ``setup_logger`` detaches
+    from the root logger."""
+    logger = logging.getLogger("dfine")
+    level = logger.level
+    logger.addHandler(caplog.handler)
+    logger.setLevel(logging.INFO)
+    yield caplog
+    logger.removeHandler(caplog.handler)
+    logger.setLevel(level)

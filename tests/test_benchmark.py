@@ -25,7 +25,9 @@ def test_params_flops_latency(capsys):
     assert params["benchmark"] == "params" and params["params"] == params["trainable"] > params["deploy_params"] > 0
     assert flops["benchmark"] == "flops" and flops["image_size"] == [128, 128]
     assert flops["gflops"] == pytest.approx(2 * flops["gmacs"], rel=1e-3) and flops["gmacs"] > 0.1
-    assert [(x["form"], x["batch_size"]) for x in latency] == [("eager", 1), ("eager", 2), ("deploy", 1), ("deploy", 2)]
+    assert [(x["form"], x["batch_size"]) for x in latency] == [
+        ("eager", 1), ("eager", 2), ("deploy", 1), ("deploy", 2), ("onnxruntime", 1), ("onnxruntime", 2)]
+    assert [x["device"] for x in latency[4:]] == ["cpu", "cpu"]
     assert all(x["ms"] > 0 and x["images_per_s"] > 0 and x["config"] == TOY for x in latency)
 
 

@@ -16,7 +16,9 @@ Config overrides (``key=value``) apply as in train_net.py, e.g.
 * ``latency``: inference time of ``model(batch)`` (preprocessing and post-processing included) in
   eval mode without gradients, eager (``form: "eager"``) and after ``deploy()`` (``"deploy"``),
   for batch 1 and ``--batch-size``: ``ms`` (median), ``ms_all``, ``images_per_s``; on CUDA the
-  clock waits for the device.
+  clock waits for the device. When onnx and onnxruntime are installed, also the deploy form
+  exported to ONNX with its post-processor (``dfine.export``) run by onnxruntime on the CPU with
+  as many threads as PyTorch's (``form: "onnxruntime"``, ``device: "cpu"``).
 * ``loader``: training-loader throughput in images/s from the config's ``dataloader.train``, one
   line per ``--variants`` item: ``full`` (the RT-DETR augmentations, no Dense O2O), ``mosaic`` /
   ``mosaic_cache`` (Mosaic on every sample, cache off / on), ``mixup`` (MixUp on every batch),
@@ -27,11 +29,14 @@ Config overrides (``key=value``) apply as in train_net.py, e.g.
 """
 import argparse
 import copy
+import importlib.util
 import itertools
 import json
 import logging
+import os
 import statistics
 import sys
+import tempfile
 import time
 
 import torch
@@ -41,6 +46,7 @@ from torch import nn
 
 from dfine.data import Mosaic
 from dfine.engine import resolve_device
+from dfine.export import INPUT_NAME, export_onnx, onnxruntime_session, random_images
 
 # Far-away epochs: epoch 0 of the benchmark sits in the stage each variant asks for.
 NEVER = 10**6
@@ -173,14 +179,32 @@ def benchmark_latency(cfg, args, emit) -> None:
     device = torch.device(resolve_device(args.device))
     size = test_image_size(cfg)
     model = instantiate(cfg.model).to(device).eval()
+
+    def emit_latency(form, device, batch_size, times):
+        ms = statistics.median(times)
+        emit("latency", form=form, device=str(device), batch_size=batch_size, image_size=list(size),
+             ms=round(ms, 3), ms_all=[round(t, 3) for t in times], images_per_s=round(1000 * batch_size / ms, 2))
+
     for form in ("eager", "deploy"):
         if form == "deploy":
             model.deploy()
         for batch_size in sorted({1, args.batch_size}):
-            times = time_inference(model, random_batch(batch_size, size, device), args.repeats, args.warmup, device)
-            ms = statistics.median(times)
-            emit("latency", form=form, device=str(device), batch_size=batch_size, image_size=list(size),
-                 ms=round(ms, 3), ms_all=[round(t, 3) for t in times], images_per_s=round(1000 * batch_size / ms, 2))
+            batch = random_batch(batch_size, size, device)
+            emit_latency(form, device, batch_size, time_inference(model, batch, args.repeats, args.warmup, device))
+    if not all(importlib.util.find_spec(name) for name in ("onnx", "onnxruntime")):
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "model.onnx")
+        export_onnx(model, path, size)
+        session = onnxruntime_session(path, threads=torch.get_num_threads())
+
+    def run_onnx(images):
+        return session.run(None, {INPUT_NAME: images})
+
+    cpu = torch.device("cpu")
+    for batch_size in sorted({1, args.batch_size}):
+        images = random_images(batch_size, size).numpy()
+        emit_latency("onnxruntime", cpu, batch_size, time_inference(run_onnx, images, args.repeats, args.warmup, cpu))
 
 
 BENCHMARKS = {"params": benchmark_params, "flops": benchmark_flops, "latency": benchmark_latency,

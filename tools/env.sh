@@ -41,9 +41,9 @@ if ! "$PY" -c "import torch, torchvision" 2>/dev/null; then
   pip_install $TORCH_SPEC
 fi
 
-if ! "$PY" -c "import fvcore, pycocotools, cv2, scipy, pytest, omegaconf, tensorboard" 2>/dev/null; then
+if ! "$PY" -c "import fvcore, pycocotools, cv2, scipy, pytest, omegaconf, tensorboard, onnx, onnxruntime" 2>/dev/null; then
   say "installing Python dependencies"
-  pip_install "${D2_DEPS[@]}" opencv-python-headless scipy pytest
+  pip_install "${D2_DEPS[@]}" opencv-python-headless scipy pytest onnx onnxruntime
 fi
 
 install_pb1_detectron2() {

@@ -1,10 +1,10 @@
-"""Data: dataset loading with checks, RT-DETR augmentations, DEIM Dense O2O (Mosaic, MixUp),
-epoch-aware mapper and loaders.
+"""Data: dataset registration (COCO json, YOLO folders) and loading with checks, RT-DETR
+augmentations, DEIM Dense O2O (Mosaic, MixUp), epoch-aware mapper and loaders.
 
 Importing this package registers the generated toy data set as ``toy_shapes_train`` and
 ``toy_shapes_val`` (files are generated on first load).
 """
-from .datasets import load_dataset_dicts, register_coco_dataset, validate_category_ids
+from .datasets import load_dataset_dicts, register_coco_dataset, remove_degenerate_boxes, validate_category_ids
 from .dense_o2o import MixUp, Mosaic
 from .loader import (
     BatchCollate,
@@ -23,12 +23,16 @@ from .transforms import (
     SanitizeBoxes,
     rtdetr_train_augmentations,
 )
+from .yolo import export_yolo_dataset, register_yolo_dataset
 
 register_toy_shapes()
 
 __all__ = [
     "load_dataset_dicts",
     "register_coco_dataset",
+    "register_yolo_dataset",
+    "export_yolo_dataset",
+    "remove_degenerate_boxes",
     "validate_category_ids",
     "DetectionDataset",
     "EpochAwareSampler",

@@ -1,24 +1,40 @@
 """Dataset registration and loading with the checks detectron2 0.6 lacks.
 
 COCO 2017 (``coco_2017_train``, ``coco_2017_val``, ...) is registered by detectron2 itself, with
-files under ``$DETECTRON2_DATASETS`` (default ``./datasets``). :func:`load_dataset_dicts` loads
-registered data sets in Detectron2's dataset-dict format (boxes in ``bbox`` with ``bbox_mode``,
-contiguous ``category_id`` in ``0..K-1``) and fails early, with a message naming the file or the
-annotation, where a training run would otherwise fail late (a missing file) or silently (a
-category id outside ``0..K-1``, which detectron2 0.6 does not check).
+files under ``$DETECTRON2_DATASETS`` (default ``./datasets``); :func:`register_coco_dataset`
+registers any other COCO-format json (YOLO folders: :mod:`dfine.data.yolo`).
+:func:`load_dataset_dicts` loads registered data sets in Detectron2's dataset-dict format (boxes
+in ``bbox`` with ``bbox_mode``, contiguous ``category_id`` in ``0..K-1``) and fails early, with a
+message naming the file or the annotation, where a training run would otherwise fail late (a
+missing file) or silently (a category id outside ``0..K-1``, which detectron2 0.6 does not
+check). It logs, per data set, the category mapping, the number of background images (kept by
+default) and the number of degenerate boxes it removed.
 """
 import itertools
+import json
 import logging
+import math
 import numbers
 import os
-from typing import Callable, Dict, List, Optional, Sequence, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
+from detectron2.structures import BoxMode
 
-__all__ = ["load_dataset_dicts", "register_coco_dataset", "validate_category_ids"]
+__all__ = [
+    "is_registered_with",
+    "load_dataset_dicts",
+    "register_coco_dataset",
+    "remove_degenerate_boxes",
+    "validate_category_ids",
+]
 
 logger = logging.getLogger(__name__)
+
+# Pixels by which a box may pass the image border without counting as "beyond the image": the
+# rounding of normalised coordinates (YOLO labels have six decimals).
+BORDER_TOLERANCE = 0.01
 
 
 def register_coco_dataset(
@@ -29,6 +45,14 @@ def register_coco_dataset(
     prepare: Optional[Callable[[], object]] = None,
 ) -> None:
     """Register a COCO-format detection data set; calling it again with the same files is a no-op.
+
+    The json's category ids may be any integers (e.g. ``{3, 7, 42}``): when the data set is loaded,
+    detectron2's ``load_coco_json`` maps them, in increasing order, to the contiguous classes
+    ``0..K-1`` and stores the map as the ``thing_dataset_id_to_contiguous_id`` metadata (with
+    ``thing_classes`` in the same order), which :class:`~detectron2.evaluation.COCOEvaluator`
+    uses to write predictions with the json's ids. :func:`load_dataset_dicts` logs the map; an
+    annotation whose ``category_id`` is not among the json's ``categories`` is an error naming
+    the file, the annotation id, the image and the category id.
 
     detectron2 0.6's ``register_coco_instances`` raises on a second registration, which breaks
     re-imports and notebooks; re-registering a name with *different* files is still an error here.
@@ -42,17 +66,7 @@ def register_coco_dataset(
         prepare: called before the json is read, on every load; used by generated data sets to
             create their files on first use, so that registration itself stays cheap.
     """
-    if name in DatasetCatalog.list():
-        registered = MetadataCatalog.get(name)
-        same_files = _same_path(registered.get("json_file"), json_file) and _same_path(
-            registered.get("image_root"), image_root
-        )
-        if not same_files:
-            raise ValueError(
-                f"Dataset '{name}' is already registered with json_file={registered.get('json_file')!r}, "
-                f"image_root={registered.get('image_root')!r}; cannot re-register it with "
-                f"json_file={json_file!r}, image_root={image_root!r}."
-            )
+    if is_registered_with(name, json_file=json_file, image_root=image_root):
         return
 
     def load() -> List[Dict]:
@@ -66,13 +80,32 @@ def register_coco_dataset(
     )
 
 
+def is_registered_with(name: str, **paths: Union[str, os.PathLike]) -> bool:
+    """Whether ``name`` is registered already, with metadata entries naming the same ``paths``
+    (then registering it again is a no-op). Raises a ValueError when it is registered with other
+    paths."""
+    if name not in DatasetCatalog.list():
+        return False
+    registered = MetadataCatalog.get(name)
+    if not all(_same_path(registered.get(key), path) for key, path in paths.items()):
+        before = ", ".join(f"{key}={registered.get(key)!r}" for key in paths)
+        after = ", ".join(f"{key}={os.fspath(path)!r}" for key, path in paths.items())
+        raise ValueError(f"Dataset '{name}' is already registered with {before}; cannot re-register it with {after}.")
+    return True
+
+
 def load_dataset_dicts(names: Union[str, Sequence[str]], filter_empty: bool = False) -> List[Dict]:
     """Load and concatenate registered data sets, with checks.
 
+    Per data set, logs the map from dataset category ids to contiguous classes and how many
+    images have no annotations, and removes (counting them in the log) the boxes that cannot be
+    a training target (:func:`remove_degenerate_boxes`).
+
     Args:
         names: one registered data set name or several (their ``thing_classes`` must agree).
-        filter_empty: drop images without non-crowd annotations. The default keeps them, as the
-            official RT-DETR/D-FINE training does (they are background-only samples).
+        filter_empty: drop images without non-crowd annotations (after the degenerate boxes are
+            removed). The default keeps them, as the official RT-DETR/D-FINE training does: they
+            are background training images, whose target is "no object" for every query.
 
     Returns:
         list of Detectron2 dataset dicts.
@@ -97,8 +130,8 @@ def load_dataset_dicts(names: Union[str, Sequence[str]], filter_empty: bool = Fa
     dataset_dicts = list(itertools.chain.from_iterable(per_dataset))
     if filter_empty:
         before = len(dataset_dicts)
-        dataset_dicts = [d for d in dataset_dicts if any(a.get("iscrowd", 0) == 0 for a in d.get("annotations", []))]
-        logger.info(f"Removed {before - len(dataset_dicts)} images without non-crowd annotations.")
+        dataset_dicts = [d for d in dataset_dicts if not _is_background(d)]
+        logger.info(f"filter_empty=True: removed {before - len(dataset_dicts)} images without non-crowd annotations.")
     if not dataset_dicts:
         raise ValueError(f"No images left in {list(names)}.")
     return dataset_dicts
@@ -120,6 +153,65 @@ def validate_category_ids(dataset_dicts: List[Dict], num_classes: int, dataset_n
                 )
 
 
+def remove_degenerate_boxes(dataset_dicts: List[Dict]) -> Tuple[List[Dict], int, int]:
+    """Remove the non-crowd annotations whose box cannot be a training target: a coordinate that
+    is not finite, or no area inside the image (zero or negative width or height once clipped to
+    the image; without ``height``/``width`` in the dict, before clipping).
+
+    Boxes that only extend beyond the image are kept (the mapper clips them) and counted.
+    Records that lose an annotation are copied; ``dataset_dicts`` is not modified.
+
+    Returns:
+        ``(dataset dicts, number of boxes removed, number of boxes extending beyond the image)``.
+    """
+    out, removed, beyond, tol = [], 0, 0, BORDER_TOLERANCE
+    for record in dataset_dicts:
+        annotations = record.get("annotations") or []
+        height, width = record.get("height", math.inf), record.get("width", math.inf)
+        kept = []
+        for ann in annotations:
+            if ann.get("iscrowd", 0):
+                kept.append(ann)
+                continue
+            x1, y1, x2, y2 = _xyxy(ann["bbox"], ann["bbox_mode"])
+            finite = all(math.isfinite(v) for v in (x1, y1, x2, y2))
+            if not finite or min(x2, width) <= max(x1, 0) or min(y2, height) <= max(y1, 0):
+                removed += 1
+                continue
+            beyond += int(x1 < -tol or y1 < -tol or x2 > width + tol or y2 > height + tol)
+            kept.append(ann)
+        out.append(record if len(kept) == len(annotations) else dict(record, annotations=kept))
+    return out, removed, beyond
+
+
+def _xyxy(bbox: Sequence[float], mode: BoxMode) -> Tuple[float, float, float, float]:
+    """One box as absolute XYXY floats; the two common modes without ``BoxMode.convert``'s
+    array round trip, which would dominate loading a data set of a million boxes."""
+    if mode == BoxMode.XYWH_ABS:
+        x, y, w, h = (float(v) for v in bbox)
+        return x, y, x + w, y + h
+    if mode == BoxMode.XYXY_ABS:
+        return tuple(float(v) for v in bbox)
+    return tuple(float(v) for v in BoxMode.convert(list(bbox), mode, BoxMode.XYXY_ABS))
+
+
+def _is_background(record: Dict) -> bool:
+    return not any(a.get("iscrowd", 0) == 0 for a in record.get("annotations", []))
+
+
+def _log_classes(name: str, metadata) -> None:
+    """Log the map from the data set's category ids to contiguous classes (and class names)."""
+    thing_classes = metadata.thing_classes
+    id_map = metadata.get("thing_dataset_id_to_contiguous_id")
+    if id_map:
+        by_class = sorted(id_map.items(), key=lambda pair: pair[1])
+        pairs = ", ".join(f"id {i} -> class {c} ({thing_classes[c]})" for i, c in by_class)
+        logger.info(f"Dataset '{name}': {len(thing_classes)} categories, {pairs}.")
+    else:
+        pairs = ", ".join(f"{c} ({n})" for c, n in enumerate(thing_classes))
+        logger.info(f"Dataset '{name}': {len(thing_classes)} classes, {pairs}.")
+
+
 def _load_one(name: str) -> List[Dict]:
     if name not in DatasetCatalog.list():
         raise KeyError(f"Dataset '{name}' is not registered. Registered: {', '.join(sorted(DatasetCatalog.list()))}")
@@ -128,14 +220,17 @@ def _load_one(name: str) -> List[Dict]:
     try:
         dataset_dicts = DatasetCatalog.get(name)
     except FileNotFoundError as e:
+        if json_file is None:  # not a COCO json data set (e.g. a YOLO folder): its own message
+            raise
         raise FileNotFoundError(_missing_files_message(name, json_file, image_root)) from e
     except KeyError as e:
         # load_coco_json's error for an annotation whose category is not in 'categories'.
-        raise ValueError(f"Dataset '{name}' (file {json_file}): {e.args[0] if e.args else e}") from e
+        raise ValueError(_unknown_category_message(name, json_file, e)) from e
     thing_classes = metadata.get("thing_classes")
     if thing_classes is None:
         raise ValueError(f"Dataset '{name}' has no 'thing_classes' in its metadata; cannot check category ids.")
     validate_category_ids(dataset_dicts, len(thing_classes), name, json_file or "")
+    _log_classes(name, metadata)
 
     # Checking one image catches a missing or misplaced image folder without touching them all.
     if (image_root is not None and not os.path.isdir(image_root)) or (
@@ -145,7 +240,38 @@ def _load_one(name: str) -> List[Dict]:
         raise FileNotFoundError(
             f"Dataset '{name}': image {first!r} does not exist. " + _missing_files_message(name, json_file, image_root)
         )
+
+    dataset_dicts, removed, beyond = remove_degenerate_boxes(dataset_dicts)
+    num_boxes = sum(1 for d in dataset_dicts for a in d.get("annotations", []) if not a.get("iscrowd", 0))
+    num_background = sum(1 for d in dataset_dicts if _is_background(d))
+    logger.log(
+        logging.WARNING if removed else logging.INFO,
+        f"Dataset '{name}': {len(dataset_dicts)} images, {num_background} of them without annotations (kept as "
+        f"background images unless filter_empty=True); {num_boxes} boxes, after removing {removed} degenerate "
+        f"boxes (not finite, or no area inside the image); {beyond} boxes extend beyond the image and are clipped.",
+    )
     return dataset_dicts
+
+
+def _unknown_category_message(name: str, json_file: Optional[str], error: KeyError) -> str:
+    """The error for a COCO json annotation whose category is not among the json's categories,
+    naming the annotation and its image (read from the json again: this is the error path)."""
+    prefix = f"Dataset '{name}' (file {json_file})"
+    try:
+        with open(json_file) as f:
+            data = json.load(f)
+    except (OSError, TypeError, ValueError):
+        return f"{prefix}: {error.args[0] if error.args else error}"
+    known = sorted(c["id"] for c in data.get("categories", []))
+    file_names = {image["id"]: image.get("file_name") for image in data.get("images", [])}
+    for ann in data.get("annotations", []):
+        if ann.get("category_id") not in known and ann.get("image_id") in file_names:
+            return (
+                f"{prefix}: annotation id {ann.get('id')} of image id {ann['image_id']} "
+                f"({file_names[ann['image_id']]!r}) has category_id={ann['category_id']!r}, which is not among "
+                f"the category ids {known} of the json's 'categories'."
+            )
+    return f"{prefix}: {error.args[0] if error.args else error}"
 
 
 def _missing_files_message(name: str, json_file: Optional[str], image_root: Optional[str]) -> str:

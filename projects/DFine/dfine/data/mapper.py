@@ -167,14 +167,11 @@ class DetrDatasetMapper:
             keep = valid_boxes(aug_input.boxes, self.min_box_size)
             boxes, classes = aug_input.boxes[keep], sample.classes[keep]
         else:
-            image = read_checked_image(dataset_dict)
-            height, width = image.shape[:2]
-            image = self.resize.get_transform(image).apply_image(image)
+            return {**self.inference_input(read_checked_image(dataset_dict)),
+                    "image_id": dataset_dict.get("image_id"), "file_name": file_name}
 
-        if self.image_format == "BGR":
-            image = image[:, :, ::-1]
         result = {
-            "image": torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1))),
+            "image": self._model_image(image),
             "height": height,
             "width": width,
             "image_id": dataset_dict.get("image_id"),
@@ -187,6 +184,21 @@ class DetrDatasetMapper:
             result["instances"] = instances
             result["num_dropped_boxes"] = int((~keep).sum())
         return result
+
+
+    def inference_input(self, image: np.ndarray) -> Dict:
+        """The model input of an ``(H, W, 3)`` uint8 RGB image at inference: ``"image"`` (resized,
+        CHW uint8 in ``image_format``), ``"height"`` and ``"width"`` (the original size, where the
+        predicted boxes are mapped back to)."""
+        height, width = image.shape[:2]
+        resized = self.resize.get_transform(image).apply_image(image)
+        return {"image": self._model_image(resized), "height": height, "width": width}
+
+    def _model_image(self, image: np.ndarray) -> torch.Tensor:
+        """RGB HWC -> CHW tensor in ``image_format``."""
+        if self.image_format == "BGR":
+            image = image[:, :, ::-1]
+        return torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
 
 
 def read_checked_image(dataset_dict: Dict) -> np.ndarray:

@@ -11,7 +11,7 @@ from torch.nn.parallel import DataParallel, DistributedDataParallel
 
 from detectron2.checkpoint import DetectionCheckpointer
 
-__all__ = ["ModelEMA", "unwrap_model", "load_ema_or_model_weights"]
+__all__ = ["ModelEMA", "unwrap_model", "load_ema_or_model_weights", "EMAFirstCheckpointer", "has_ema_weights"]
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -99,17 +99,18 @@ class ModelEMA:
         self.updates = int(state["updates"])
 
 
-class _EMAFirstCheckpointer(DetectionCheckpointer):
+class EMAFirstCheckpointer(DetectionCheckpointer):
     """Reads ``checkpoint["ema"]["module"]`` as the model weights when the file has an EMA."""
 
     def _load_file(self, filename):
         checkpoint = super()._load_file(filename)
-        if _has_ema(checkpoint):
+        if has_ema_weights(checkpoint):
             checkpoint["model"] = checkpoint["ema"]["module"]
         return checkpoint
 
 
-def _has_ema(checkpoint: Mapping) -> bool:
+def has_ema_weights(checkpoint: Mapping) -> bool:
+    """Whether a loaded checkpoint holds EMA weights (``checkpoint["ema"]["module"]``)."""
     ema = checkpoint.get("ema")
     return isinstance(ema, Mapping) and isinstance(ema.get("module"), Mapping)
 
@@ -122,9 +123,11 @@ def load_ema_or_model_weights(model: nn.Module, path: str) -> str:
     tools/convert_official.py), as the official evaluation and fine-tuning (``-t``) pick them. Loading goes
     through ``DetectionCheckpointer``: any file format it reads, and keys it cannot use (missing,
     unexpected or of another shape) are reported, not fatal. An empty ``path`` loads nothing.
+    To start a training, :func:`dfine.checkpoint.load_finetune_weights` is stricter: only the
+    tensors that depend on the number of classes may differ.
 
     Returns:
         ``"ema"`` or ``"model"``: which weights were loaded.
     """
-    extra = _EMAFirstCheckpointer(model).load(path)
-    return "ema" if _has_ema(extra) else "model"
+    extra = EMAFirstCheckpointer(model).load(path)
+    return "ema" if has_ema_weights(extra) else "model"

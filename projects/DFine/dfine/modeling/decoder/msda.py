@@ -4,8 +4,9 @@ Every head samples ``num_points[l]`` points on each level ``l`` around the query
 sums them with weights soft-maxed over all points of all levels jointly.
 
 How a level is sampled is a pluggable *sampler* (see ``_SAMPLERS``): ``default`` is bilinear
-``grid_sample``, ``discrete`` is the nearest-pixel gather of the official ``*_dsp`` models. A variant
-for runtimes without ``grid_sample`` only needs one more ``_Sampler``.
+``grid_sample``, ``discrete`` is the nearest-pixel gather of the official ``*_dsp`` models, and
+``bilinear_gather`` is ``default`` computed by a gather, for runtimes without ``grid_sample`` (ONNX
+export, see ``dfine.export``).
 """
 import math
 from typing import Callable, List, NamedTuple, Optional, Sequence
@@ -58,10 +59,37 @@ def _sample_discrete(value: torch.Tensor, locations: torch.Tensor) -> torch.Tens
     return pixels.permute(0, 2, 1).reshape(n, d, q, p)
 
 
-# A sampler for runtimes without grid_sample (e.g. bilinear by four gathers) would be one more entry.
+def _sample_bilinear_gather(value: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    """``_sample_bilinear`` without ``grid_sample``: the four neighbouring pixels of every point by one
+    gather, for runtimes that lack GridSample or compile it wrongly (equal up to float rounding).
+
+    ``grid`` is in ``grid_sample``'s convention and is mapped to pixel coordinates by its formula
+    (``align_corners=False``: ``x = ((g + 1) * W - 1) / 2``). A neighbour outside the map gets weight 0
+    and a clamped, valid index (zero padding).
+    """
+    n, d, h, w = value.shape
+    q, p = grid.shape[1:3]
+    x = ((grid[..., 0] + 1) * w - 1) / 2
+    y = ((grid[..., 1] + 1) * h - 1) / 2
+    x0, y0 = x.floor(), y.floor()
+    # Neighbours and weights in grid_sample's order and arithmetic (north-west, north-east,
+    # south-west, south-east; a weight is the area of the opposite sub-rectangle), stacked last.
+    west, east, north, south = x0 + 1 - x, x - x0, y0 + 1 - y, y - y0
+    xs = torch.stack([x0, x0 + 1, x0, x0 + 1], -1)
+    ys = torch.stack([y0, y0, y0 + 1, y0 + 1], -1)
+    weights = torch.stack([west * north, east * north, west * south, east * south], -1)
+    inside = (xs >= 0) & (xs <= w - 1) & (ys >= 0) & (ys <= h - 1)
+    weights = weights * inside.to(weights.dtype)
+    index = ys.clamp(0, h - 1).to(torch.int64) * w + xs.clamp(0, w - 1).to(torch.int64)
+    index = index.reshape(n, q * p * 4, 1).expand(-1, -1, d)
+    pixels = value.flatten(2).transpose(1, 2).gather(1, index).reshape(n, q, p, 4, d)
+    return (pixels * weights.unsqueeze(-1)).sum(-2).permute(0, 3, 1, 2)
+
+
 _SAMPLERS = {
     "default": _Sampler(_grid_sample_coords, _sample_bilinear),
     "discrete": _Sampler(None, _sample_discrete),
+    "bilinear_gather": _Sampler(_grid_sample_coords, _sample_bilinear_gather),
 }
 
 
@@ -78,7 +106,8 @@ def deformable_attention_core(value: torch.Tensor, spatial_shapes: Sequence[Sequ
             its top-left corner and (1, 1) its bottom-right; points grouped by level.
         attention_weights: ``[B, Q, n_heads, sum(P_l)]``.
         num_points_list: ``P_l`` per level.
-        method: a key of ``_SAMPLERS``: ``"default"`` (bilinear) or ``"discrete"`` (nearest pixel).
+        method: a key of ``_SAMPLERS``: ``"default"`` (bilinear), ``"discrete"`` (nearest pixel) or
+            ``"bilinear_gather"`` (``"default"``'s result without ``grid_sample``).
 
     Returns:
         ``[B, Q, n_heads * head_dim]``, heads concatenated.
@@ -114,8 +143,9 @@ class MSDeformableAttention(nn.Module):
         num_heads: attention heads; must divide ``embed_dim``.
         num_levels: memory levels.
         num_points: points per head and level: an int, or one count per level.
-        method: ``"default"`` (bilinear) or ``"discrete"`` (nearest pixel; the offsets are frozen, as
-            in the official models, since rounding gives them no gradient).
+        method: ``"default"`` (bilinear), ``"bilinear_gather"`` (the same without ``grid_sample``) or
+            ``"discrete"`` (nearest pixel; the offsets are frozen, as in the official models, since
+            rounding gives them no gradient).
         offset_scale: offsets are in units of ``offset_scale * box_size / P_l``.
         projections: the value and output projections of the original deformable attention; D-FINE
             drops both (the memory is attended as it is), which saves ``2 * C * (C + 1)`` parameters per
