@@ -29,6 +29,16 @@ def test_params_flops_latency(capsys):
         ("eager", 1), ("eager", 2), ("deploy", 1), ("deploy", 2), ("onnxruntime", 1), ("onnxruntime", 2)]
     assert [x["device"] for x in latency[4:]] == ["cpu", "cpu"]
     assert all(x["ms"] > 0 and x["images_per_s"] > 0 and x["config"] == TOY for x in latency)
+    assert all(x["peak_memory_mb"] > 0 for x in latency)
+
+
+def test_train_step(capsys):
+    benchmark.main(["--config-file", TOY, "--what", "train", "--repeats", "2", "--warmup", "1", "--batch-size", "2",
+                    "--device", "cpu", "model.decoder.num_denoising=0"])
+    (train,) = _lines(capsys)
+    assert train["benchmark"] == "train" and train["batch_size"] == 2 and train["image_size"] == [128, 128]
+    assert len(train["ms_all"]) == 2 and train["ms"] > 0 and train["peak_memory_mb"] > 0
+    assert train["images_per_s"] == pytest.approx(2000 / train["ms"], rel=1e-2) and train["amp"] is False
 
 
 def test_loader_variants(capsys):

@@ -2,7 +2,7 @@
 """Measure a config; every result is one JSON line on stdout (medians over repeats).
 
     bash tools/env.sh python tools/benchmark.py --config-file configs/rtdetrv2_r50.py \
-        [--what params,flops,latency,loader] [--device auto] [--repeats 5] [--batch-size 4] [key=value ...]
+        [--what params,flops,latency,train,loader] [--device auto] [--repeats 5] [--batch-size 4] [key=value ...]
 
 Config overrides (``key=value``) apply as in train_net.py, e.g.
 ``dataloader.train.dataset.names=toy_shapes_train``. Each ``--what`` item prints lines with
@@ -19,6 +19,13 @@ Config overrides (``key=value``) apply as in train_net.py, e.g.
   clock waits for the device. When onnx and onnxruntime are installed, also the deploy form
   exported to ONNX with its post-processor (``dfine.export``) run by onnxruntime on the CPU with
   as many threads as PyTorch's (``form: "onnxruntime"``, ``device: "cpu"``).
+* ``train``: one training step (forward, loss, backward, gradient clipping, optimizer step, as
+  the config's ``optimizer`` and ``train.clip_grad`` / ``train.amp`` set them) on ``--batch-size``
+  random images of the training size (the train mapper's ``image_size``) with 1-8 random boxes
+  each: ``ms`` (median), ``ms_all``, ``images_per_s``.
+* Every ``latency`` and ``train`` line has ``peak_memory_mb``: on CUDA the peak allocated device
+  memory of that measurement; on the CPU the process's peak resident memory so far (it never
+  decreases, so it is an upper bound for the measurement).
 * ``loader``: training-loader throughput in images/s from the config's ``dataloader.train``, one
   line per ``--variants`` item: ``full`` (the RT-DETR augmentations, no Dense O2O), ``mosaic`` /
   ``mosaic_cache`` (Mosaic on every sample, cache off / on), ``mixup`` (MixUp on every batch),
@@ -34,6 +41,7 @@ import itertools
 import json
 import logging
 import os
+import resource
 import statistics
 import sys
 import tempfile
@@ -42,6 +50,7 @@ import time
 import torch
 from detectron2.config import LazyCall as L
 from detectron2.config import LazyConfig, instantiate
+from detectron2.structures import Boxes, Instances
 from torch import nn
 
 from dfine.data import Mosaic
@@ -160,19 +169,33 @@ def benchmark_flops(cfg, args, emit) -> None:
          uncounted_ops=sorted(counter.unsupported_ops()))
 
 
-@torch.no_grad()
-def time_inference(model, batch, repeats, warmup, device) -> list:
+def time_calls(step, repeats, warmup, device) -> list:
+    """Milliseconds of each of ``repeats`` calls of ``step()`` after ``warmup`` untimed ones."""
     times = []
     for i in range(warmup + repeats):
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         start = time.perf_counter()
-        model(batch)
+        step()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         if i >= warmup:
             times.append((time.perf_counter() - start) * 1000)
     return times
+
+
+@torch.no_grad()
+def time_inference(model, batch, repeats, warmup, device) -> list:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    return time_calls(lambda: model(batch), repeats, warmup, device)
+
+
+def peak_memory_mb(device) -> float:
+    """Peak allocated CUDA memory since the last reset, or the process's peak resident memory."""
+    if device.type == "cuda":
+        return round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # KiB on Linux
 
 
 def benchmark_latency(cfg, args, emit) -> None:
@@ -183,7 +206,7 @@ def benchmark_latency(cfg, args, emit) -> None:
     def emit_latency(form, device, batch_size, times):
         ms = statistics.median(times)
         emit("latency", form=form, device=str(device), batch_size=batch_size, image_size=list(size),
-             ms=round(ms, 3), ms_all=[round(t, 3) for t in times], images_per_s=round(1000 * batch_size / ms, 2))
+             **timing_fields(times, batch_size, device))
 
     for form in ("eager", "deploy"):
         if form == "deploy":
@@ -207,19 +230,72 @@ def benchmark_latency(cfg, args, emit) -> None:
         emit_latency("onnxruntime", cpu, batch_size, time_inference(run_onnx, images, args.repeats, args.warmup, cpu))
 
 
+def timing_fields(times, batch_size, device) -> dict:
+    ms = statistics.median(times)
+    return dict(ms=round(ms, 3), ms_all=[round(t, 3) for t in times], images_per_s=round(1000 * batch_size / ms, 2),
+                peak_memory_mb=peak_memory_mb(device))
+
+
+def random_training_batch(batch_size, size, num_classes, device):
+    """``random_batch`` with 1-8 random boxes (absolute XYXY, at least 8 pixels) per image."""
+    generator = torch.Generator().manual_seed(0)
+    batch = random_batch(batch_size, size, device)
+    for x in batch:
+        count = int(torch.randint(1, 9, (), generator=generator))
+        corners = torch.rand(count, 2, 2, generator=generator) * torch.tensor([size[1] - 8, size[0] - 8])
+        boxes = torch.cat([corners.min(1).values, corners.max(1).values + 8], 1)
+        instances = Instances(size)
+        instances.gt_boxes = Boxes(boxes.to(device))
+        instances.gt_classes = torch.randint(0, num_classes, (count,), generator=generator).to(device)
+        x["instances"] = instances
+    return batch
+
+
+def benchmark_train(cfg, args, emit) -> None:
+    device = torch.device(resolve_device(args.device))
+    size = cfg.dataloader.train.mapper.image_size
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    model = instantiate(cfg.model).to(device).train()
+    optimizer_cfg = copy.deepcopy(cfg.optimizer)
+    optimizer_cfg.params.model = model
+    optimizer = instantiate(optimizer_cfg)
+    amp = device.type == "cuda" and cfg.train.amp.enabled
+    dtype = getattr(torch, cfg.train.amp.get("dtype", "float16"))
+    scaler = torch.amp.GradScaler(device.type, enabled=amp and dtype == torch.float16)
+    max_norm = cfg.train.clip_grad.max_norm
+    batch = random_training_batch(args.batch_size, size, model.decoder.num_classes, device)
+
+    def step():
+        with torch.autocast(device.type, dtype=dtype, enabled=amp):
+            loss = sum(model(batch).values())
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if max_norm > 0:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+        scaler.step(optimizer)
+        scaler.update()
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    times = time_calls(step, args.repeats, args.warmup, device)
+    emit("train", device=str(device), batch_size=args.batch_size, image_size=list(size), amp=amp,
+         **timing_fields(times, args.batch_size, device))
+
+
 BENCHMARKS = {"params": benchmark_params, "flops": benchmark_flops, "latency": benchmark_latency,
-              "loader": benchmark_loader}
+              "train": benchmark_train, "loader": benchmark_loader}
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config-file", required=True)
-    parser.add_argument("--what", default="params,flops,latency,loader",
+    parser.add_argument("--what", default="params,flops,latency,train,loader",
                         help=f"comma-separated, among {','.join(BENCHMARKS)}")
     parser.add_argument("--device", default="auto", help="latency: auto (CUDA when available), cpu or cuda")
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats (loader: loaders built)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed runs (loader: batches) first")
-    parser.add_argument("--batch-size", type=int, default=4, help="latency: the batch size besides 1")
+    parser.add_argument("--batch-size", type=int, default=4, help="latency: the batch size besides 1; train: the batch")
     parser.add_argument("--variants", nargs="+", choices=sorted(LOADER_VARIANTS), default=list(LOADER_VARIANTS))
     parser.add_argument("--batches", type=int, default=20, help="loader: timed batches per repeat")
     parser.add_argument("--num-workers", type=int, default=None, help="loader: default the config's")
