@@ -35,6 +35,7 @@ __all__ = [
     "prepare_toy_shapes",
     "register_toy_shapes",
     "write_toy_shapes",
+    "render_toy_image",
     "toy_shapes_paths",
 ]
 
@@ -107,7 +108,7 @@ def write_toy_shapes(
         images, annotations = [], []
         for index in range(num_images):
             rng = np.random.default_rng([seed, _SPLIT_SEED[split], index])
-            image, objects = _render_image(rng, image_size)
+            image, objects = render_toy_image(rng, image_size)
             image_id = index + 1
             file_name = f"{image_id:06d}.jpg"
             # cv2 writes BGR; the stored JPEG is a regular RGB image.
@@ -141,7 +142,7 @@ def write_toy_shapes(
             json.dump(content, f)
 
 
-def _render_image(rng: np.random.Generator, size: int) -> Tuple[np.ndarray, List[Tuple[int, List[float], float]]]:
+def render_toy_image(rng: np.random.Generator, size: int) -> Tuple[np.ndarray, List[Tuple[int, List[float], float]]]:
     """One RGB uint8 image and its objects as ``(class index, [x, y, w, h], area)``."""
     image = _background(rng, size)
     _draw_clutter(rng, image)

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..data.toy_shapes import _render_image
+from ..data.toy_shapes import render_toy_image
 from ..modeling.decoder.msda import MSDeformableAttention
 from ..modeling.layers.box_ops import box_cxcywh_to_xyxy
 from ..modeling.postprocess import topk_detections
@@ -168,7 +168,7 @@ def toy_images(batch_size: int, image_size: Sequence[int], seed: int = 0) -> tor
     height, width = image_size
     images = []
     for index in range(batch_size):
-        image, _ = _render_image(np.random.default_rng([seed, index]), max(height, width))
+        image, _ = render_toy_image(np.random.default_rng([seed, index]), max(height, width))
         if image.shape[:2] != (height, width):
             image = cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
         images.append(torch.from_numpy(image).permute(2, 0, 1))
