@@ -90,3 +90,22 @@ def test_padded_batch_masks_the_padding():
     with EventStorage():
         losses = model(batch)
     assert all(torch.isfinite(v) for v in losses.values())
+
+
+def test_class_ids_outside_the_model_are_a_clear_error():
+    """A batch built without dfine.data's loading checks (e.g. dicts handed to the model directly)
+    with a class id the model does not have: an error naming the image, not a device assert."""
+    from detectron2.config import LazyConfig, instantiate
+    from detectron2.structures import Boxes, Instances
+
+    from test_train_net import ROOT, TINY_MODEL
+
+    cfg = LazyConfig.apply_overrides(LazyConfig.load(str(ROOT / "configs/quickstart/rtdetrv2_r18_toy.py")), TINY_MODEL)
+    model = instantiate(cfg.model).train()
+    instances = Instances((64, 64))
+    instances.gt_boxes = Boxes(torch.tensor([[4.0, 4.0, 40.0, 40.0]]))
+    instances.gt_classes = torch.tensor([6])
+    batch = [{"image": torch.zeros(3, 64, 64, dtype=torch.uint8), "height": 64, "width": 64,
+              "file_name": "bad.jpg", "instances": instances}]
+    with pytest.raises(ValueError, match=r"'bad.jpg' has class ids \[6\], outside the model's 6 classes"):
+        model(batch)

@@ -112,7 +112,16 @@ class RealTimeDETR(nn.Module):
         height, width = images.tensor.shape[-2:]
         scale = torch.tensor([width, height, width, height], dtype=torch.float32, device=self.device)
         targets = []
+        num_classes = self.decoder.num_classes
         for x in batched_inputs:
+            classes = x["instances"].gt_classes
+            # Checked where the loader left them (the CPU, no device synchronisation): on the
+            # device an out-of-range class would be an opaque assert deep in the criterion.
+            if classes.device.type == "cpu" and len(classes) and not 0 <= int(classes.min()) <= int(classes.max()) < num_classes:
+                raise ValueError(
+                    f"Image {x.get('file_name', x.get('image_id', '?'))!r} has class ids {sorted(set(classes.tolist()))}, "
+                    f"outside the model's {num_classes} classes 0..{num_classes - 1}: map the data set's category "
+                    "ids to contiguous classes (register it with dfine.data) and set model.decoder.num_classes.")
             instances = x["instances"].to(self.device)
             boxes = instances.gt_boxes.tensor.float() / scale
             targets.append({"labels": instances.gt_classes.long(), "boxes": box_xyxy_to_cxcywh(boxes)})
