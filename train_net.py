@@ -22,7 +22,6 @@ import math
 from fractions import Fraction
 
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import LazyConfig, instantiate
 from detectron2.engine import default_argument_parser, default_setup, default_writers, hooks, launch
 from detectron2.engine.defaults import create_ddp_model
@@ -32,7 +31,11 @@ from detectron2.utils.logger import setup_logger
 from omegaconf import OmegaConf
 
 from dfine.checkpoint import load_finetune_weights
-from dfine.engine import EMAHook, ModelEMA, StageSwitchHook, Trainer, load_ema_or_model_weights, resolve_device
+from dfine.config import load_config
+from dfine.engine import (
+    AtomicCheckpointer, EMAHook, ModelEMA, RNGStateHook, StageSwitchHook, Trainer, load_ema_or_model_weights,
+    resolve_device,
+)
 
 logger = logging.getLogger("dfine.train_net")
 
@@ -130,7 +133,8 @@ def do_train(args, cfg):
         amp_dtype=cfg.train.amp.dtype,
         clip_grad_max_norm=cfg.train.clip_grad.max_norm,
     )
-    checkpointer = DetectionCheckpointer(
+    # Written atomically: a run killed while saving keeps its previous checkpoint to resume from.
+    checkpointer = AtomicCheckpointer(
         model, cfg.train.output_dir, trainer=trainer, **({"ema": ema} if ema is not None else {})
     )
     eval_model = ema.module if ema is not None else model
@@ -145,21 +149,26 @@ def do_train(args, cfg):
     trainer.register_hooks(
         [
             hooks.IterationTimer(),
+            RNGStateHook(),
             EMAHook(ema) if ema is not None else None,
             hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
             # Evaluation and the stage switch's decision first, so a checkpoint of the same
-            # iteration holds them (an exact resume).
+            # iteration holds them (an exact resume). The metrics are written before the
+            # checkpoint: a run killed in between logs that iteration again when resumed, rather
+            # than never.
             hooks.EvalHook(cfg.train.eval_period, lambda: do_test(cfg, eval_model)),
             stage_switch,
-            hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if comm.is_main_process() else None,
             hooks.PeriodicWriter(default_writers(cfg.train.output_dir, cfg.train.max_iter), period=cfg.train.log_period)
             if comm.is_main_process()
             else None,
+            hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if comm.is_main_process() else None,
         ]
     )
     if args.resume and checkpointer.has_checkpoint():
         # Everything the last checkpoint holds: weights, EMA, optimizer, scaler, hook states (the
-        # hooks are registered first for that) and the iteration that had just finished.
+        # hooks are registered first for that: LR scheduler, stage switch, RNG states) and the
+        # iteration that had just finished. The data stream restarts at the next iteration's
+        # samples (Trainer), whose augmentations are seeded by their stream position.
         checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=True)
         start_iter = trainer.iter + 1
     else:
@@ -169,8 +178,7 @@ def do_train(args, cfg):
 
 
 def main(args):
-    cfg = LazyConfig.load(args.config_file)
-    cfg = LazyConfig.apply_overrides(cfg, args.opts)
+    cfg = load_config(args.config_file, args.opts)
     default_setup(cfg, args)
     setup_logger(cfg.train.output_dir, distributed_rank=comm.get_rank(), name="dfine")
 

@@ -9,8 +9,10 @@ import itertools
 import json
 import math
 import os
+import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
@@ -23,7 +25,9 @@ from fvcore.common.param_scheduler import CosineParamScheduler
 from omegaconf import OmegaConf
 from torch import nn
 
-from dfine.engine import EMAHook, ModelEMA, Trainer, load_ema_or_model_weights
+from dfine.engine import (
+    AtomicCheckpointer, EMAHook, ModelEMA, RNGStateHook, Trainer, load_ema_or_model_weights,
+)
 from dfine.solver import ConstantSchedule, LinearWarmup, param_groups
 
 REPO = Path(__file__).resolve().parents[1]
@@ -484,6 +488,34 @@ def test_trainer_state_round_trips_through_detection_checkpointer(tmp_path):
     # A checkpoint without scaler state (float32 run) leaves an enabled scaler as it is.
     restored.load_state_dict({**saved["trainer"], "grad_scaler": {}})
     assert restored.grad_scaler.get_scale() == trainer.grad_scaler.get_scale()
+
+
+def _draw_all():
+    return (random.random(), random.gauss(0, 1), float(np.random.random()), float(np.random.normal()),
+            torch.rand(3).tolist())
+
+
+def test_rng_states_round_trip_through_a_weights_only_checkpoint(tmp_path):
+    """RNGStateHook: the checkpoint holds Python's, NumPy's and torch's RNG states (with a cached
+    Gaussian half-pair each), loadable with weights_only=True, and a resume restores them."""
+    trainer = _tiny_trainer()
+    trainer.register_hooks([RNGStateHook()])
+    random.seed(1)
+    np.random.seed(2)
+    torch.manual_seed(3)
+    random.gauss(0, 1)  # leaves the second value of a pair cached, in both
+    np.random.normal()
+    AtomicCheckpointer(trainer.model, str(tmp_path), trainer=trainer).save("ckpt")
+    expected = _draw_all()
+
+    saved = torch.load(tmp_path / "ckpt.pth", weights_only=True)
+    assert set(saved["trainer"]["hooks"]["RNGStateHook"]) == {"python", "numpy", "torch", "cuda"}
+    random.seed(7)
+    np.random.seed(7)
+    restored = _tiny_trainer()
+    restored.register_hooks([RNGStateHook()])
+    AtomicCheckpointer(restored.model, str(tmp_path), trainer=restored).resume_or_load("", resume=True)
+    assert _draw_all() == expected
 
 
 # --------------------------------------------------------------------------------------------

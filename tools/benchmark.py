@@ -49,10 +49,11 @@ import time
 
 import torch
 from detectron2.config import LazyCall as L
-from detectron2.config import LazyConfig, instantiate
+from detectron2.config import instantiate
 from detectron2.structures import Boxes, Instances
 from torch import nn
 
+from dfine.config import load_config
 from dfine.data import Mosaic
 from dfine.engine import resolve_device
 from dfine.export import INPUT_NAME, export_onnx, onnxruntime_session, random_images
@@ -306,7 +307,7 @@ def main(argv=None) -> None:
     if unknown:
         parser.error(f"unknown --what {unknown}; choose among {sorted(BENCHMARKS)}")
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    cfg = LazyConfig.apply_overrides(LazyConfig.load(args.config_file), args.opts)
+    cfg = load_config(args.config_file, args.opts)
 
     def emit(benchmark, **fields):
         print(json.dumps({"benchmark": benchmark, **fields, "config": args.config_file}), flush=True)

@@ -14,8 +14,9 @@ import pickle
 import sys
 
 import torch
-from detectron2.config import LazyConfig, instantiate
+from detectron2.config import instantiate
 
+from dfine.config import load_config
 from dfine.checkpoint.official import CheckpointMismatchError, convert_official_state_dict, extract_official_state_dict
 
 
@@ -28,7 +29,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
-    cfg = LazyConfig.apply_overrides(LazyConfig.load(args.config_file), args.opts)
+    cfg = load_config(args.config_file, args.opts)
     model = instantiate(cfg.model)
     try:
         checkpoint = torch.load(args.official, map_location="cpu", weights_only=True)

@@ -35,8 +35,9 @@ import sys
 
 import cv2
 import torch
-from detectron2.config import LazyConfig, instantiate
+from detectron2.config import instantiate
 
+from dfine.config import load_config
 from dfine.data.mapper import read_rgb_image
 from dfine.engine import load_ema_or_model_weights
 from dfine.export import compare_with_pytorch, export_onnx, onnxruntime_session, random_images, toy_images
@@ -90,7 +91,7 @@ def main(argv=None) -> int:
         parser.error(f"--size is H or H,W, got {args.size}")
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
 
-    cfg = LazyConfig.apply_overrides(LazyConfig.load(args.config_file), args.opts)
+    cfg = load_config(args.config_file, args.opts)
     size = export_size(cfg, args.size)
     # Position embeddings and anchors are precomputed for the export size instead of traced.
     for part in (cfg.model.encoder, cfg.model.decoder):

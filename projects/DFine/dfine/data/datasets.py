@@ -114,7 +114,8 @@ def load_dataset_dicts(names: Union[str, Sequence[str]], filter_empty: bool = Fa
         FileNotFoundError: naming the expected json file and image folder (and
             ``$DETECTRON2_DATASETS``) when the data set's files are missing.
         ValueError: naming the data set, file and annotation when a ``category_id`` lies outside
-            ``0..K-1`` for the ``K`` classes of its metadata.
+            ``0..K-1`` for the ``K`` classes of its metadata; naming the data set when it has no
+            images (or none is left by ``filter_empty``).
     """
     if isinstance(names, str):
         names = [names]
@@ -133,7 +134,9 @@ def load_dataset_dicts(names: Union[str, Sequence[str]], filter_empty: bool = Fa
         dataset_dicts = [d for d in dataset_dicts if not _is_background(d)]
         logger.info(f"filter_empty=True: removed {before - len(dataset_dicts)} images without non-crowd annotations.")
     if not dataset_dicts:
-        raise ValueError(f"No images left in {list(names)}.")
+        raise ValueError(
+            f"No images left in {list(names)}: filter_empty=True removed every image, none has a non-crowd annotation."
+        )
     return dataset_dicts
 
 
@@ -226,6 +229,9 @@ def _load_one(name: str) -> List[Dict]:
     except KeyError as e:
         # load_coco_json's error for an annotation whose category is not in 'categories'.
         raise ValueError(_unknown_category_message(name, json_file, e)) from e
+    if not dataset_dicts:
+        where = f" (json_file={json_file!r}, image_root={image_root!r})" if json_file else ""
+        raise ValueError(f"Dataset '{name}'{where} has no images; training and evaluation need at least one.")
     thing_classes = metadata.get("thing_classes")
     if thing_classes is None:
         raise ValueError(f"Dataset '{name}' has no 'thing_classes' in its metadata; cannot check category ids.")
@@ -233,10 +239,8 @@ def _load_one(name: str) -> List[Dict]:
     _log_classes(name, metadata)
 
     # Checking one image catches a missing or misplaced image folder without touching them all.
-    if (image_root is not None and not os.path.isdir(image_root)) or (
-        dataset_dicts and not os.path.isfile(dataset_dicts[0]["file_name"])
-    ):
-        first = dataset_dicts[0]["file_name"] if dataset_dicts else None
+    first = dataset_dicts[0]["file_name"]
+    if (image_root is not None and not os.path.isdir(image_root)) or not os.path.isfile(first):
         raise FileNotFoundError(
             f"Dataset '{name}': image {first!r} does not exist. " + _missing_files_message(name, json_file, image_root)
         )

@@ -6,7 +6,16 @@ reach live workers). Here the sampler yields ``(index, epoch)`` pairs of one glo
 stream, the dataset hands the epoch to the mapper, and the collate function reads it from the
 mapped dicts. Everything epoch-dependent is then a pure function of the stream position: the
 same in every worker, reproducible, and resumable with :meth:`EpochAwareSampler.set_start_iter`.
+
+The random draws of the augmentations are tied to the stream as well: with a ``seed``, each sample
+is mapped with Python's, NumPy's and torch's global RNGs seeded from ``(seed, epoch, index)`` and
+each batch collated with them seeded from its first sample (:func:`stream_rngs`). A sample's
+augmentation then does not depend on which worker maps it, nor on what that worker mapped before,
+so a run resumed at any iteration, with any number of workers, draws the batches of an
+uninterrupted run. The global RNGs are restored afterwards: with ``num_workers=0`` they are the
+trainer process's, which also drive the model's random parts (e.g. denoising queries).
 """
+import contextlib
 import inspect
 import itertools
 import logging
@@ -28,9 +37,11 @@ from .dense_o2o import MixUp
 
 __all__ = [
     "EpochAwareSampler",
+    "stream_rngs",
     "DetectionDataset",
     "BatchCollate",
     "generate_scales",
+    "TrainLoader",
     "build_train_loader",
     "build_test_loader",
 ]
@@ -85,6 +96,17 @@ class EpochAwareSampler(Sampler):
             raise ValueError(f"seed must be non-negative, got {seed}.")
         self._start_iter = 0
 
+    @property
+    def seed(self) -> int:
+        """The seed of the epoch permutations, the same on all ranks."""
+        return self._seed
+
+    def set_seed(self, seed: int) -> None:
+        """Use ``seed`` from the next ``iter()`` on (see :meth:`TrainLoader.set_seed`)."""
+        if seed < 0:
+            raise ValueError(f"seed must be non-negative, got {seed}.")
+        self._seed = int(seed)
+
     def set_start_iter(self, iteration: int) -> None:
         """Start the stream at global iteration ``iteration`` (for resume). Takes effect at the
         next ``iter()`` of the sampler, i.e. when the DataLoader iterator is created."""
@@ -107,19 +129,43 @@ class EpochAwareSampler(Sampler):
                 yield int(order[position % self._size]), epoch
 
 
+# Domain tags of the seeds drawn by `stream_rngs`, so a sample and a batch never share one.
+_SAMPLE_STREAM, _BATCH_STREAM = 0, 1
+
+
+@contextlib.contextmanager
+def stream_rngs(*key: int):
+    """Seed Python's ``random``, NumPy's global RNG and torch's CPU RNG from the non-negative
+    integers ``key`` for the duration of the block, then put their previous states back."""
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    python_seed, numpy_seed, torch_seed = np.random.SeedSequence(list(key)).generate_state(3)
+    with torch.random.fork_rng(devices=[]):
+        random.seed(int(python_seed))
+        np.random.seed(int(numpy_seed))
+        torch.manual_seed(int(torch_seed))
+        try:
+            yield
+        finally:
+            random.setstate(python_state)
+            np.random.set_state(numpy_state)
+
+
 class DetectionDataset(Dataset):
     """Map-style data set of Detectron2 dataset dicts whose items are indexed by ``(index, epoch)``.
 
-    ``dataset[(i, e)]`` is ``mapper(copy of dicts[i], e)`` with ``"epoch": e`` added; a mapper
-    with a ``dataset`` argument (:class:`~dfine.data.mapper.DetrDatasetMapper`, for Mosaic) also
-    gets the sequence of all dicts. A plain integer index means epoch 0. The dicts are pickled into
-    one byte buffer each (detectron2's :class:`DatasetFromList`), so DataLoader workers share them
-    instead of copying Python objects.
+    ``dataset[(i, e)]`` is ``mapper(copy of dicts[i], e)`` with ``"epoch": e`` and
+    ``"dataset_index": i`` added; a mapper with a ``dataset`` argument
+    (:class:`~dfine.data.mapper.DetrDatasetMapper`, for Mosaic) also gets the sequence of all
+    dicts. A plain integer index means epoch 0. With a ``seed``, the mapper draws inside
+    ``stream_rngs`` keyed on ``(seed, e, i)`` (see the module docstring); without, from the RNGs
+    as they are. The dicts are pickled into one byte buffer each (detectron2's
+    :class:`DatasetFromList`), so DataLoader workers share them instead of copying Python objects.
     """
 
-    def __init__(self, dataset_dicts: List[Dict], mapper: Callable[..., Dict]):
+    def __init__(self, dataset_dicts: List[Dict], mapper: Callable[..., Dict], seed: Optional[int] = None):
         self._dicts = DatasetFromList(dataset_dicts, copy=True, serialize=True)
         self.mapper = mapper
+        self.seed = seed
         self._mapper_takes_dataset = "dataset" in inspect.signature(mapper).parameters
 
     def __len__(self) -> int:
@@ -127,11 +173,14 @@ class DetectionDataset(Dataset):
 
     def __getitem__(self, key: Union[int, Tuple[int, int]]) -> Dict:
         index, epoch = key if isinstance(key, tuple) else (key, 0)
-        if self._mapper_takes_dataset:
-            sample = self.mapper(self._dicts[index], epoch, dataset=self._dicts)
-        else:
-            sample = self.mapper(self._dicts[index], epoch)
+        rngs = contextlib.nullcontext() if self.seed is None else stream_rngs(self.seed, _SAMPLE_STREAM, epoch, index)
+        with rngs:
+            if self._mapper_takes_dataset:
+                sample = self.mapper(self._dicts[index], epoch, dataset=self._dicts)
+            else:
+                sample = self.mapper(self._dicts[index], epoch)
         sample["epoch"] = epoch
+        sample["dataset_index"] = index
         return sample
 
 
@@ -155,6 +204,9 @@ class BatchCollate:
     image is resized to it with nearest interpolation, as the official collate does with
     ``F.interpolate`` on the batch (official-implementations.md §5.5). Ground-truth boxes are
     scaled with the image. ``scales=None`` disables it; ``stop_epoch=None`` never stops it.
+
+    With a ``seed``, both draw inside ``stream_rngs`` keyed on the epoch and ``"dataset_index"`` of
+    the batch's first sample (its stream position, unique to the batch), see the module docstring.
     """
 
     def __init__(
@@ -162,12 +214,20 @@ class BatchCollate:
         scales: Optional[Sequence[Union[int, Tuple[int, int]]]] = None,
         stop_epoch: Optional[int] = None,
         mixup: Optional[MixUp] = None,
+        seed: Optional[int] = None,
     ):
         self.scales = list(scales) if scales is not None else None
         self.stop_epoch = stop_epoch
         self.mixup = mixup
+        self.seed = seed
 
     def __call__(self, batch: List[Dict]) -> List[Dict]:
+        if self.seed is None:
+            return self._collate(batch)
+        with stream_rngs(self.seed, _BATCH_STREAM, batch[0]["epoch"], batch[0]["dataset_index"]):
+            return self._collate(batch)
+
+    def _collate(self, batch: List[Dict]) -> List[Dict]:
         epoch = max(sample.get("epoch", 0) for sample in batch)
         if self.mixup is not None:
             batch = self.mixup(batch, epoch)
@@ -195,6 +255,26 @@ def _resize_sample(sample: Dict, size: Tuple[int, int]) -> Dict:
     return out
 
 
+class TrainLoader(DataLoader):
+    """The DataLoader of :func:`build_train_loader`, with the seed of its sample stream.
+
+    One seed decides the epoch permutations of the :class:`EpochAwareSampler` and the
+    augmentations' draws (:func:`stream_rngs`). A run resumed from a checkpoint must use the seed
+    of the run that wrote it, which differs when the seed was drawn at random (``seed=None``):
+    the trainer saves :attr:`seed` and calls :meth:`set_seed` on resume, before the iterator is
+    created (the workers start with the new seed then).
+    """
+
+    @property
+    def seed(self) -> int:
+        return self.sampler.seed
+
+    def set_seed(self, seed: int) -> None:
+        self.sampler.set_seed(seed)
+        self.dataset.seed = self.collate_fn.seed = self.sampler.seed
+        self.generator.manual_seed(self.sampler.seed)
+
+
 def build_train_loader(
     dataset: Union[str, Sequence[str], List[Dict]],
     mapper: Callable[[Dict, int], Dict],
@@ -213,9 +293,9 @@ def build_train_loader(
             :func:`~dfine.data.datasets.load_dataset_dicts`, or a list of dataset dicts.
         mapper: ``mapper(dataset_dict, epoch) -> dict``, e.g. :class:`DetrDatasetMapper`.
         total_batch_size: batch size summed over all ranks.
-        num_workers: DataLoader worker processes (seeded with detectron2's
-            ``worker_init_reset_seed``).
-        seed: seed of the epoch permutations (shared by ranks); ``None`` draws a shared one.
+        num_workers: DataLoader worker processes. Their number does not change the batches.
+        seed: seed of the epoch permutations and of the augmentations' draws (shared by ranks,
+            see the module docstring); ``None`` draws a shared one.
         multi_scale, multi_scale_stop_epoch: the ``scales`` and ``stop_epoch`` of
             :class:`BatchCollate` (see :func:`generate_scales` for the official lists).
         mixup_prob, mixup_epochs: DEIM's batch MixUp (:class:`~dfine.data.dense_o2o.MixUp`);
@@ -223,23 +303,28 @@ def build_train_loader(
 
     ``len(loader.dataset)`` is the number of training images, to convert epochs to iterations
     (``iterations_per_epoch = len(loader.dataset) / total_batch_size``); ``loader.sampler`` is the
-    :class:`EpochAwareSampler` (``set_start_iter`` before iterating, to resume).
+    :class:`EpochAwareSampler` (``set_start_iter`` before iterating, to resume); ``loader.seed`` and
+    ``loader.set_seed`` (:class:`TrainLoader`) save and restore the stream's seed.
     """
-    dataset = DetectionDataset(_as_dataset_dicts(dataset), mapper)
-    sampler = EpochAwareSampler(len(dataset), total_batch_size, shuffle=True, seed=seed)
+    dicts = _as_dataset_dicts(dataset)
+    sampler = EpochAwareSampler(len(dicts), total_batch_size, shuffle=True, seed=seed)
+    dataset = DetectionDataset(dicts, mapper, seed=sampler.seed)
     logger.info(
         f"Train loader: {len(dataset)} images, batch {sampler.batch_size} per rank "
         f"({total_batch_size} in total), multi-scale {multi_scale} until epoch {multi_scale_stop_epoch}, "
         f"MixUp with prob {mixup_prob} in epochs {list(mixup_epochs)}."
     )
     mixup = MixUp(mixup_prob, mixup_epochs) if mixup_prob > 0 else None
-    return DataLoader(
+    return TrainLoader(
         dataset,
         batch_size=sampler.batch_size,
         sampler=sampler,
         num_workers=num_workers,
-        collate_fn=BatchCollate(multi_scale, multi_scale_stop_epoch, mixup),
+        collate_fn=BatchCollate(multi_scale, multi_scale_stop_epoch, mixup, seed=sampler.seed),
         worker_init_fn=worker_init_reset_seed,
+        # Its own generator for the workers' base seed: creating the iterator (at a resumed
+        # iteration too) then draws nothing from the trainer process's global torch RNG.
+        generator=torch.Generator().manual_seed(sampler.seed),
         drop_last=True,
     )
 

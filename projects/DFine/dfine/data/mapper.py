@@ -11,6 +11,7 @@ from PIL import Image
 from detectron2.data import detection_utils
 from detectron2.data import transforms as T
 from detectron2.structures import Boxes, BoxMode, Instances
+from detectron2.utils.file_io import PathManager
 
 from .dense_o2o import Mosaic, Sample
 from .transforms import SanitizeBoxes, clip_boxes, rtdetr_train_augmentations, valid_boxes
@@ -22,6 +23,8 @@ logger = logging.getLogger(__name__)
 RTDETR_POLICY_OPS = ("RandomPhotometricDistort", "RandomZoomOut", "RandomIoUCrop")
 # Mosaic rules out these two in the same sample (official DEIM Compose).
 MOSAIC_EXCLUDED_OPS = ("RandomZoomOut", "RandomIoUCrop")
+# PIL modes of 16-bit grayscale images ("I" is how older Pillow versions open 16-bit PNGs).
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 
 
 def policy_for_epoch(
@@ -220,26 +223,49 @@ def read_sample(dataset_dict: Dict) -> Sample:
 
 
 def read_rgb_image(file_name: str) -> np.ndarray:
-    """Read an image as ``(H, W, 3)`` uint8 RGB (EXIF orientation applied, grayscale/RGBA/palette
-    converted), raising an error that names the file when it is missing or cannot be decoded."""
+    """Read an image as ``(H, W, 3)`` uint8 RGB, raising an error that names the file when it is
+    missing, cannot be decoded (e.g. a truncated JPEG) or has no 8-bit meaning (32-bit float).
+
+    As detectron2's ``read_image``: the EXIF orientation is applied, so boxes are expected in the
+    frame the image is displayed in (Detectron2's and Ultralytics' convention; the official RT-DETR
+    code ignores EXIF), and :func:`read_checked_image` reports an image whose dict gives the size
+    of the stored, unrotated pixels. Grayscale, RGBA (alpha dropped) and palette images are
+    converted by PIL. 16-bit images keep their high byte (``v >> 8``, as PIL and OpenCV reduce
+    16-bit colour PNGs), where PIL's own conversion would clip every value above 255 to white.
+    """
     try:
-        image = detection_utils.read_image(file_name, format="RGB")
+        with PathManager.open(file_name, "rb") as f:
+            image = detection_utils._apply_exif_orientation(Image.open(f))
+            if image.mode in SIXTEEN_BIT_MODES:
+                gray = (np.clip(np.asarray(image, dtype=np.int64), 0, 65535) >> 8).astype(np.uint8)
+                return np.repeat(gray[:, :, None], 3, axis=2)
+            if image.mode == "F":
+                raise ValueError("a 32-bit float image has no defined 8-bit RGB conversion; convert it first")
+            rgb = detection_utils.convert_PIL_to_numpy(image, "RGB")
     except FileNotFoundError as e:
         raise FileNotFoundError(f"Image file {file_name!r} does not exist.") from e
     except (OSError, ValueError, SyntaxError) as e:
         raise OSError(f"Cannot decode image file {file_name!r}: {e}") from e
-    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        raise OSError(f"Image file {file_name!r} decoded to {image.dtype} {image.shape}, not 8-bit RGB.")
-    return image
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+        raise OSError(f"Image file {file_name!r} decoded to {rgb.dtype} {rgb.shape}, not 8-bit RGB.")
+    return rgb
 
 
 def annotations_to_arrays(annotations: List[Dict], height: int, width: int) -> Tuple[np.ndarray, np.ndarray]:
     """Non-crowd annotations as ``(N, 4)`` float32 absolute XYXY boxes clipped to the image, and
-    ``(N,)`` int64 classes. Crowd regions are dropped, as in the official ``ConvertCocoPolysToMask``."""
+    ``(N,)`` int64 classes. Crowd regions are dropped, as in the official ``ConvertCocoPolysToMask``.
+
+    A box with a negative width or height or a coordinate that is not finite becomes the empty box
+    ``(0, 0, 0, 0)``, which stays empty through every augmentation and is dropped and counted at the
+    end like a zero-size box; detectron2's box transforms take the min and max of the corners and
+    would otherwise turn it into a valid box. (:func:`~dfine.data.datasets.load_dataset_dicts`
+    removes such boxes already; this covers dataset dicts that do not pass through it.)"""
     annotations = [a for a in annotations if a.get("iscrowd", 0) == 0]
     boxes = np.array(
         [BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS) for a in annotations], dtype=np.float32
     ).reshape(-1, 4)
+    inverted = ~np.isfinite(boxes).all(axis=1) | (boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1])
+    boxes[inverted] = 0
     boxes = clip_boxes(boxes, height, width)
     classes = np.array([a["category_id"] for a in annotations], dtype=np.int64)
     return boxes, classes

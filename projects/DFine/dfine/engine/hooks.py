@@ -2,15 +2,18 @@
 import logging
 import math
 import os
+import random
 from typing import Dict, Optional
 
+import numpy as np
+import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine import HookBase
 from detectron2.utils import comm
 
 from .ema import ModelEMA
 
-__all__ = ["EMAHook", "StageSwitchHook"]
+__all__ = ["EMAHook", "RNGStateHook", "StageSwitchHook"]
 
 logger = logging.getLogger(__name__)
 
@@ -160,3 +163,46 @@ class StageSwitchHook(HookBase):
         self.best_overall = float(state["best_overall"])
         self.reference = float(state["reference"])
         self.switched = bool(state["switched"])
+
+
+class RNGStateHook(HookBase):
+    """Keeps the states of the trainer process's random number generators in the checkpoint, so
+    that a resumed run draws what an uninterrupted one would: Python's ``random``, NumPy's global
+    RNG, torch's CPU RNG and, when CUDA is used, every CUDA device's RNG. They drive the model's
+    random parts (denoising queries, dropout) and, with ``num_workers=0``, nothing else: the data
+    loader seeds the augmentations from the sample stream (``dfine.data.loader.stream_rngs``).
+
+    It does nothing during training; ``state_dict`` reads the states when a checkpoint is written
+    (after the step's evaluation, as the hooks before the checkpointer run first) and
+    ``load_state_dict`` sets them on ``--resume``. The states are those of the main process, which
+    writes the checkpoints; with several processes the others keep their own seeding on resume.
+    State: tensors and Python scalars only (``torch.load(weights_only=True)`` reads it).
+    """
+
+    def state_dict(self) -> Dict:
+        python_version, python_state, python_gauss = random.getstate()
+        numpy_kind, numpy_keys, numpy_pos, numpy_has_gauss, numpy_gauss = np.random.get_state()
+        return {
+            "python": {"version": python_version, "state": torch.tensor(python_state, dtype=torch.int64),
+                       "gauss": python_gauss},
+            "numpy": {"kind": numpy_kind, "keys": torch.from_numpy(numpy_keys.astype(np.int64)), "pos": int(numpy_pos),
+                      "has_gauss": int(numpy_has_gauss), "gauss": float(numpy_gauss)},
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
+        }
+
+    def load_state_dict(self, state: Dict) -> None:
+        if comm.get_rank() != 0:
+            return
+        python = state["python"]
+        random.setstate((python["version"], tuple(python["state"].tolist()), python["gauss"]))
+        numpy = state["numpy"]
+        np.random.set_state((numpy["kind"], numpy["keys"].numpy().astype(np.uint32), numpy["pos"],
+                             numpy["has_gauss"], numpy["gauss"]))
+        torch.set_rng_state(state["torch"])
+        if state["cuda"]:
+            if len(state["cuda"]) == torch.cuda.device_count():
+                torch.cuda.set_rng_state_all(state["cuda"])
+            else:
+                logger.warning("The checkpoint has the RNG states of %d CUDA devices, this machine %d: not restored.",
+                               len(state["cuda"]), torch.cuda.device_count())

@@ -36,6 +36,9 @@ class Trainer(SimpleTrainer):
       ``train(start_iter, ...)`` have set ``self.iter``. If the loader's sampler has
       ``set_start_iter`` (``dfine.data.EpochAwareSampler``), it is called with that iteration
       first, so a resumed run draws exactly the samples (and epochs) an uninterrupted run would.
+      A loader with a ``seed`` (``dfine.data.loader.TrainLoader``) has it saved in the state as
+      ``data_seed`` and set back with ``set_seed`` on resume: a seed drawn at random would
+      otherwise change the permutation and the augmentations in the middle of an epoch.
 
     The model is a detectron2 meta-architecture: it takes the batch (a list of dicts) and, in
     training, returns a dict of already-weighted scalar losses; every entry is summed. Metrics go
@@ -121,6 +124,9 @@ class Trainer(SimpleTrainer):
         ret = super().state_dict()
         # Empty when the scaler is disabled; otherwise floats and ints only.
         ret["grad_scaler"] = self.grad_scaler.state_dict()
+        data_seed = getattr(self.data_loader, "seed", None)
+        if data_seed is not None:
+            ret["data_seed"] = data_seed
         return ret
 
     def load_state_dict(self, state_dict):
@@ -128,3 +134,8 @@ class Trainer(SimpleTrainer):
         # A checkpoint of a run without float16 AMP has no scaler state: keep the fresh scaler.
         if self.grad_scaler.is_enabled() and state_dict.get("grad_scaler"):
             self.grad_scaler.load_state_dict(state_dict["grad_scaler"])
+        data_seed = state_dict.get("data_seed")
+        if data_seed is not None and hasattr(self.data_loader, "set_seed"):
+            if self.data_loader.seed != data_seed:
+                logger.info("Data stream seed %d -> %d, the checkpoint's.", self.data_loader.seed, data_seed)
+            self.data_loader.set_seed(data_seed)
