@@ -7,8 +7,9 @@ many positives as one-to-many matching would (DEIM, official ``Mosaic`` in
 
 Conventions as in :mod:`dfine.data.transforms`: images are ``HWC`` uint8 RGB numpy arrays, boxes
 ``(N, 4)`` float32 absolute XYXY, classes ``(N,)`` int64. Random draws use NumPy's global RNG
-(Mosaic) and Python's ``random`` (MixUp, as the official collate), both reseeded per DataLoader
-worker by detectron2's ``worker_init_reset_seed``, so a seeded run draws the same batches again.
+(Mosaic) and Python's ``random`` (MixUp, as the official collate), which the training loader
+seeds per sample and per batch from the stream position (:func:`dfine.data.loader.stream_rngs`), so
+a seeded run draws the same batches again, also after a resume.
 """
 import random
 from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
