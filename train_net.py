@@ -89,8 +89,9 @@ def first_iteration_of_epoch(epoch: float, num_images: int, total_batch_size: in
 
 def load_initial_weights(model, path: str) -> None:
     """The weights to evaluate (``--eval-only``): the checkpoint's EMA weights when it has them
-    (as the official evaluation takes them), else its model weights. A training starts from them
-    through ``load_finetune_weights``, which also re-initialises class-dependent tensors."""
+    (as the official evaluation takes them), else its model weights; a checkpoint that does not fit
+    the model is an error listing the differences. A training starts from them through
+    ``load_finetune_weights``, which also re-initialises class-dependent tensors."""
     weights = load_ema_or_model_weights(model, path)
     if path:
         logger.info("Loaded the %s weights of %s.", weights, path)

@@ -10,6 +10,7 @@ from torch import nn
 from torch.nn.parallel import DataParallel, DistributedDataParallel
 
 from detectron2.checkpoint import DetectionCheckpointer
+from fvcore.common.checkpoint import _strip_prefix_if_present
 
 __all__ = ["ModelEMA", "unwrap_model", "load_ema_or_model_weights", "EMAFirstCheckpointer", "has_ema_weights"]
 
@@ -109,6 +110,21 @@ class EMAFirstCheckpointer(DetectionCheckpointer):
         return checkpoint
 
 
+class _StrictEMAFirstCheckpointer(EMAFirstCheckpointer):
+    """Refuses a checkpoint that does not fit the model, listing every difference (only the
+    buffers a model computes from its config may be absent), instead of loading what fits."""
+
+    def _load_model(self, checkpoint):
+        from ..checkpoint.official import convert_official_state_dict  # dfine.checkpoint imports this module
+
+        state = checkpoint["model"]
+        # As detectron2 prepares it: arrays of .pkl files to tensors, DDP's "module." prefix removed.
+        self._convert_ndarray_to_tensor(state)
+        _strip_prefix_if_present(state, "module.")
+        checkpoint["model"] = convert_official_state_dict(state, self.model)
+        return super()._load_model(checkpoint)
+
+
 def has_ema_weights(checkpoint: Mapping) -> bool:
     """Whether a loaded checkpoint holds EMA weights (``checkpoint["ema"]["module"]``)."""
     ema = checkpoint.get("ema")
@@ -121,13 +137,22 @@ def load_ema_or_model_weights(model: nn.Module, path: str) -> str:
     Those are ``checkpoint["ema"]["module"]`` when the checkpoint has them (our training
     checkpoints), else ``checkpoint["model"]`` (e.g. official checkpoints converted by
     tools/convert_official.py), as the official evaluation and fine-tuning (``-t``) pick them. Loading goes
-    through ``DetectionCheckpointer``: any file format it reads, and keys it cannot use (missing,
-    unexpected or of another shape) are reported, not fatal. An empty ``path`` loads nothing.
-    To start a training, :func:`dfine.checkpoint.load_finetune_weights` is stricter: only the
-    tensors that depend on the number of classes may differ.
+    through ``DetectionCheckpointer`` (any file format it reads), but strictly: a checkpoint of
+    another model is refused rather than half loaded, which would evaluate a partly random model.
+    An empty ``path`` loads nothing. To start a training,
+    :func:`dfine.checkpoint.load_finetune_weights` also accepts another number of classes.
 
     Returns:
         ``"ema"`` or ``"model"``: which weights were loaded.
+
+    Raises:
+        CheckpointMismatchError: naming ``path`` and listing every missing, unexpected or
+            mis-shaped key; the model is unchanged.
     """
-    extra = EMAFirstCheckpointer(model).load(path)
+    from ..checkpoint.official import CheckpointMismatchError  # dfine.checkpoint imports this module
+
+    try:
+        extra = _StrictEMAFirstCheckpointer(model).load(path)
+    except CheckpointMismatchError as e:
+        raise CheckpointMismatchError(f"{path} does not fit the model:\n{e}") from None
     return "ema" if has_ema_weights(extra) else "model"
