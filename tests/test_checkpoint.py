@@ -121,3 +121,33 @@ def test_convert_official_dfine_checkpoint_with_integer_reg_scale(tmp_path):
     with pytest.raises(SystemExit, match=r"(?s)does not fit .*dfine_hgnetv2_s.py.*shape mismatch"):
         convert_official.main(["--config-file", str(root / "configs/dfine_hgnetv2_s.py"),
                                str(tmp_path / "dfine_n_coco.pth"), str(tmp_path / "s.pth")])
+
+
+def test_convert_official_never_unpickles_arbitrary_objects(tmp_path):
+    """An official training file with the LR scheduler's Counter converts with the safe loader; a
+    file holding any other object is refused with a clear message, without unpickling it."""
+    import argparse
+    import collections
+    import sys
+    from pathlib import Path
+
+    from detectron2.config import LazyConfig, instantiate
+
+    from test_train_net import TINY_MODEL
+
+    root = Path(__file__).resolve().parents[1]
+    sys.path.insert(0, str(root / "tools"))
+    import convert_official
+
+    config = str(root / "configs/quickstart/rtdetrv2_r18_toy.py")
+    weights = instantiate(LazyConfig.apply_overrides(LazyConfig.load(config), TINY_MODEL).model).state_dict()
+    torch.save({"model": weights, "lr_scheduler": {"milestones": collections.Counter({1000: 1})}},
+               tmp_path / "official.pth")
+    convert_official.main(["--config-file", config, str(tmp_path / "official.pth"), str(tmp_path / "ours.pth"),
+                           *TINY_MODEL])
+    assert (tmp_path / "ours.pth").exists()
+
+    torch.save({"model": weights, "args": argparse.Namespace(lr=1.0)}, tmp_path / "pickled.pth")
+    with pytest.raises(SystemExit, match=r"pickled.pth holds objects other than tensors, which are not unpickled"):
+        convert_official.main(["--config-file", config, str(tmp_path / "pickled.pth"), str(tmp_path / "x.pth"),
+                               *TINY_MODEL])

@@ -9,6 +9,7 @@ from the config must match the checkpoint key for key and shape for shape; other
 stops and lists every difference (for example a checkpoint of another model size).
 """
 import argparse
+import collections
 import logging
 import pickle
 import sys
@@ -16,8 +17,11 @@ import sys
 import torch
 from detectron2.config import instantiate
 
-from dfine.config import load_config
 from dfine.checkpoint.official import CheckpointMismatchError, convert_official_state_dict, extract_official_state_dict
+from dfine.config import load_config
+
+
+OFFICIAL_CHECKPOINT_GLOBALS = [collections.Counter]
 
 
 def main(argv=None):
@@ -31,13 +35,15 @@ def main(argv=None):
 
     cfg = load_config(args.config_file, args.opts)
     model = instantiate(cfg.model)
+    # Never unpickled as arbitrary objects: the safe loader, plus the plain classes official
+    # training checkpoints hold besides tensors (the LR scheduler's Counter of milestones).
     try:
-        checkpoint = torch.load(args.official, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        # Official training checkpoints also pickle scheduler objects (e.g. a Counter of
-        # milestones), which the safe loader refuses. Only convert files you trust.
-        logging.warning("%s holds more than tensors; loading it with full unpickling", args.official)
-        checkpoint = torch.load(args.official, map_location="cpu", weights_only=False)
+        with torch.serialization.safe_globals(OFFICIAL_CHECKPOINT_GLOBALS):
+            checkpoint = torch.load(args.official, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        sys.exit(f"{args.official} holds objects other than tensors, which are not unpickled for safety "
+                 f"({str(e).splitlines()[0]}). Save its ['ema']['module'] (or ['model']) state dict alone, "
+                 "in a trusted environment, and convert that file.")
     try:
         state_dict = convert_official_state_dict(extract_official_state_dict(checkpoint), model)
     except CheckpointMismatchError as e:
