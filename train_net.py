@@ -133,6 +133,7 @@ def do_train(args, cfg):
         amp_enabled=cfg.train.amp.enabled,
         amp_dtype=cfg.train.amp.dtype,
         clip_grad_max_norm=cfg.train.clip_grad.max_norm,
+        dump_dir=cfg.train.output_dir,
     )
     # Written atomically: a run killed while saving keeps its previous checkpoint to resume from.
     checkpointer = AtomicCheckpointer(

@@ -656,3 +656,33 @@ def test_flat_cosine_needs_epochs():
 
     with pytest.raises(ValueError, match="train.epochs"):
         FlatCosine(max_iter=100, epochs=None, flat_epochs=4, no_aug_epochs=1)
+
+
+def test_nonfinite_loss_stops_with_the_term_the_iteration_and_a_dump(tmp_path):
+    """A NaN in one loss term: FloatingPointError naming it and the iteration, the weights
+    untouched, and a JSON dump with every loss value and the batch's image ids."""
+    import json
+
+    from dfine.engine import Trainer
+
+    class NaNAtSecondStep(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.ones(1))
+            self.calls = 0
+
+        def forward(self, batch):
+            self.calls += 1
+            bad = torch.tensor(float("nan")) if self.calls == 2 else torch.zeros(())
+            return {"loss_vfl": self.weight.sum() * 2, "loss_giou": self.weight.sum() * bad}
+
+    model = NaNAtSecondStep()
+    batches = [[{"image_id": 7, "file_name": "a.jpg"}, {"image_id": 9, "file_name": "b.jpg"}]] * 3
+    trainer = Trainer(model=model, data_loader=batches, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+                      dump_dir=str(tmp_path))
+    with pytest.raises(FloatingPointError, match=r"Non-finite loss at iteration 1: loss_giou=nan\. The step was not applied"):
+        trainer.train(0, 3)
+    assert torch.equal(model.weight.detach(), torch.tensor([0.8]))  # only the first step was applied
+    dump = json.loads((tmp_path / "nonfinite_loss_iter_1.json").read_text())
+    assert dump["nonfinite_terms"] == ["loss_giou"] and dump["losses"]["loss_vfl"] == pytest.approx(1.6)
+    assert [x["image_id"] for x in dump["images"]] == [7, 9]

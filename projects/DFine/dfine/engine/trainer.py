@@ -1,8 +1,10 @@
 """The training loop of the real-time DETR family: detectron2's SimpleTrainer with AMP, gradient
 clipping and a data stream that resumes where it stopped."""
+import json
 import logging
+import os
 import time
-from typing import Union
+from typing import Dict, List, Optional, Union
 
 import torch
 from detectron2.engine import SimpleTrainer
@@ -55,6 +57,7 @@ class Trainer(SimpleTrainer):
         amp_enabled: bool = False,
         amp_dtype: Union[str, torch.dtype] = "float16",
         clip_grad_max_norm: float = 0.0,
+        dump_dir: Optional[str] = None,
     ):
         """
         Args:
@@ -64,6 +67,8 @@ class Trainer(SimpleTrainer):
             amp_enabled: use autocast (CUDA only; ignored with a log message on CPU).
             amp_dtype: "float16" (as the official ``--use-amp``) or "bfloat16".
             clip_grad_max_norm: max total L2 norm of the gradients; 0 disables clipping.
+            dump_dir: where a non-finite loss leaves its diagnostic dump (see ``run_step``);
+                None: the current directory.
         """
         # detectron2 0.6's SimpleTrainer calls iter(data_loader) in its constructor, which would
         # start the loader's workers and sampler before a resumed start iteration is known. It
@@ -71,6 +76,7 @@ class Trainer(SimpleTrainer):
         super().__init__(model=model, data_loader=(), optimizer=optimizer)
         self.data_loader = data_loader
         self._data_loader_iter_obj = None
+        self.dump_dir = dump_dir or "."
 
         if isinstance(amp_dtype, str):
             if amp_dtype not in _AMP_DTYPES:
@@ -115,10 +121,39 @@ class Trainer(SimpleTrainer):
             self.grad_scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_grad_max_norm)
 
+        # Before the optimizer step, so that a non-finite loss never reaches the weights. The
+        # metrics below copy the losses to the host anyway; this is the same single copy.
+        self._check_finite(loss_dict, data)
         self._write_metrics(loss_dict, data_time)
 
         self.grad_scaler.step(self.optimizer)
         self.grad_scaler.update()
+
+    def _check_finite(self, loss_dict: Dict[str, torch.Tensor], data: List[Dict]) -> None:
+        """Stop at a NaN or infinite loss: raise ``FloatingPointError`` naming the terms and the
+        iteration, after writing ``nonfinite_loss_iter_<N>.json`` to ``dump_dir`` with every loss
+        value and the batch's image ids and file names (to find the culprit sample)."""
+        names = list(loss_dict)
+        values = torch.stack([v.detach().float().reshape(()) for v in loss_dict.values()]).cpu()
+        finite = torch.isfinite(values)
+        if bool(finite.all()):
+            return
+        bad = [name for name, ok in zip(names, finite.tolist()) if not ok]
+        dump = {
+            "iteration": self.iter,
+            "nonfinite_terms": bad,
+            "losses": {name: float(value) if ok else str(float(value))
+                       for name, value, ok in zip(names, values.tolist(), finite.tolist())},
+            "images": [{"image_id": x.get("image_id"), "file_name": x.get("file_name")} for x in data],
+        }
+        os.makedirs(self.dump_dir, exist_ok=True)
+        path = os.path.join(self.dump_dir, f"nonfinite_loss_iter_{self.iter}.json")
+        with open(path, "w") as f:
+            json.dump(dump, f, indent=1)
+        terms = ", ".join(f"{name}={dump['losses'][name]}" for name in bad)
+        raise FloatingPointError(
+            f"Non-finite loss at iteration {self.iter}: {terms}. The step was not applied. "
+            f"Batch image ids and every loss value: {path}")
 
     def state_dict(self):
         ret = super().state_dict()
