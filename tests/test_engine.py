@@ -4,6 +4,7 @@ Everything runs on small stand-ins defined here (a tiny "detector", an infinite 
 stream, a mean-score evaluator), not on the real model or data. Official reference values are
 from official-implementations.md §8 (items 25-27) and §6.2-6.6.
 """
+import copy
 import importlib.util
 import itertools
 import json
@@ -28,6 +29,7 @@ from torch import nn
 from dfine.engine import (
     AtomicCheckpointer, EMAHook, ModelEMA, RNGStateHook, Trainer, load_ema_or_model_weights,
 )
+from dfine.checkpoint import CheckpointMismatchError
 from dfine.solver import ConstantSchedule, LinearWarmup, param_groups
 
 REPO = Path(__file__).resolve().parents[1]
@@ -236,12 +238,14 @@ def test_load_ema_or_model_weights(tmp_path):
     assert load_ema_or_model_weights(model, str(tmp_path / "without_ema.pth")) == "model"
     assert torch.equal(model.decoder.weight, source.decoder.weight)
 
-    # Fine-tuning another head: keys of another shape are skipped (and reported), not fatal.
+    # Another head: refused with the differences, nothing loaded (evaluating a partly random model
+    # would be a silent change in results; fine-tuning goes through load_finetune_weights).
     other_head = TinyDetector()
     other_head.decoder = nn.Linear(4, 3)
-    assert load_ema_or_model_weights(other_head, str(tmp_path / "with_ema.pth")) == "ema"
-    assert torch.equal(other_head.backbone.weight, ema.module.backbone.weight)
-    assert other_head.decoder.weight.shape == (3, 4)
+    before = copy.deepcopy(other_head.state_dict())
+    with pytest.raises(CheckpointMismatchError, match=r"(?s)with_ema.pth does not fit the model.*decoder.weight"):
+        load_ema_or_model_weights(other_head, str(tmp_path / "with_ema.pth"))
+    assert all(torch.equal(v, before[k]) for k, v in other_head.state_dict().items())
 
 
 # --------------------------------------------------------------------------------------------
@@ -663,7 +667,6 @@ def test_nonfinite_loss_stops_with_the_term_the_iteration_and_a_dump(tmp_path):
     untouched, and a JSON dump with every loss value and the batch's image ids."""
     import json
 
-    from dfine.engine import Trainer
 
     class NaNAtSecondStep(torch.nn.Module):
         def __init__(self):
