@@ -18,11 +18,10 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional, Tuple
 
 import torch
-from fvcore.common.checkpoint import _strip_prefix_if_present
 from torch import nn
 
 from ..engine.ema import EMAFirstCheckpointer, has_ema_weights
-from .official import CheckpointMismatchError, _is_derived
+from .official import CheckpointMismatchError, fit_state_dict
 
 __all__ = ["CLASS_DEPENDENT", "FinetuneReport", "finetune_state_dict", "load_finetune_weights"]
 
@@ -33,8 +32,6 @@ logger = logging.getLogger(__name__)
 CLASS_DEPENDENT = re.compile(
     r"(^|\.)(dec_score_head\.\d+\.(weight|bias)|enc_score_head\.(weight|bias)|denoising_class_embed\.weight)$"
 )
-# The most differences an error message lists per kind.
-MAX_LISTED = 20
 
 
 @dataclass
@@ -57,7 +54,9 @@ class FinetuneReport:
 def finetune_state_dict(
     checkpoint_state: Mapping[str, torch.Tensor], model_state: Mapping[str, torch.Tensor]
 ) -> Tuple[Dict[str, torch.Tensor], List[str], List[str]]:
-    """The part of ``checkpoint_state`` to load into a model with ``model_state``.
+    """The part of ``checkpoint_state`` to load into a model with ``model_state``:
+    :func:`~dfine.checkpoint.official.fit_state_dict` where ``CLASS_DEPENDENT`` tensors may have
+    another number of classes and derived buffers another shape.
 
     Returns:
         ``(state dict to load, re-initialised class-dependent keys, derived buffers not loaded)``,
@@ -66,51 +65,12 @@ def finetune_state_dict(
     Raises:
         CheckpointMismatchError: listing every other missing, unexpected or mis-shaped key.
     """
-    load, reinitialised, derived, missing, mismatched = {}, [], [], [], []
-    for key, value in model_state.items():
-        ours = tuple(value.shape)
-        theirs = tuple(checkpoint_state[key].shape) if key in checkpoint_state else None
-        if ours == theirs:
-            load[key] = checkpoint_state[key]
-        elif _is_derived(key):
-            difference = "not in the checkpoint" if theirs is None else f"checkpoint {theirs} -> model {ours}"
-            derived.append(f"{key}: {difference}")
-        elif theirs is None:
-            missing.append(key)
-        elif CLASS_DEPENDENT.search(key) and ours[1:] == theirs[1:]:
-            reinitialised.append(f"{key}: checkpoint {theirs} -> model {ours}")
-        else:
-            mismatched.append(f"{key}: checkpoint {theirs} vs model {ours}")
-    extra = [key for key in checkpoint_state if key not in model_state]
-    derived += [f"{key}: not in the model" for key in extra if _is_derived(key)]
-    unexpected = [key for key in extra if not _is_derived(key)]
-    if missing or unexpected or mismatched:
-        lines = [
-            "The checkpoint does not fit the model beyond the number of classes (only the score heads and the "
-            "denoising label embedding may have another number of classes)."
-        ]
-        for title, keys in (("missing in the checkpoint", missing), ("not in the model", unexpected),
-                            ("of another shape", mismatched)):
-            if keys:
-                more = f"\n    ... and {len(keys) - MAX_LISTED} more" if len(keys) > MAX_LISTED else ""
-                lines.append(f"  {len(keys)} key(s) {title}:\n    " + "\n    ".join(keys[:MAX_LISTED]) + more)
-        raise CheckpointMismatchError("\n".join(lines))
-    return load, reinitialised, derived
-
-
-class _FinetuneCheckpointer(EMAFirstCheckpointer):
-    """Loads the EMA weights first (else the model weights) through :func:`finetune_state_dict`."""
-
-    def _load_model(self, checkpoint):
-        state = checkpoint["model"]
-        # As detectron2 prepares it: arrays of .pkl files to tensors, DDP's "module." prefix removed.
-        self._convert_ndarray_to_tensor(state)
-        _strip_prefix_if_present(state, "module.")
-        checkpoint["model"], self.reinitialised, self.derived = finetune_state_dict(state, self.model.state_dict())
-        self.num_loaded = len(checkpoint["model"])
-        super()._load_model(checkpoint)
-        # What detectron2 would report (the keys left out above) is logged by load_finetune_weights.
-        return None
+    return fit_state_dict(
+        checkpoint_state, model_state,
+        "The checkpoint does not fit the model beyond the number of classes (only the score heads and the "
+        "denoising label embedding may have another number of classes).",
+        reinitialisable=CLASS_DEPENDENT, rebuild_mismatched_buffers=True,
+    )
 
 
 def load_finetune_weights(model: nn.Module, path: str) -> Optional[FinetuneReport]:
@@ -130,16 +90,23 @@ def load_finetune_weights(model: nn.Module, path: str) -> Optional[FinetuneRepor
     if not path:
         logger.info("No train.init_checkpoint: training starts from the model's initialisation.")
         return None
-    checkpointer = _FinetuneCheckpointer(model)
+    fitted = {}
+
+    def fit(state):
+        ours = model.state_dict()
+        load, fitted["reinitialised"], fitted["derived"] = finetune_state_dict(state, ours)
+        fitted["num_loaded"] = len(load)
+        return {**ours, **load}
+
     try:
-        extra = checkpointer.load(path)
+        extra = EMAFirstCheckpointer(model, fit=fit).load(path)
     except CheckpointMismatchError as e:
         raise CheckpointMismatchError(f"train.init_checkpoint={path}: {e}") from e
     weights = "ema" if has_ema_weights(extra) else "model"
-    report = FinetuneReport(weights, checkpointer.reinitialised, checkpointer.derived)
+    report = FinetuneReport(weights, fitted["reinitialised"], fitted["derived"])
     logger.info(
-        f"Loaded the {report.weights} weights of {path} into {checkpointer.num_loaded} of the model's "
-        f"{len(checkpointer.model.state_dict())} state-dict entries."
+        f"Loaded the {report.weights} weights of {path} into {fitted['num_loaded']} of the model's "
+        f"{len(model.state_dict())} state-dict entries."
     )
     if report.reinitialised:
         logger.warning(

@@ -6,12 +6,12 @@ key must be used. The only exceptions are listed in ``DERIVED_BUFFERS``: buffers
 rebuilds from its constructor arguments, which may be absent on either side.
 """
 import logging
-from typing import Dict, Mapping
+from typing import Dict, List, Mapping, Optional, Pattern, Tuple
 
 import torch
 from torch import nn
 
-__all__ = ["extract_official_state_dict", "convert_official_state_dict", "CheckpointMismatchError"]
+__all__ = ["extract_official_state_dict", "convert_official_state_dict", "fit_state_dict", "CheckpointMismatchError"]
 
 logger = logging.getLogger(__name__)
 
@@ -19,6 +19,8 @@ logger = logging.getLogger(__name__)
 # the per-level point scale of deformable attention) and BatchNorm's step counter. A checkpoint
 # that lacks them is still complete; where both sides have them, the shapes must agree.
 DERIVED_BUFFERS = ("anchors", "valid_mask", "num_points_scale", "num_batches_tracked")
+# The most differences an error message lists per kind.
+MAX_LISTED = 20
 
 
 class CheckpointMismatchError(ValueError):
@@ -45,31 +47,68 @@ def _is_derived(key: str) -> bool:
     return key.rsplit(".", 1)[-1] in DERIVED_BUFFERS
 
 
-def convert_official_state_dict(official: Mapping[str, torch.Tensor], model: nn.Module) -> Dict[str, torch.Tensor]:
-    """Check ``official`` against ``model`` and return the state dict to load into it.
+def fit_state_dict(
+    checkpoint: Mapping[str, torch.Tensor],
+    model_state: Mapping[str, torch.Tensor],
+    header: str,
+    reinitialisable: Optional[Pattern] = None,
+    rebuild_mismatched_buffers: bool = False,
+) -> Tuple[Dict[str, torch.Tensor], List[str], List[str]]:
+    """Check a checkpoint's state dict against a model's, key for key and shape for shape.
+
+    Args:
+        header: first line of the error message.
+        reinitialisable: keys that may differ in their first dimension (the number of classes); the
+            model keeps its own tensors for them.
+        rebuild_mismatched_buffers: whether ``DERIVED_BUFFERS`` present on both sides may also
+            differ in shape (they are always allowed to be absent on either side).
+
+    Returns:
+        ``(the checkpoint's tensors to load, re-initialised keys, buffers not taken from the
+        checkpoint)``, the last two as ``"key: checkpoint (80, 256) -> model (3, 256)"``-style
+        descriptions.
 
     Raises:
-        CheckpointMismatchError: listing every missing, unexpected and mis-shaped key, so that a
-            checkpoint of another architecture or size is reported at once and in full.
+        CheckpointMismatchError: ``header``, then every missing, unexpected and mis-shaped key, so
+            that a checkpoint of another architecture or size is reported at once and in full.
     """
-    ours = model.state_dict()
-    missing = [k for k in ours if k not in official and not _is_derived(k)]
-    unexpected = [k for k in official if k not in ours and not _is_derived(k)]
-    mismatched = [
-        f"{k}: checkpoint {tuple(official[k].shape)} vs model {tuple(v.shape)}"
-        for k, v in ours.items()
-        if k in official and tuple(official[k].shape) != tuple(v.shape)
-    ]
+    load, reinitialised, rebuilt, missing, mismatched = {}, [], [], [], []
+    for key, value in model_state.items():
+        ours = tuple(value.shape)
+        theirs = tuple(checkpoint[key].shape) if key in checkpoint else None
+        if ours == theirs:
+            load[key] = checkpoint[key]
+        elif _is_derived(key) and (theirs is None or rebuild_mismatched_buffers):
+            rebuilt.append(f"{key}: " + ("not in the checkpoint" if theirs is None else f"checkpoint {theirs} -> model {ours}"))
+        elif theirs is None:
+            missing.append(key)
+        elif reinitialisable is not None and reinitialisable.search(key) and ours[1:] == theirs[1:]:
+            reinitialised.append(f"{key}: checkpoint {theirs} -> model {ours}")
+        else:
+            mismatched.append(f"{key}: checkpoint {theirs} vs model {ours}")
+    extra = [key for key in checkpoint if key not in model_state]
+    rebuilt += [f"{key}: not in the model" for key in extra if _is_derived(key)]
+    unexpected = [key for key in extra if not _is_derived(key)]
     if missing or unexpected or mismatched:
-        lines = ["The checkpoint does not match the model built from the config."]
+        lines = [header]
         for title, keys in (("missing in the checkpoint", missing), ("not in the model", unexpected),
                             ("shape mismatch", mismatched)):
             if keys:
-                shown = "\n    ".join(keys[:20]) + (f"\n    ... and {len(keys) - 20} more" if len(keys) > 20 else "")
-                lines.append(f"  {len(keys)} key(s) {title}:\n    {shown}")
+                more = f"\n    ... and {len(keys) - MAX_LISTED} more" if len(keys) > MAX_LISTED else ""
+                lines.append(f"  {len(keys)} key(s) {title}:\n    " + "\n    ".join(keys[:MAX_LISTED]) + more)
         raise CheckpointMismatchError("\n".join(lines))
-    converted = {k: official[k] if k in official else v for k, v in ours.items()}
-    rebuilt = sorted(k for k in ours if k not in official)
+    return load, reinitialised, rebuilt
+
+
+def convert_official_state_dict(official: Mapping[str, torch.Tensor], model: nn.Module) -> Dict[str, torch.Tensor]:
+    """Check ``official`` against ``model`` strictly (:func:`fit_state_dict`; only absent
+    ``DERIVED_BUFFERS`` are rebuilt) and return the whole state dict to load into it.
+
+    Raises:
+        CheckpointMismatchError: listing every missing, unexpected and mis-shaped key.
+    """
+    ours = model.state_dict()
+    load, _, rebuilt = fit_state_dict(official, ours, "The checkpoint does not match the model built from the config.")
     if rebuilt:
-        logger.info("Buffers rebuilt from the config (absent in the checkpoint): %s", ", ".join(rebuilt))
-    return converted
+        logger.info("Buffers rebuilt from the config, not taken from the checkpoint: %s", ", ".join(rebuilt))
+    return {**ours, **load}

@@ -3,7 +3,7 @@
 weights to evaluate or fine-tune."""
 import copy
 import math
-from typing import Dict, List, Mapping, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Tuple
 
 import torch
 from torch import nn
@@ -101,7 +101,16 @@ class ModelEMA:
 
 
 class EMAFirstCheckpointer(DetectionCheckpointer):
-    """Reads ``checkpoint["ema"]["module"]`` as the model weights when the file has an EMA."""
+    """Reads ``checkpoint["ema"]["module"]`` as the model weights when the file has an EMA.
+
+    With ``fit``, the weights (as detectron2 prepares them: arrays of .pkl files as tensors, DDP's
+    "module." prefix removed) go through ``fit(state_dict)``, which returns the whole state dict
+    to load or raises; without, detectron2's lenient loading reports what does not fit.
+    """
+
+    def __init__(self, model, *args, fit: Optional[Callable[[Dict], Dict]] = None, **kwargs):
+        super().__init__(model, *args, **kwargs)
+        self.fit = fit
 
     def _load_file(self, filename):
         checkpoint = super()._load_file(filename)
@@ -109,19 +118,12 @@ class EMAFirstCheckpointer(DetectionCheckpointer):
             checkpoint["model"] = checkpoint["ema"]["module"]
         return checkpoint
 
-
-class _StrictEMAFirstCheckpointer(EMAFirstCheckpointer):
-    """Refuses a checkpoint that does not fit the model, listing every difference (only the
-    buffers a model computes from its config may be absent), instead of loading what fits."""
-
     def _load_model(self, checkpoint):
-        from ..checkpoint.official import convert_official_state_dict  # dfine.checkpoint imports this module
-
-        state = checkpoint["model"]
-        # As detectron2 prepares it: arrays of .pkl files to tensors, DDP's "module." prefix removed.
-        self._convert_ndarray_to_tensor(state)
-        _strip_prefix_if_present(state, "module.")
-        checkpoint["model"] = convert_official_state_dict(state, self.model)
+        if self.fit is not None:
+            state = checkpoint["model"]
+            self._convert_ndarray_to_tensor(state)
+            _strip_prefix_if_present(state, "module.")
+            checkpoint["model"] = self.fit(state)
         return super()._load_model(checkpoint)
 
 
@@ -149,10 +151,10 @@ def load_ema_or_model_weights(model: nn.Module, path: str) -> str:
         CheckpointMismatchError: naming ``path`` and listing every missing, unexpected or
             mis-shaped key; the model is unchanged.
     """
-    from ..checkpoint.official import CheckpointMismatchError  # dfine.checkpoint imports this module
+    from ..checkpoint.official import CheckpointMismatchError, convert_official_state_dict  # (imports this module)
 
     try:
-        extra = _StrictEMAFirstCheckpointer(model).load(path)
+        extra = EMAFirstCheckpointer(model, fit=lambda state: convert_official_state_dict(state, model)).load(path)
     except CheckpointMismatchError as e:
         raise CheckpointMismatchError(f"{path} does not fit the model:\n{e}") from None
     return "ema" if has_ema_weights(extra) else "model"
