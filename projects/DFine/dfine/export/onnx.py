@@ -4,7 +4,7 @@ The exported graph (one input, a fixed image size, a dynamic batch):
 
 * input ``images``: ``float32 [B, 3, H, W]``, **RGB, pixel values in [0, 255]** (a uint8 image cast to
   float, not rescaled), whatever the config's ``input_format``. The graph normalises with the model's
-  ``pixel_mean`` / ``pixel_std`` exactly as ``RealTimeDETR.preprocess_image`` does, so the official
+  ``pixel_mean`` / ``pixel_std`` with ``RealTimeDETR.normalize``, as ``preprocess_image`` does, so the official
   weights' "RGB in [0, 1]" (mean 0, std 255) and ImageNet statistics are both inside the graph.
   ``H, W`` are fixed at export (the config's eval size); ``B`` is dynamic.
 * without the post-processor (``RAW_OUTPUTS``): ``pred_logits float32 [B, Q, K]`` (class logits;
@@ -28,7 +28,7 @@ from torch import nn
 
 from ..data.toy_shapes import render_toy_image
 from ..modeling.decoder.msda import MSDeformableAttention
-from ..modeling.layers.box_ops import box_cxcywh_to_xyxy
+from ..modeling.layers.box_ops import box_cxcywh_to_pixel_xyxy
 from ..modeling.postprocess import topk_detections
 
 __all__ = [
@@ -65,11 +65,6 @@ def disable_grid_sample(model: nn.Module) -> int:
     return switched
 
 
-def _pixel_boxes(boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Normalised cxcywh ``[..., 4]`` -> absolute XYXY in a ``height x width`` image."""
-    return box_cxcywh_to_xyxy(boxes) * boxes.new_tensor([width, height, width, height])
-
-
 class DeployDetector(nn.Module):
     """A :class:`~dfine.modeling.RealTimeDETR` on an image tensor, returning the module docstring's
     outputs as a tuple (what ``torch.onnx.export`` traces).
@@ -90,18 +85,19 @@ class DeployDetector(nn.Module):
 
     def raw_outputs(self, images: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """``images [B, 3, H, W]`` RGB 0-255 -> ``(pred_logits [B, Q, K], pred_boxes [B, Q, 4])``."""
-        model = self.model
-        x = (images - model.pixel_mean) / model.pixel_std
-        outputs = model.decoder(model.encoder(model.backbone(x)))
+        outputs = self._decoder_outputs(images)
         return outputs["pred_logits"], outputs["pred_boxes"]
 
+    def _decoder_outputs(self, images: torch.Tensor) -> Dict:
+        model = self.model
+        return model.decoder(model.encoder(model.backbone(model.normalize(images))))
+
     def forward(self, images: torch.Tensor) -> Tuple[torch.Tensor, ...]:
-        logits, boxes = self.raw_outputs(images)
+        outputs = self._decoder_outputs(images)
         if not self.postprocess:
-            return logits, boxes
-        scores, labels, boxes = topk_detections(logits, boxes, self.model.num_top_queries)
-        height, width = images.shape[-2:]
-        return labels, _pixel_boxes(boxes, height, width), scores
+            return outputs["pred_logits"], outputs["pred_boxes"]
+        scores, labels, boxes = self.model.detections(outputs, *images.shape[-2:])
+        return labels, boxes, scores
 
 
 def export_onnx(model: nn.Module, path: str, image_size: Sequence[int], postprocess: bool = True,
@@ -214,7 +210,7 @@ def compare_with_pytorch(detector: DeployDetector, session, images: torch.Tensor
     # For each exported detection, every query's score for its class and every query's box.
     pair_scores = logits.sigmoid().gather(2, labels[:, None, :].expand(-1, num_queries, -1))  # [B, Q, N]
     score_gap = (pair_scores - scores[:, None, :]).abs()
-    box_gap = torch.cdist(_pixel_boxes(boxes, *images.shape[-2:]), pixel_boxes, p=float("inf"))  # [B, Q, N]
+    box_gap = torch.cdist(box_cxcywh_to_pixel_xyxy(boxes, *images.shape[-2:]), pixel_boxes, p=float("inf"))  # [B, Q, N]
     closest = torch.maximum(score_gap, box_gap).argmin(1, keepdim=True)
     return {
         "boxes": _largest(box_gap.gather(1, closest)),

@@ -7,7 +7,7 @@ from torch import nn
 from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.structures import Boxes, ImageList, Instances
 
-from .layers.box_ops import box_cxcywh_to_xyxy, box_xyxy_to_cxcywh
+from .layers.box_ops import box_cxcywh_to_pixel_xyxy, box_xyxy_to_cxcywh
 from .postprocess import topk_detections
 
 __all__ = ["RealTimeDETR"]
@@ -80,8 +80,19 @@ class RealTimeDETR(nn.Module):
             image = x["image"].to(self.device, non_blocking=True)
             if self.input_format == "BGR":
                 image = image.flip(0)
-            images.append((image.float() - self.pixel_mean) / self.pixel_std)
+            images.append(self.normalize(image.float()))
         return ImageList.from_tensors(images, self.size_divisibility)
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """RGB float pixels ``[..., 3, H, W]`` -> the backbone's input (``pixel_mean``, ``pixel_std``)."""
+        return (images - self.pixel_mean) / self.pixel_std
+
+    def detections(self, outputs: Dict, height: int, width: int):
+        """The ``num_top_queries`` best (query, class) pairs of the decoder's ``outputs``:
+        ``(scores [B, k], labels [B, k], boxes [B, k, 4])``, boxes in absolute XYXY pixels of the
+        ``height x width`` (padded) input."""
+        scores, labels, boxes = topk_detections(outputs["pred_logits"], outputs["pred_boxes"], self.num_top_queries)
+        return scores, labels, box_cxcywh_to_pixel_xyxy(boxes, height, width)
 
     def forward(self, batched_inputs: List[Dict]):
         images = self.preprocess_image(batched_inputs)
@@ -128,9 +139,7 @@ class RealTimeDETR(nn.Module):
         return targets
 
     def postprocess(self, outputs: Dict, batched_inputs: List[Dict], images: ImageList) -> List[Dict]:
-        scores, labels, boxes = topk_detections(outputs["pred_logits"], outputs["pred_boxes"], self.num_top_queries)
-        height, width = images.tensor.shape[-2:]
-        boxes = box_cxcywh_to_xyxy(boxes) * boxes.new_tensor([width, height, width, height])
+        scores, labels, boxes = self.detections(outputs, *images.tensor.shape[-2:])
         results = []
         for i, (x, (input_h, input_w)) in enumerate(zip(batched_inputs, images.image_sizes)):
             out_h, out_w = x.get("height", input_h), x.get("width", input_w)

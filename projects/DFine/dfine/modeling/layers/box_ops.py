@@ -6,12 +6,17 @@ unless stated otherwise.
 """
 import torch
 
-__all__ = ["box_cxcywh_to_xyxy", "box_xyxy_to_cxcywh", "box_area", "box_iou", "generalized_box_iou", "elementwise_box_iou"]
+__all__ = ["box_cxcywh_to_xyxy", "box_cxcywh_to_pixel_xyxy", "box_xyxy_to_cxcywh", "box_area", "box_iou", "generalized_box_iou", "elementwise_box_iou"]
 
 
 def box_cxcywh_to_xyxy(boxes: torch.Tensor) -> torch.Tensor:
     cx, cy, w, h = boxes.unbind(-1)
     return torch.stack([cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h], dim=-1)
+
+
+def box_cxcywh_to_pixel_xyxy(boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Normalised cxcywh ``[..., 4]`` -> absolute XYXY pixels of a ``height x width`` image."""
+    return box_cxcywh_to_xyxy(boxes) * boxes.new_tensor([width, height, width, height])
 
 
 def box_xyxy_to_cxcywh(boxes: torch.Tensor) -> torch.Tensor:
