@@ -95,7 +95,7 @@ def _image(seed):
 
 def _decoder_outputs(model, image):
     with torch.no_grad():
-        x = (image[None].float() - model.pixel_mean) / model.pixel_std
+        x = model.normalize(image[None].float())
         return model.decoder(model.encoder(model.backbone(x)))
 
 

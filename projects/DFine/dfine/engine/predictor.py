@@ -14,6 +14,7 @@ from detectron2.data.catalog import Metadata
 from detectron2.structures import Instances
 from omegaconf import DictConfig, OmegaConf
 
+from ..config import load_config
 from ..data.mapper import DetrDatasetMapper, read_rgb_image
 from .ema import load_ema_or_model_weights
 from .trainer import resolve_device
@@ -85,8 +86,10 @@ class Predictor:
             raise ValueError(f"array_format must be 'RGB' or 'BGR', got {array_format!r}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        cfg = LazyConfig.load(os.fspath(config)) if isinstance(config, (str, os.PathLike)) else copy.deepcopy(config)
-        cfg = LazyConfig.apply_overrides(cfg, list(overrides))
+        if isinstance(config, (str, os.PathLike)):
+            cfg = load_config(os.fspath(config), list(overrides))  # unknown keys are an error
+        else:
+            cfg = LazyConfig.apply_overrides(copy.deepcopy(config), list(overrides))
         if score_threshold is not None:
             cfg.model.score_threshold = float(score_threshold)
         self.cfg = cfg
