@@ -177,28 +177,31 @@ class DFINEDecoder(RTDETRv2Decoder):
         if not self.training:
             return {"pred_logits": logits[-1], "pred_boxes": boxes[-1]}
 
-        branches = {"": (boxes, logits, corners, ref_boxes, pre_boxes, pre_logits)}
+        outputs, dn = (boxes, logits, corners, ref_boxes, pre_boxes, pre_logits), None
         if dn_meta is not None:
-            split = dn_meta["dn_num_split"]
-            dn, match = zip(*(x.split(split, dim=x.dim() - 2) for x in branches[""]))
-            branches = {"": match, "dn_": dn}
-        out = {}
-        for prefix, (boxes, logits, corners, ref_boxes, pre_boxes, pre_logits) in branches.items():
-            layers = [
-                {"pred_logits": lg, "pred_boxes": bx, "pred_corners": cr, "ref_points": ref_boxes,
-                 "teacher_corners": corners[-1], "teacher_logits": logits[-1]}
-                for lg, bx, cr in zip(logits, boxes, corners)
-            ]
-            if prefix == "":
-                out.update({k: v for k, v in layers[-1].items() if not k.startswith("teacher")})
-                out["up"], out["reg_scale"] = self.up, self.reg_scale
-                if not self.aux_loss:
-                    return out
-                out["aux_outputs"] = layers[:-1]
-            else:
-                out["dn_aux_outputs"] = layers
-                out["dn_meta"] = dn_meta
-            out[f"{prefix}pre_outputs"] = {"pred_logits": pre_logits, "pred_boxes": pre_boxes}
+            # Denoising queries first along the query dimension of every tensor.
+            dn, outputs = zip(*(x.split(dn_meta["dn_num_split"], dim=x.dim() - 2) for x in outputs))
+        boxes, logits, corners, ref_boxes, pre_boxes, pre_logits = outputs
+        layers = _fdr_layer_outputs(boxes, logits, corners, ref_boxes)
+        out = {k: v for k, v in layers[-1].items() if not k.startswith("teacher")}
+        out["up"], out["reg_scale"] = self.up, self.reg_scale
+        if not self.aux_loss:
+            return out
+        out["aux_outputs"] = layers[:-1]
+        out["pre_outputs"] = {"pred_logits": pre_logits, "pred_boxes": pre_boxes}
+        if dn is not None:
+            boxes, logits, corners, ref_boxes, pre_boxes, pre_logits = dn
+            out["dn_aux_outputs"] = _fdr_layer_outputs(boxes, logits, corners, ref_boxes)
+            out["dn_pre_outputs"] = {"pred_logits": pre_logits, "pred_boxes": pre_boxes}
+            out["dn_meta"] = dn_meta
         self._encoder_outputs(q, out)
         return out
 
+
+def _fdr_layer_outputs(boxes, logits, corners, ref_boxes) -> List[Dict]:
+    """One output dict per layer; the GO-LSD teacher of every layer is the branch's last layer."""
+    return [
+        {"pred_logits": lg, "pred_boxes": bx, "pred_corners": cr, "ref_points": ref_boxes,
+         "teacher_corners": corners[-1], "teacher_logits": logits[-1]}
+        for lg, bx, cr in zip(logits, boxes, corners)
+    ]
