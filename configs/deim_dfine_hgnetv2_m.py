@@ -4,17 +4,13 @@
 Stages (epochs): [0, 4) none, [4, 49) Dense O2O, [49, 90) RT-DETR augmentations, [90, 102) none;
 flat LR until 49, cosine until 90.
 """
-from .common.deim import apply_to_dfine, lr_multiplier
+from .common.deim import apply_to_dfine, lr_multiplier, set_stages
 from .dfine_hgnetv2_m import dataloader, model, optimizer, train
 
 apply_to_dfine(model, dataloader)
-dataloader.train.mapper.policy_epoch = [4, 49, 90]
-dataloader.train.update(mixup_epochs=[4, 49], multi_scale_stop_epoch=90)
-
+set_stages(dataloader, train, lr_multiplier, epochs=102, policy=[4, 49, 90], flat_epochs=49,
+           no_aug_epochs=12)
 train.output_dir = "./output/deim_dfine_hgnetv2_m"
-train.epochs = 102
-train.stage_switch.epoch = 90
-lr_multiplier.update(flat_epochs=49, no_aug_epochs=12)
 
 # The backbone without its BatchNorms at 4e-5; no weight decay on any norm.
 optimizer.lr = 4e-4

@@ -4,17 +4,13 @@
 Stages (epochs): [0, 4) none, [4, 64) Dense O2O, [64, 120) RT-DETR augmentations, [120, 132) none;
 flat LR until 64, cosine until 120.
 """
-from .common.deim import apply_to_dfine, lr_multiplier
+from .common.deim import apply_to_dfine, lr_multiplier, set_stages
 from .dfine_hgnetv2_s import dataloader, model, optimizer, train
 
 apply_to_dfine(model, dataloader)
-dataloader.train.mapper.policy_epoch = [4, 64, 120]
-dataloader.train.update(mixup_epochs=[4, 64], multi_scale_stop_epoch=120)
-
+set_stages(dataloader, train, lr_multiplier, epochs=132, policy=[4, 64, 120], flat_epochs=64,
+           no_aug_epochs=12)
 train.output_dir = "./output/deim_dfine_hgnetv2_s"
-train.epochs = 132
-train.stage_switch.epoch = 120
-lr_multiplier.update(flat_epochs=64, no_aug_epochs=12)
 
 # The backbone without its BatchNorms at 2e-4; no weight decay on any norm.
 optimizer.lr = 4e-4

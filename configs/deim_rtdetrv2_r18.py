@@ -4,6 +4,7 @@ configs/deim_rtdetrv2/deim_r18vd_120e_coco.yml). README: 49.0 AP, 20M parameters
 Single-scale, as the official RT-DETRv2-S: the official DEIM file asks for that with
 `collate_fn.scales: ~`, which its collate function rejects (the file crashes as shipped).
 """
+from .common.deim import set_stages
 from .deim_rtdetrv2_r50 import dataloader, lr_multiplier, model, optimizer, train
 
 # The RT-DETRv2-S architecture (configs/rtdetrv2_r18.py).
@@ -13,11 +14,8 @@ model.encoder.expansion = 0.5
 model.decoder.num_layers = 3
 
 train.output_dir = "./output/deim_rtdetrv2_r18"
-train.epochs = 120
-train.stage_switch.epoch = 117
-lr_multiplier.update(flat_epochs=64, no_aug_epochs=3)
-dataloader.train.mapper.policy_epoch = [4, 64, 117]
-dataloader.train.update(mixup_epochs=[4, 64], multi_scale=None, multi_scale_stop_epoch=117)
+set_stages(dataloader, train, lr_multiplier, epochs=120, policy=[4, 64, 117], flat_epochs=64, no_aug_epochs=3)
+dataloader.train.multi_scale = None
 
 # The whole backbone at the base LR; no weight decay on any norm.
 optimizer.params.rules = [{"pattern": r"^(?=.*(?:norm|bn)).*$", "weight_decay": 0.0}]

@@ -15,26 +15,19 @@ from .common.deim import criterion as _criterion
 from .common.deim import decoder as _decoder
 from .common.deim import lr_multiplier
 from .common.deim import mosaic as _mosaic
+from .common.deim import set_stages
 from .rtdetrv2_r50 import dataloader, model, optimizer, train
 
 model.backbone.update(_backbone)
 model.decoder.update(_decoder)
 model.criterion.update(_criterion)
 
-dataloader.train.mapper.update(policy_epoch=[4, 34, 58], mosaic=_mosaic, mosaic_prob=0.5)
-dataloader.train.update(
-    mixup_prob="${.mapper.mosaic_prob}",
-    mixup_epochs=[4, 34],
-    multi_scale=generate_scales(640, 3),
-    multi_scale_stop_epoch=58,
-    total_batch_size=16,
-)
+dataloader.train.mapper.update(mosaic=_mosaic, mosaic_prob=0.5)
+dataloader.train.update(mixup_prob="${.mapper.mosaic_prob}", multi_scale=generate_scales(640, 3), total_batch_size=16)
+set_stages(dataloader, train, lr_multiplier, epochs=60, policy=[4, 34, 58], flat_epochs=34, no_aug_epochs=2)
 
 train.output_dir = "./output/deim_rtdetrv2_r50"
-train.epochs = 60
-train.stage_switch.epoch = 58
 train.ema.warmups = 2000
-lr_multiplier.update(flat_epochs=34, no_aug_epochs=2)
 
 optimizer.lr = 2e-4
 optimizer.params.rules = [

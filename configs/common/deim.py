@@ -2,8 +2,9 @@
 
 The per-model configs configs/deim_rtdetrv2_*.py apply these pieces to the RT-DETRv2 model of the
 same size, and configs/deim_dfine_hgnetv2_*.py apply them (configs/base/deim.yml) to the D-FINE
-model of the same size with ``apply_to_dfine``; both set the epochs of the recipe (policy, MixUp
-window, flat and no-aug epochs, stop epoch). Ablations, one override each:
+model of the same size with ``apply_to_dfine``; both set the epochs of the recipe with
+``set_stages`` (policy, MixUp window, flat and no-aug epochs, stop epoch). Ablations, one override
+each:
 
 * Dense O2O off: ``dataloader.train.mapper.mosaic_prob=0`` (the configs set MixUp's probability to
   ``mosaic_prob``, both 0.5 in every official config, so MixUp goes off too);
@@ -66,3 +67,16 @@ def apply_to_dfine(model, dataloader):
     model.criterion.weight_dict.update(loss_fgl=0.15, loss_ddf=1.5)
     dataloader.train.mapper.update(mosaic=mosaic, mosaic_prob=0.5)
     dataloader.train.mixup_prob = "${.mapper.mosaic_prob}"
+
+
+def set_stages(dataloader, train, lr_multiplier, epochs, policy, flat_epochs, no_aug_epochs):
+    """DEIM's schedule in epochs (official ``epoches``, ``policy.epoch``, ``mixup_epochs``,
+    ``stop_epoch``, ``flat_epoch``, ``no_aug_epoch``): ``policy = [e0, e1, e2]`` gives the four
+    augmentation stages, MixUp in ``[e0, e1)``, multi-scale and the stage switch (best stage-1
+    state reloaded) at ``e2``; the LR stays flat for ``flat_epochs`` and constant for the last
+    ``no_aug_epochs``."""
+    dataloader.train.mapper.policy_epoch = list(policy)
+    dataloader.train.update(mixup_epochs=list(policy[:2]), multi_scale_stop_epoch=policy[2])
+    train.epochs = epochs
+    train.stage_switch.epoch = policy[2]
+    lr_multiplier.update(flat_epochs=flat_epochs, no_aug_epochs=no_aug_epochs)

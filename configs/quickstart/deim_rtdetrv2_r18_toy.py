@@ -14,26 +14,21 @@ from ..common.deim import criterion as _criterion
 from ..common.deim import decoder as _decoder
 from ..common.deim import lr_multiplier
 from ..common.deim import mosaic as _mosaic
+from ..common.deim import set_stages
 from .rtdetrv2_r18_toy import dataloader, image_size, model, optimizer, train
 
 model.decoder.update(_decoder)
 model.criterion.update(_criterion)
 
 # Mosaic tiles are half the training size, as 320 is half of 640 on COCO.
-dataloader.train.mapper.update(policy_epoch=[1, 4, 6], mosaic=_mosaic, mosaic_prob=0.5)
+dataloader.train.mapper.update(mosaic=_mosaic, mosaic_prob=0.5)
 dataloader.train.mapper.mosaic.output_size = image_size // 2
-dataloader.train.update(
-    mixup_prob="${.mapper.mosaic_prob}",
-    mixup_epochs=[1, 4],
-    multi_scale=generate_scales(image_size, 3),
-    multi_scale_stop_epoch=6,
-)
+dataloader.train.update(mixup_prob="${.mapper.mosaic_prob}", multi_scale=generate_scales(image_size, 3))
+set_stages(dataloader, train, lr_multiplier, epochs=8, policy=[1, 4, 6], flat_epochs=4, no_aug_epochs=2)
 
 train.output_dir = "./output/quickstart_deim_rtdetrv2_r18_toy"
-train.epochs = 8
 train.eval_epochs = 1
 train.checkpoint_epochs = 2
-train.stage_switch.epoch = 6
 
 # Warm-up scaled down with the run (official: 2000 iterations, first iteration at lr / 2000).
-lr_multiplier.update(flat_epochs=4, no_aug_epochs=2, warmup_iters=100, initial_factor=1 / 100)
+lr_multiplier.update(warmup_iters=100, initial_factor=1 / 100)
