@@ -6,11 +6,13 @@ shapes at their own 256x256 size for 6 epochs on CPU, then evaluated with Detect
 The FDR / GO-LSD ablation at equal iterations (projects/DFine/README.md has the results):
 
     ... model.decoder.fdr=False model.criterion.go_lsd=False train.output_dir=./output/quickstart_dfine_n_toy_off
+
+The data pipeline, schedule (batch 8, flips only, linear warm-up over 100 iterations) and training
+defaults are those of the RT-DETRv2 quick start (rtdetrv2_r18_toy.py); the LRs and parameter groups
+those of configs/dfine_hgnetv2_n.py.
 """
-from ..common.data.toy_shapes import dataloader
-from ..common.optim import rtdetrv2_lr_multiplier as lr_multiplier
-from ..common.train import train
 from ..dfine_hgnetv2_n import model, optimizer
+from .rtdetrv2_r18_toy import dataloader, lr_multiplier, train
 
 image_size = 256
 model.encoder.eval_spatial_size = [image_size, image_size]
@@ -18,19 +20,9 @@ model.encoder.eval_spatial_size = [image_size, image_size]
 model.decoder.update(num_classes=6, num_queries=100, num_denoising=50, eval_spatial_size=[image_size, image_size])
 model.num_top_queries = 100
 
-dataloader.train.total_batch_size = 8
-dataloader.train.seed = 0
-# A short schedule from scratch: only flips, no photometric distortion / zoom-out / IoU crop.
-dataloader.train.mapper.policy_epoch = 0
+dataloader.train.mapper.image_size = image_size
+dataloader.test.mapper.image_size = image_size
 
 train.output_dir = "./output/quickstart_dfine_hgnetv2_n_toy"
 train.epochs = 6
 train.eval_epochs = 6
-train.checkpoint_epochs = 2
-train.log_period = 10
-train.ema.warmups = 100
-train.seed = 0
-train.stage_switch.epoch = None
-
-# configs/dfine_hgnetv2_n.py's LRs and parameter groups; the warm-up scaled down with the run.
-lr_multiplier.warmup_iters = 100
