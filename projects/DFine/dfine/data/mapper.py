@@ -235,13 +235,7 @@ def read_rgb_image(file_name: str) -> np.ndarray:
     """
     try:
         with PathManager.open(file_name, "rb") as f:
-            image = detection_utils._apply_exif_orientation(Image.open(f))
-            if image.mode in SIXTEEN_BIT_MODES:
-                gray = (np.clip(np.asarray(image, dtype=np.int64), 0, 65535) >> 8).astype(np.uint8)
-                return np.repeat(gray[:, :, None], 3, axis=2)
-            if image.mode == "F":
-                raise ValueError("a 32-bit float image has no defined 8-bit RGB conversion; convert it first")
-            rgb = detection_utils.convert_PIL_to_numpy(image, "RGB")
+            rgb = pil_to_rgb(Image.open(f))
     except FileNotFoundError as e:
         raise FileNotFoundError(f"Image file {file_name!r} does not exist.") from e
     except (OSError, ValueError, SyntaxError) as e:
@@ -249,6 +243,22 @@ def read_rgb_image(file_name: str) -> np.ndarray:
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
         raise OSError(f"Image file {file_name!r} decoded to {rgb.dtype} {rgb.shape}, not 8-bit RGB.")
     return rgb
+
+
+def pil_to_rgb(image: Image.Image) -> np.ndarray:
+    """A PIL image as ``(H, W, 3)`` uint8 RGB, as :func:`read_rgb_image` decodes files: EXIF
+    orientation applied, 16-bit images reduced to their high byte, other modes converted by PIL.
+
+    Raises:
+        ValueError: for a 32-bit float image, which has no defined 8-bit conversion.
+    """
+    image = detection_utils._apply_exif_orientation(image)
+    if image.mode in SIXTEEN_BIT_MODES:
+        gray = (np.clip(np.asarray(image, dtype=np.int64), 0, 65535) >> 8).astype(np.uint8)
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    if image.mode == "F":
+        raise ValueError("a 32-bit float image has no defined 8-bit RGB conversion; convert it first")
+    return detection_utils.convert_PIL_to_numpy(image, "RGB")
 
 
 def annotations_to_arrays(annotations: List[Dict], height: int, width: int) -> Tuple[np.ndarray, np.ndarray]:

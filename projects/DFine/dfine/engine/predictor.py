@@ -6,7 +6,7 @@ from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 
 from detectron2.config import LazyConfig, instantiate
 from detectron2.data import DatasetCatalog, MetadataCatalog
@@ -15,7 +15,7 @@ from detectron2.structures import Instances
 from omegaconf import DictConfig, OmegaConf
 
 from ..config import load_config
-from ..data.mapper import DetrDatasetMapper, read_rgb_image
+from ..data.mapper import DetrDatasetMapper, pil_to_rgb, read_rgb_image
 from .ema import load_ema_or_model_weights
 from .trainer import resolve_device
 
@@ -43,7 +43,7 @@ class Predictor:
     * a ``numpy`` uint8 array ``(H, W, 3)`` in ``array_format`` channel order, BGR by default like
       ``cv2.imread`` and detectron2's ``DefaultPredictor``; ``(H, W)`` and ``(H, W, 1)`` are gray,
       and ``(H, W, 4)`` loses its alpha channel (BGRA or RGBA, after ``array_format``);
-    * a PIL image (EXIF orientation applied, converted to RGB).
+    * a PIL image (decoded as files are, :func:`~dfine.data.mapper.pil_to_rgb`).
 
     Outputs: for each image an :class:`Instances` on the CPU with the original image size and
     ``pred_boxes`` (absolute XYXY in original-image pixels), ``scores`` and ``pred_classes``
@@ -127,7 +127,7 @@ class Predictor:
         if isinstance(image, (str, os.PathLike)):
             return read_rgb_image(os.fspath(image))
         if isinstance(image, Image.Image):
-            return np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
+            return pil_to_rgb(image)
         if isinstance(image, np.ndarray):
             if image.dtype != np.uint8:
                 raise TypeError(f"Image arrays must be uint8, got {image.dtype}")
