@@ -19,8 +19,9 @@ Config overrides (``key=value``) apply as in train_net.py, e.g.
   clock waits for the device. When onnx and onnxruntime are installed, also the deploy form
   exported to ONNX with its post-processor (``dfine.export``) run by onnxruntime on the CPU with
   as many threads as PyTorch's (``form: "onnxruntime"``, ``device: "cpu"``).
-* ``train``: one training step (forward, loss, backward, gradient clipping, optimizer step, as
-  the config's ``optimizer`` and ``train.clip_grad`` / ``train.amp`` set them) on ``--batch-size``
+* ``train``: one training step of train_net.py's ``Trainer`` (forward, loss, backward, gradient
+  clipping, optimizer step, as the config's ``optimizer`` and ``train.clip_grad`` / ``train.amp``
+  set them) on ``--batch-size``
   random images of the training size (the train mapper's ``image_size``) with 1-8 random boxes
   each: ``ms`` (median), ``ms_all``, ``images_per_s``.
 * Every ``latency`` and ``train`` line has ``peak_memory_mb``: on CUDA the peak allocated device
@@ -51,11 +52,12 @@ import torch
 from detectron2.config import LazyCall as L
 from detectron2.config import instantiate
 from detectron2.structures import Boxes, Instances
+from detectron2.utils.events import EventStorage
 from torch import nn
 
 from dfine.config import load_config
 from dfine.data import Mosaic
-from dfine.engine import resolve_device
+from dfine.engine import Trainer, resolve_device
 from dfine.export import INPUT_NAME, export_onnx, onnxruntime_session, random_images
 
 # Far-away epochs: epoch 0 of the benchmark sits in the stage each variant asks for.
@@ -259,23 +261,17 @@ def benchmark_train(cfg, args, emit) -> None:
     model = instantiate(cfg.model).to(device).train()
     optimizer_cfg = copy.deepcopy(cfg.optimizer)
     optimizer_cfg.params.model = model
-    optimizer = instantiate(optimizer_cfg)
-    amp = device.type == "cuda" and cfg.train.amp.enabled
-    dtype = getattr(torch, cfg.train.amp.get("dtype", "float16"))
-    scaler = torch.amp.GradScaler(device.type, enabled=amp and dtype == torch.float16)
-    max_norm = cfg.train.clip_grad.max_norm
     batch = random_training_batch(args.batch_size, size, model.decoder.num_classes, device)
+    # The training step of train_net.py (AMP, scaler, clipping, the non-finite check, metrics).
+    trainer = Trainer(model=model, data_loader=itertools.repeat(batch), optimizer=instantiate(optimizer_cfg),
+                      amp_enabled=cfg.train.amp.enabled, amp_dtype=cfg.train.amp.dtype,
+                      clip_grad_max_norm=cfg.train.clip_grad.max_norm)
+    amp = trainer.amp_enabled
 
     def step():
-        with torch.autocast(device.type, dtype=dtype, enabled=amp):
-            loss = sum(model(batch).values())
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        if max_norm > 0:
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
-        scaler.step(optimizer)
-        scaler.update()
+        with EventStorage(trainer.iter):
+            trainer.run_step()
+        trainer.iter += 1
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
