@@ -8,6 +8,7 @@ import copy
 import importlib.util
 import itertools
 import json
+import logging
 import math
 import os
 import random
@@ -458,6 +459,35 @@ def test_trainer_amp_on_cuda(dtype):
     # The GradScaler is only needed (and used) for float16.
     assert trainer.grad_scaler.is_enabled() == (dtype == "float16")
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_trainer_skips_and_reports_a_float16_overflow_step(caplog):
+    """With float16 AMP an overflowing gradient makes the GradScaler skip the step (the official
+    loop does the same, silently). A CPU GradScaler stands in for the CUDA one, and a gradient
+    hook makes the decoder's gradient overflow at the second iteration only."""
+    trainer = _tiny_trainer()
+    trainer.grad_scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    weight = trainer.model.decoder.weight
+    snapshots = []
+    weight.register_hook(lambda g: g * 1e38 if len(snapshots) == 2 else g)
+
+    class Snapshot(hooks.HookBase):
+        def before_step(self):
+            snapshots.append({k: v.clone() for k, v in self.trainer.model.state_dict().items()})
+
+    trainer.register_hooks([Snapshot()])
+    with caplog.at_level(logging.WARNING, logger="dfine.engine.trainer"):
+        trainer.train(0, 3)
+    assert trainer.skipped_steps == 1
+    assert trainer.grad_scaler.get_scale() == 512.0
+    # Iteration 1 changed nothing; iterations 0 and 2 did update the weights.
+    assert all(torch.equal(snapshots[1][k], snapshots[2][k]) for k in snapshots[1] if "running" not in k
+               and "num_batches" not in k)
+    assert not torch.equal(snapshots[0]["decoder.weight"], snapshots[1]["decoder.weight"])
+    assert not torch.equal(snapshots[2]["decoder.weight"], trainer.model.decoder.weight)
+    messages = [r.getMessage() for r in caplog.records if "overflowed" in r.getMessage()]
+    assert len(messages) == 1 and "Iteration 1" in messages[0] and "skipped" in messages[0]
+    assert "1024" in messages[0] and "512" in messages[0]
 
 
 def test_trainer_state_round_trips_through_detection_checkpointer(tmp_path):

@@ -90,6 +90,7 @@ class Trainer(SimpleTrainer):
         # A disabled scaler passes losses and steps through unchanged, so there is one code path.
         self.grad_scaler = torch.amp.GradScaler("cuda", enabled=self.amp_enabled and amp_dtype == torch.float16)
         self.clip_grad_max_norm = float(clip_grad_max_norm)
+        self.skipped_steps = 0  # float16 overflows, see `_scaled_step`
 
     @property
     def _data_loader_iter(self):
@@ -126,8 +127,27 @@ class Trainer(SimpleTrainer):
         self._check_finite(loss_dict, data)
         self._write_metrics(loss_dict, data_time)
 
+        self._scaled_step()
+
+    def _scaled_step(self) -> None:
+        """The optimizer step through the GradScaler. With float16 AMP the scaler skips the step
+        when a gradient overflowed (inf or NaN after scaling) and halves the scale; the official
+        loop does that silently, here every skipped step is logged and counted
+        (``skipped_steps``). Reading the scale costs no extra wait: the scaler's own step has
+        already copied its overflow flag to the host."""
+        if not self.grad_scaler.is_enabled():
+            self.optimizer.step()
+            return
+        scale = self.grad_scaler.get_scale()
         self.grad_scaler.step(self.optimizer)
         self.grad_scaler.update()
+        new_scale = self.grad_scaler.get_scale()
+        if new_scale < scale:
+            self.skipped_steps += 1
+            logger.warning(
+                "Iteration %d: the float16 gradients overflowed at loss scale %g, so the optimizer step "
+                "was skipped (weights unchanged) and the scale lowered to %g; %d step(s) skipped so far.",
+                self.iter, scale, new_scale, self.skipped_steps)
 
     def _check_finite(self, loss_dict: Dict[str, torch.Tensor], data: List[Dict]) -> None:
         """Stop at a NaN or infinite loss: raise ``FloatingPointError`` naming the terms and the
@@ -159,6 +179,7 @@ class Trainer(SimpleTrainer):
         ret = super().state_dict()
         # Empty when the scaler is disabled; otherwise floats and ints only.
         ret["grad_scaler"] = self.grad_scaler.state_dict()
+        ret["skipped_steps"] = self.skipped_steps
         data_seed = getattr(self.data_loader, "seed", None)
         if data_seed is not None:
             ret["data_seed"] = data_seed
@@ -169,6 +190,7 @@ class Trainer(SimpleTrainer):
         # A checkpoint of a run without float16 AMP has no scaler state: keep the fresh scaler.
         if self.grad_scaler.is_enabled() and state_dict.get("grad_scaler"):
             self.grad_scaler.load_state_dict(state_dict["grad_scaler"])
+        self.skipped_steps = state_dict.get("skipped_steps", 0)
         data_seed = state_dict.get("data_seed")
         if data_seed is not None and hasattr(self.data_loader, "set_seed"):
             if self.data_loader.seed != data_seed:
