@@ -49,6 +49,17 @@ def test_loader_variants(capsys):
     assert all(x["benchmark"] == "loader" and x["images_per_s"] > 0 and x["batch_size"] == 8 for x in lines)
 
 
+def test_loader_memory_samples_every_process(capsys):
+    benchmark.main(["--config-file", TOY, "--what", "loader_memory", "--variants", "dense_o2o_cache",
+                    "--batches", "4", "--num-workers", "1"])
+    *samples, summary = _lines(capsys)
+    assert [x["batches"] for x in samples] == [1, 2, 3, 4] and [x["images"] for x in samples] == [8, 16, 24, 32]
+    assert all(len(x["workers_rss_mb"]) == 1 and x["main_rss_mb"] > 0 and x["total_pss_mb"] > 0 for x in samples)
+    assert summary["summary"] and summary["images"] == 32 and summary["num_workers"] == 1
+    assert summary["pss_growth_mb"] == pytest.approx(
+        samples[-1]["total_pss_mb"] - samples[0]["total_pss_mb"], abs=0.11)
+
+
 def test_unknown_measurement_is_refused():
     with pytest.raises(SystemExit):
         benchmark.main(["--config-file", TOY, "--what", "speed"])

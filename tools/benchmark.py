@@ -34,6 +34,12 @@ Config overrides (``key=value``) apply as in train_net.py, e.g.
   a fresh loader, skips ``--warmup`` batches (worker start-up) and times ``--batches``. Fields:
   ``variant``, ``images_per_s`` (median), ``images_per_s_all``, ``batch_size``, ``num_workers``,
   ``image_size``, ``batches``, ``repeats``.
+* ``loader_memory``: host memory of one long run of the training loader (``--variants``, first
+  item; ``dense_o2o_cache`` is the worst case, Mosaic with its cache) over ``--batches`` batches,
+  sampled about 20 times: one line per sample with ``images`` drawn so far, ``main_rss_mb``,
+  ``workers_rss_mb`` (one per worker) and ``total_pss_mb`` (proportional set size of the main
+  process and the workers together, which counts pages shared between them once; Linux only),
+  then a ``"summary": true`` line with ``pss_growth_mb`` from the first sample to the last.
 """
 import argparse
 import copy
@@ -123,6 +129,45 @@ def benchmark_loader(cfg, args, emit) -> None:
              images_per_s_all=[round(r, 2) for r in rates], batch_size=variant_cfg.total_batch_size,
              num_workers=variant_cfg.num_workers, image_size=variant_cfg.mapper.image_size, batches=args.batches,
              repeats=args.repeats)
+
+
+def process_memory_mb(pid: int) -> dict:
+    """``{"rss": ..., "pss": ...}`` in MiB from ``/proc/<pid>/smaps_rollup`` (Linux)."""
+    fields = {}
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        for line in f:
+            name, _, rest = line.partition(":")
+            if name in ("Rss", "Pss"):
+                fields[name.lower()] = round(int(rest.split()[0]) / 1024, 1)  # kB
+    return fields
+
+
+def benchmark_loader_memory(cfg, args, emit) -> None:
+    train_cfg = loader_variant(cfg.dataloader.train, args.variants[0])
+    if args.num_workers is not None:
+        train_cfg.num_workers = args.num_workers
+    train_cfg.seed = 0
+    loader = instantiate(train_cfg)
+    iterator = iter(loader)
+    workers = getattr(iterator, "_workers", [])  # torch's worker processes (none with 0 workers)
+    every = max(1, args.batches // 20)
+    samples, images = [], 0
+    for done in range(1, args.batches + 1):
+        images += len(next(iterator))
+        if done % every and done != args.batches:
+            continue
+        main_mem = process_memory_mb(os.getpid())
+        worker_mem = [process_memory_mb(w.pid) for w in workers]
+        sample = dict(batches=done, images=images, main_rss_mb=main_mem["rss"],
+                      workers_rss_mb=[m["rss"] for m in worker_mem],
+                      total_pss_mb=round(main_mem["pss"] + sum(m["pss"] for m in worker_mem), 1))
+        samples.append(sample)
+        emit("loader_memory", variant=args.variants[0], num_workers=train_cfg.num_workers, **sample)
+    del iterator
+    emit("loader_memory", summary=True, variant=args.variants[0], num_workers=train_cfg.num_workers,
+         images=images, dataset_images=len(loader.dataset), first_total_pss_mb=samples[0]["total_pss_mb"],
+         last_total_pss_mb=samples[-1]["total_pss_mb"],
+         pss_growth_mb=round(samples[-1]["total_pss_mb"] - samples[0]["total_pss_mb"], 1))
 
 
 def test_image_size(cfg):
@@ -281,7 +326,7 @@ def benchmark_train(cfg, args, emit) -> None:
 
 
 BENCHMARKS = {"params": benchmark_params, "flops": benchmark_flops, "latency": benchmark_latency,
-              "train": benchmark_train, "loader": benchmark_loader}
+              "train": benchmark_train, "loader": benchmark_loader, "loader_memory": benchmark_loader_memory}
 
 
 def main(argv=None) -> None:
@@ -294,7 +339,7 @@ def main(argv=None) -> None:
     parser.add_argument("--warmup", type=int, default=2, help="untimed runs (loader: batches) first")
     parser.add_argument("--batch-size", type=int, default=4, help="latency: the batch size besides 1; train: the batch")
     parser.add_argument("--variants", nargs="+", choices=sorted(LOADER_VARIANTS), default=list(LOADER_VARIANTS))
-    parser.add_argument("--batches", type=int, default=20, help="loader: timed batches per repeat")
+    parser.add_argument("--batches", type=int, default=20, help="loader: timed batches per repeat; loader_memory: batches of the run")
     parser.add_argument("--num-workers", type=int, default=None, help="loader: default the config's")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides key=value")
     args = parser.parse_args(argv)
