@@ -1,10 +1,12 @@
 """Distributed training on CPU (gloo): two processes give the gradients of one process with the
-combined batch, and a process whose images have no boxes neither hangs nor changes the loss keys.
+combined batch, a process whose images have no boxes neither hangs nor changes the loss keys, and
+evaluation gathers every image's predictions once.
 
 detectron2 main launches CPU workers with gloo; detectron2 0.6's ``launch`` needs CUDA, so the tests
 use a small ``torch.multiprocessing`` harness (the same process group and DDP wrapping).
 """
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -70,9 +72,9 @@ def _worker(rank, world_size, init_file, out_dir, boxes_per_image, overrides):
         dist.destroy_process_group()
 
 
-def _run(tmp_path, boxes_per_image, overrides=()):
+def _run(tmp_path, boxes_per_image, overrides=(), worker=_worker):
     context = mp.start_processes(
-        _worker, args=(2, str(tmp_path / "init"), str(tmp_path), boxes_per_image, list(overrides)), nprocs=2,
+        worker, args=(2, str(tmp_path / "init"), str(tmp_path), boxes_per_image, list(overrides)), nprocs=2,
         join=False, start_method="spawn")
     for process in context.processes:
         process.join(TIMEOUT_S)
@@ -104,3 +106,64 @@ def test_a_process_without_boxes_keeps_the_loss_keys_and_does_not_hang(tmp_path)
     assert ranks[0]["keys"] == ranks[1]["keys"]
     assert any("_dn_" in key for key in ranks[0]["keys"])
     assert all(torch.isfinite(g).all() for g in ranks[1]["grads"].values())
+
+
+def _evaluate(val_dataset):
+    """train_net's ``do_test`` of the tiny model (random weights) on ``val_dataset``, with
+    detectron2's ``comm.gather`` recorded: ``(results, image ids of each gather call)``."""
+    import train_net
+    from detectron2.utils import comm
+
+    cfg = LazyConfig.load(str(ROOT / "configs" / "quickstart" / "rtdetrv2_r18_toy.py"))
+    cfg = LazyConfig.apply_overrides(cfg, TINY_MODEL + [
+        f"dataloader.test.dataset.names={val_dataset}", "dataloader.test.num_workers=0",
+        "dataloader.test.mapper.image_size=64"])
+    torch.manual_seed(0)
+    model = instantiate(cfg.model).eval()
+    gathered, gather = [], comm.gather
+
+    def recording_gather(data, dst=0, group=None):
+        out = gather(data, dst=dst, group=group)
+        gathered.append(sorted(p["image_id"] for part in out for p in part))
+        return out
+
+    comm.gather = recording_gather
+    try:
+        return train_net.do_test(cfg, model), gathered
+    finally:
+        comm.gather = gather
+
+
+def _eval_worker(rank, world_size, init_file, out_dir, tiny_coco_root, _overrides):
+    sys.path.insert(0, str(ROOT))
+    _register_tiny_val(tiny_coco_root)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    try:
+        torch.set_num_threads(1)
+        results, gathered = _evaluate("tiny_coco_val")
+        torch.save({"results": dict(results.get("bbox", {})), "gathered": gathered},
+                   os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def _register_tiny_val(root):
+    from detectron2.data import DatasetCatalog
+    from dfine.data.datasets import register_coco_dataset
+    from dfine.data.toy_shapes import toy_shapes_paths
+
+    if "tiny_coco_val" not in DatasetCatalog.list():
+        register_coco_dataset("tiny_coco_val", *toy_shapes_paths(root, "val"))
+
+
+def test_evaluation_gathers_every_image_once(tmp_path, tiny_coco):
+    ranks = _run(tmp_path, tiny_coco.root, worker=_eval_worker)
+    results, gathered = _evaluate(tiny_coco.val)
+    image_ids = gathered[0]
+    assert len(image_ids) == 4 and len(set(image_ids)) == 4  # every prediction of every image once
+    # Each process gathers once (inside COCOEvaluator.evaluate); rank 0 receives both shards.
+    assert [len(r["gathered"]) for r in ranks] == [1, 1]
+    assert ranks[0]["gathered"][0] == image_ids
+    # Rank 0 reports the metrics of one process over the whole set; other ranks report none.
+    assert ranks[0]["results"] == pytest.approx(dict(results["bbox"]), nan_ok=True)
+    assert ranks[1]["results"] == {}
