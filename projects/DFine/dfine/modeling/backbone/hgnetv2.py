@@ -1,11 +1,12 @@
-"""HGNetv2: the backbone of D-FINE and DEIM-D-FINE (PaddlePaddle's PP-HGNetV2, official
-``src/nn/backbone/hgnetv2.py`` of D-FINE).
+"""HGNetv2: the backbone of D-FINE, DEIM-D-FINE and the HGNetv2 sizes of DEIMv2 (PaddlePaddle's
+PP-HGNetV2, official ``src/nn/backbone/hgnetv2.py`` of D-FINE, ``engine/backbone/hgnetv2.py`` of DEIMv2).
 
 A stem of strided convs with a max-pool branch, then four stages of HG blocks: each block runs a
 chain of convs (plain, or "light" = 1x1 + depth-wise), concatenates the input with every
 intermediate output and squeezes the result back with two 1x1 convs. Optional learnable affine
-blocks (LAB, a scalar scale and bias after each activation) are used by the small sizes. Parameter
-names follow the official module, so official checkpoints load unchanged.
+blocks (LAB, a scalar scale and bias after each activation) are used by the small sizes. DEIMv2 adds
+three pruned B0 derivatives with only three stages (Atto, Femto, Pico) for its smallest detectors.
+Parameter names follow the official module, so official checkpoints load unchanged.
 """
 from typing import Dict, NamedTuple, Sequence, Tuple
 
@@ -16,7 +17,8 @@ from torch import nn
 from ..layers.common import get_activation
 from .common import freeze_batch_norm, run_stages, select_stages
 
-__all__ = ["HGNetv2", "HGNETV2_ARCHS"]
+__all__ = ["HGNetv2", "HGNETV2_ARCHS", "HGNETV2_PRUNED_ARCHS"]
+
 
 class StageSpec(NamedTuple):
     in_channels: int
@@ -54,6 +56,23 @@ HGNETV2_ARCHS: Dict[str, ArchSpec] = {
                 (512, 256, 1024, 5, True, True, 5, 6), (1024, 512, 2048, 2, True, True, 5, 6)),
     "B6": _arch((3, 48, 96), (96, 96, 192, 2, False, False, 3, 6), (192, 192, 512, 3, True, False, 3, 6),
                 (512, 384, 1024, 6, True, True, 5, 6), (1024, 768, 2048, 3, True, True, 5, 6)),
+}
+
+
+def _pruned_b0(last_stage) -> ArchSpec:
+    """B0's stem and first two stages, then ``last_stage`` in place of B0's last two stages."""
+    b0 = HGNETV2_ARCHS["B0"]
+    return ArchSpec(b0.stem_channels, b0.stages[:2] + (StageSpec(*last_stage),))
+
+
+# DEIMv2's three-stage variants (stride 16 at most). They have no ImageNet checkpoints of their own
+# (DEIMv2 starts them from B0's where the shapes agree), hence a table apart from the PP-HGNetV2
+# sizes. Pico is B0 without its last stage; Femto also has a single block in stage 3, and Atto
+# additionally narrows stage 3 to 256 channels with 3x3 depth-wise kernels.
+HGNETV2_PRUNED_ARCHS: Dict[str, ArchSpec] = {
+    "Atto": _pruned_b0((256, 64, 256, 1, True, True, 3, 3)),
+    "Femto": _pruned_b0((256, 64, 512, 1, True, True, 5, 3)),
+    "Pico": _pruned_b0((256, 64, 512, 2, True, True, 5, 3)),
 }
 
 
@@ -173,30 +192,35 @@ class HGStage(nn.Module):
 
 
 class HGNetv2(nn.Module):
-    """HGNetv2 (B0-B6) returning the feature maps of the stages in ``return_idx``.
+    """HGNetv2 (B0-B6, or DEIMv2's Atto/Femto/Pico) returning the feature maps of the stages in ``return_idx``.
 
     Args:
-        name: "B0" ... "B6" (:data:`HGNETV2_ARCHS`).
-        use_lab: learnable affine blocks after the activations (D-FINE N/S/M use them).
+        name: "B0" ... "B6" (:data:`HGNETV2_ARCHS`) or "Atto", "Femto", "Pico"
+            (:data:`HGNETV2_PRUNED_ARCHS`, three stages: ``return_idx=[2]`` gives the stride-16 map).
+        use_lab: learnable affine blocks after the activations (D-FINE N/S/M and DEIMv2
+            Atto/Femto/Pico/N/S/M use them).
         return_idx: increasing stage indices to return; stage i has stride ``4 * 2**i``.
         freeze_at: -1 trains everything; ``k >= 0`` freezes the stem, and with
             ``freeze_stem_only=False`` also the stages ``0..k`` (the official rule).
         freeze_stem_only: see ``freeze_at``.
         freeze_norm: replace every BatchNorm2d by detectron2's FrozenBatchNorm2d.
-        act: activation of every conv that has one ("relu" in all D-FINE/DEIM configs).
+        act: activation of every conv that has one ("relu" in all D-FINE/DEIM/DEIMv2 configs; DEIMv2
+            made it an argument).
 
     Input ``[B, 3, H, W]``; output a list, one map per ``return_idx`` entry, of shape
     ``[B, out_channels[i], ceil(H / out_strides[i]), ceil(W / out_strides[i])]``.
-    The official model downloads ImageNet weights when built; here pretrained weights come in
-    through ``train.init_checkpoint`` (see tools/convert_official.py).
+    The official model downloads ImageNet weights when built (B0's for the pruned variants, loaded
+    non-strictly); here pretrained weights come in through ``train.init_checkpoint`` (see
+    tools/convert_official.py).
     """
 
     def __init__(self, name: str, use_lab: bool = False, return_idx: Sequence[int] = (1, 2, 3), freeze_at: int = 0,
                  freeze_stem_only: bool = True, freeze_norm: bool = True, act: str = "relu"):
         super().__init__()
-        if name not in HGNETV2_ARCHS:
-            raise ValueError(f"HGNetv2 name must be one of {sorted(HGNETV2_ARCHS)}, got {name!r}")
-        arch = HGNETV2_ARCHS[name]
+        archs = {**HGNETV2_ARCHS, **HGNETV2_PRUNED_ARCHS}
+        if name not in archs:
+            raise ValueError(f"HGNetv2 name must be one of {sorted(archs)}, got {name!r}")
+        arch = archs[name]
         self.stem = StemBlock(*arch.stem_channels, use_lab=use_lab, act=act)
         self.stages = nn.ModuleList([HGStage(spec, use_lab=use_lab, act=act) for spec in arch.stages])
 

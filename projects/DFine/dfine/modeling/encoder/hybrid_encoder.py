@@ -1,11 +1,13 @@
 """Hybrid encoder of RT-DETR: AIFI (intra-scale attention on the coarsest level) + CCFF (cross-scale fusion).
 
 The CCFF blocks differ between the papers; ``version`` selects them, so every paper shares this
-one encoder. Parameter names follow the official modules so official checkpoints load unchanged.
+one encoder. DEIMv2's changes are switches too: ``version="deim"``, ``csp_type="csp2"``,
+``fuse_op="sum"`` and ``identity_input_proj``. Parameter names follow the official modules so
+official checkpoints load unchanged.
 """
 from collections import OrderedDict
 from functools import partial
-from typing import Callable, Dict, List, NamedTuple, Sequence
+from typing import Callable, Dict, List, NamedTuple, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -18,10 +20,16 @@ __all__ = [
     "TransformerEncoderLayer",
     "RepVggBlock",
     "CSPRepLayer",
+    "CSPRepLayer2",
     "CCFFBlocks",
     "CCFF_VERSIONS",
     "rt_detrv2_ccff_blocks",
     "dfine_ccff_blocks",
+    "deim_ccff_blocks",
+    "CSP_TYPES",
+    "FUSE_OPS",
+    "input_projection",
+    "convert_submodules_to_deploy",
     "SCDown",
     "RepNCSPELAN4",
     "build_2d_sincos_position_embedding",
@@ -75,6 +83,30 @@ class CSPRepLayer(nn.Module):
         return self.conv3(self.bottlenecks(self.conv1(x)) + self.conv2(x))
 
 
+class CSPRepLayer2(nn.Module):
+    """DEIMv2's cheaper CSP block (official ``CSPLayer2``, YOLO's RepC3): one 1x1 conv makes both
+    branches, ``a, b = conv1(x).chunk(2)``, and the output is ``conv3(a + RepVGG^n(b))``.
+
+    ``[B, in_channels, H, W] -> [B, out_channels, H, W]``; the branches have
+    ``int(out_channels * expansion)`` channels, and ``conv3`` is the identity when that is ``out_channels``.
+    """
+
+    def __init__(self, in_channels, out_channels, num_blocks=3, expansion=1.0, act="silu"):
+        super().__init__()
+        hidden = int(out_channels * expansion)
+        self.conv1 = ConvNormLayer(in_channels, 2 * hidden, 1, 1, act=act)
+        self.bottlenecks = nn.Sequential(*[RepVggBlock(hidden, hidden, act=act) for _ in range(num_blocks)])
+        self.conv3 = ConvNormLayer(hidden, out_channels, 1, 1, act=act) if hidden != out_channels else nn.Identity()
+
+    def forward(self, x):
+        shortcut, branch = self.conv1(x).chunk(2, dim=1)
+        return self.conv3(shortcut + self.bottlenecks(branch))
+
+
+# RepNCSPELAN4(csp_type=...) -> CSP block of its two branches.
+CSP_TYPES: Dict[str, Callable[..., nn.Module]] = {"csp": CSPRepLayer, "csp2": CSPRepLayer2}
+
+
 class SCDown(nn.Module):
     """Spatial-channel decoupled down-sampling of D-FINE: a 1x1 conv, then a depth-wise
     ``kernel_size`` conv with ``stride``, both conv + BN without activation."""
@@ -89,22 +121,34 @@ class SCDown(nn.Module):
 
 
 class RepNCSPELAN4(nn.Module):
-    """GELAN fusion block of D-FINE's CCFF.
+    """GELAN fusion block of D-FINE's and DEIMv2's CCFF.
 
     ``cv1`` (1x1, ``c3`` channels) is split in two halves; the second half goes through two
-    branches in a chain, each a CSPRep layer (``num_blocks`` RepVGG blocks, ``c4`` channels) and a
-    3x3 conv; the two halves and both branch outputs are concatenated and ``cv4`` (1x1) maps them
-    to ``c2``. ``[B, c1, H, W] -> [B, c2, H, W]``.
+    branches in a chain, each a CSP layer (``num_blocks`` RepVGG blocks, ``c4`` channels) and,
+    with ``branch_conv``, a 3x3 conv; the two halves and both branch outputs are concatenated and
+    ``cv4`` (1x1) maps them to ``c2``. ``[B, c1, H, W] -> [B, c2, H, W]``.
+
+    ``csp_type`` picks the CSP layer: "csp" (:class:`CSPRepLayer`, D-FINE) or "csp2"
+    (:class:`CSPRepLayer2`, DEIMv2). ``csp_type="csp2", branch_conv=False`` is the official
+    DEIMv2 ``RepNCSPELAN5`` (same parameter names).
     """
 
-    def __init__(self, c1, c2, c3, c4, num_blocks=3, act="silu"):
+    def __init__(self, c1, c2, c3, c4, num_blocks=3, act="silu", csp_type="csp", branch_conv=True):
         super().__init__()
+        if csp_type not in CSP_TYPES:
+            raise ValueError(f"Unknown csp_type {csp_type!r}; available: {sorted(CSP_TYPES)}")
+        csp_layer = CSP_TYPES[csp_type]
+
+        def branch(in_channels):
+            layers = [csp_layer(in_channels, c4, num_blocks, expansion=1.0, act=act)]
+            if branch_conv:
+                layers.append(ConvNormLayer(c4, c4, 3, 1, act=act))
+            return nn.Sequential(*layers)
+
         self.half = c3 // 2
         self.cv1 = ConvNormLayer(c1, c3, 1, 1, act=act)
-        self.cv2 = nn.Sequential(CSPRepLayer(c3 // 2, c4, num_blocks, expansion=1.0, act=act),
-                                 ConvNormLayer(c4, c4, 3, 1, act=act))
-        self.cv3 = nn.Sequential(CSPRepLayer(c4, c4, num_blocks, expansion=1.0, act=act),
-                                 ConvNormLayer(c4, c4, 3, 1, act=act))
+        self.cv2 = branch(c3 // 2)
+        self.cv3 = branch(c4)
         self.cv4 = ConvNormLayer(c3 + 2 * c4, c2, 1, 1, act=act)
 
     def forward(self, x):
@@ -168,6 +212,13 @@ def build_2d_sincos_position_embedding(w: int, h: int, embed_dim: int = 256, tem
     return torch.cat([out_w.sin(), out_w.cos(), out_h.sin(), out_h.cos()], dim=1)[None]
 
 
+def input_projection(in_channels: int, hidden_dim: int) -> nn.Sequential:
+    """1x1 conv (no bias) + BatchNorm from a backbone map to ``hidden_dim`` channels (not folded by
+    ``convert_to_deploy``, like the official one)."""
+    return nn.Sequential(OrderedDict([("conv", nn.Conv2d(in_channels, hidden_dim, 1, bias=False)),
+                                      ("norm", nn.BatchNorm2d(hidden_dim))]))
+
+
 class CCFFBlocks(NamedTuple):
     """Builders of one paper's CCFF parts; every call returns a new module. ``h`` is ``hidden_dim``."""
 
@@ -176,8 +227,15 @@ class CCFFBlocks(NamedTuple):
     fusion: Callable[[int], nn.Module]  # in channels c -> module [B, c, H, W] -> [B, h, H, W]
 
 
-def rt_detrv2_ccff_blocks(hidden_dim: int, expansion: float, depth_mult: float, act: str) -> CCFFBlocks:
+def _check_csp_type(version: str, csp_type: str, supported: str):
+    if csp_type != supported:
+        raise ValueError(f"HybridEncoder version {version!r} only builds csp_type={supported!r}, got {csp_type!r}")
+
+
+def rt_detrv2_ccff_blocks(hidden_dim: int, expansion: float, depth_mult: float, act: str,
+                          csp_type: str = "csp") -> CCFFBlocks:
     """RT-DETR / RT-DETRv2: activated 1x1 lateral and 3x3 stride-2 convs, CSPRep fusion blocks."""
+    _check_csp_type("rt_detrv2", csp_type, "csp")
     return CCFFBlocks(
         lateral=partial(ConvNormLayer, hidden_dim, hidden_dim, 1, 1, act=act),
         downsample=partial(ConvNormLayer, hidden_dim, hidden_dim, 3, 2, act=act),
@@ -186,22 +244,48 @@ def rt_detrv2_ccff_blocks(hidden_dim: int, expansion: float, depth_mult: float, 
     )
 
 
-def dfine_ccff_blocks(hidden_dim: int, expansion: float, depth_mult: float, act: str) -> CCFFBlocks:
+def dfine_ccff_blocks(hidden_dim: int, expansion: float, depth_mult: float, act: str, csp_type: str = "csp",
+                      branch_conv: bool = True) -> CCFFBlocks:
     """D-FINE / DEIM-D-FINE: 1x1 lateral convs without activation, SCDown down-sampling and GELAN
     (RepNCSPELAN4) fusion with ``round(expansion * hidden_dim // 2)`` branch channels. (The
-    official D-FINE encoder builds the GELAN blocks with SiLU whatever ``act`` says; DEIM passes
-    ``act``; every official config uses SiLU.)"""
+    official D-FINE encoder builds the GELAN blocks with SiLU whatever ``act`` says; DEIM and
+    DEIMv2 pass ``act``; every official config uses SiLU.) DEIMv2's N and S use this version with
+    ``csp_type="csp2"``; "csp" is D-FINE's block (DEIMv2's own code fails to build that combination)."""
     return CCFFBlocks(
         lateral=partial(ConvNormLayer, hidden_dim, hidden_dim, 1, 1),
         downsample=lambda: nn.Sequential(SCDown(hidden_dim, hidden_dim, 3, 2)),
         fusion=lambda in_channels: RepNCSPELAN4(
-            in_channels, hidden_dim, 2 * hidden_dim, round(expansion * hidden_dim // 2), round(3 * depth_mult), act=act),
+            in_channels, hidden_dim, 2 * hidden_dim, round(expansion * hidden_dim // 2), round(3 * depth_mult), act=act,
+            csp_type=csp_type, branch_conv=branch_conv),
     )
 
 
+def deim_ccff_blocks(hidden_dim: int, expansion: float, depth_mult: float, act: str,
+                     csp_type: str = "csp2") -> CCFFBlocks:
+    """DEIMv2 (``version="deim"``, its M/L/X and DINOv3 sizes): D-FINE's lateral convs and SCDown,
+    GELAN fusion with :class:`CSPRepLayer2` branches and no 3x3 conv after them (official
+    ``RepNCSPELAN5``)."""
+    _check_csp_type("deim", csp_type, "csp2")
+    return dfine_ccff_blocks(hidden_dim, expansion, depth_mult, act, csp_type="csp2", branch_conv=False)
+
+
 # ``HybridEncoder(version=...)`` -> builder of that paper's CCFF blocks, called with
-# (hidden_dim, expansion, depth_mult, act).
-CCFF_VERSIONS: Dict[str, Callable[..., CCFFBlocks]] = {"rt_detrv2": rt_detrv2_ccff_blocks, "dfine": dfine_ccff_blocks}
+# (hidden_dim, expansion, depth_mult, act) and ``csp_type`` when the encoder is given one.
+CCFF_VERSIONS: Dict[str, Callable[..., CCFFBlocks]] = {
+    "rt_detrv2": rt_detrv2_ccff_blocks,
+    "dfine": dfine_ccff_blocks,
+    "deim": deim_ccff_blocks,
+}
+
+
+def concat_channels(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return torch.cat([a, b], dim=1)
+
+
+# ``HybridEncoder(fuse_op=...)``: how a fusion block's two inputs (same shape) are combined, and
+# its input channels as a multiple of hidden_dim.
+FUSE_OPS: Dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {"cat": concat_channels, "sum": torch.add}
+_FUSE_WIDTH = {"cat": 2, "sum": 1}
 
 
 class HybridEncoder(nn.Module):
@@ -219,7 +303,16 @@ class HybridEncoder(nn.Module):
         eval_spatial_size: ``(h, w)`` of the inference input. The position embedding for that size is
             precomputed (a non-persistent buffer, as in the official model); training and other sizes
             compute it on the fly.
-        version: which paper's CCFF blocks to build, a key of ``CCFF_VERSIONS``.
+        version: which paper's CCFF blocks to build, a key of ``CCFF_VERSIONS``: "rt_detrv2",
+            "dfine" (also DEIM and DEIMv2 N/S) or "deim" (DEIMv2 M/L/X and DINOv3 sizes).
+        csp_type: CSP layer inside the GELAN blocks of ``version="dfine"``: "csp" (D-FINE, DEIM)
+            or "csp2" (DEIMv2). ``None`` takes the version's own ("csp", or "csp2" for "deim");
+            the other versions reject a value they cannot build.
+        fuse_op: how the FPN/PAN blocks combine their two inputs: "cat" on channels (blocks take
+            ``2 * hidden_dim`` channels) or "sum" (DEIMv2; blocks take ``hidden_dim``).
+        identity_input_proj: DEIMv2 skips the input projection (``nn.Identity``, no parameters) of
+            the levels whose ``in_channels`` already equal ``hidden_dim``; D-FINE/DEIM/RT-DETRv2
+            always project (their S configs have a 256-channel level with a 256 ``hidden_dim``).
 
     Input: backbone maps ``[B, in_channels[i], H_i, W_i]``. Output: a list of as many maps
     ``[B, hidden_dim, H_i, W_i]`` at the same strides (``out_strides``).
@@ -229,10 +322,13 @@ class HybridEncoder(nn.Module):
                  hidden_dim: int = 256, nhead: int = 8, dim_feedforward: int = 1024, dropout: float = 0.0,
                  enc_act: str = "gelu", use_encoder_idx: Sequence[int] = (2,), num_encoder_layers: int = 1,
                  pe_temperature: float = 10000, expansion: float = 1.0, depth_mult: float = 1.0, act: str = "silu",
-                 eval_spatial_size=None, version: str = "rt_detrv2"):
+                 eval_spatial_size=None, version: str = "rt_detrv2", csp_type: Optional[str] = None,
+                 fuse_op: str = "cat", identity_input_proj: bool = False):
         super().__init__()
         if version not in CCFF_VERSIONS:
             raise ValueError(f"Unknown HybridEncoder version {version!r}; available: {sorted(CCFF_VERSIONS)}")
+        if fuse_op not in FUSE_OPS:
+            raise ValueError(f"Unknown HybridEncoder fuse_op {fuse_op!r}; available: {sorted(FUSE_OPS)}")
         self.in_channels = list(in_channels)
         self.feat_strides = list(feat_strides)
         self.hidden_dim = hidden_dim
@@ -242,10 +338,10 @@ class HybridEncoder(nn.Module):
         self.eval_spatial_size = eval_spatial_size
         self.out_channels: List[int] = [hidden_dim] * len(in_channels)
         self.out_strides: List[int] = list(feat_strides)
+        self.fuse_op = fuse_op
 
         self.input_proj = nn.ModuleList(
-            nn.Sequential(OrderedDict([("conv", nn.Conv2d(c, hidden_dim, 1, bias=False)),
-                                       ("norm", nn.BatchNorm2d(hidden_dim))]))
+            nn.Identity() if identity_input_proj and c == hidden_dim else input_projection(c, hidden_dim)
             for c in in_channels
         )
         self.encoder = nn.ModuleList(
@@ -253,14 +349,16 @@ class HybridEncoder(nn.Module):
                                dropout=dropout, activation=enc_act)
             for _ in self.use_encoder_idx
         )
-        blocks = CCFF_VERSIONS[version](hidden_dim, expansion, depth_mult, act)
+        blocks = CCFF_VERSIONS[version](hidden_dim, expansion, depth_mult, act,
+                                        **({} if csp_type is None else {"csp_type": csp_type}))
         num_fusions = len(in_channels) - 1
         # Top-down fusion blocks see [upsampled coarser map, lateral map]; bottom-up ones see
-        # [down-sampled finer map, top-down output]: both concatenated on channels.
+        # [down-sampled finer map, top-down output]: both combined by ``fuse_op``.
+        fusion_channels = _FUSE_WIDTH[fuse_op] * hidden_dim
         self.lateral_convs = nn.ModuleList(blocks.lateral() for _ in range(num_fusions))
-        self.fpn_blocks = nn.ModuleList(blocks.fusion(2 * hidden_dim) for _ in range(num_fusions))
+        self.fpn_blocks = nn.ModuleList(blocks.fusion(fusion_channels) for _ in range(num_fusions))
         self.downsample_convs = nn.ModuleList(blocks.downsample() for _ in range(num_fusions))
-        self.pan_blocks = nn.ModuleList(blocks.fusion(2 * hidden_dim) for _ in range(num_fusions))
+        self.pan_blocks = nn.ModuleList(blocks.fusion(fusion_channels) for _ in range(num_fusions))
 
         if eval_spatial_size:
             for idx in self.use_encoder_idx:
@@ -291,24 +389,31 @@ class HybridEncoder(nn.Module):
                 memory = encoder(tokens, pos_embed=self._position_embedding(idx, h, w, tokens.device))
                 proj[idx] = memory.permute(0, 2, 1).reshape(-1, self.hidden_dim, h, w).contiguous()
 
+        fuse = FUSE_OPS[self.fuse_op]
         # Top-down: the lateral conv's output also replaces the stored coarser map (official behaviour).
         inner = [proj[-1]]
         for i, idx in enumerate(range(len(proj) - 1, 0, -1)):
             high = self.lateral_convs[i](inner[0])
             inner[0] = high
             up = F.interpolate(high, scale_factor=2.0, mode="nearest")
-            inner.insert(0, self.fpn_blocks[i](torch.cat([up, proj[idx - 1]], dim=1)))
+            inner.insert(0, self.fpn_blocks[i](fuse(up, proj[idx - 1])))
         # Bottom-up.
         outs = [inner[0]]
         for i in range(len(proj) - 1):
             down = self.downsample_convs[i](outs[-1])
-            outs.append(self.pan_blocks[i](torch.cat([down, inner[i + 1]], dim=1)))
+            outs.append(self.pan_blocks[i](fuse(down, inner[i + 1])))
         return outs
 
     def convert_to_deploy(self):
         """Re-parameterise every block that can be for inference (RepVGG: two conv+BN branches into
         one conv; conv+BN layers of the CCFF: one biased conv, as D-FINE's ``ConvNormLayer_fuse``);
         outputs stay the same. Call it in eval mode: it folds the running statistics."""
-        for module in list(self.modules())[1:]:
-            if hasattr(module, "convert_to_deploy"):
-                module.convert_to_deploy()
+        convert_submodules_to_deploy(self)
+
+
+def convert_submodules_to_deploy(model: nn.Module):
+    """Call ``convert_to_deploy`` of every submodule of ``model`` that has one, parents first (a
+    RepVGG block folds its conv+BN children itself), as the official ``deploy()`` does."""
+    for module in list(model.modules())[1:]:
+        if hasattr(module, "convert_to_deploy"):
+            module.convert_to_deploy()
