@@ -1,0 +1,183 @@
+"""Write ``deimv2_vit_golden.json`` / ``.npz`` by running the official DEIMv2 ViT trunks and
+``DINOv3STAs`` (engine/backbone/dinov3_adapter.py, vit_tiny.py, dinov3/) on synthetic weights.
+
+Nothing of the official code is copied here. How to rerun, from the repository root, with the
+official venv described in ``make_rtdetrv2_golden.py``::
+
+    mkdir -p /tmp/deimv2
+    git -C /work/.mirror/Intellindust-AI-Lab+DEIMv2/repo archive HEAD | tar -x -C /tmp/deimv2
+    OFFICIAL_DEIMV2=/tmp/deimv2 \\
+    OFFICIAL_DEIMV2_COMMIT=$(git -C /work/.mirror/Intellindust-AI-Lab+DEIMv2/repo log -1 --format=%H) \\
+    PYTHONDONTWRITEBYTECODE=1 /root/.cache/dfine/official-venv/bin/python tests/golden/make_deimv2_vit_golden.py
+
+Weights are :func:`synth_vit_state_dict` (``synth_state_dict`` plus the ViT-only tensors), loaded with
+``strict=False`` (only the RoPE ``periods`` and BatchNorm ``num_batches_tracked`` stay the model's own).
+Images are :func:`sta_input`: ``synth_image(128, 160, seed=10 + i)`` for i = 0, 1, RGB / 255, normalised
+with the ImageNet mean/std of the DINOv3 configs (2x3x128x160: non-square to catch H/W mix-ups).
+
+JSON fields:
+
+* ``presets``: for "s", "m", "l", "x" (the ``DINOv3STAs`` block of
+  ``configs/deimv2/deimv2_dinov3_{s,m,l,x}_coco.yml``, without ``weights_path``): ``config`` (the official
+  arguments), ``state_dict`` (key -> shape, in order, buffers included), ``num_parameters`` and
+  ``layer_norm_eps`` (the distinct eps of its LayerNorms; too small an effect for the value checks).
+* ``rope``: ``grid`` [h, w] = [4, 6]; npz ``rope_dinov3_{sin,cos}`` (``dinov3_vits16``'s ``rope_embed``,
+  eval, [24, 64]), ``rope_tiny_{sin,cos}`` (``vit_tiny``'s, eval, squeezed to [24, 64]) and
+  ``rope_train_{sin,cos}``: ``dinov3_vits16``'s ``rope_embed`` in train mode right after
+  ``torch.manual_seed(ROPE_TRAIN_SEED)``.
+* ``block``: block 0 of ``dinov3_vits16plus`` (SwiGLU, LayerScale, masked k-bias) with the preset's synthetic
+  weights (seed 0), eval, on npz ``block_input`` (``default_rng(5).standard_normal((2, 5 + 24, 384))``,
+  5 prefix tokens and a 4x6 grid) with the eval ``rope_dinov3`` tables; npz ``block_output``.
+* ``sta``: for "s" (vit_tiny, taps [3, 7, 11]), "s_single" (vit_tiny, taps [11], the repeated-layer
+  case) and "l" (dinov3_vits16, taps [5, 8, 11]), ``eval()`` outputs on ``sta_input()``, weights
+  ``synth_vit_state_dict(keys, seed=0)``: per level ``shape``, float64 ``sum`` and ``abs_sum``;
+  npz ``sta_{case}_{i}`` = ``out[:, ::16, ::2, ::2]``.
+* ``trunk_train``: the ``dinov3_vits16`` trunk of case "l" in train mode: ``get_intermediate_layers(
+  sta_input(), n=[5, 8, 11], return_class_token=True)`` right after ``torch.manual_seed(TRUNK_TRAIN_SEED)``
+  (every block draws its own RoPE rescale factor); per tap ``sum`` / ``abs_sum`` of the patch tokens
+  [2, 80, 384] and npz ``trunk_train_{i}`` = ``tokens[:, ::7, ::16]``.
+"""
+import json
+import os
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import torch
+
+try:  # imported by the tests as golden.make_deimv2_vit_golden, run as a script otherwise
+    from .synth import _rng, _uniform, synth_image, synth_state_dict
+except ImportError:
+    from synth import _rng, _uniform, synth_image, synth_state_dict
+
+GOLDEN_DIR = Path(__file__).resolve().parent
+
+PRESETS = {  # DEIMv2 configs/deimv2/deimv2_dinov3_{s,m,l,x}_coco.yml, DINOv3STAs section
+    "s": dict(name="vit_tiny", embed_dim=192, num_heads=3, interaction_indexes=[3, 7, 11]),
+    "m": dict(name="vit_tinyplus", embed_dim=256, num_heads=4, interaction_indexes=[3, 7, 11]),
+    "l": dict(name="dinov3_vits16", interaction_indexes=[5, 8, 11], finetune=True, conv_inplane=32, hidden_dim=224),
+    "x": dict(name="dinov3_vits16plus", interaction_indexes=[5, 8, 11], finetune=True, conv_inplane=64,
+              hidden_dim=256),
+}
+STA_CASES = {"s": PRESETS["s"], "s_single": dict(PRESETS["s"], interaction_indexes=[11]), "l": PRESETS["l"]}
+ROPE_GRID = (4, 6)
+ROPE_TRAIN_SEED = 11
+TRUNK_TRAIN_SEED = 12
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def synth_vit_state_dict(key_shapes: dict, seed: int = 0) -> dict:
+    """``synth_state_dict`` extended to the ViT tensors it does not know (drawn the same way, from a
+    generator seeded by (seed, key)): class / storage / mask tokens ~ U(+-sqrt(3)) (unit variance),
+    LayerScale ``gamma`` ~ U(0.5, 1) (so every block visibly contributes), the qkv ``bias_mask`` =
+    ones with a zero key third (the DINOv3 checkpoints' value), and no ``periods`` (the model keeps
+    its own, as for ``num_batches_tracked``)."""
+    standard, extra = {}, {}
+    for key, shape in key_shapes.items():
+        leaf = key.rpartition(".")[2]
+        shape = tuple(int(s) for s in shape)
+        if leaf in ("cls_token", "storage_tokens", "mask_token"):
+            extra[key] = _uniform(_rng(seed, key), -3 ** 0.5, 3 ** 0.5, shape)
+        elif leaf == "gamma":
+            extra[key] = _uniform(_rng(seed, key), 0.5, 1.0, shape)
+        elif leaf == "bias_mask":
+            mask = np.ones(shape)
+            mask[shape[0] // 3: 2 * shape[0] // 3] = 0
+            extra[key] = mask
+        elif leaf != "periods":
+            standard[key] = shape
+    out = synth_state_dict(standard, seed=seed)
+    out.update({k: torch.from_numpy(v.astype(np.float32)) for k, v in extra.items()})
+    return out
+
+
+def sta_input() -> torch.Tensor:
+    """The 2x3x128x160 normalised float32 image batch of the ``sta`` and ``trunk_train`` values."""
+    images = np.stack([synth_image(128, 160, seed=10 + i) for i in range(2)])
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
+    mean, std = torch.tensor(IMAGENET_MEAN)[:, None, None], torch.tensor(IMAGENET_STD)[:, None, None]
+    return (x - mean) / std
+
+
+def block_input() -> torch.Tensor:
+    return torch.from_numpy(np.random.default_rng(5).standard_normal((2, 5 + ROPE_GRID[0] * ROPE_GRID[1], 384))
+                            .astype(np.float32))
+
+
+def _stats(t):
+    return {"shape": list(t.shape), "sum": t.double().sum().item(), "abs_sum": t.double().abs().sum().item()}
+
+
+def main():
+    sys.path.insert(0, os.environ["OFFICIAL_DEIMV2"])
+    sys.modules.setdefault("calflops", types.SimpleNamespace(calculate_flops=None))
+    from engine.backbone.dinov3_adapter import DINOv3STAs
+
+    def build(config, seed=0):
+        model = DINOv3STAs(**config)
+        keys = {k: list(v.shape) for k, v in model.state_dict().items()}
+        missing, unexpected = model.load_state_dict(synth_vit_state_dict(keys, seed=seed), strict=False)
+        assert not unexpected and all(k.endswith(("periods", "num_batches_tracked")) for k in missing), missing
+        return model.eval(), keys
+
+    golden = {
+        "official_repo": "Intellindust-AI-Lab/DEIMv2",
+        "official_commit": os.environ["OFFICIAL_DEIMV2_COMMIT"],
+        "torch": torch.__version__,
+        "command": "OFFICIAL_DEIMV2=<official DEIMv2> PYTHONDONTWRITEBYTECODE=1 python "
+                   "tests/golden/make_deimv2_vit_golden.py",
+        "presets": {}, "rope": {"grid": list(ROPE_GRID)}, "block": {}, "sta": {}, "trunk_train": {},
+    }
+    arrays = {}
+    for size, config in PRESETS.items():
+        model = DINOv3STAs(**config)
+        golden["presets"][size] = {
+            "config": config,
+            "state_dict": {k: list(v.shape) for k, v in model.state_dict().items()},
+            "num_parameters": sum(p.numel() for p in model.parameters()),
+            "layer_norm_eps": sorted({m.eps for m in model.modules() if isinstance(m, torch.nn.LayerNorm)}),
+        }
+
+    h, w = ROPE_GRID
+    l_model, _ = build(PRESETS["l"])
+    s_model, _ = build(PRESETS["s"])
+    with torch.no_grad():
+        arrays["rope_dinov3_sin"], arrays["rope_dinov3_cos"] = (t.numpy() for t in l_model.dinov3.rope_embed(H=h, W=w))
+        sin, cos = s_model.dinov3._model.rope_embed(H=h, W=w)
+        arrays["rope_tiny_sin"], arrays["rope_tiny_cos"] = sin[0, 0].numpy(), cos[0, 0].numpy()
+        rope = l_model.dinov3.rope_embed.train()
+        torch.manual_seed(ROPE_TRAIN_SEED)
+        arrays["rope_train_sin"], arrays["rope_train_cos"] = (t.numpy() for t in rope(H=h, W=w))
+        rope.eval()
+
+        x_model, _ = build(PRESETS["x"])
+        block = x_model.dinov3.blocks[0]
+        tokens = block_input()
+        arrays["block_input"] = tokens.numpy()
+        arrays["block_output"] = block(tokens, x_model.dinov3.rope_embed(H=h, W=w)).numpy()
+        golden["block"] = {"preset": "x", "block": 0, "output": _stats(torch.from_numpy(arrays["block_output"]))}
+
+        x = sta_input()
+        for case, config in STA_CASES.items():
+            model, _ = build(config)
+            outs = model(x)
+            golden["sta"][case] = {"config": config, "outputs": [_stats(o) for o in outs]}
+            for i, o in enumerate(outs):
+                arrays[f"sta_{case}_{i}"] = o[:, ::16, ::2, ::2].numpy()
+
+        trunk = l_model.dinov3.train()
+        torch.manual_seed(TRUNK_TRAIN_SEED)
+        taps = trunk.get_intermediate_layers(x, n=PRESETS["l"]["interaction_indexes"], return_class_token=True)
+        golden["trunk_train"] = {"taps": [_stats(tokens) for tokens, _ in taps]}
+        for i, (tokens, _) in enumerate(taps):
+            arrays[f"trunk_train_{i}"] = tokens[:, ::7, ::16].numpy()
+
+    (GOLDEN_DIR / "deimv2_vit_golden.json").write_text(json.dumps(golden, indent=1) + "\n")
+    np.savez_compressed(GOLDEN_DIR / "deimv2_vit_golden.npz", **arrays)
+    print("wrote deimv2_vit_golden.json and deimv2_vit_golden.npz")
+
+
+if __name__ == "__main__":
+    main()
