@@ -151,3 +151,58 @@ def test_convert_official_never_unpickles_arbitrary_objects(tmp_path):
     with pytest.raises(SystemExit, match=r"pickled.pth holds objects other than tensors, which are not unpickled"):
         convert_official.main(["--config-file", config, str(tmp_path / "pickled.pth"), str(tmp_path / "x.pth"),
                                *TINY_MODEL])
+
+
+class _WithBackbone(torch.nn.Module):
+    def __init__(self, backbone):
+        super().__init__()
+        self.backbone = backbone
+        self.head = torch.nn.Linear(3, 2)
+
+
+def _randomised(state):
+    generator = torch.Generator().manual_seed(1)
+    return {k: torch.rand(v.shape, generator=generator) if v.is_floating_point() else v for k, v in state.items()}
+
+
+@pytest.mark.parametrize("name, prefix", [("vit_tiny", "backbone.dinov3._model."), ("dinov3_vits16", "backbone.dinov3.")])
+def test_pretrained_vit_weights_go_to_the_trunk(name, prefix):
+    """DEIMv2's ViT-Tiny file (vitt_distill.pt) holds the trunk without the ``_model.`` wrapper, the
+    DINOv3 file the DinoVisionTransformer itself: each lands on its trunk, the rest keeps its values."""
+    from dfine.checkpoint import convert_backbone_state_dict
+    from dfine.modeling.backbone.sta import DINOv3STA
+
+    model = _WithBackbone(DINOv3STA(name, interaction_indexes=[11]))
+    ours = model.state_dict()
+    trunk = model.backbone.dinov3._model if prefix.endswith("_model.") else model.backbone.dinov3
+    pretrained = _randomised(trunk.state_dict())
+    state, found, skipped = convert_backbone_state_dict(pretrained, model)
+    assert found == prefix and skipped == []
+    model.load_state_dict(state, strict=True)
+    for key, value in pretrained.items():
+        assert torch.equal(model.state_dict()[prefix + key], value), key
+    for key in ("head.weight", "backbone.sta.stem.0.weight", "backbone.convs.0.weight"):
+        assert torch.equal(state[key], ours[key]), key
+    # One tensor of another shape: a strict error that names it.
+    bad = dict(pretrained, **{"cls_token": torch.zeros(1, 1, 7)})
+    with pytest.raises(CheckpointMismatchError, match="cls_token"):
+        convert_backbone_state_dict(bad, model)
+
+
+def test_pruned_hgnetv2_starts_from_b0_partially():
+    """DEIMv2 Atto starts from the B0 ImageNet weights (official: the tensors of equal shape)."""
+    from dfine.checkpoint import convert_backbone_state_dict
+    from dfine.modeling.backbone.hgnetv2 import HGNetv2
+
+    model = _WithBackbone(HGNetv2("Atto", use_lab=True, return_idx=[2]))
+    b0 = _randomised(HGNetv2("B0", use_lab=True).state_dict())
+    with pytest.raises(CheckpointMismatchError, match=r"(?s)partial loading.*not in the model.*shape mismatch"):
+        convert_backbone_state_dict(b0, model)
+    state, prefix, skipped = convert_backbone_state_dict(b0, model, partial=True)
+    assert prefix == "backbone."
+    model.load_state_dict(state, strict=True)
+    taken = [k for k in b0 if torch.equal(model.state_dict().get("backbone." + k, torch.empty(0)), b0[k])]
+    assert "stem.stem1.conv.weight" in taken and "stages.1.blocks.0.layers.0.conv.weight" in taken
+    assert any(line.startswith("stages.3.") and "not in the model" in line for line in skipped)
+    # Atto's third stage is narrower than B0's: its tensors of another shape are listed, not taken.
+    assert any(line.startswith("stages.2.") and "vs model" in line for line in skipped)

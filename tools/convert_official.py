@@ -7,6 +7,17 @@
 The weights are taken from ``ema.module`` (else ``model``) of the official file. The model built
 from the config must match the checkpoint key for key and shape for shape; otherwise the script
 stops and lists every difference (for example a checkpoint of another model size).
+
+``--backbone`` converts pretrained backbone weights instead (HGNetv2 ``PPHGNetV2_B0_stage1.pth``,
+DINOv3 ``dinov3_vits16_pretrain_lvd1689m-08c60483.pth``, DEIMv2 ``vitt_distill.pt``) into a whole
+checkpoint to start a training from (``train.init_checkpoint``); the rest of the model keeps its
+initialisation. ``--partial`` takes only the tensors of equal name and shape and lists the others,
+as the official code starts DEIMv2 Atto / Femto / Pico from B0::
+
+    python tools/convert_official.py --backbone --config-file configs/deimv2_dinov3_l.py \
+        dinov3_vits16_pretrain_lvd1689m-08c60483.pth deimv2_dinov3_l_init.pth
+    python tools/convert_official.py --backbone --partial --config-file configs/deimv2_hgnetv2_atto.py \
+        PPHGNetV2_B0_stage1.pth deimv2_atto_init.pth
 """
 import argparse
 import collections
@@ -17,7 +28,12 @@ import sys
 import torch
 from detectron2.config import instantiate
 
-from dfine.checkpoint.official import CheckpointMismatchError, convert_official_state_dict, extract_official_state_dict
+from dfine.checkpoint.official import (
+    CheckpointMismatchError,
+    convert_backbone_state_dict,
+    convert_official_state_dict,
+    extract_official_state_dict,
+)
 from dfine.config import load_config
 
 
@@ -29,8 +45,13 @@ def main(argv=None):
     parser.add_argument("--config-file", required=True, help="our LazyConfig of the same model")
     parser.add_argument("official", help="official checkpoint (.pth)")
     parser.add_argument("output", help="converted Detectron2 checkpoint (.pth)")
+    parser.add_argument("--backbone", action="store_true", help="the file holds pretrained backbone weights")
+    parser.add_argument("--partial", action="store_true",
+                        help="with --backbone: take the tensors of equal name and shape only (pruned HGNetv2)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides, key=value")
     args = parser.parse_args(argv)
+    if args.partial and not args.backbone:
+        parser.error("--partial applies to --backbone weights only")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     cfg = load_config(args.config_file, args.opts)
@@ -45,7 +66,13 @@ def main(argv=None):
                  f"({str(e).splitlines()[0]}). Save its ['ema']['module'] (or ['model']) state dict alone, "
                  "in a trusted environment, and convert that file.")
     try:
-        state_dict = convert_official_state_dict(extract_official_state_dict(checkpoint), model)
+        if args.backbone:
+            state_dict, prefix, skipped = convert_backbone_state_dict(
+                extract_official_state_dict(checkpoint), model, partial=args.partial)
+            print(f"Backbone weights loaded under {prefix!r}; {len(skipped)} tensor(s) not taken"
+                  + "".join(f"\n  {line}" for line in skipped))
+        else:
+            state_dict = convert_official_state_dict(extract_official_state_dict(checkpoint), model)
     except CheckpointMismatchError as e:
         sys.exit(f"{args.official} does not fit {args.config_file}:\n{e}")
     model.load_state_dict(state_dict, strict=True)

@@ -11,7 +11,8 @@ from typing import Dict, List, Mapping, Optional, Pattern, Tuple
 import torch
 from torch import nn
 
-__all__ = ["extract_official_state_dict", "convert_official_state_dict", "fit_state_dict", "CheckpointMismatchError"]
+__all__ = ["extract_official_state_dict", "convert_official_state_dict", "convert_backbone_state_dict", "fit_state_dict",
+           "CheckpointMismatchError"]
 
 logger = logging.getLogger(__name__)
 
@@ -112,3 +113,50 @@ def convert_official_state_dict(official: Mapping[str, torch.Tensor], model: nn.
     if rebuilt:
         logger.info("Buffers rebuilt from the config, not taken from the checkpoint: %s", ", ".join(rebuilt))
     return {**ours, **load}
+
+
+def _backbone_prefix(official: Mapping[str, torch.Tensor], model_state: Mapping[str, torch.Tensor]) -> str:
+    """The submodule of ``backbone`` that the pretrained file is for: of ``backbone.`` and its
+    nested trunks (``backbone.dinov3.``, ``backbone.dinov3._model.``, the DEIMv2 ViT layouts), the
+    prefix under which most of the file's keys exist in the model."""
+    candidates = sorted({key[: i + 1] for key in model_state if key.startswith("backbone.")
+                         for i, ch in enumerate(key) if ch == "."})
+    hits = {prefix: sum(prefix + key in model_state for key in official) for prefix in candidates}
+    best = max(hits, key=lambda prefix: (hits[prefix], -len(prefix)))
+    if hits[best] == 0:
+        raise CheckpointMismatchError(
+            f"None of the file's keys (e.g. {sorted(official)[:5]}) is a key of the model's backbone or of its trunk.")
+    return best
+
+
+def convert_backbone_state_dict(
+    official: Mapping[str, torch.Tensor], model: nn.Module, partial: bool = False
+) -> Tuple[Dict[str, torch.Tensor], str, List[str]]:
+    """Pretrained backbone weights (official HGNetv2 ``PPHGNetV2_*_stage1.pth``, DINOv3
+    ``dinov3_vits16*_pretrain_*.pth``, DEIMv2's ``vitt*_distill.pt``) placed into a whole-model state
+    dict: the backbone part comes from ``official``, everything else keeps the model's initialisation.
+
+    The keys are matched under the backbone prefix where most of them exist
+    (:func:`_backbone_prefix`). Without ``partial`` every key of that submodule must come from the
+    file with its shape, and every key of the file must be used (as the official code loads these
+    files with ``strict=True``). With ``partial`` the tensors of equal key and shape are taken and the
+    rest is reported: the official way to start the pruned HGNetv2 Atto / Femto / Pico from B0.
+
+    Returns:
+        ``(whole state dict, prefix, descriptions of what was not taken)``.
+    """
+    ours = model.state_dict()
+    prefix = _backbone_prefix(official, ours)
+    sub = {key[len(prefix):]: value for key, value in ours.items() if key.startswith(prefix)}
+    if partial:
+        load = {key: value for key, value in official.items() if key in sub and tuple(value.shape) == tuple(sub[key].shape)}
+        skipped = [f"{key}: not in the model" if key not in sub else
+                   f"{key}: file {tuple(value.shape)} vs model {tuple(sub[key].shape)}"
+                   for key, value in official.items() if key not in load]
+        skipped += [f"{key}: not in the file, keeps its initialisation" for key in sub if key not in official]
+    else:
+        load, _, rebuilt = fit_state_dict(
+            official, sub, f"The file does not match the model's {prefix.rstrip('.')} (use partial loading for a "
+                           "pruned backbone).")
+        skipped = rebuilt
+    return {**ours, **{prefix + key: value for key, value in load.items()}}, prefix, skipped
