@@ -1,11 +1,11 @@
 """Data: dataset registration (COCO json, YOLO folders) and loading with checks, RT-DETR
-augmentations, DEIM Dense O2O (Mosaic, MixUp), epoch-aware mapper and loaders.
+augmentations, DEIM Dense O2O (Mosaic, MixUp, DEIMv2's CopyBlend), epoch-aware mapper and loaders.
 
 Importing this package registers the generated toy data set as ``toy_shapes_train`` and
 ``toy_shapes_val`` (files are generated on first load).
 """
 from .datasets import load_dataset_dicts, register_coco_dataset, remove_degenerate_boxes, validate_category_ids
-from .dense_o2o import MixUp, Mosaic
+from .dense_o2o import CopyBlend, MixUp, Mosaic
 from .loader import (
     BatchCollate,
     DetectionDataset,
@@ -41,6 +41,7 @@ __all__ = [
     "BatchCollate",
     "generate_scales",
     "MixUp",
+    "CopyBlend",
     "Mosaic",
     "policy_for_epoch",
     "build_test_loader",

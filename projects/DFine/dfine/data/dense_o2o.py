@@ -1,15 +1,18 @@
-"""DEIM's Dense O2O augmentations: :class:`Mosaic` (per sample) and :class:`MixUp` (per batch).
+"""DEIM's Dense O2O augmentations: :class:`Mosaic` (per sample), :class:`MixUp` (per batch), and
+DEIMv2's object-level :class:`CopyBlend` (per batch).
 
 Dense O2O puts more objects into each training image, so that one-to-one matching sees about as
 many positives as one-to-many matching would (DEIM, official ``Mosaic`` in
 ``engine/data/transforms/mosaic.py`` and ``BatchImageCollateFunction.apply_mixup`` in
-``engine/data/dataloader.py``; official-implementations.md §5.3 and §5.5).
+``engine/data/dataloader.py``, which in DEIMv2 also holds Copy-Blend; official-implementations.md
+§5.3 and §5.5).
 
 Conventions as in :mod:`dfine.data.transforms`: images are ``HWC`` uint8 RGB numpy arrays, boxes
 ``(N, 4)`` float32 absolute XYXY, classes ``(N,)`` int64. Random draws use NumPy's global RNG
-(Mosaic) and Python's ``random`` (MixUp, as the official collate), which the training loader
-seeds per sample and per batch from the stream position (:func:`dfine.data.loader.stream_rngs`), so
-a seeded run draws the same batches again, also after a resume.
+(Mosaic) and Python's ``random`` (MixUp and CopyBlend, as the official collate), which the training
+loader seeds per sample and per batch from the stream position
+(:func:`dfine.data.loader.stream_rngs`), so a seeded run draws the same batches again, also after a
+resume.
 """
 import random
 from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
@@ -23,7 +26,7 @@ from torchvision.transforms import InterpolationMode
 
 from detectron2.structures import Boxes, Instances
 
-__all__ = ["Sample", "AffineParams", "Mosaic", "MixUp"]
+__all__ = ["Sample", "AffineParams", "Mosaic", "MixUp", "CopyBlend", "draw_mix_weight"]
 
 
 class Sample(NamedTuple):
@@ -189,6 +192,11 @@ class Mosaic:
         return Sample(np.asarray(image), boxes.numpy().astype(np.float32).reshape(-1, 4), sample.classes)
 
 
+def draw_mix_weight() -> float:
+    """The weight of the destination image in MixUp and CopyBlend: ``round(U(0.45, 0.55), 6)``."""
+    return round(random.uniform(0.45, 0.55), 6)
+
+
 class MixUp:
     """Batch MixUp of the official DEIM collate: with probability ``prob``, and only while
     ``epochs[0] <= epoch < epochs[1]``, every image ``i`` of the batch becomes ``beta * image_i +
@@ -207,11 +215,14 @@ class MixUp:
         return f"MixUp(prob={self.prob}, epochs={self.epochs})"
 
     def __call__(self, batch: List[Dict], epoch: int) -> List[Dict]:
-        # The official order of draws: the coin first, whatever the epoch.
-        if not (random.random() < self.prob and self.epochs[0] <= epoch < self.epochs[1]):
+        if not self.decide(epoch):
             return batch
-        beta = round(random.uniform(0.45, 0.55), 6)
-        return self.mix(batch, beta)
+        return self.mix(batch, draw_mix_weight())
+
+    def decide(self, epoch: int) -> bool:
+        """Toss the coin of one batch: whether MixUp runs at ``epoch``."""
+        # The official order of draws: the coin first, whatever the epoch.
+        return random.random() < self.prob and self.epochs[0] <= epoch < self.epochs[1]
 
     @staticmethod
     def mix(batch: List[Dict], beta: float) -> List[Dict]:
@@ -232,3 +243,180 @@ class MixUp:
                 out["instances"] = instances
             mixed.append(out)
         return mixed
+
+
+class CopyBlend:
+    """DEIMv2's object-level Copy-Blend (the ``elif`` branch of the official
+    ``BatchImageCollateFunction.apply_mixup``): objects of the batch are copied to random places
+    of every image of the batch and blended with what is there, each with a new ground-truth box.
+
+    It runs only while ``epochs[0] <= epoch < epochs[1]`` and then with probability ``prob`` (the
+    window is checked first: outside it no coin is drawn), one decision per batch:
+
+    1. The pool holds every object of the batch whose box covers at least ``area_threshold``
+       square pixels. An empty pool leaves the batch as it is.
+    2. For each image: ``k = min(num_objects, len(pool))`` objects (with ``random_num_objects``,
+       ``random.randint(1, k)`` of them) drawn by ``random.sample`` without replacement from the
+       pool of the whole batch, the image's own objects included.
+    3. For each drawn object, the source region is its box with every corner truncated to a whole
+       pixel (``int``) and clipped to the image; an empty region is skipped, without further
+       draws. The destination's left edge is ``random.randint(0, W - w)`` (0 if the region is as
+       wide as the image), then its top edge likewise. The new box is the destination region
+       ``[x, y, x + w, y + h]``: whole pixels, inside the image, at least one pixel wide and high.
+    4. ``with_expand``: ``alpha = round(U(*expand_ratios), 6)``, and both regions grow by
+       ``int(w * alpha)`` columns and ``int(h * alpha)`` rows on every side, each side only as far
+       as both regions stay inside the image, so they keep one size. The new box stays the
+       unexpanded region: the margin brings the object's surroundings along.
+    5. ``mode="blend"``: the destination becomes ``beta * destination + (1 - beta) * source``
+       (``beta`` from :func:`draw_mix_weight`, which the official collate draws once per batch
+       before its MixUp coin); ``mode="paste"`` copies the source over it. Sources are read from
+       the batch as it came in; destinations accumulate, so a later object of the same image is
+       blended over the earlier ones.
+
+    Existing boxes are all kept (an object blended over still shows through), the new boxes and
+    classes are appended. A blended batch has float32 images in the uint8 value range, as after
+    :class:`MixUp`. All images of the batch must have one size, as in the official batch tensor.
+    The official per-box ``mixup`` weights and ``area`` entries of the targets are not produced: no
+    loss reads them.
+
+    Differences from the official code: (a) its pool thresholds the COCO ``area`` field (the
+    segment area in original-image pixels), which the transforms never update and which no
+    longer lines up with the boxes once a box is dropped (official-implementations.md §5.1); we
+    have no such field and threshold the box area ``(x2 - x1) * (y2 - y1)`` in pixels of the image
+    as it is in the batch. (b) It truncates corners computed from normalized cxcywh boxes
+    (``int((cx - w / 2) * W)``); we truncate the absolute corners, which is the same up to the
+    float round-off of the normalized form.
+
+    The defaults are the values of every official DEIMv2 config that uses Copy-Blend, except the
+    window, which each config sets.
+    """
+
+    def __init__(
+        self,
+        prob: float = 0.5,
+        epochs: Tuple[int, int] = (0, 0),
+        area_threshold: float = 100,
+        num_objects: int = 3,
+        with_expand: bool = True,
+        expand_ratios: Tuple[float, float] = (0.1, 0.25),
+        random_num_objects: bool = False,
+        mode: str = "blend",
+    ):
+        """
+        Args:
+            prob: chance that a batch inside the window is copy-blended.
+            epochs: the window ``[start, stop)`` in epochs (empty if ``start >= stop``).
+            area_threshold: smallest box area, in square pixels, of an object that can be copied.
+            num_objects: objects copied into each image (fewer if the pool is smaller).
+            with_expand: copy a margin around each object too (step 4 above).
+            expand_ratios: range of the margin, as a fraction of the object's width and height.
+            random_num_objects: copy between 1 and ``num_objects`` objects, drawn per image.
+            mode: ``"blend"`` or ``"paste"``.
+        """
+        if not 0.0 <= prob <= 1.0 or len(epochs) != 2:
+            raise ValueError(f"Need 0 <= prob <= 1 and epochs = (start, stop), got {prob}, {epochs}")
+        if num_objects < 1 or not 0.0 <= expand_ratios[0] <= expand_ratios[1] or mode not in ("blend", "paste"):
+            raise ValueError(
+                f"Need num_objects >= 1, 0 <= expand_ratios[0] <= expand_ratios[1] and mode 'blend' or 'paste', "
+                f"got {num_objects}, {expand_ratios}, {mode!r}"
+            )
+        self.prob = float(prob)
+        self.epochs = (int(epochs[0]), int(epochs[1]))
+        self.area_threshold = float(area_threshold)
+        self.num_objects = int(num_objects)
+        self.with_expand = bool(with_expand)
+        self.expand_ratios = (float(expand_ratios[0]), float(expand_ratios[1]))
+        self.random_num_objects = bool(random_num_objects)
+        self.mode = mode
+
+    def __repr__(self) -> str:
+        return (
+            f"CopyBlend(prob={self.prob}, epochs={self.epochs}, area_threshold={self.area_threshold}, "
+            f"num_objects={self.num_objects}, with_expand={self.with_expand}, expand_ratios={self.expand_ratios}, "
+            f"random_num_objects={self.random_num_objects}, mode={self.mode!r})"
+        )
+
+    def __call__(self, batch: List[Dict], epoch: int, beta: Optional[float] = None) -> List[Dict]:
+        """Copy-blend ``batch`` if the window and the coin say so.
+
+        Args:
+            batch: mapped training dicts with ``"image"`` (C, H, W) and ``"instances"``
+                (``gt_boxes`` absolute XYXY, ``gt_classes``).
+            epoch: the batch's epoch.
+            beta: weight of the destination image; ``None`` draws it (:func:`draw_mix_weight`)
+                before anything else, as the official collate does.
+        """
+        if beta is None:
+            beta = draw_mix_weight()
+        if not (self.epochs[0] <= epoch < self.epochs[1] and random.random() < self.prob):
+            return batch
+        return self.apply(batch, beta)
+
+    def apply(self, batch: List[Dict], beta: float) -> List[Dict]:
+        """Copy-blend ``batch`` (steps 1 to 5 above) with destination weight ``beta``."""
+        sizes = {tuple(sample["image"].shape) for sample in batch}
+        if len(sizes) != 1:
+            raise ValueError(f"CopyBlend needs images of one size in a batch, got {sorted(sizes)}.")
+        height, width = batch[0]["image"].shape[-2:]
+        pool = []  # (image index, XYXY box, class) of every object big enough to copy
+        for index, sample in enumerate(batch):
+            boxes, classes = sample["instances"].gt_boxes.tensor, sample["instances"].gt_classes
+            areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+            for box, label, area in zip(boxes.tolist(), classes, areas.tolist()):
+                if area >= self.area_threshold:
+                    pool.append((index, box, label))
+        if not pool:
+            return batch
+
+        blended = []
+        for sample in batch:
+            image = sample["image"].to(torch.float32, copy=True)
+            count = min(self.num_objects, len(pool))
+            if self.random_num_objects:
+                count = random.randint(1, count)
+            new_boxes, new_classes = [], []
+            for pick in random.sample(range(len(pool)), count):
+                source_index, box, label = pool[pick]
+                regions = self._draw_regions(box, height, width)
+                if regions is None:
+                    continue
+                new_box, (sx1, sy1, sx2, sy2), (dx1, dy1, dx2, dy2) = regions
+                patch = batch[source_index]["image"][:, sy1:sy2, sx1:sx2].to(torch.float32)
+                if self.mode == "blend":
+                    patch = image[:, dy1:dy2, dx1:dx2] * beta + patch * (1.0 - beta)
+                image[:, dy1:dy2, dx1:dx2] = patch
+                new_boxes.append(new_box)
+                new_classes.append(label)
+            out = dict(sample)
+            out["image"] = image
+            if new_boxes:
+                own = sample["instances"]
+                instances = Instances(own.image_size)
+                added = torch.tensor(new_boxes, dtype=own.gt_boxes.tensor.dtype)
+                instances.gt_boxes = Boxes(torch.cat([own.gt_boxes.tensor, added]))
+                instances.gt_classes = torch.cat([own.gt_classes, torch.stack(new_classes)])
+                out["instances"] = instances
+            blended.append(out)
+        return blended
+
+    def _draw_regions(self, box: Sequence[float], height: int, width: int):
+        """For one object with absolute XYXY ``box``: its new box, and the source and destination
+        regions ``(x1, y1, x2, y2)`` in whole pixels, drawing the destination (and the margin);
+        ``None``, without drawing, when the box covers no whole pixel of the image."""
+        sx1, sy1 = max(int(box[0]), 0), max(int(box[1]), 0)
+        sx2, sy2 = min(int(box[2]), width), min(int(box[3]), height)
+        w, h = sx2 - sx1, sy2 - sy1
+        if w <= 0 or h <= 0:
+            return None
+        dx1 = random.randint(0, width - w) if w < width else 0
+        dy1 = random.randint(0, height - h) if h < height else 0
+        dx2, dy2 = dx1 + w, dy1 + h
+        new_box = (float(dx1), float(dy1), float(dx2), float(dy2))
+        if self.with_expand:
+            alpha = round(random.uniform(*self.expand_ratios), 6)
+            grow_x, grow_y = int(w * alpha), int(h * alpha)
+            left, top = min(grow_x, sx1, dx1), min(grow_y, sy1, dy1)
+            right, bottom = min(grow_x, width - sx2, width - dx2), min(grow_y, height - sy2, height - dy2)
+            sx1, sy1, sx2, sy2 = sx1 - left, sy1 - top, sx2 + right, sy2 + bottom
+            dx1, dy1, dx2, dy2 = dx1 - left, dy1 - top, dx2 + right, dy2 + bottom
+        return new_box, (sx1, sy1, sx2, sy2), (dx1, dy1, dx2, dy2)

@@ -33,7 +33,7 @@ from detectron2.structures import Boxes, Instances
 from detectron2.utils import comm
 
 from .datasets import load_dataset_dicts
-from .dense_o2o import MixUp
+from .dense_o2o import CopyBlend, MixUp, draw_mix_weight
 
 __all__ = [
     "EpochAwareSampler",
@@ -196,10 +196,15 @@ def generate_scales(base_size: int, base_size_repeat: int) -> List[int]:
 
 class BatchCollate:
     """Batch collate of the official ``BatchImageCollateFunction``: a list of mapped dicts, with
-    batch MixUp and then the batch-level multi-scale resize.
+    batch MixUp or Copy-Blend and then the batch-level multi-scale resize.
 
     The batch's epoch is the largest sample epoch in it. ``mixup`` (a
-    :class:`~dfine.data.dense_o2o.MixUp`, or ``None``) decides for itself from that epoch. While
+    :class:`~dfine.data.dense_o2o.MixUp`, or ``None``) decides for itself from that epoch.
+    ``copy_blend`` (a :class:`~dfine.data.dense_o2o.CopyBlend`, DEIMv2) switches to the draws of
+    DEIMv2's collate: the blend weight first, then the MixUp coin (drawn also without MixUp, as
+    the official draws it at ``mixup_prob=0``), and Copy-Blend only in batches that MixUp left
+    alone (the official ``elif``), so the two never meet in one batch. DEIMv2 configs that switch
+    it off (``prob=0`` or an empty window) still pass one, to keep those draws. While
     the epoch is below ``stop_epoch``, one size is drawn with ``random.choice(scales)`` and every
     image is resized to it with nearest interpolation, as the official collate does with
     ``F.interpolate`` on the batch (official-implementations.md §5.5). Ground-truth boxes are
@@ -215,11 +220,13 @@ class BatchCollate:
         stop_epoch: Optional[int] = None,
         mixup: Optional[MixUp] = None,
         seed: Optional[int] = None,
+        copy_blend: Optional[CopyBlend] = None,
     ):
         self.scales = list(scales) if scales is not None else None
         self.stop_epoch = stop_epoch
         self.mixup = mixup
         self.seed = seed
+        self.copy_blend = copy_blend
 
     def __call__(self, batch: List[Dict]) -> List[Dict]:
         if self.seed is None:
@@ -229,13 +236,22 @@ class BatchCollate:
 
     def _collate(self, batch: List[Dict]) -> List[Dict]:
         epoch = max(sample.get("epoch", 0) for sample in batch)
-        if self.mixup is not None:
-            batch = self.mixup(batch, epoch)
+        batch = self._dense_o2o(batch, epoch)
         if not self.scales or (self.stop_epoch is not None and epoch >= self.stop_epoch):
             return batch
         size = random.choice(self.scales)
         size = (size, size) if isinstance(size, int) else tuple(size)
         return [_resize_sample(sample, size) for sample in batch]
+
+    def _dense_o2o(self, batch: List[Dict], epoch: int) -> List[Dict]:
+        if self.copy_blend is None:
+            return batch if self.mixup is None else self.mixup(batch, epoch)
+        # DEIMv2's order of draws (see the class docstring), so seeded batches match the official.
+        beta = draw_mix_weight()
+        mixup = self.mixup if self.mixup is not None else MixUp(prob=0.0)
+        if mixup.decide(epoch):
+            return MixUp.mix(batch, draw_mix_weight())
+        return self.copy_blend(batch, epoch, beta)
 
 
 def _resize_sample(sample: Dict, size: Tuple[int, int]) -> Dict:
@@ -285,6 +301,7 @@ def build_train_loader(
     multi_scale_stop_epoch: Optional[int] = None,
     mixup_prob: float = 0.0,
     mixup_epochs: Sequence[int] = (0, 0),
+    copy_blend: Optional[CopyBlend] = None,
 ) -> DataLoader:
     """Infinite training loader yielding lists of ``total_batch_size / world_size`` mapped dicts.
 
@@ -300,6 +317,9 @@ def build_train_loader(
             :class:`BatchCollate` (see :func:`generate_scales` for the official lists).
         mixup_prob, mixup_epochs: DEIM's batch MixUp (:class:`~dfine.data.dense_o2o.MixUp`);
             ``mixup_prob=0`` disables it.
+        copy_blend: DEIMv2's batch Copy-Blend, e.g. ``L(CopyBlend)(prob=0.5, epochs=[4, 120])`` in
+            a config; ``None`` (DEIM and earlier) keeps the DEIM collate's draws (see
+            :class:`BatchCollate`).
 
     ``len(loader.dataset)`` is the number of training images, to convert epochs to iterations
     (``iterations_per_epoch = len(loader.dataset) / total_batch_size``); ``loader.sampler`` is the
@@ -312,7 +332,7 @@ def build_train_loader(
     logger.info(
         f"Train loader: {len(dataset)} images, batch {sampler.batch_size} per rank "
         f"({total_batch_size} in total), multi-scale {multi_scale} until epoch {multi_scale_stop_epoch}, "
-        f"MixUp with prob {mixup_prob} in epochs {list(mixup_epochs)}."
+        f"MixUp with prob {mixup_prob} in epochs {list(mixup_epochs)}, {copy_blend or 'no CopyBlend'}."
     )
     mixup = MixUp(mixup_prob, mixup_epochs) if mixup_prob > 0 else None
     return TrainLoader(
@@ -320,7 +340,7 @@ def build_train_loader(
         batch_size=sampler.batch_size,
         sampler=sampler,
         num_workers=num_workers,
-        collate_fn=BatchCollate(multi_scale, multi_scale_stop_epoch, mixup, seed=sampler.seed),
+        collate_fn=BatchCollate(multi_scale, multi_scale_stop_epoch, mixup, seed=sampler.seed, copy_blend=copy_blend),
         worker_init_fn=worker_init_reset_seed,
         # Its own generator for the workers' base seed: creating the iterator (at a resumed
         # iteration too) then draws nothing from the trainer process's global torch RNG.

@@ -1,0 +1,182 @@
+"""Write ``copyblend_golden.{json,npz}`` by running DEIMv2's official batch collate
+(``BatchImageCollateFunction`` in ``engine/data/dataloader.py``: MixUp, Copy-Blend, multi-scale).
+
+The official code is imported, only in :func:`main`, from a work tree outside this repository;
+nothing of it is copied here. How to rerun, from the repository root, with the official venv
+described in ``make_rtdetrv2_golden.py``::
+
+    mkdir -p /tmp/deimv2
+    git -C /work/.mirror/Intellindust-AI-Lab+DEIMv2/repo archive HEAD | tar -x -C /tmp/deimv2
+    OFFICIAL_DEIMV2=/tmp/deimv2 \\
+    OFFICIAL_DEIMV2_COMMIT=$(git -C /work/.mirror/Intellindust-AI-Lab+DEIMv2/repo log -1 --format=%H) \\
+    PYTHONDONTWRITEBYTECODE=1 /root/.cache/dfine/official-venv/bin/python tests/golden/make_copyblend_golden.py
+
+Importing this module needs neither the official code nor ``dfine``: the test rebuilds the batch
+with :func:`copyblend_inputs` and reads the collate settings from the JSON.
+
+Input: three 3x48x64 uint8 images (``rng(11)``) with absolute XYXY boxes whose corners lie
+between whole pixels (so truncating them does not depend on float round-off): image 0 has a
+large object, a tiny one (area < 100) and one near the right edge; image 1 has none; image 2 has
+a large one near the top-left corner, one just above the area threshold (106 px²) and a tiny
+one. The official collate gets them as its data pipeline makes them: images ``uint8 / 255`` float32,
+boxes normalized cxcywh (``box_convert`` then divided by ``(W, H, W, H)``), labels, and ``area``
+set to the box area in pixels (so the official pool is the pool our code builds from the boxes).
+
+``copyblend_golden.json``:
+
+* ``official_repo``, ``official_commit``, ``torch``, ``torchvision``, ``command``: provenance.
+* ``image_size``: ``[H, W]`` of the inputs.
+* ``cases``: one entry per case name, with ``collate`` (the keyword arguments of the official
+  ``BatchImageCollateFunction``), ``epoch`` (given to ``set_epoch``) and ``runs``: one per seed,
+  with ``seed`` (``random.seed`` right before the call), ``kind`` (``"mixup"``, ``"copy_blend"``,
+  ``"copy_blend_empty_pool"`` or ``"none"``: which branch the seed's draws take, replayed here
+  with ``random.Random(seed)``), ``size`` (``[h, w]`` of the output images), ``boxes`` and
+  ``labels`` (the output targets per image, boxes normalized cxcywh) and ``next_random`` (the
+  first ``random.random()`` after the call, which tells that the call made the same number of
+  draws). The cases: ``deimv2_s`` (the DEIMv2-S collate with base size 64: MixUp 0.5 in
+  [4, 64), Copy-Blend 0.5 in [4, 120) with expansion, multi-scale until 120, at epoch 10),
+  ``no_expand`` (only Copy-Blend, prob 1, without expansion, at the last epoch of its window),
+  ``paste_random_num`` (``copyblend_type='paste'``, ``random_num_objects``, ``num_objects`` 5,
+  more than the pool holds), ``empty_pool`` (area threshold above every box; MixUp's window
+  just closed) and ``closed_windows`` (the Atto/Femto/Pico settings: both off, empty windows).
+
+``copyblend_golden.npz``: ``{case}_{seed}``: the output images minus the input images (resized
+to the output size with nearest interpolation, as the official multi-scale does), in the
+official [0, 1] scale, float32 ``(3, 3, h, w)``.
+"""
+import json
+import os
+import random
+import sys
+import tempfile
+import types
+from pathlib import Path
+
+import numpy as np
+import torch
+
+GOLDEN_DIR = Path(__file__).resolve().parent
+HEIGHT, WIDTH = 48, 64
+COPY_BLEND = dict(area_threshold=100, num_objects=3, with_expand=True, expand_ratios=[0.1, 0.25])
+CASES = {
+    "deimv2_s": dict(
+        collate=dict(mixup_prob=0.5, mixup_epochs=[4, 64], copyblend_prob=0.5, copyblend_epochs=[4, 120],
+                     stop_epoch=120, base_size=64, base_size_repeat=1, **COPY_BLEND),
+        epoch=10, seeds=list(range(6))),
+    "no_expand": dict(
+        collate=dict(mixup_prob=0.0, mixup_epochs=[0, 0], copyblend_prob=1.0, copyblend_epochs=[0, 5],
+                     **dict(COPY_BLEND, with_expand=False)),
+        epoch=4, seeds=[0, 1]),
+    "paste_random_num": dict(
+        collate=dict(mixup_prob=0.0, mixup_epochs=[0, 0], copyblend_prob=1.0, copyblend_epochs=[0, 5],
+                     copyblend_type="paste", random_num_objects=True, **dict(COPY_BLEND, num_objects=5)),
+        epoch=0, seeds=[0, 1]),
+    "empty_pool": dict(
+        collate=dict(mixup_prob=0.5, mixup_epochs=[0, 1], copyblend_prob=1.0, copyblend_epochs=[0, 5],
+                     **dict(COPY_BLEND, area_threshold=10 ** 6)),
+        epoch=1, seeds=[0]),
+    "closed_windows": dict(
+        collate=dict(mixup_prob=0.0, mixup_epochs=[40000, 15000], copyblend_prob=0.0,
+                     copyblend_epochs=[40000, 15000], **COPY_BLEND),
+        epoch=10, seeds=[0]),
+}
+
+
+def copyblend_inputs():
+    """Three (3, 48, 64) uint8 images, their (N, 4) float32 absolute XYXY boxes and (N,) int64
+    labels (shared with the test)."""
+    rng = np.random.default_rng(11)
+    images = rng.integers(0, 256, size=(3, 3, HEIGHT, WIDTH), dtype=np.uint8)
+    boxes = [
+        [[3.4, 5.6, 30.7, 28.3], [40.2, 30.5, 44.6, 36.3], [50.3, 2.7, 63.4, 20.6]],
+        np.zeros((0, 4)),
+        [[1.3, 1.6, 40.7, 35.4], [20.4, 10.3, 31.6, 19.8], [5.5, 30.2, 12.1, 36.9]],
+    ]
+    boxes = [np.asarray(b, dtype=np.float32).reshape(-1, 4) for b in boxes]
+    labels = [np.array([2, 0, 4]), np.zeros(0), np.array([1, 3, 2])]
+    return images, boxes, [l.astype(np.int64) for l in labels]
+
+
+def replay_kind(collate, epoch, seed, pool_size):
+    """Which branch of the official collate the draws of ``seed`` take."""
+    rng = random.Random(seed)
+    rng.uniform(0.45, 0.55)  # the blend weight, drawn first
+    mixup_window, copyblend_window = collate["mixup_epochs"], collate["copyblend_epochs"]
+    if rng.random() < collate["mixup_prob"] and mixup_window[0] <= epoch < mixup_window[1]:
+        return "mixup"
+    if copyblend_window[0] <= epoch < copyblend_window[1] and rng.random() < collate["copyblend_prob"]:
+        return "copy_blend" if pool_size else "copy_blend_empty_pool"
+    return "none"
+
+
+def official_items():
+    from torchvision.ops import box_convert
+
+    images, boxes, labels = copyblend_inputs()
+    scale = torch.tensor([WIDTH, HEIGHT, WIDTH, HEIGHT], dtype=torch.float32)
+    items = []
+    for image, xyxy, classes in zip(images, boxes, labels):
+        xyxy = torch.from_numpy(xyxy)
+        target = {
+            "boxes": box_convert(xyxy, "xyxy", "cxcywh") / scale,
+            "labels": torch.from_numpy(classes),
+            "area": (xyxy[:, 2] - xyxy[:, 0]) * (xyxy[:, 3] - xyxy[:, 1]),
+        }
+        items.append((torch.from_numpy(image).float() / 255, target))
+    return items
+
+
+def run_case(collate_class, name, case):
+    import torch.nn.functional as F
+
+    collate = collate_class(**case["collate"], vis_save=tempfile.mkdtemp() + "/")
+    collate.set_epoch(case["epoch"])
+    inputs = torch.stack([image for image, _ in official_items()])
+    areas = torch.cat([target["area"] for _, target in official_items()])
+    pool_size = int((areas >= case["collate"]["area_threshold"]).sum())
+    runs, arrays = [], {}
+    for seed in case["seeds"]:
+        random.seed(seed)
+        images, targets = collate(official_items())
+        next_random = random.random()
+        reference = inputs if images.shape == inputs.shape else F.interpolate(inputs, size=images.shape[-2:])
+        arrays[f"{name}_{seed}"] = (images - reference).numpy().astype(np.float32)
+        runs.append({
+            "seed": seed,
+            "kind": replay_kind(case["collate"], case["epoch"], seed, pool_size),
+            "size": list(images.shape[-2:]),
+            "boxes": [t["boxes"].tolist() for t in targets],
+            "labels": [t["labels"].tolist() for t in targets],
+            "next_random": next_random,
+        })
+    return {"collate": case["collate"], "epoch": case["epoch"], "runs": runs}, arrays
+
+
+def main():
+    import torchvision
+
+    # The official code is only needed here: the test imports the inputs above.
+    sys.path.insert(0, os.environ["OFFICIAL_DEIMV2"])
+    sys.modules.setdefault("calflops", types.SimpleNamespace(calculate_flops=None))  # imported, not used
+    from engine.data.dataloader import BatchImageCollateFunction
+
+    golden = {
+        "official_repo": "Intellindust-AI-Lab/DEIMv2",
+        "official_commit": os.environ.get("OFFICIAL_DEIMV2_COMMIT", "unknown"),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "command": "OFFICIAL_DEIMV2=<official DEIMv2> PYTHONDONTWRITEBYTECODE=1 python tests/golden/make_copyblend_golden.py",
+        "image_size": [HEIGHT, WIDTH],
+        "cases": {},
+    }
+    arrays = {}
+    for name, case in CASES.items():
+        golden["cases"][name], more = run_case(BatchImageCollateFunction, name, case)
+        arrays.update(more)
+    (GOLDEN_DIR / "copyblend_golden.json").write_text(json.dumps(golden, indent=1) + "\n")
+    np.savez_compressed(GOLDEN_DIR / "copyblend_golden.npz", **arrays)
+    print("wrote copyblend_golden.json and copyblend_golden.npz")
+
+
+if __name__ == "__main__":
+    main()
