@@ -25,7 +25,9 @@ class RealTimeDETR(nn.Module):
     ``"instances"`` with ``gt_boxes`` (absolute XYXY in the given image) and ``gt_classes``
     (contiguous ids ``0..num_classes-1``).
 
-    Training returns a dict of already-weighted losses. Inference returns
+    Training returns a dict of already-weighted losses. Training inputs may carry ``"epoch"`` (our
+    data loader sets it on every sample); the criterion gets the batch's largest (0 without any),
+    for epoch-dependent matching (DEIMv2). Inference returns
     ``[{"instances": Instances(pred_boxes, scores, pred_classes)}]`` in original-image coordinates,
     the top ``num_top_queries`` (query, class) pairs per image like the official post-processor
     (no NMS; boxes are not clipped, so COCO AP equals the official evaluation), optionally
@@ -101,7 +103,9 @@ class RealTimeDETR(nn.Module):
         if self.training:
             targets = self.prepare_targets(batched_inputs, images)
             outputs = self.decoder(feats, targets, padding_mask=padding_mask)
-            return self.criterion(outputs, targets)
+            # Python ints from the loader: no device synchronisation.
+            epoch = max(int(x.get("epoch", 0)) for x in batched_inputs)
+            return self.criterion(outputs, targets, epoch=epoch)
         outputs = self.decoder(feats, padding_mask=padding_mask)
         return self.postprocess(outputs, batched_inputs, images)
 

@@ -94,7 +94,9 @@ class RTDETRCriterion(nn.Module):
     (``boxes``, ``local``) of every matching output use instead the union of all these matches
     (:func:`~dfine.modeling.decoder.fdr.union_matched_indices`), normalised by its size, and the
     ``local`` term adds the DDF distillation of every output that names a teacher. Without it,
-    ``local`` is FGL alone on each output's own match.
+    ``local`` is FGL alone on each output's own match. DEIM's and DEIMv2's ``use_uni_set`` is
+    ``go_lsd`` (``use_uni_set: False``, e.g. DEIMv2 Atto/Femto/Pico with losses ``mal`` + ``boxes``,
+    is ``go_lsd=False``).
 
     ``num_boxes`` is the number of ground-truth boxes averaged over processes, at least 1. It stays a
     tensor on the device: the host waits for the device only where the matcher hands its costs to
@@ -152,7 +154,8 @@ class RTDETRCriterion(nn.Module):
         self.go_lsd = go_lsd
         self.ddf_temperature = ddf_temperature
 
-    def forward(self, outputs: Dict, targets: List[Dict[str, torch.Tensor]]) -> Dict[str, torch.Tensor]:
+    def forward(self, outputs: Dict, targets: List[Dict[str, torch.Tensor]],
+                epoch: Optional[int] = None) -> Dict[str, torch.Tensor]:
         """
         Args:
             outputs: the decoder's training output: ``pred_logits`` ``[B, Q, K]`` and ``pred_boxes``
@@ -165,6 +168,8 @@ class RTDETRCriterion(nn.Module):
                 and ``reg_scale`` (see ``DFINEDecoder``).
             targets: B dicts with ``labels`` ``[G_i]`` int64 and ``boxes`` ``[G_i, 4]`` (normalised
                 cxcywh), on the device of the outputs.
+            epoch: the training epoch (a Python int), handed to every matcher call as ``epoch=``
+                (DEIMv2's matcher switch); None calls the matcher without it.
 
         Returns:
             Weighted losses, ``{"loss_vfl": ..., "loss_bbox_aux_0": ..., "loss_giou_dn_5": ...}``.
@@ -194,8 +199,9 @@ class RTDETRCriterion(nn.Module):
                 encoder_targets = [{"labels": torch.zeros_like(t["labels"]), "boxes": t["boxes"]} for t in targets]
                 encoder_batch_targets = batch_targets._replace(
                     labels=torch.zeros_like(batch_targets.labels), num_classes=1)
-            indices = [self.matcher(output, targets) for _, output in matching]
-            indices += [self.matcher(output, encoder_targets) for _, output in encoder]
+            match_kwargs = {} if epoch is None else {"epoch": epoch}
+            indices = [self.matcher(output, targets, **match_kwargs) for _, output in matching]
+            indices += [self.matcher(output, encoder_targets, **match_kwargs) for _, output in encoder]
 
             union, ddf_weights = None, None
             if self.go_lsd:

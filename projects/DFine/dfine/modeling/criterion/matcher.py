@@ -5,7 +5,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import nn
 
-from ..layers.box_ops import box_cxcywh_to_xyxy, generalized_box_iou
+from ..layers.box_ops import box_cxcywh_to_xyxy, box_iou, generalized_box_iou
 
 __all__ = ["HungarianMatcher"]
 
@@ -24,6 +24,10 @@ class HungarianMatcher(nn.Module):
     with L1 on normalised cxcywh boxes. The class cost is the focal-loss difference
     ``alpha (1-p)^gamma (-log p) - (1-alpha) p^gamma (-log(1-p))`` of the sigmoid probability ``p`` of
     the ground-truth class (``use_focal_loss=True``), or ``-softmax`` probability otherwise.
+
+    DEIMv2's matcher switch (``change_matcher``): from epoch ``matcher_change_epoch`` on, the cost
+    is ``-(p * IoU(box_q, box_g) ** iou_order_alpha)`` alone, with ``p`` the same probability (sigmoid
+    or softmax) of the ground-truth class, for every output the criterion matches.
     The matcher has no parameters and no gradient.
     """
 
@@ -33,12 +37,18 @@ class HungarianMatcher(nn.Module):
         use_focal_loss: bool = True,
         alpha: float = 0.25,
         gamma: float = 2.0,
+        change_matcher: bool = False,
+        iou_order_alpha: float = 1.0,
+        matcher_change_epoch: int = 10000,
     ):
         """
         Args:
             weight_dict: weights of the cost terms, keys ``cost_class``, ``cost_bbox``, ``cost_giou``.
             use_focal_loss: sigmoid focal class cost (every official config) instead of softmax.
             alpha, gamma: focal parameters of the class cost.
+            change_matcher: switch to the IoU-ordered cost at ``matcher_change_epoch`` (DEIMv2: True).
+            iou_order_alpha: exponent of the IoU in that cost (DEIMv2: 4).
+            matcher_change_epoch: first epoch (0-based) of that cost.
         """
         super().__init__()
         self.cost_class = weight_dict["cost_class"]
@@ -49,9 +59,17 @@ class HungarianMatcher(nn.Module):
         self.use_focal_loss = use_focal_loss
         self.alpha = alpha
         self.gamma = gamma
+        self.change_matcher = change_matcher
+        self.iou_order_alpha = iou_order_alpha
+        self.matcher_change_epoch = matcher_change_epoch
+
+    def uses_iou_order_cost(self, epoch: int) -> bool:
+        """Whether the DEIMv2 cost applies at ``epoch``."""
+        return self.change_matcher and epoch >= self.matcher_change_epoch
 
     def cost_matrix(
-        self, logits: torch.Tensor, boxes: torch.Tensor, gt_labels: torch.Tensor, gt_boxes: torch.Tensor
+        self, logits: torch.Tensor, boxes: torch.Tensor, gt_labels: torch.Tensor, gt_boxes: torch.Tensor,
+        epoch: int = 0,
     ) -> torch.Tensor:
         """Matching cost of every prediction against every ground truth.
 
@@ -60,10 +78,15 @@ class HungarianMatcher(nn.Module):
             boxes: ``[N, 4]`` predicted boxes, normalised cxcywh.
             gt_labels: ``[M]`` int64 class ids in ``[0, C)``.
             gt_boxes: ``[M, 4]`` ground-truth boxes, normalised cxcywh.
+            epoch: the training epoch, for ``change_matcher``.
 
         Returns:
             ``[N, M]`` cost, lower is better.
         """
+        if self.uses_iou_order_cost(epoch):
+            prob = (logits.sigmoid() if self.use_focal_loss else logits.softmax(-1))[:, gt_labels]
+            iou = box_iou(box_cxcywh_to_xyxy(boxes), box_cxcywh_to_xyxy(gt_boxes))[0]
+            return -(prob * iou**self.iou_order_alpha)
         if self.use_focal_loss:
             prob = logits.sigmoid()[:, gt_labels]
             neg_cost = (1 - self.alpha) * (prob**self.gamma) * (-(1 - prob + 1e-8).log())
@@ -77,12 +100,13 @@ class HungarianMatcher(nn.Module):
 
     @torch.no_grad()
     def forward(
-        self, outputs: Dict[str, torch.Tensor], targets: List[Dict[str, torch.Tensor]]
+        self, outputs: Dict[str, torch.Tensor], targets: List[Dict[str, torch.Tensor]], epoch: int = 0
     ) -> List[Tuple[torch.Tensor, torch.Tensor]]:
         """
         Args:
             outputs: ``"pred_logits"`` ``[B, Q, C]`` and ``"pred_boxes"`` ``[B, Q, 4]`` (normalised cxcywh).
             targets: B dicts with ``"labels"`` ``[G_i]`` int64 and ``"boxes"`` ``[G_i, 4]`` (normalised cxcywh).
+            epoch: the training epoch (a Python int), for ``change_matcher``.
 
         Returns:
             B pairs ``(query_idx, gt_idx)`` of int64 CPU tensors of length ``min(Q, G_i)``: query
@@ -96,6 +120,7 @@ class HungarianMatcher(nn.Module):
             outputs["pred_boxes"].flatten(0, 1),
             torch.cat([t["labels"] for t in targets]),
             torch.cat([t["boxes"] for t in targets]),
+            epoch,
         )
         # One transfer for the whole batch; scipy needs the costs on the host anyway.
         cost = cost.view(batch_size, num_queries, sum(sizes)).cpu()

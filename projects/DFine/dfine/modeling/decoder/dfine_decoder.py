@@ -8,8 +8,11 @@ the distributions to the class logits. The lighter layer of D-FINE (target gatin
 in the cross-attention, bounded query position embedding) is an option of the shared layer.
 
 Parameter and buffer names follow the official ``DFINETransformer``, so official checkpoints load
-unchanged.
+unchanged. DEIMv2's ``DEIMTransformer`` is this decoder with the options listed in
+:class:`DFINEDecoder` (RMSNorm + SwiGLU layers, one query position embedding for all layers,
+optional gating, shared heads, no encoder output projection).
 """
+import copy
 from typing import Dict, List, Optional
 
 import torch
@@ -55,8 +58,8 @@ class FDRTransformerDecoder(TransformerDecoder):
     """
 
     def __init__(self, num_layers, eval_idx, up: nn.Parameter, reg_scale: nn.Parameter, reg_max: int,
-                 lqe_act: str = "relu", query_pos_clamp=None, **layer_kwargs):
-        super().__init__(num_layers, eval_idx, query_pos_clamp, **layer_kwargs)
+                 lqe_act: str = "relu", query_pos_clamp=None, share_query_pos=False, **layer_kwargs):
+        super().__init__(num_layers, eval_idx, query_pos_clamp, share_query_pos, **layer_kwargs)
         self.up, self.reg_scale, self.reg_max = up, reg_scale, reg_max
         self.lqe_layers = nn.ModuleList(LQE(reg_max, act=lqe_act) for _ in range(num_layers))
 
@@ -85,8 +88,9 @@ class FDRTransformerDecoder(TransformerDecoder):
         ref_detach = ref_unact.sigmoid()
         prev_corners = prev_target = 0
         pre_logits = None
+        shared_pos = self.initial_query_pos(query_pos_head, ref_detach)
         for i, layer in enumerate(self.layers):
-            query_pos = self.query_pos(query_pos_head, ref_detach)
+            query_pos = self.layer_query_pos(query_pos_head, ref_detach, shared_pos)
             target = layer(target, ref_detach.unsqueeze(2), memory, spatial_shapes, attn_mask, memory_mask, query_pos)
             if i == 0:
                 pre_boxes = (pre_bbox_head(target) + inverse_sigmoid(ref_detach)).sigmoid()
@@ -120,6 +124,17 @@ class DFINEDecoder(RTDETRv2Decoder):
         reg_max: ``R``, bins per edge minus one.
         reg_scale: curvature of ``W(n)`` (4, or 8 for D-FINE-X), a frozen parameter as officially.
         lqe_act: activation of the LQE MLP (ReLU in D-FINE, the decoder's activation in DEIM).
+        share_bbox_head, share_score_head: one box (score) head module serves every layer up to
+            ``eval_idx`` (DEIMv2 Atto/Femto/Pico share the box head). The ``ModuleList`` holds that
+            module once per layer, so the state dict lists its tensors under every layer's key, as
+            the official one does; layers after ``eval_idx`` keep their own heads.
+        clone_layer_heads: unshared per-layer heads start as copies of one head (DEIMv2) rather
+            than as independent draws (D-FINE). Initialisation only.
+
+    DEIMv2 (``DEIMTransformer``) is ``norm_type="rms"``, ``ffn_type="swiglu"``,
+    ``share_query_pos=True``, ``query_pos_method="as_reg"``, ``query_pos_xavier_last=True``,
+    ``encoder_output_proj=False``, ``clone_layer_heads=True``, ``lqe_act`` = ``activation`` =
+    ``mlp_act`` = ``"silu"``, ``target_gate`` = its ``use_gateway`` (True but for Atto/Femto/Pico).
 
     Training output with FDR, beyond :class:`RTDETRv2Decoder`'s: ``pred_corners`` and
     ``ref_points`` in the main output and in every ``aux_outputs`` / ``dn_aux_outputs`` entry,
@@ -130,23 +145,31 @@ class DFINEDecoder(RTDETRv2Decoder):
 
     def __init__(self, *args, fdr: bool = True, reg_max: int = 32, reg_scale: float = 4.0, lqe_act: str = "relu",
                  target_gate: bool = True, attn_projections: bool = False, query_pos_clamp: Optional[float] = 10.0,
-                 identity_input_proj: bool = True, dn_abs_box_size: bool = True, **kwargs):
+                 identity_input_proj: bool = True, dn_abs_box_size: bool = True, share_bbox_head: bool = False,
+                 share_score_head: bool = False, clone_layer_heads: bool = False, **kwargs):
         super().__init__(*args, target_gate=target_gate, attn_projections=attn_projections,
                          query_pos_clamp=query_pos_clamp, identity_input_proj=identity_input_proj,
                          dn_abs_box_size=dn_abs_box_size, **kwargs)
         self.fdr = fdr
         self.reg_max = reg_max
-        if not fdr:
-            return
-        self.up = nn.Parameter(torch.tensor([0.5]), requires_grad=False)
-        self.reg_scale = nn.Parameter(torch.tensor([float(reg_scale)]), requires_grad=False)
+        eval_idx = self.decoder.eval_idx
         mlp_act = kwargs.get("mlp_act", "relu")
-        self.decoder = FDRTransformerDecoder(self.num_layers, self.decoder.eval_idx, self.up, self.reg_scale, reg_max,
-                                             lqe_act, query_pos_clamp, **self.decoder_layer_kwargs)
-        self.pre_bbox_head = MLP(self.hidden_dim, self.hidden_dim, 4, 3, act=mlp_act)
-        self.dec_bbox_head = nn.ModuleList(
-            MLP(self.hidden_dim, self.hidden_dim, 4 * (reg_max + 1), 3, act=mlp_act) for _ in range(self.num_layers))
-        self._reset_parameters()
+        box_outputs = 4 * (reg_max + 1) if fdr else 4
+        if fdr:
+            self.up = nn.Parameter(torch.tensor([0.5]), requires_grad=False)
+            self.reg_scale = nn.Parameter(torch.tensor([float(reg_scale)]), requires_grad=False)
+            self.decoder = FDRTransformerDecoder(self.num_layers, eval_idx, self.up, self.reg_scale, reg_max, lqe_act,
+                                                 query_pos_clamp, self.share_query_pos, **self.decoder_layer_kwargs)
+            self.pre_bbox_head = MLP(self.hidden_dim, self.hidden_dim, 4, 3, act=mlp_act)
+        if share_score_head or clone_layer_heads:
+            self.dec_score_head = _layer_heads(lambda: nn.Linear(self.hidden_dim, self.num_classes), self.num_layers,
+                                               eval_idx, share_score_head, clone_layer_heads)
+        if fdr or share_bbox_head or clone_layer_heads:
+            self.dec_bbox_head = _layer_heads(
+                lambda: MLP(self.hidden_dim, self.hidden_dim, box_outputs, 3, act=mlp_act), self.num_layers, eval_idx,
+                share_bbox_head, clone_layer_heads)
+        if fdr or share_bbox_head or share_score_head or clone_layer_heads:
+            self._reset_parameters()
 
     def _reset_parameters(self):
         super()._reset_parameters()
@@ -196,6 +219,19 @@ class DFINEDecoder(RTDETRv2Decoder):
             out["dn_meta"] = dn_meta
         self._encoder_outputs(q, out)
         return out
+
+
+def _layer_heads(make_head, num_layers: int, eval_idx: int, share: bool, clone: bool) -> nn.ModuleList:
+    """One head per layer. ``share``: the same module for layers ``0..eval_idx``; ``clone``: the
+    other heads are copies of the first one (else each ``make_head()`` draws its own)."""
+    first = make_head()
+    heads = [first]
+    for i in range(1, num_layers):
+        if share and i <= eval_idx:
+            heads.append(first)
+        else:
+            heads.append(copy.deepcopy(first) if clone else make_head())
+    return nn.ModuleList(heads)
 
 
 def _fdr_layer_outputs(boxes, logits, corners, ref_boxes) -> List[Dict]:

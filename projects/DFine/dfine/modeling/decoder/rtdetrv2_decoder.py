@@ -12,11 +12,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..layers.common import MLP, bias_init_with_prob, get_activation, inverse_sigmoid
+from ..layers.common import MLP, RMSNorm, SwiGLUFFN, bias_init_with_prob, get_activation, inverse_sigmoid
 from .denoising import contrastive_denoising_group
 from .msda import MSDeformableAttention
 
 __all__ = ["RTDETRv2Decoder", "generate_anchors"]
+
+
+def _norm_layer(norm_type: str, dim: int) -> nn.Module:
+    """``"layer"``: LayerNorm (RT-DETRv2, D-FINE); ``"rms"``: RMSNorm (DEIMv2)."""
+    if norm_type == "layer":
+        return nn.LayerNorm(dim)
+    if norm_type == "rms":
+        return RMSNorm(dim)
+    raise ValueError(f"Unknown norm_type {norm_type!r}; choose 'layer' or 'rms'")
 
 
 def generate_anchors(spatial_shapes, grid_size=0.05, eps=1e-2, dtype=torch.float32, device="cpu"):
@@ -46,15 +55,16 @@ class Gate(nn.Module):
     """Target gating (D-FINE): ``LayerNorm(g1 * x1 + g2 * x2)`` with per-channel gates
     ``g1, g2 = sigmoid(Linear([x1, x2]))``, in place of the residual ``LayerNorm(x1 + x2)``.
 
-    The gates start at 0.5 (zero weight and bias), i.e. half the plain residual.
+    The gates start at 0.5 (zero weight and bias), i.e. half the plain residual. ``norm_type``
+    ``"rms"`` normalises with RMSNorm instead (DEIMv2).
     """
 
-    def __init__(self, d_model):
+    def __init__(self, d_model, norm_type="layer"):
         super().__init__()
         self.gate = nn.Linear(2 * d_model, 2 * d_model)
         nn.init.constant_(self.gate.weight, 0)
         nn.init.constant_(self.gate.bias, bias_init_with_prob(0.5))
-        self.norm = nn.LayerNorm(d_model)
+        self.norm = _norm_layer(norm_type, d_model)
 
     def forward(self, x1, x2):
         gate1, gate2 = self.gate(torch.cat([x1, x2], -1)).sigmoid().chunk(2, dim=-1)
@@ -66,30 +76,44 @@ class TransformerDecoderLayer(nn.Module):
 
     ``target_gate`` (D-FINE) merges the cross-attention into the queries with a :class:`Gate`
     (``gateway``) instead of the residual and ``norm2``; ``attn_projections=False`` (D-FINE) drops
-    the value and output projections of the cross-attention.
+    the value and output projections of the cross-attention. DEIMv2's layer is
+    ``norm_type="rms"`` (RMSNorm for ``norm1``, ``norm2`` or the gate's norm, and ``norm3``) and
+    ``ffn_type="swiglu"`` (a :class:`SwiGLUFFN` ``swish_ffn`` of hidden width
+    ``dim_feedforward // 2``, always SiLU-gated: ``activation`` is not used).
     """
 
     def __init__(self, d_model=256, n_head=8, dim_feedforward=1024, dropout=0.0, activation="relu",
-                 n_levels=4, n_points=4, cross_attn_method="default", target_gate=False, attn_projections=True):
+                 n_levels=4, n_points=4, cross_attn_method="default", target_gate=False, attn_projections=True,
+                 norm_type="layer", ffn_type="mlp"):
         super().__init__()
+        if ffn_type not in ("mlp", "swiglu"):
+            raise ValueError(f"Unknown ffn_type {ffn_type!r}; choose 'mlp' or 'swiglu'")
         self.self_attn = nn.MultiheadAttention(d_model, n_head, dropout=dropout, batch_first=True)
         self.dropout1 = nn.Dropout(dropout)
-        self.norm1 = nn.LayerNorm(d_model)
+        self.norm1 = _norm_layer(norm_type, d_model)
         self.cross_attn = MSDeformableAttention(d_model, n_head, n_levels, n_points, method=cross_attn_method,
                                                 projections=attn_projections)
         self.dropout2 = nn.Dropout(dropout)
         if target_gate:
-            self.gateway = Gate(d_model)
+            self.gateway = Gate(d_model, norm_type)
         else:
-            self.norm2 = nn.LayerNorm(d_model)
-        self.linear1 = nn.Linear(d_model, dim_feedforward)
-        self.activation = get_activation(activation)
-        self.dropout3 = nn.Dropout(dropout)
-        self.linear2 = nn.Linear(dim_feedforward, d_model)
+            self.norm2 = _norm_layer(norm_type, d_model)
+        if ffn_type == "swiglu":
+            self.swish_ffn = SwiGLUFFN(d_model, dim_feedforward // 2, d_model)
+        else:
+            self.linear1 = nn.Linear(d_model, dim_feedforward)
+            self.activation = get_activation(activation)
+            self.dropout3 = nn.Dropout(dropout)
+            self.linear2 = nn.Linear(dim_feedforward, d_model)
+            nn.init.xavier_uniform_(self.linear1.weight)
+            nn.init.xavier_uniform_(self.linear2.weight)
         self.dropout4 = nn.Dropout(dropout)
-        self.norm3 = nn.LayerNorm(d_model)
-        nn.init.xavier_uniform_(self.linear1.weight)
-        nn.init.xavier_uniform_(self.linear2.weight)
+        self.norm3 = _norm_layer(norm_type, d_model)
+
+    def _ffn(self, target):
+        if hasattr(self, "swish_ffn"):
+            return self.swish_ffn(target)
+        return self.linear2(self.dropout3(self.activation(self.linear1(target))))
 
     def forward(self, target, reference_points, memory, spatial_shapes, attn_mask=None, memory_mask=None,
                 query_pos=None):
@@ -108,7 +132,7 @@ class TransformerDecoderLayer(nn.Module):
         target = self.norm1(target + self.dropout1(attn))
         cross = self.dropout2(self.cross_attn(target + query_pos, reference_points, memory, spatial_shapes, memory_mask))
         target = self.gateway(target, cross) if hasattr(self, "gateway") else self.norm2(target + cross)
-        ffn = self.linear2(self.dropout3(self.activation(self.linear1(target))))
+        ffn = self._ffn(target)
         # Clamped to the float16 range (as D-FINE does), so that an overflow under AMP reaches the
         # norm as a large finite value rather than inf; values inside the range are unchanged.
         return self.norm3((target + self.dropout4(ffn)).clamp(-65504, 65504))
@@ -117,8 +141,14 @@ class TransformerDecoderLayer(nn.Module):
 class TransformerDecoder(nn.Module):
     """The layer stack with iterative box refinement; the heads are owned by the caller."""
 
-    def __init__(self, num_layers, eval_idx=-1, query_pos_clamp=None, **layer_kwargs):
-        """``query_pos_clamp``: bound of the query position embedding (D-FINE: 10), or None."""
+    def __init__(self, num_layers, eval_idx=-1, query_pos_clamp=None, share_query_pos=False, **layer_kwargs):
+        """
+        Args:
+            query_pos_clamp: bound of the query position embedding (D-FINE: 10), or None.
+            share_query_pos: embed the initial reference boxes once and give that embedding to
+                every layer (DEIMv2), instead of embedding each layer's own reference boxes.
+            layer_kwargs: :class:`TransformerDecoderLayer` arguments.
+        """
         super().__init__()
         if not -num_layers <= eval_idx < num_layers:
             raise ValueError(f"eval_idx {eval_idx} is not a layer of a {num_layers}-layer decoder")
@@ -127,11 +157,21 @@ class TransformerDecoder(nn.Module):
         self.layers = nn.ModuleList(copy.deepcopy(layer) for _ in range(num_layers))
         self.eval_idx = eval_idx % num_layers
         self.query_pos_clamp = query_pos_clamp
+        self.share_query_pos = share_query_pos
 
     def query_pos(self, query_pos_head, boxes):
         """Position embedding ``[B, Q, C]`` of the (detached) reference boxes."""
         pos = query_pos_head(boxes)
         return pos if self.query_pos_clamp is None else pos.clamp(-self.query_pos_clamp, self.query_pos_clamp)
+
+    def layer_query_pos(self, query_pos_head, boxes, shared_pos):
+        """The embedding a layer gets: ``shared_pos`` (computed once, before the first layer) when
+        ``share_query_pos``, else that of the layer's own reference ``boxes``."""
+        return shared_pos if self.share_query_pos else self.query_pos(query_pos_head, boxes)
+
+    def initial_query_pos(self, query_pos_head, boxes):
+        """The shared embedding of the initial reference boxes, or None without ``share_query_pos``."""
+        return self.query_pos(query_pos_head, boxes) if self.share_query_pos else None
 
     def forward(self, target, ref_unact, memory, spatial_shapes, bbox_head, score_head, query_pos_head,
                 attn_mask=None, memory_mask=None):
@@ -148,9 +188,10 @@ class TransformerDecoder(nn.Module):
         boxes, logits = [], []
         ref_detach = ref_unact.sigmoid()
         ref = None
+        shared_pos = self.initial_query_pos(query_pos_head, ref_detach)
         for i, layer in enumerate(self.layers):
             # Each layer refines the previous layer's box, with the gradient stopped between layers.
-            query_pos = self.query_pos(query_pos_head, ref_detach)
+            query_pos = self.layer_query_pos(query_pos_head, ref_detach, shared_pos)
             target = layer(target, ref_detach.unsqueeze(2), memory, spatial_shapes, attn_mask, memory_mask, query_pos)
             refined = (bbox_head[i](target) + inverse_sigmoid(ref_detach)).sigmoid()
             if self.training:
@@ -196,6 +237,13 @@ class RTDETRv2Decoder(nn.Module):
             ``contrastive_denoising_group``); DEIM-RT-DETRv2 and the D-FINE family set it.
         target_gate, attn_projections: D-FINE's decoder layer (see ``TransformerDecoderLayer``).
         query_pos_clamp: D-FINE bounds the query position embedding to ``[-10, 10]``.
+        norm_type, ffn_type: DEIMv2's decoder layer, ``"rms"`` and ``"swiglu"`` (see
+            ``TransformerDecoderLayer``); the defaults ``"layer"`` / ``"mlp"`` are RT-DETRv2's and D-FINE's.
+        share_query_pos: DEIMv2 embeds the initial reference boxes once for all layers.
+        encoder_output_proj: the ``enc_output`` Linear + LayerNorm on the memory before the encoder
+            heads and the query selection; DEIMv2 has none (``False``) and selects raw memory.
+        query_pos_xavier_last: Xavier-initialise the last layer of the query-position MLP too
+            (DEIMv2; RT-DETRv2 and DEIM initialise its first two layers).
         identity_input_proj: an input map that already has ``hidden_dim`` channels is used as it is
             instead of through a 1x1 conv + BN (D-FINE; its encoder outputs ``hidden_dim`` channels).
 
@@ -217,7 +265,8 @@ class RTDETRv2Decoder(nn.Module):
                  learn_query_content=False, eval_spatial_size=None, eval_idx=-1, eps=1e-2, aux_loss=True,
                  cross_attn_method="default", query_select_method="default", query_pos_method="default",
                  mlp_act="relu", dn_abs_box_size=False, target_gate=False, attn_projections=True,
-                 query_pos_clamp=None, identity_input_proj=False):
+                 query_pos_clamp=None, identity_input_proj=False, norm_type="layer", ffn_type="mlp",
+                 share_query_pos=False, encoder_output_proj=True, query_pos_xavier_last=False):
         super().__init__()
         if len(feat_channels) > num_levels or len(feat_strides) != len(feat_channels):
             raise ValueError("feat_channels and feat_strides need one entry per input map, at most num_levels")
@@ -243,6 +292,7 @@ class RTDETRv2Decoder(nn.Module):
         self.box_noise_scale = box_noise_scale
         self.dn_abs_box_size = dn_abs_box_size
         self.learn_query_content = learn_query_content
+        self.query_pos_xavier_last = query_pos_xavier_last
 
         self.input_proj = nn.ModuleList()
         for level in range(num_levels):
@@ -258,8 +308,10 @@ class RTDETRv2Decoder(nn.Module):
         self.decoder_layer_kwargs = dict(
             d_model=hidden_dim, n_head=nhead, dim_feedforward=dim_feedforward, dropout=dropout, activation=activation,
             n_levels=num_levels, n_points=num_points, cross_attn_method=cross_attn_method, target_gate=target_gate,
-            attn_projections=attn_projections)
-        self.decoder = TransformerDecoder(num_layers, eval_idx, query_pos_clamp, **self.decoder_layer_kwargs)
+            attn_projections=attn_projections, norm_type=norm_type, ffn_type=ffn_type)
+        self.share_query_pos = share_query_pos
+        self.decoder = TransformerDecoder(num_layers, eval_idx, query_pos_clamp, share_query_pos,
+                                          **self.decoder_layer_kwargs)
 
         if num_denoising > 0:
             self.denoising_class_embed = nn.Embedding(num_classes + 1, hidden_dim, padding_idx=num_classes)
@@ -270,8 +322,9 @@ class RTDETRv2Decoder(nn.Module):
             self.query_pos_head = MLP(4, 2 * hidden_dim, hidden_dim, 2, act=mlp_act)
         else:
             self.query_pos_head = MLP(4, hidden_dim, hidden_dim, 3, act=mlp_act)
-        self.enc_output = nn.Sequential(OrderedDict([("proj", nn.Linear(hidden_dim, hidden_dim)),
-                                                     ("norm", nn.LayerNorm(hidden_dim))]))
+        if encoder_output_proj:
+            self.enc_output = nn.Sequential(OrderedDict([("proj", nn.Linear(hidden_dim, hidden_dim)),
+                                                         ("norm", nn.LayerNorm(hidden_dim))]))
         self.enc_score_head = nn.Linear(hidden_dim, 1 if query_select_method == "agnostic" else num_classes)
         self.enc_bbox_head = MLP(hidden_dim, hidden_dim, 4, 3, act=mlp_act)
         self.dec_score_head = nn.ModuleList(nn.Linear(hidden_dim, num_classes) for _ in range(num_layers))
@@ -296,12 +349,16 @@ class RTDETRv2Decoder(nn.Module):
         for head in [self.enc_bbox_head, *self.dec_bbox_head]:
             nn.init.constant_(head.layers[-1].weight, 0)
             nn.init.constant_(head.layers[-1].bias, 0)
-        nn.init.xavier_uniform_(self.enc_output.proj.weight)
+        if hasattr(self, "enc_output"):
+            nn.init.xavier_uniform_(self.enc_output.proj.weight)
         if self.learn_query_content:
             nn.init.xavier_uniform_(self.tgt_embed.weight)
-        # The first two layers only, also for the 3-layer "as_reg" head (as DEIM does).
+        # The first two layers only, also for the 3-layer "as_reg" head (as DEIM does), unless
+        # query_pos_xavier_last (DEIMv2).
         nn.init.xavier_uniform_(self.query_pos_head.layers[0].weight)
         nn.init.xavier_uniform_(self.query_pos_head.layers[1].weight)
+        if self.query_pos_xavier_last:
+            nn.init.xavier_uniform_(self.query_pos_head.layers[-1].weight)
         for proj in self.input_proj:
             if not isinstance(proj, nn.Identity):
                 nn.init.xavier_uniform_(proj.conv.weight)
@@ -361,7 +418,7 @@ class RTDETRv2Decoder(nn.Module):
         if memory_valid is not None:
             valid_mask = valid_mask & memory_valid.unsqueeze(-1)
         memory = valid_mask.to(memory.dtype) * memory
-        output_memory = self.enc_output(memory)
+        output_memory = self.enc_output(memory) if hasattr(self, "enc_output") else memory
         enc_logits = self.enc_score_head(output_memory)
         if memory_valid is not None:
             # Padding is never proposed (unless the images have fewer tokens than queries).

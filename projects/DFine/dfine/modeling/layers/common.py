@@ -2,9 +2,10 @@
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["get_activation", "MLP", "ConvNormLayer", "inverse_sigmoid", "bias_init_with_prob"]
+__all__ = ["get_activation", "MLP", "RMSNorm", "SwiGLUFFN", "ConvNormLayer", "inverse_sigmoid", "bias_init_with_prob"]
 
 _ACTIVATIONS = {
     "relu": nn.ReLU,
@@ -49,6 +50,50 @@ class MLP(nn.Module):
             if i < len(self.layers) - 1:
                 x = self.act(x)
         return x
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square norm over the last dimension (Zhang & Sennrich, 2019): ``x / rms(x) * scale``.
+
+    The statistics are taken in float32 whatever the input dtype (as DEIMv2 does, so that half
+    precision cannot overflow the sum of squares); the result is cast back before the scale.
+    No centring and no bias. Parameter name ``scale`` (init 1) as in the official DEIMv2 decoder.
+    """
+
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.dim = dim
+        self.eps = eps
+        self.scale = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()
+        normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return normed.type_as(x) * self.scale
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, eps={self.eps}"
+
+
+class SwiGLUFFN(nn.Module):
+    """Gated feed-forward block (Shazeer, 2020): ``w3(silu(a) * b)`` with ``[a, b] = w12(x)``.
+
+    ``w12`` maps ``in_features`` to ``2 * hidden_features`` (the two halves, in that order);
+    Xavier-uniform weights and zero biases. Parameter names as in DEIMv2 (and DINOv2).
+    """
+
+    def __init__(self, in_features: int, hidden_features: int, out_features: int, bias: bool = True):
+        super().__init__()
+        self.w12 = nn.Linear(in_features, 2 * hidden_features, bias=bias)
+        self.w3 = nn.Linear(hidden_features, out_features, bias=bias)
+        for linear in (self.w12, self.w3):
+            nn.init.xavier_uniform_(linear.weight)
+            if bias:
+                nn.init.zeros_(linear.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, value = self.w12(x).chunk(2, dim=-1)
+        return self.w3(F.silu(gate) * value)
 
 
 def fuse_conv_and_norm(conv: nn.Conv2d, norm: nn.BatchNorm2d):

@@ -1,0 +1,311 @@
+"""DEIMv2's decoder (``DEIMTransformer``) as options of our D-FINE decoder, its RMSNorm / SwiGLU FFN and
+its matcher switch, against the official DEIMv2 code.
+
+Reference numbers: ``tests/golden/deimv2_decoder_golden.{json,npz}``, written by
+``tests/golden/make_deimv2_decoder_golden.py`` from the official DEIMv2 tree (Intellindust-AI-Lab/DEIMv2,
+commit in the JSON) on the synthetic weights of ``golden/synth.py`` and the inputs of that script's
+``decoder_inputs`` / ``module_inputs`` / ``matcher_inputs``, which these tests rebuild.
+"""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from dfine.modeling.criterion.criterion import RTDETRCriterion
+from dfine.modeling.criterion.matcher import HungarianMatcher
+from dfine.modeling.decoder.dfine_decoder import DFINEDecoder
+from dfine.modeling.layers.common import RMSNorm, SwiGLUFFN
+from dfine.modeling.meta_arch import RealTimeDETR
+from golden.make_deimv2_decoder_golden import (
+    MATCHER_ARGS,
+    aliases,
+    count_calls,
+    decoder_inputs,
+    load_synth,
+    matcher_inputs,
+    module_inputs,
+)
+from golden.synth import fingerprint, synth_state_dict
+
+GOLDEN_DIR = Path(__file__).resolve().parent / "golden"
+GOLDEN = json.loads((GOLDEN_DIR / "deimv2_decoder_golden.json").read_text())
+ARRAYS = np.load(GOLDEN_DIR / "deimv2_decoder_golden.npz")
+# Official frozen W(n) hyper-parameter built from the YAML's integer 4: int64 there, float32 here
+# (loading casts; W(n) is the same).
+INT64_IN_OFFICIAL = {"reg_scale", "decoder.reg_scale"}
+
+
+def deimv2_decoder(official_args: dict, **overrides) -> DFINEDecoder:
+    """Our decoder configured as the official ``DEIMTransformer(**official_args)``."""
+    a = official_args
+    args = dict(
+        num_classes=a["num_classes"], hidden_dim=a["hidden_dim"], num_queries=a["num_queries"],
+        feat_channels=a["feat_channels"], feat_strides=a["feat_strides"], num_levels=a["num_levels"],
+        num_points=a["num_points"], num_layers=a["num_layers"], dim_feedforward=a["dim_feedforward"],
+        activation=a["activation"], mlp_act=a["mlp_act"], lqe_act=a["activation"], num_denoising=a["num_denoising"],
+        label_noise_ratio=a["label_noise_ratio"], box_noise_scale=a["box_noise_scale"],
+        eval_spatial_size=a["eval_spatial_size"], eval_idx=a["eval_idx"], cross_attn_method=a["cross_attn_method"],
+        query_select_method=a["query_select_method"], reg_max=a["reg_max"], reg_scale=a["reg_scale"],
+        target_gate=a.get("use_gateway", True), share_bbox_head=a.get("share_bbox_head", False),
+        share_score_head=a.get("share_score_head", False),
+        # What makes a D-FINE decoder a DEIMv2 one.
+        norm_type="rms", ffn_type="swiglu", share_query_pos=True, query_pos_method="as_reg",
+        query_pos_xavier_last=True, encoder_output_proj=False, clone_layer_heads=True,
+    )
+    args.update(overrides)
+    return DFINEDecoder(**args)
+
+
+def _case(name):
+    golden = GOLDEN["decoders"][name]
+    args = golden["args"]
+    torch.manual_seed(0)
+    decoder = deimv2_decoder(args)
+    feats = [torch.from_numpy(f) for f in decoder_inputs(name, args["feat_channels"], args["feat_strides"])["feats"]]
+    return golden, decoder, feats
+
+
+def _shapes(state):
+    return {k: list(v.shape) for k, v in state.items()}
+
+
+def _close(ours, key, atol):
+    expected = torch.from_numpy(ARRAYS[key])
+    assert ours.shape == expected.shape, key
+    torch.testing.assert_close(ours.detach().float(), expected, atol=atol, rtol=0, msg=key)
+
+
+def test_rmsnorm_and_swiglu_match_official():
+    """Official ``deim_utils.RMSNorm(64)`` / ``SwiGLUFFN(64, 80, 64)`` outputs (golden ``rmsnorm`` /
+    ``swiglu``) on ``module_inputs()``."""
+    inputs = module_inputs()
+    assert fingerprint(inputs) == GOLDEN["module_inputs_crc32"]
+    norm = RMSNorm(64)
+    assert norm.eps == GOLDEN["rmsnorm"]["eps"] and list(dict(norm.named_parameters())) == ["scale"]
+    with torch.no_grad():
+        norm.scale.copy_(torch.from_numpy(inputs["rmsnorm_scale"]))
+        x = torch.from_numpy(inputs["rmsnorm_x"])
+        _close(norm(x), "rmsnorm_out", 1e-6)
+        half = norm(x.half())
+    # Statistics in float32, cast back to half, then the float32 scale: a float32 result.
+    assert str(half.dtype) == GOLDEN["rmsnorm"]["half_output_dtype"]
+    _close(half, "rmsnorm_out_half", 1e-6)
+
+    ffn = SwiGLUFFN(64, 80, 64)
+    assert _shapes(ffn.state_dict()) == GOLDEN["swiglu"]["state_dict"]
+    ffn.load_state_dict(synth_state_dict(_shapes(ffn.state_dict()), seed=0), strict=True)
+    with torch.no_grad():
+        _close(ffn(torch.from_numpy(inputs["swiglu_x"])), "swiglu_out", 1e-6)
+
+
+@pytest.mark.parametrize("name", ["atto", "s"])
+def test_state_dict_layout_matches_official(name):
+    """Keys, order, shapes, dtypes, shared tensors and parameter count of the official
+    ``DEIMTransformer`` for the Atto and DINOv3-S configs (golden ``decoders[name]``)."""
+    golden, decoder, _ = _case(name)
+    state = decoder.state_dict()
+    # Same keys and shapes; the order differs (the query-position head is built before the
+    # encoder heads here), which loading ignores.
+    assert _shapes(state) == golden["state_dict"]
+    dtypes = {k: str(v.dtype) for k, v in state.items() if v.dtype != torch.float32}
+    assert dtypes == {k: v for k, v in golden["dtypes"].items() if k not in INT64_IN_OFFICIAL}
+    assert aliases(state) == golden["aliases"]
+    assert len(state) == golden["num_state_dict_entries"]
+    assert sum(p.numel() for p in decoder.parameters()) == golden["num_parameters"]
+
+
+@pytest.mark.parametrize("name", ["atto", "s"])
+def test_eval_outputs_and_deploy_match_official(name):
+    """Eval outputs of the official decoder with the same synthetic weights (golden NPZ
+    ``{name}_eval_*``, tolerance 1e-4), then the official deploy form (``deploy`` field): same
+    state dict and shared tensors, same outputs."""
+    golden, decoder, feats = _case(name)
+    weights = load_synth(decoder)
+    assert fingerprint(weights) == golden["weights_crc32"]
+    assert fingerprint(feats) == golden["feats_crc32"]
+    calls = count_calls(decoder.query_pos_head)
+    decoder.eval()
+    with torch.no_grad():
+        out = decoder(feats)
+    assert calls[0] == golden["eval"]["query_pos_head_calls"] == 1
+    _close(out["pred_logits"], f"{name}_eval_logits", 1e-4)
+    _close(out["pred_boxes"], f"{name}_eval_boxes", 1e-4)
+
+    decoder.convert_to_deploy()
+    state = decoder.state_dict()
+    deploy = golden["deploy"]
+    assert _shapes(state) == deploy["state_dict"]
+    assert aliases(state) == deploy["aliases"]
+    assert sum(p.numel() for p in decoder.parameters()) == deploy["num_parameters"]
+    with torch.no_grad():
+        deployed = decoder(feats)
+    _close(deployed["pred_logits"], f"{name}_eval_logits", 1e-4)
+    _close(deployed["pred_boxes"], f"{name}_eval_boxes", 1e-4)
+
+
+def test_training_outputs_match_official():
+    """Training-mode outputs of the Atto decoder without denoising (golden ``atto_train_*``): every
+    layer's logits and boxes, the final corners, the first layer's pre-head output and the encoder
+    proposals; the official decoder embeds the query positions once (``query_pos_head_calls``)."""
+    golden, decoder, feats = _case("atto")
+    load_synth(decoder)
+    decoder.train()
+    decoder.num_denoising = 0
+    calls = count_calls(decoder.query_pos_head)
+    with torch.no_grad():
+        out = decoder(feats)
+    assert calls[0] == golden["train"]["query_pos_head_calls"] == 1
+    assert set(golden["train"]["output_keys"]) <= set(out)
+    layers = out["aux_outputs"] + [out]
+    _close(torch.stack([o["pred_logits"] for o in layers]), "atto_train_logits", 1e-4)
+    _close(torch.stack([o["pred_boxes"] for o in layers]), "atto_train_boxes", 1e-4)
+    _close(out["pred_corners"], "atto_train_corners", 1e-4)
+    _close(out["pre_outputs"]["pred_boxes"], "atto_train_pre_boxes", 1e-4)
+    _close(out["pre_outputs"]["pred_logits"], "atto_train_pre_logits", 1e-4)
+    _close(out["enc_aux_outputs"][0]["pred_boxes"], "atto_train_enc_boxes", 1e-4)
+    _close(out["enc_aux_outputs"][0]["pred_logits"], "atto_train_enc_logits", 1e-4)
+
+
+def test_query_pos_is_shared_only_with_the_option():
+    """One embedding for all layers with ``share_query_pos`` (the official count is 1, see above);
+    without it, D-FINE embeds every layer's own reference boxes (one call per layer)."""
+    args = GOLDEN["decoders"]["atto"]["args"]
+    feats = [torch.from_numpy(f) for f in decoder_inputs("atto", args["feat_channels"], args["feat_strides"])["feats"]]
+    for share, expected in ((True, 1), (False, args["num_layers"])):
+        decoder = deimv2_decoder(args, share_query_pos=share).train()
+        decoder.num_denoising = 0
+        calls = count_calls(decoder.query_pos_head)
+        decoder(feats)
+        assert calls[0] == expected
+
+
+def test_share_bbox_head_is_one_module():
+    """Atto's ``share_bbox_head``: one module behind every layer, in training and after deploy;
+    the score heads and the S config's box heads are separate modules."""
+    atto = deimv2_decoder(GOLDEN["decoders"]["atto"]["args"])
+    heads = list(atto.dec_bbox_head)
+    assert len(heads) == 3 and all(h is heads[0] for h in heads)
+    assert len({id(h) for h in atto.dec_score_head}) == 3
+    # Sharing means training one head: a change through one layer's head shows in all of them.
+    with torch.no_grad():
+        heads[1].layers[0].weight.add_(1.0)
+    assert torch.equal(heads[0].layers[0].weight, heads[2].layers[0].weight)
+    atto.convert_to_deploy()
+    assert all(h is atto.dec_bbox_head[0] for h in atto.dec_bbox_head)
+
+    s = deimv2_decoder(GOLDEN["decoders"]["s"]["args"])
+    assert len({id(h) for h in s.dec_bbox_head}) == len(s.dec_bbox_head)
+    # clone_layer_heads: the unshared heads start equal, as the official deep copies do.
+    assert all(torch.equal(h.layers[0].weight, s.dec_bbox_head[0].layers[0].weight) for h in s.dec_bbox_head)
+    shared_scores = deimv2_decoder(GOLDEN["decoders"]["s"]["args"], share_score_head=True)
+    assert all(h is shared_scores.dec_score_head[0] for h in shared_scores.dec_score_head)
+
+
+def test_dfine_defaults_build_no_deimv2_module():
+    """The defaults stay D-FINE's: LayerNorm, plain FFN, ``enc_output``, separate heads."""
+    decoder = DFINEDecoder(num_classes=5, hidden_dim=32, num_queries=10, feat_channels=[32, 32], feat_strides=[16, 32],
+                           num_levels=2, num_points=[3, 2], nhead=4, num_layers=3, dim_feedforward=64)
+    layer = decoder.decoder.layers[0]
+    assert isinstance(layer.norm1, nn.LayerNorm) and isinstance(layer.gateway.norm, nn.LayerNorm)
+    assert hasattr(layer, "linear1") and not hasattr(layer, "swish_ffn")
+    assert hasattr(decoder, "enc_output") and not decoder.decoder.share_query_pos
+    assert len({id(h) for h in decoder.dec_bbox_head}) == 3
+    assert not any(k.endswith(".scale") for k in decoder.state_dict())
+
+
+def _matcher_problem():
+    m = matcher_inputs()
+    outputs = {"pred_logits": torch.from_numpy(m["logits"]), "pred_boxes": torch.from_numpy(m["boxes"])}
+    targets = [{k: torch.from_numpy(v) for k, v in t.items()} for t in m["targets"]]
+    return outputs, targets
+
+
+def test_matcher_switch_matches_official():
+    """Official DEIMv2 ``HungarianMatcher`` (Atto arguments) indices before epoch 450 (focal + L1 +
+    GIoU) and from it on (``-(p * IoU^4)``), and that cost (golden ``matcher``); the two differ."""
+    outputs, targets = _matcher_problem()
+    golden = GOLDEN["matcher"]
+    matcher = HungarianMatcher(**golden["args"])
+    assert golden["args"] == MATCHER_ARGS
+    for epoch in golden["epochs"]:
+        indices = matcher(outputs, targets, epoch=epoch)
+        assert [[q.tolist(), g.tolist()] for q, g in indices] == golden["indices"][str(epoch)], epoch
+    assert golden["indices"]["449"] != golden["indices"]["450"]
+    cost = matcher.cost_matrix(outputs["pred_logits"].flatten(0, 1), outputs["pred_boxes"].flatten(0, 1),
+                               torch.cat([t["labels"] for t in targets]), torch.cat([t["boxes"] for t in targets]),
+                               epoch=450)
+    _close(cost, "matcher_cost_on", 1e-6)
+    # Without change_matcher the epoch changes nothing.
+    plain = HungarianMatcher(**{**golden["args"], "change_matcher": False})
+    assert [[q.tolist(), g.tolist()] for q, g in plain(outputs, targets, epoch=500)] == golden["indices"]["0"]
+
+
+class _EpochSpy(nn.Module):
+    """Wraps a matcher and records the ``epoch`` of every call."""
+
+    def __init__(self, matcher):
+        super().__init__()
+        self.matcher = matcher
+        self.epochs = []
+
+    def forward(self, outputs, targets, epoch=0):
+        self.epochs.append(epoch)
+        return self.matcher(outputs, targets, epoch=epoch)
+
+
+def test_criterion_hands_the_epoch_to_every_matcher_call():
+    """Main, both aux layers, the pre head and the encoder output are all matched at the given epoch."""
+    golden, decoder, feats = _case("atto")
+    decoder.train()
+    decoder.num_denoising = 0
+    out = decoder(feats)
+    targets = [{"labels": torch.tensor([1, 7]), "boxes": torch.tensor([[0.3, 0.3, 0.2, 0.2], [0.6, 0.6, 0.3, 0.4]])},
+               {"labels": torch.tensor([3]), "boxes": torch.tensor([[0.5, 0.5, 0.4, 0.4]])}]
+    spy = _EpochSpy(HungarianMatcher(**GOLDEN["matcher"]["args"]))
+    criterion = RTDETRCriterion(spy, {"loss_mal": 1, "loss_bbox": 5, "loss_giou": 2}, ("mal", "boxes"), gamma=1.5,
+                                num_classes=80, go_lsd=False)
+    losses = criterion(out, targets, epoch=451)
+    assert spy.epochs == [451] * 5
+    assert "loss_mal_pre" in losses and "loss_bbox_enc_0" in losses
+
+
+class _Stub(nn.Module):
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+        self.num_classes = 3
+
+    def forward(self, *args, **kwargs):
+        return self.fn(*args, **kwargs)
+
+
+def test_meta_arch_passes_the_batch_epoch_to_the_criterion():
+    """Training hands the largest ``"epoch"`` of the batch's samples to the criterion, 0 without any."""
+    from detectron2.structures import Boxes, Instances
+
+    seen = []
+
+    def criterion(outputs, targets, epoch=None):
+        seen.append(epoch)
+        return {"loss": outputs["pred_logits"].sum()}
+
+    model = RealTimeDETR(
+        backbone=_Stub(lambda x: [x]), encoder=_Stub(lambda f: f),
+        decoder=_Stub(lambda feats, targets=None, padding_mask=None: {"pred_logits": feats[0].mean() * torch.ones(1)}),
+        criterion=_Stub(criterion)).train()
+
+    def sample(epoch=None):
+        instances = Instances((32, 32))
+        instances.gt_boxes = Boxes(torch.tensor([[2.0, 2.0, 20.0, 20.0]]))
+        instances.gt_classes = torch.tensor([1])
+        x = {"image": torch.zeros(3, 32, 32, dtype=torch.uint8), "instances": instances}
+        if epoch is not None:
+            x["epoch"] = epoch
+        return x
+
+    model([sample(3), sample(5)])
+    model([sample(), sample()])
+    assert seen == [5, 0]
