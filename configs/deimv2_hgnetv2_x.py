@@ -1,0 +1,17 @@
+"""DEIMv2-X with HGNetv2-B5 (official configs/deimv2/deimv2_hgnetv2_x_coco.yml): 58 epochs on COCO.
+
+Stem frozen and every BatchNorm frozen; a 384-channel encoder feeding a 256-channel decoder (with
+input projections), reg_scale 8. Schedule as configs/deimv2_hgnetv2_l.py, EMA restart decay 0.9998.
+"""
+from dfine.data import generate_scales
+
+from .deimv2_hgnetv2_l import dataloader, lr_multiplier, model, optimizer, train
+
+model.backbone.update(name="B5", freeze_at=0, freeze_norm=True)
+model.encoder.update(hidden_dim=384, dim_feedforward=2048)
+model.decoder.update(feat_channels=[384, 384, 384], reg_scale=8.0)
+
+dataloader.train.multi_scale = generate_scales(640, 3)
+train.stage_switch.ema_restart_decay = 0.9998
+train.output_dir = "./output/deimv2_hgnetv2_x"
+optimizer.params.rules[0]["lr"] = 5e-6
