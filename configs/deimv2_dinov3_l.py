@@ -16,7 +16,7 @@ dinov3_vits16_pretrain_lvd1689m-08c60483.pth init.pth`` and ``train.init_checkpo
 from detectron2.config import LazyCall as L
 
 from dfine.data import generate_scales
-from dfine.modeling.backbone.sta import DINOv3STA
+from dfine.modeling.backbone import DINOv3STA
 
 from .common.deimv2 import dataloader, lr_multiplier, model, optimizer, set_stages, train, use_dinov3_backbone
 

@@ -9,7 +9,7 @@ matcher switch at 80. Start from ``vittplus_distill.pt`` with ``tools/convert_of
 from detectron2.config import LazyCall as L
 
 from dfine.data import generate_scales
-from dfine.modeling.backbone.sta import DINOv3STA
+from dfine.modeling.backbone import DINOv3STA
 
 from .common.deimv2 import dataloader, lr_multiplier, model, optimizer, set_stages, train, use_dinov3_backbone
 

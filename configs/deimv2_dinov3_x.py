@@ -9,7 +9,7 @@ and 6 decoder layers. The ViT trains at 1e-5. Stages (epochs): [0, 4) none, [4, 
 from detectron2.config import LazyCall as L
 
 from dfine.data import generate_scales
-from dfine.modeling.backbone.sta import DINOv3STA
+from dfine.modeling.backbone import DINOv3STA
 
 from .common.deimv2 import dataloader, lr_multiplier, model, optimizer, set_stages, train, use_dinov3_backbone
 

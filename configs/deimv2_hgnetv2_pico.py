@@ -13,7 +13,7 @@ PPHGNetV2_B0_stage1.pth init.pth`` and ``train.init_checkpoint=init.pth``.
 """
 from detectron2.config import LazyCall as L
 
-from dfine.modeling.encoder.lite_encoder import LiteEncoder
+from dfine.modeling.encoder import LiteEncoder
 
 from .common.deimv2 import dataloader, lr_multiplier, model, optimizer, set_input_size, set_stages, train
 
@@ -30,7 +30,7 @@ set_stages(dataloader, train, lr_multiplier, model, epochs=500, policy=[4, 250, 
 dataloader.train.multi_scale_stop_epoch = 468
 train.stage_switch.epoch = 468
 lr_multiplier.warmup_iters = 4000
-dataloader.train.update(total_batch_size=128, multi_scale=None, mixup_prob=0.0)
+dataloader.train.update(total_batch_size=128, multi_scale=None, mixup_prob=0.0, mixup_epochs=[40000, 15000])
 dataloader.train.copy_blend.update(prob=0.0, epochs=[40000, 15000])
 dataloader.train.mapper.min_box_size = 8
 train.output_dir = "./output/deimv2_hgnetv2_pico"

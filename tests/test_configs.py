@@ -1,5 +1,6 @@
 """Every config instantiates, the RT-DETRv2 and DEIM-RT-DETRv2 models have exactly the official
 parameter counts, and the recipes carry the official values."""
+import json
 from pathlib import Path
 
 import pytest
@@ -184,6 +185,56 @@ def test_deim_dfine_official_recipe_values(name):
     assert list(criterion.losses) == ["mal", "boxes", "local"] and criterion.mal_gamma == 1.5 and criterion.go_lsd
     assert {k: criterion.weight_dict[k] for k in ("loss_mal", "loss_bbox", "loss_giou", "loss_fgl", "loss_ddf")} == {
         "loss_mal": 1, "loss_bbox": 5, "loss_giou": 2, "loss_fgl": 0.15, "loss_ddf": 1.5}
+
+
+# Resolved by the official YAML loader from configs/deimv2/deimv2_*_coco.yml (DEIMv2 commit 0fff8d4):
+# tests/golden/make_deimv2_recipes_golden.py.
+DEIMV2_RECIPES = json.loads((ROOT / "tests" / "golden" / "deimv2_recipes.json").read_text())
+
+
+@pytest.mark.parametrize("name", sorted(DEIMV2_RECIPES))
+def test_deimv2_official_recipe_values(name):
+    from dfine.data import generate_scales
+
+    official = DEIMV2_RECIPES[name]
+    cfg = _load(f"deimv2_{name}.py")
+    loader, mapper, size = cfg.dataloader.train, cfg.dataloader.train.mapper, official["size"]
+    assert cfg.train.epochs == official["epochs"] and list(mapper.policy_epoch) == official["policy"]
+    assert (mapper.mosaic_prob, mapper.mosaic.output_size, mapper.mosaic.use_cache) == (
+        official["mosaic_prob"], official["mosaic_size"], True)
+    assert mapper.min_box_size == official["min_box"] and loader.total_batch_size == official["batch"]
+    assert mapper.image_size == cfg.dataloader.test.mapper.image_size == size
+    assert list(cfg.model.decoder.eval_spatial_size) == [size, size]
+    assert [loader.mixup_prob, list(loader.mixup_epochs)] == official["mixup"]
+    copy_blend = loader.copy_blend
+    assert [copy_blend.prob, list(copy_blend.epochs)] == official["copyblend"]
+    assert (copy_blend.area_threshold, copy_blend.num_objects, copy_blend.with_expand, list(copy_blend.expand_ratios)) == (
+        100, 3, True, [0.1, 0.25])
+    assert loader.multi_scale == (generate_scales(size, official["repeat"]) if official["repeat"] else None)
+    assert loader.multi_scale_stop_epoch == official["stop_epoch"] == cfg.train.stage_switch.epoch
+    assert cfg.train.stage_switch.ema_restart_decay == official["restart"] and cfg.train.ema.warmups == 1000
+    schedule = cfg.lr_multiplier
+    assert (schedule.flat_epochs, schedule.no_aug_epochs, schedule.lr_gamma, schedule.warmup_iters) == (
+        official["flat"], official["no_aug"], official["lr_gamma"], official["warmup"])
+    assert (cfg.optimizer.lr, cfg.optimizer.weight_decay) == (official["lr"], official["wd"])
+    assert [[r["pattern"], r.get("lr"), r.get("weight_decay")] for r in cfg.optimizer.params.rules] == official["rules"]
+    criterion = cfg.model.criterion
+    assert list(criterion.losses) == official["losses"] and criterion.go_lsd == official["uni"]
+    assert criterion.matcher.change_matcher and criterion.matcher.iou_order_alpha == 4.0
+    assert criterion.matcher.matcher_change_epoch == official["matcher_epoch"]
+    imagenet = list(cfg.model.pixel_mean) == [123.675, 116.28, 103.53]
+    assert imagenet == official["normalize"] and (list(cfg.model.pixel_std)[0] == 58.395) == official["normalize"]
+
+
+def test_deimv2_ablations_are_one_override_each():
+    cfg = LazyConfig.apply_overrides(_load("deimv2_hgnetv2_n.py"), [
+        "model.decoder.norm_type=layer", "model.decoder.ffn_type=mlp", "model.decoder.share_query_pos=False",
+        "model.criterion.matcher.change_matcher=False", "dataloader.train.copy_blend.prob=0"])
+    decoder = instantiate(cfg.model.decoder)
+    layer = decoder.decoder.layers[0]
+    assert isinstance(layer.norm1, torch.nn.LayerNorm) and hasattr(layer, "linear1") and not decoder.decoder.share_query_pos
+    assert not instantiate(cfg.model.criterion).matcher.change_matcher
+    assert instantiate(cfg.dataloader.train.copy_blend).prob == 0
 
 
 def test_dfine_ablations_are_one_override_each():

@@ -152,3 +152,30 @@ def test_deim_dfine_config_trains_with_go_lsd_and_evaluates(tiny_coco, tmp_path)
     assert losses and all(torch.isfinite(torch.tensor([m["total_loss"] for m in losses])))
     assert {"loss_mal", "loss_fgl", "loss_ddf_dn_0", "loss_bbox_pre"} <= set(losses[-1])
     assert any("bbox/AP" in m for m in metrics)
+
+
+def test_deimv2_dinov3_config_trains_with_copy_blend_and_the_matcher_switch(tiny_coco, tmp_path):
+    """configs/deimv2_dinov3_s.py (ViT-Tiny + STA, DEIMv2 decoder, Copy-Blend, matcher switch) on the
+    tiny set with a narrowed encoder/decoder, through every stage and the stage switch."""
+    out = tmp_path / "deimv2_s"
+    narrow = [o for o in TINY_MODEL if "feat_channels" not in o] + [
+        "model.backbone.hidden_dim=32", "model.encoder.in_channels=[32,32,32]", "model.decoder.feat_channels=[32,32,32]",
+        "model.decoder.num_classes=6"]
+    train_net.main(_args(
+        tiny_coco, str(out), "train.epochs=4", "train.eval_epochs=2", "train.checkpoint_epochs=2",
+        "train.stage_switch.epoch=3", "dataloader.train.mapper.policy_epoch=[1,2,3]",
+        "dataloader.train.mixup_epochs=[1,2]", "dataloader.train.multi_scale_stop_epoch=3",
+        "dataloader.train.copy_blend.epochs=[1,3]", "dataloader.train.copy_blend.prob=1.0",
+        "dataloader.train.copy_blend.area_threshold=4", "model.criterion.matcher.matcher_change_epoch=2",
+        "dataloader.train.mapper.mosaic.output_size=32", "lr_multiplier.flat_epochs=2",
+        "lr_multiplier.no_aug_epochs=1", "lr_multiplier.warmup_iters=2",
+        config="deimv2_dinov3_s.py", model=narrow,
+    ))
+    final = torch.load(out / "model_final.pth", map_location="cpu", weights_only=True)
+    assert final["iteration"] == 15 and final["trainer"]["hooks"]["StageSwitchHook"]["switched"] is True
+    assert "backbone.dinov3._model.blocks.11.attn.qkv.weight" in final["model"]
+    metrics = _metrics(out)
+    losses = [m for m in metrics if "loss_mal" in m]
+    assert losses and all(torch.isfinite(torch.tensor([m["total_loss"] for m in losses])))
+    assert {"loss_mal", "loss_fgl", "loss_ddf_aux_0", "loss_bbox_pre"} <= set(losses[-1])
+    assert any("bbox/AP" in m for m in metrics)
