@@ -501,3 +501,47 @@ def test_matchability_aware_loss_structure():
     logits.requires_grad_()
     matchability_aware_loss(logits, one_hot, quality, 1.0, gamma=1.5).backward()
     assert logits.grad[0, 0, 0].item() == pytest.approx(0.5 - 0.5**1.5, abs=1e-6)
+
+
+def test_fragile_steps_run_in_float32_under_autocast():
+    """Box decoding, the distribution integral, IoU/GIoU and every loss stay float32 under AMP. CPU
+    autocast with bfloat16 stands in for CUDA float16: the same mechanism (no GPU here)."""
+    from detectron2.config import LazyConfig, instantiate
+    from detectron2.structures import Boxes, Instances
+
+    from dfine.modeling.decoder.fdr import distance2bbox, integral, weighting_function
+    from dfine.modeling.layers.box_ops import generalized_box_iou
+    from test_train_net import ROOT, TINY_DFINE
+
+    generator = torch.Generator().manual_seed(0)
+    logits, project = torch.randn(2, 5, 4 * 33, generator=generator), weighting_function(32, 0.5, 4.0)
+    points = torch.rand(2, 5, 4, generator=generator) * 0.5 + 0.25
+    boxes = torch.cat([torch.rand(6, 2, generator=generator), torch.rand(6, 2, generator=generator) + 1], 1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = (integral(logits.bfloat16(), project), generalized_box_iou(boxes.bfloat16(), boxes.bfloat16()))
+        decoded = distance2bbox(points.bfloat16(), low[0], 4.0)
+    # float32 results, equal to float32 inputs rounded to bfloat16 and computed in float32.
+    assert low[0].dtype == low[1].dtype == decoded.dtype == torch.float32
+    torch.testing.assert_close(low[0], integral(logits.bfloat16().float(), project))
+    torch.testing.assert_close(low[1], generalized_box_iou(boxes.bfloat16().float(), boxes.bfloat16().float()))
+
+    cfg = LazyConfig.apply_overrides(LazyConfig.load(str(ROOT / "configs" / "deim_dfine_hgnetv2_n.py")), TINY_DFINE)
+    torch.manual_seed(0)
+    model = instantiate(cfg.model).train()
+    seen = {}
+    criterion_forward = model.criterion.forward
+
+    def spy(outputs, targets, **kwargs):
+        seen["autocast"] = torch.is_autocast_enabled("cpu")
+        losses = criterion_forward(outputs, targets, **kwargs)
+        seen["dtypes"] = {v.dtype for v in losses.values()}
+        return losses
+
+    model.criterion.forward = spy
+    instances = Instances((64, 64), gt_boxes=Boxes(torch.tensor([[4.0, 6.0, 40.0, 50.0]])), gt_classes=torch.tensor([2]))
+    batch = [{"image": torch.randint(0, 256, (3, 64, 64), dtype=torch.uint8, generator=generator), "height": 64,
+              "width": 64, "instances": instances}]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        losses = model(batch)
+    assert seen["autocast"] and seen["dtypes"] == {torch.float32}
+    assert all(torch.isfinite(v) for v in losses.values())

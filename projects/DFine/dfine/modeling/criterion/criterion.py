@@ -8,6 +8,7 @@ from torch import nn
 
 from ..decoder.fdr import ddf_balance_weights, fgl_and_ddf_losses, union_matched_indices
 from ..layers.box_ops import box_cxcywh_to_xyxy, elementwise_box_iou
+from ..layers.common import to_float32
 from .losses import focal_loss, giou_box_loss, l1_box_loss, matchability_aware_loss, varifocal_loss
 
 __all__ = ["RTDETRCriterion"]
@@ -175,8 +176,10 @@ class RTDETRCriterion(nn.Module):
             Weighted losses, ``{"loss_vfl": ..., "loss_bbox_aux_0": ..., "loss_giou_dn_5": ...}``.
         """
         device = outputs["pred_logits"].device
-        # The official engine computes the losses outside autocast.
+        # The official engine computes the losses outside autocast; here on float32 outputs too, so
+        # that no loss, match or box decoding runs in float16.
         with torch.autocast(device.type, enabled=False):
+            outputs = to_float32(outputs)
             sizes = [len(t["labels"]) for t in targets]
             batch_targets = _BatchTargets(
                 torch.cat([t["labels"] for t in targets]),

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from ..layers.box_ops import box_cxcywh_to_xyxy, box_xyxy_to_cxcywh, elementwise_box_iou
+from ..layers.common import in_float32
 
 __all__ = [
     "weighting_function",
@@ -77,6 +78,7 @@ def weighting_function(reg_max: int, up: Scalar, reg_scale: Scalar) -> torch.Ten
     return torch.cat([-ends, -right.flip(0), torch.zeros_like(ends), right, ends])
 
 
+@in_float32
 def integral(corner_logits: torch.Tensor, project: torch.Tensor) -> torch.Tensor:
     """Expected edge offsets of per-edge bin logits.
 
@@ -91,6 +93,7 @@ def integral(corner_logits: torch.Tensor, project: torch.Tensor) -> torch.Tensor
     return F.linear(probs, project.to(device=probs.device, dtype=probs.dtype))
 
 
+@in_float32
 def distance2bbox(points: torch.Tensor, distance: torch.Tensor, reg_scale: Scalar) -> torch.Tensor:
     """Move the edges of reference boxes by edge offsets.
 

@@ -2,9 +2,11 @@
 
 Conventions: ``cxcywh`` is (centre x, centre y, width, height); ``xyxy`` is (x1, y1, x2, y2).
 All functions work on any floating dtype and device and on any leading batch shape
-unless stated otherwise.
+unless stated otherwise. The IoU variants compute in float32 under AMP (:func:`~.common.in_float32`).
 """
 import torch
+
+from .common import in_float32
 
 __all__ = ["box_cxcywh_to_xyxy", "box_cxcywh_to_pixel_xyxy", "box_xyxy_to_cxcywh", "box_area", "box_iou", "generalized_box_iou", "elementwise_box_iou"]
 
@@ -29,6 +31,7 @@ def box_area(boxes: torch.Tensor) -> torch.Tensor:
     return (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
 
 
+@in_float32
 def box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor):
     """Pairwise IoU of xyxy boxes ``[N, 4] x [M, 4] -> ([N, M] iou, [N, M] union)``."""
     area1, area2 = box_area(boxes1), box_area(boxes2)
@@ -40,6 +43,7 @@ def box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor):
     return inter / union, union
 
 
+@in_float32
 def generalized_box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
     """Pairwise GIoU of xyxy boxes ``[N, 4] x [M, 4] -> [N, M]`` (Rezatofighi et al., 2019).
 
@@ -54,6 +58,7 @@ def generalized_box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Ten
     return iou - (enclosing - union) / enclosing
 
 
+@in_float32
 def elementwise_box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
     """IoU of matched pairs of xyxy boxes, ``[N, 4] x [N, 4] -> [N]`` (the diagonal of ``box_iou``)."""
     lt = torch.max(boxes1[:, :2], boxes2[:, :2])

@@ -1,11 +1,12 @@
 """Small building blocks shared by every backbone, encoder and decoder of the family."""
+import functools
 import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["get_activation", "MLP", "RMSNorm", "SwiGLUFFN", "ConvNormLayer", "inverse_sigmoid", "bias_init_with_prob"]
+__all__ = ["in_float32", "to_float32", "get_activation", "MLP", "RMSNorm", "SwiGLUFFN", "ConvNormLayer", "inverse_sigmoid", "bias_init_with_prob"]
 
 _ACTIVATIONS = {
     "relu": nn.ReLU,
@@ -146,3 +147,29 @@ def inverse_sigmoid(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
 def bias_init_with_prob(prior_prob: float = 0.01) -> float:
     """Bias that makes a sigmoid output ``prior_prob`` at initialisation."""
     return float(-math.log((1 - prior_prob) / prior_prob))
+
+
+def to_float32(value):
+    """``value`` with every floating-point tensor in it (nested dicts, lists, tuples) as float32."""
+    if torch.is_tensor(value):
+        return value.float() if value.is_floating_point() else value
+    if isinstance(value, dict):
+        return {key: to_float32(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(to_float32(item) for item in value)
+    return value
+
+
+def in_float32(fn):
+    """Run ``fn`` in float32 under AMP: outside autocast, its floating-point tensor arguments cast
+    to float32. For the numerically fragile steps (box decoding, the distribution integral, IoU and
+    GIoU, the losses), where float16 overflows or loses the small differences that matter. Without
+    autocast and with float32 inputs it changes nothing."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        device = next((a.device.type for a in args if torch.is_tensor(a)), "cpu")
+        with torch.autocast(device, enabled=False):
+            return fn(*to_float32(args), **to_float32(kwargs))
+
+    return wrapper
