@@ -93,6 +93,7 @@ REPO_ROOT = GOLDEN_DIR.parent.parent
 sys.path.insert(0, str(GOLDEN_DIR.parent))  # tests/, for golden.synth when run as a script
 
 from golden.make_deimv2_vit_golden import synth_vit_state_dict  # noqa: E402
+from golden.make_dfine_model_golden import _flat_sections as flat_yaml_sections  # noqa: E402
 from golden.make_rtdetrv2_golden import _top_gaps  # noqa: E402
 from golden.synth import CONSTRUCTOR_BUFFERS, fingerprint, synth_image, synth_targets  # noqa: E402
 
@@ -203,21 +204,7 @@ def _resolved(model) -> dict:
 
 
 def _flat_sections(cfg) -> dict:
-    yaml_cfg = cfg.yaml_cfg
-    names = [yaml_cfg.get(k) for k in ("model", "criterion", "postprocessor")] + list(SECTIONS)
-    out = {}
-
-    def visit(prefix, value):
-        if isinstance(value, dict):
-            for k, v in value.items():
-                visit(f"{prefix}.{k}", v)
-        else:
-            out[prefix] = value
-
-    for name in dict.fromkeys(n for n in names if isinstance(n, str)):
-        if name in yaml_cfg:
-            visit(name, yaml_cfg[name])
-    return json.loads(json.dumps(out))
+    return flat_yaml_sections(cfg, SECTIONS)
 
 
 def job_counts(name: str) -> tuple:

@@ -206,10 +206,11 @@ def _resolved(model: torch.nn.Module) -> dict:
     }
 
 
-def _flat_sections(cfg) -> dict:
-    """Dotted key -> value of the model / criterion / postprocessor sections of the resolved YAML."""
+def _flat_sections(cfg, sections=MODEL_SECTIONS) -> dict:
+    """Dotted key -> value of the model / criterion / postprocessor sections of the resolved YAML
+    and of the named ``sections``."""
     yaml_cfg = cfg.yaml_cfg
-    names = [yaml_cfg.get(k) for k in ("model", "criterion", "postprocessor")] + list(MODEL_SECTIONS)
+    names = [yaml_cfg.get(k) for k in ("model", "criterion", "postprocessor")] + list(sections)
     out = {}
 
     def visit(prefix, value):
