@@ -1,12 +1,12 @@
 """Quick start, DEIMv2: DEIMv2-Atto (configs/deimv2_hgnetv2_atto.py: pruned HGNetv2, LiteEncoder,
 RMSNorm/SwiGLU decoder with a shared box head, MAL) trained from scratch on the bundled toy shapes
-at their own 256x256 size for 10 epochs on CPU, then evaluated with Detectron2's COCOEvaluator.
+at their own 256x256 size for 8 epochs on CPU, then evaluated with Detectron2's COCOEvaluator.
 
     bash tools/env.sh python train_net.py --config-file configs/quickstart/deimv2_hgnetv2_atto_toy.py
 
-Atto's recipe on a short schedule, stages (epochs): [0, 1) none, [1, 3) Mosaic at 0.3 (Atto's, with
-128-pixel tiles, as 160 is half of 320), [3, 5) RT-DETR augmentations, [5, 10) none, with the best
-state of the first 5 epochs reloaded at epoch 5; the matcher switches to -p * IoU^4 at epoch 9 (as
+Atto's recipe on a short schedule, stages (epochs): [0, 1) none, [1, 4) Mosaic at 0.3 (Atto's, with
+128-pixel tiles, as 160 is half of 320), [4, 6) RT-DETR augmentations, [6, 8) none, with the best
+state of the first 6 epochs reloaded at epoch 6; the matcher switches to -p * IoU^4 at epoch 7 (as
 450 of 500). Like Atto, no MixUp or Copy-Blend. Batch 8 and the data of the RT-DETRv2 quick start.
 """
 from ..common.deimv2 import set_input_size, set_stages
@@ -25,8 +25,8 @@ dataloader.train.update(total_batch_size=8, num_workers=2, seed=0)
 dataloader.test.num_workers = 2
 set_input_size(model, dataloader, image_size)
 dataloader.train.mapper.mosaic.output_size = image_size // 2
-set_stages(dataloader, train, lr_multiplier, model, epochs=10, policy=[1, 3, 5], flat_epochs=5, no_aug_epochs=2,
-           matcher_change_epoch=9)
+set_stages(dataloader, train, lr_multiplier, model, epochs=8, policy=[1, 4, 6], flat_epochs=4, no_aug_epochs=2,
+           matcher_change_epoch=7)
 dataloader.train.copy_blend.epochs = [40000, 15000]  # off, as Atto
 
 train.output_dir = "./output/quickstart_deimv2_hgnetv2_atto_toy"
