@@ -82,7 +82,7 @@ class RealTimeDETR(nn.Module):
             image = x["image"].to(self.device, non_blocking=True)
             if self.input_format == "BGR":
                 image = image.flip(0)
-            images.append(self.normalize(image.float()))
+            images.append(self.normalize(image.to(self.pixel_mean.dtype)))
         return ImageList.from_tensors(images, self.size_divisibility)
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
@@ -125,7 +125,9 @@ class RealTimeDETR(nn.Module):
         """Ground truth as the decoder and criterion expect it: labels and cxcywh boxes
         normalised by the padded batch size (the frame in which the decoder predicts)."""
         height, width = images.tensor.shape[-2:]
-        scale = torch.tensor([width, height, width, height], dtype=torch.float32, device=self.device)
+        # In the model's dtype (float64 for the parity tests).
+        dtype = self.pixel_mean.dtype
+        scale = torch.tensor([width, height, width, height], dtype=dtype, device=self.device)
         targets = []
         num_classes = self.decoder.num_classes
         for x in batched_inputs:
@@ -138,7 +140,7 @@ class RealTimeDETR(nn.Module):
                     f"outside the model's {num_classes} classes 0..{num_classes - 1}: map the data set's category "
                     "ids to contiguous classes (register it with dfine.data) and set model.decoder.num_classes.")
             instances = x["instances"].to(self.device)
-            boxes = instances.gt_boxes.tensor.float() / scale
+            boxes = instances.gt_boxes.tensor.to(dtype) / scale
             targets.append({"labels": instances.gt_classes.long(), "boxes": box_xyxy_to_cxcywh(boxes)})
         return targets
 

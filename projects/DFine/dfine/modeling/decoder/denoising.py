@@ -64,7 +64,7 @@ def contrastive_denoising_group(
     num_group = 1 if empty_batch else max(num_denoising // max_gt, 1)
 
     labels = torch.full([batch, max_gt], num_classes, dtype=torch.int64, device=device)
-    boxes = torch.zeros([batch, max_gt, 4], device=device)
+    boxes = torch.zeros([batch, max_gt, 4], dtype=targets[0]["boxes"].dtype, device=device)
     if empty_batch:
         # A real box, so that noise and inverse_sigmoid stay finite and meaningful.
         boxes[..., :2], boxes[..., 2:] = 0.5, 0.1
@@ -77,7 +77,7 @@ def contrastive_denoising_group(
     labels = labels.tile([1, 2 * num_group])
     boxes = boxes.tile([1, 2 * num_group, 1])
     is_gt = is_gt.tile([1, 2 * num_group])
-    negative = torch.zeros([batch, 2 * max_gt, 1], device=device)
+    negative = torch.zeros([batch, 2 * max_gt, 1], dtype=boxes.dtype, device=device)
     negative[:, max_gt:] = 1
     negative = negative.tile([1, num_group, 1])
     positive = (1 - negative).squeeze(-1) * is_gt

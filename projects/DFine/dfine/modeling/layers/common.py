@@ -150,9 +150,11 @@ def bias_init_with_prob(prior_prob: float = 0.01) -> float:
 
 
 def to_float32(value):
-    """``value`` with every floating-point tensor in it (nested dicts, lists, tuples) as float32."""
+    """``value`` with every reduced-precision floating-point tensor in it (nested dicts, lists,
+    tuples) cast to float32. Float32 and float64 tensors are kept, so that a float64 model (the
+    parity tests run in float64) stays in float64."""
     if torch.is_tensor(value):
-        return value.float() if value.is_floating_point() else value
+        return value.float() if value.is_floating_point() and torch.finfo(value.dtype).bits < 32 else value
     if isinstance(value, dict):
         return {key: to_float32(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
@@ -164,7 +166,7 @@ def in_float32(fn):
     """Run ``fn`` in float32 under AMP: outside autocast, its floating-point tensor arguments cast
     to float32. For the numerically fragile steps (box decoding, the distribution integral, IoU and
     GIoU, the losses), where float16 overflows or loses the small differences that matter. Without
-    autocast and with float32 inputs it changes nothing."""
+    autocast and with float32 or float64 inputs it changes nothing."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
