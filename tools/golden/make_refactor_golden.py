@@ -10,8 +10,8 @@ in the JSON (``made_by``), in float64, and checked by ``tests/test_refactor_gold
 Contents:
 
 * ``configs``: for every file of ``configs/`` (quick starts included), the model's parameter count,
-  trainable count, ``state_dict_sha256`` (SHA-256 of the ordered ``[key, shape, dtype]`` list of its
-  state dict) and ``param_groups`` (per optimizer group, in order: lr, weight decay, number of
+  trainable count, ``state_dict_sha256`` (SHA-256 of the ``[key, shape, dtype]`` list of its state
+  dict, sorted by key: the order in which modules register their tensors is not part of the layout) and ``param_groups`` (per optimizer group, in order: lr, weight decay, number of
   tensors, number of elements) of the config's optimizer.
 * ``runs``: one config per family (RT-DETRv2, DEIM-RT-DETRv2, D-FINE, DEIM-D-FINE, DEIMv2 HGNetv2,
   DEIMv2 DINOv3), float64 with the deterministic weights of :func:`fill_state_dict`, on a padded
@@ -72,7 +72,7 @@ def load(config, *overrides):
 
 
 def state_dict_sha256(model) -> str:
-    layout = [[k, list(v.shape), str(v.dtype)] for k, v in model.state_dict().items()]
+    layout = sorted([k, list(v.shape), str(v.dtype)] for k, v in model.state_dict().items())
     return hashlib.sha256(json.dumps(layout).encode()).hexdigest()
 
 
