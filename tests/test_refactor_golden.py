@@ -6,7 +6,8 @@ Golden values: tests/golden/refactor_golden.{json,npz}, made by our own code (th
 ``tools/golden/make_refactor_golden.py``, in float64. This test rebuilds everything with the same
 functions of that script.
 
-Tolerances: counts, state-dict layouts (keys, shapes, dtypes) and optimizer groups must be equal.
+Tolerances: counts, state-dict layouts (keys, shapes, dtypes), optimizer groups and the resolved
+training recipes must be equal.
 Outputs, losses and gradient norms are float64 on weights and inputs that are exactly representable;
 a refactor may reorder a sum or fuse two steps, which moves float64 results by about 1e-15 relative per
 operation, so 1e-9 relative leaves ample room for reordering while any real change (a lost detach, a

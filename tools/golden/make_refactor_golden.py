@@ -83,10 +83,27 @@ def param_groups(cfg, model):
             for g in optimizer.param_groups]
 
 
+def recipe(cfg):
+    """The resolved config without the model and the optimizer's parameter rules, as plain JSON values."""
+    from omegaconf import OmegaConf
+
+    def plain(value):
+        if isinstance(value, dict):
+            return {str(k): plain(v) for k, v in value.items() if not (k == "params" and isinstance(v, dict))}
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        if isinstance(value, (str, int, float, bool)) or value is None:
+            return value
+        return f"{getattr(value, '__module__', '')}.{getattr(value, '__qualname__', repr(value))}"
+
+    return plain(OmegaConf.to_container(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "model"]), resolve=True))
+
+
 def config_entry(config):
     cfg = load(config)
     model = instantiate(cfg.model)
     return {
+        "recipe": recipe(cfg),
         "num_parameters": sum(p.numel() for p in model.parameters()),
         "num_trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "state_dict_sha256": state_dict_sha256(model),
