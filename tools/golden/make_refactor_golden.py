@@ -84,7 +84,8 @@ def param_groups(cfg, model):
 
 
 def recipe(cfg):
-    """The resolved config without the model and the optimizer's parameter rules, as plain JSON values."""
+    """The resolved recipe sections of the config, without the optimizer's parameter rules, as plain
+    JSON values."""
     from omegaconf import OmegaConf
 
     def plain(value):
@@ -96,7 +97,8 @@ def recipe(cfg):
             return value
         return f"{getattr(value, '__module__', '')}.{getattr(value, '__qualname__', repr(value))}"
 
-    return plain(OmegaConf.to_container(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "model"]), resolve=True))
+    sections = ["dataloader", "train", "optimizer", "lr_multiplier"]
+    return plain(OmegaConf.to_container(OmegaConf.masked_copy(cfg, sections), resolve=True))
 
 
 def config_entry(config):
