@@ -17,4 +17,4 @@ set_stages(dataloader, train, lr_multiplier, epochs=58, policy=[4, 29, 50], flat
 train.output_dir = "./output/deim_dfine_hgnetv2_l"
 
 optimizer.lr = 5e-4
-optimizer.params.rules[0]["lr"] = 2.5e-5
+optimizer.params.rules.backbone.lr = 2.5e-5

@@ -14,7 +14,7 @@ train.output_dir = "./output/deim_dfine_hgnetv2_s"
 
 # The backbone without its BatchNorms at 2e-4; no weight decay on any norm.
 optimizer.lr = 4e-4
-optimizer.params.rules = [
-    {"pattern": r"^(?=.*backbone)(?!.*bn).*$", "lr": 2e-4},
-    {"pattern": r"^(?=.*(?:norm|bn)).*$", "weight_decay": 0.0},
-]
+optimizer.params.rules = {
+    "backbone": {"pattern": r"^(?=.*backbone)(?!.*bn).*$", "lr": 2e-4},
+    "no_decay": {"pattern": r"^(?=.*(?:norm|bn)).*$", "weight_decay": 0.0},
+}

@@ -10,4 +10,4 @@ set_stages(dataloader, train, lr_multiplier, epochs=58, policy=[4, 29, 50], flat
 train.output_dir = "./output/deim_dfine_hgnetv2_x"
 
 optimizer.lr = 5e-4
-optimizer.params.rules[0]["lr"] = 5e-6
+optimizer.params.rules.backbone.lr = 5e-6

@@ -18,16 +18,22 @@ from detectron2.config import LazyCall as L
 from dfine.data import generate_scales
 from dfine.modeling.backbone import DINOv3STA
 
-from .common.deimv2 import dataloader, lr_multiplier, model, optimizer, set_stages, train, use_dinov3_backbone
+from .common.data.coco import dataloader
+from .common.deim import apply_deimv2_recipe, lr_multiplier, set_deimv2_stages, use_dinov3_backbone
+from .common.models.deimv2 import model
+from .common.optim import AdamW as optimizer
+from .common.train import train
 
+apply_deimv2_recipe(dataloader, optimizer, train)
 use_dinov3_backbone(
     model, optimizer,
     L(DINOv3STA)(name="dinov3_vits16", interaction_indexes=[5, 8, 11], conv_inplane=32, hidden_dim=224, finetune=True),
     backbone_lr=1.25e-5, width=224)
 model.encoder.update(dim_feedforward=896, expansion=1.0, depth_mult=1)
-model.decoder.update(dim_feedforward=1792, num_layers=4)
+model.decoder.num_layers = 4
+model.decoder.layer.dim_feedforward = 1792
 
-set_stages(dataloader, train, lr_multiplier, model, epochs=68, policy=[4, 34, 60], flat_epochs=34, no_aug_epochs=8,
-           matcher_change_epoch=50)
+set_deimv2_stages(dataloader, train, lr_multiplier, model, epochs=68, policy=[4, 34, 60], flat_epochs=34,
+                  no_aug_epochs=8, matcher_change_epoch=50)
 dataloader.train.multi_scale = generate_scales(640, 3)
 train.output_dir = "./output/deimv2_dinov3_l"

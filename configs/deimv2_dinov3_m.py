@@ -11,17 +11,23 @@ from detectron2.config import LazyCall as L
 from dfine.data import generate_scales
 from dfine.modeling.backbone import DINOv3STA
 
-from .common.deimv2 import dataloader, lr_multiplier, model, optimizer, set_stages, train, use_dinov3_backbone
+from .common.data.coco import dataloader
+from .common.deim import apply_deimv2_recipe, lr_multiplier, set_deimv2_stages, use_dinov3_backbone
+from .common.models.deimv2 import model
+from .common.optim import AdamW as optimizer
+from .common.train import train
 
+apply_deimv2_recipe(dataloader, optimizer, train)
 use_dinov3_backbone(
     model, optimizer,
     L(DINOv3STA)(name="vit_tinyplus", embed_dim=256, num_heads=4, interaction_indexes=[3, 7, 11]),
     backbone_lr=2.5e-5, width=256)
 model.encoder.update(dim_feedforward=512, expansion=0.67, depth_mult=1)
-model.decoder.update(dim_feedforward=512, num_layers=4)
+model.decoder.num_layers = 4
+model.decoder.layer.dim_feedforward = 512
 
-set_stages(dataloader, train, lr_multiplier, model, epochs=102, policy=[4, 49, 90], flat_epochs=49, no_aug_epochs=12,
-           matcher_change_epoch=80)
+set_deimv2_stages(dataloader, train, lr_multiplier, model, epochs=102, policy=[4, 49, 90], flat_epochs=49,
+                  no_aug_epochs=12, matcher_change_epoch=80)
 dataloader.train.multi_scale = generate_scales(640, 6)
 train.output_dir = "./output/deimv2_dinov3_m"
 optimizer.weight_decay = 1e-4

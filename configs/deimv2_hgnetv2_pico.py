@@ -15,17 +15,26 @@ from detectron2.config import LazyCall as L
 
 from dfine.modeling.encoder import LiteEncoder
 
-from .common.deimv2 import dataloader, lr_multiplier, model, optimizer, set_input_size, set_stages, train
+from .common.data.coco import dataloader
+from .common.deim import apply_deimv2_recipe, lr_multiplier, set_deimv2_stages, set_input_size
+from .common.models.deimv2 import model
+from .common.optim import AdamW as optimizer
+from .common.train import train
 
+apply_deimv2_recipe(dataloader, optimizer, train)
 model.backbone.update(name="Pico", use_lab=True, return_idx=[2])
 model.encoder = L(LiteEncoder)(in_channels=[512], feat_strides=[16], hidden_dim=112, expansion=0.34, depth_mult=0.5,
                                act="silu")
-model.decoder.update(feat_channels=[112, 112], feat_strides=[16, 32], hidden_dim=112, num_levels=2, num_layers=3,
-                     num_queries=200, num_points=[4, 2], dim_feedforward=320, target_gate=False, share_bbox_head=True)
+model.decoder.update(hidden_dim=112, num_levels=2, num_layers=3, num_queries=200)
+model.decoder.input_proj.update(in_channels=[112, 112], in_strides=[16, 32])
+model.decoder.layer.update(dim_feedforward=320, target_gate=False)
+model.decoder.layer.cross_attn.num_points = [4, 2]
+# One box head shared by every layer; MAL and box losses only (no FGL/DDF, no union set).
+model.decoder.box_head.share = True
 model.criterion.update(losses=["mal", "boxes"], go_lsd=False)
 
-set_stages(dataloader, train, lr_multiplier, model, epochs=500, policy=[4, 250, 400], flat_epochs=250,
-           no_aug_epochs=32, matcher_change_epoch=450)
+set_deimv2_stages(dataloader, train, lr_multiplier, model, epochs=500, policy=[4, 250, 400], flat_epochs=250,
+                  no_aug_epochs=32, matcher_change_epoch=450)
 # Official stop_epoch 468 for the collate, 400 for the policy: the stage switch follows the collate.
 dataloader.train.multi_scale_stop_epoch = 468
 train.stage_switch.epoch = 468
@@ -35,9 +44,9 @@ dataloader.train.copy_blend.update(prob=0.0, epochs=[40000, 15000])
 dataloader.train.mapper.min_box_size = 8
 train.output_dir = "./output/deimv2_hgnetv2_pico"
 optimizer.update(lr=1.6e-3, weight_decay=1e-4)
-optimizer.params.rules = [
-    {"pattern": r"^(?=.*backbone)(?!.*norm|bn).*$", "lr": 8e-4},
-    {"pattern": r"^(?=.*backbone)(?=.*norm|bn).*$", "lr": 8e-4, "weight_decay": 0.0},
-    {"pattern": r"^(?=.*(?:encoder|decoder))(?=.*(?:norm|bn|bias)).*$", "weight_decay": 0.0},
-]
+optimizer.params.rules = {
+    "backbone": {"pattern": r"^(?=.*backbone)(?!.*norm|bn).*$", "lr": 8e-4},
+    "backbone_norm": {"pattern": r"^(?=.*backbone)(?=.*norm|bn).*$", "lr": 8e-4, "weight_decay": 0.0},
+    "no_decay": {"pattern": r"^(?=.*(?:encoder|decoder))(?=.*(?:norm|bn|bias)).*$", "weight_decay": 0.0},
+}
 set_input_size(model, dataloader, 640)

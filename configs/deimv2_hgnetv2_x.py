@@ -5,13 +5,21 @@ input projections), reg_scale 8. Schedule as configs/deimv2_hgnetv2_l.py, EMA re
 """
 from dfine.data import generate_scales
 
-from .deimv2_hgnetv2_l import dataloader, lr_multiplier, model, optimizer, train
+from .common.data.coco import dataloader
+from .common.deim import apply_deimv2_recipe, lr_multiplier, set_deimv2_stages
+from .common.models.deimv2 import model
+from .common.optim import AdamW as optimizer
+from .common.train import train
 
+apply_deimv2_recipe(dataloader, optimizer, train)
 model.backbone.update(name="B5", freeze_at=0, freeze_norm=True)
 model.encoder.update(hidden_dim=384, dim_feedforward=2048)
-model.decoder.update(feat_channels=[384, 384, 384], reg_scale=8.0)
+model.decoder.input_proj.in_channels = [384, 384, 384]
+model.decoder.box_head.reg_scale = 8.0
 
+set_deimv2_stages(dataloader, train, lr_multiplier, model, epochs=58, policy=[4, 29, 50], flat_epochs=29, no_aug_epochs=8,
+                  matcher_change_epoch=45)
 dataloader.train.multi_scale = generate_scales(640, 3)
 train.stage_switch.ema_restart_decay = 0.9998
 train.output_dir = "./output/deimv2_hgnetv2_x"
-optimizer.params.rules[0]["lr"] = 5e-6
+optimizer.params.rules.backbone.lr = 5e-6

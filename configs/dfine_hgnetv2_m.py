@@ -2,7 +2,11 @@
 README: 52.3 AP, 19M parameters, 57 GFLOPs."""
 from dfine.data import generate_scales
 
-from .dfine_hgnetv2_l import dataloader, lr_multiplier, model, optimizer, train
+from .common.data.coco import dataloader
+from .common.models.dfine import model
+from .common.optim import AdamW as optimizer
+from .common.optim import rtdetrv2_lr_multiplier as lr_multiplier
+from .common.train import train
 
 # The whole backbone trains, BatchNorm included.
 model.backbone.update(name="B2", use_lab=True, freeze_at=-1, freeze_norm=False)
@@ -10,17 +14,22 @@ model.encoder.update(in_channels=[384, 768, 1536], depth_mult=0.67)
 model.decoder.num_layers = 4
 
 dataloader.train.mapper.policy_epoch = 120
-dataloader.train.update(multi_scale=generate_scales(640, 6), multi_scale_stop_epoch=120)
+dataloader.train.update(total_batch_size=32, multi_scale=generate_scales(640, 6), multi_scale_stop_epoch=120)
+
 train.output_dir = "./output/dfine_hgnetv2_m"
 train.epochs = 132
-train.stage_switch.epoch = 120
+train.eval_epochs = 1
+train.checkpoint_epochs = 1
+train.ema.warmups = 1000
+train.stage_switch = dict(epoch=120, ema_restart_decay=0.9999)
 
 # The official patterns, verbatim: "(?!.*norm|bn)" keeps the backbone BatchNorm affine parameters
 # in the first group (it excludes "bn" only at the start of a name), so the second group is empty.
+lr_multiplier.warmup_iters = 500
 optimizer.lr = 2e-4
 optimizer.weight_decay = 1e-4
-optimizer.params.rules = [
-    {"pattern": r"^(?=.*backbone)(?!.*norm|bn).*$", "lr": 2e-5},
-    {"pattern": r"^(?=.*backbone)(?=.*norm|bn).*$", "lr": 2e-5, "weight_decay": 0.0},
-    {"pattern": r"^(?=.*(?:encoder|decoder))(?=.*(?:norm|bn|bias)).*$", "weight_decay": 0.0},
-]
+optimizer.params.rules = {
+    "backbone": {"pattern": r"^(?=.*backbone)(?!.*norm|bn).*$", "lr": 2e-5},
+    "backbone_norm": {"pattern": r"^(?=.*backbone)(?=.*norm|bn).*$", "lr": 2e-5, "weight_decay": 0.0},
+    "no_decay": {"pattern": r"^(?=.*(?:encoder|decoder))(?=.*(?:norm|bn|bias)).*$", "weight_decay": 0.0},
+}

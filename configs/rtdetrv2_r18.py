@@ -1,7 +1,7 @@
 """RT-DETRv2-S: PResNet-18vd, 120 epochs on COCO, single-scale (official
 configs/rtdetrv2/rtdetrv2_r18vd_120e_coco.yml). README: 48.1 AP, 20M parameters, 60 GFLOPs."""
 from .common.data.coco import dataloader
-from .common.models.rtdetrv2_r50 import model
+from .common.models.rtdetrv2 import model
 from .common.optim import AdamW as optimizer
 from .common.optim import rtdetrv2_lr_multiplier as lr_multiplier
 from .common.train import train
@@ -21,4 +21,6 @@ dataloader.train.mapper.policy_epoch = 117
 dataloader.train.multi_scale = None  # the official R18 config sets `scales: ~`
 
 # The whole backbone at the base LR; no weight decay on any norm.
-optimizer.params.rules = [{"pattern": r"^(?=.*(?:norm|bn)).*$", "weight_decay": 0.0}]
+optimizer.params.rules = {
+    "no_decay": {"pattern": r"^(?=.*(?:norm|bn)).*$", "weight_decay": 0.0},
+}

@@ -3,7 +3,7 @@
 README: 53.4 AP, 42M parameters, 136 GFLOPs.
 """
 from .common.data.coco import dataloader
-from .common.models.rtdetrv2_r50 import model
+from .common.models.rtdetrv2 import model
 from .common.optim import AdamW as optimizer
 from .common.optim import rtdetrv2_lr_multiplier as lr_multiplier
 from .common.train import train
@@ -20,7 +20,7 @@ dataloader.train.total_batch_size = 16
 
 optimizer.lr = 1e-4
 optimizer.weight_decay = 1e-4
-optimizer.params.rules = [
-    {"pattern": r"^(?=.*backbone)(?!.*norm).*$", "lr": 1e-5},
-    {"pattern": r"^(?=.*(?:encoder|decoder))(?=.*(?:norm|bn)).*$", "weight_decay": 0.0},
-]
+optimizer.params.rules = {
+    "backbone": {"pattern": r"^(?=.*backbone)(?!.*norm).*$", "lr": 1e-5},
+    "no_decay": {"pattern": r"^(?=.*(?:encoder|decoder))(?=.*(?:norm|bn)).*$", "weight_decay": 0.0},
+}

@@ -1,7 +1,7 @@
 """RT-DETRv2-M*: PResNet-50vd, encoder expansion 0.5, evaluated at decoder layer 3, 84 epochs
 (official configs/rtdetrv2/rtdetrv2_r50vd_m_7x_coco.yml). README: 51.9 AP, 36M parameters."""
 from .common.data.coco import dataloader
-from .common.models.rtdetrv2_r50 import model
+from .common.models.rtdetrv2 import model
 from .common.optim import AdamW as optimizer
 from .common.optim import rtdetrv2_lr_multiplier as lr_multiplier
 from .common.train import train
@@ -16,7 +16,7 @@ train.checkpoint_epochs = 1
 dataloader.train.mapper.policy_epoch = 81
 dataloader.train.multi_scale_stop_epoch = 81
 
-optimizer.params.rules = [
-    {"pattern": r"^(?=.*backbone)(?!.*norm).*$", "lr": 1e-5},
-    {"pattern": r"^(?=.*(?:encoder|decoder))(?=.*(?:norm|bn)).*$", "weight_decay": 0.0},
-]
+optimizer.params.rules = {
+    "backbone": {"pattern": r"^(?=.*backbone)(?!.*norm).*$", "lr": 1e-5},
+    "no_decay": {"pattern": r"^(?=.*(?:encoder|decoder))(?=.*(?:norm|bn)).*$", "weight_decay": 0.0},
+}

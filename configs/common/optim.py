@@ -1,8 +1,9 @@
 """AdamW with official regex parameter groups, and the RT-DETRv2 learning-rate schedule.
 
-``optimizer.params.model`` is set by train_net.py. Rule learning rates are absolute, as in the
-official YAML files; per-model configs replace ``optimizer.params.rules`` with their official
-patterns, verbatim (quirks included, see ``dfine.solver.param_groups``).
+``optimizer.params.model`` is set by train_net.py. The rules are named (override one with e.g.
+``optimizer.params.rules.backbone.lr=2e-5``); their learning rates are absolute, as in the official
+YAML files, and per-model configs replace them with their official patterns, verbatim (quirks
+included, see ``dfine.solver.param_groups``).
 """
 import torch
 from detectron2.config import LazyCall as L
@@ -14,10 +15,10 @@ from dfine.solver import ConstantSchedule, LinearWarmup, param_groups
 # decay on encoder/decoder norms; everything else at lr 1e-4 and weight decay 1e-4.
 AdamW = L(torch.optim.AdamW)(
     params=L(param_groups)(
-        rules=[
-            {"pattern": r"^(?=.*backbone)(?!.*norm).*$", "lr": 1e-5},
-            {"pattern": r"^(?=.*(?:encoder|decoder))(?=.*(?:norm|bn)).*$", "weight_decay": 0.0},
-        ]
+        rules={
+            "backbone": {"pattern": r"^(?=.*backbone)(?!.*norm).*$", "lr": 1e-5},
+            "no_decay": {"pattern": r"^(?=.*(?:encoder|decoder))(?=.*(?:norm|bn)).*$", "weight_decay": 0.0},
+        }
     ),
     lr=1e-4,
     betas=(0.9, 0.999),

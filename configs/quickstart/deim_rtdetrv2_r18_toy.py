@@ -10,20 +10,17 @@ compare it with the RT-DETRv2 recipe at equal iterations.
 """
 from dfine.data import generate_scales
 
-from ..common.deim import criterion as _criterion
-from ..common.deim import decoder as _decoder
-from ..common.deim import lr_multiplier
-from ..common.deim import mosaic as _mosaic
-from ..common.deim import set_stages
-from .rtdetrv2_r18_toy import dataloader, image_size, model, optimizer, train
+from ..common.deim import apply_to_rtdetrv2, lr_multiplier, set_stages
+from ..common.quickstart import rtdetrv2_r18_toy
+from ..rtdetrv2_r18 import dataloader, model, optimizer, train
 
-model.decoder.update(_decoder)
-model.criterion.update(_criterion)
+image_size = 128
+rtdetrv2_r18_toy(model, dataloader, train, optimizer, lr_multiplier, image_size)
+apply_to_rtdetrv2(model, dataloader)
 
 # Mosaic tiles are half the training size, as 320 is half of 640 on COCO.
-dataloader.train.mapper.update(mosaic=_mosaic, mosaic_prob=0.5)
 dataloader.train.mapper.mosaic.output_size = image_size // 2
-dataloader.train.update(mixup_prob="${.mapper.mosaic_prob}", multi_scale=generate_scales(image_size, 3))
+dataloader.train.multi_scale = generate_scales(image_size, 3)
 set_stages(dataloader, train, lr_multiplier, epochs=8, policy=[1, 4, 6], flat_epochs=4, no_aug_epochs=2)
 
 train.output_dir = "./output/quickstart_deim_rtdetrv2_r18_toy"

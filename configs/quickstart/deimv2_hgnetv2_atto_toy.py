@@ -9,28 +9,19 @@ Atto's recipe on a short schedule, stages (epochs): [0, 1) none, [1, 4) Mosaic a
 state of the first 6 epochs reloaded at epoch 6; the matcher switches to -p * IoU^4 at epoch 7 (as
 450 of 500). Like Atto, no MixUp or Copy-Blend. Batch 8 and the data of the RT-DETRv2 quick start.
 """
-from ..common.deimv2 import set_input_size, set_stages
-from ..deimv2_hgnetv2_atto import dataloader, lr_multiplier, model, optimizer
-from .rtdetrv2_r18_toy import train
+from ..common.deim import set_deimv2_stages, set_input_size
+from ..common.quickstart import short_run, toy_detector, use_toy_shapes
+from ..deimv2_hgnetv2_atto import dataloader, lr_multiplier, model, optimizer, train
 
 image_size = 256
-model.decoder.update(num_classes=6, num_denoising=50)
-model.num_top_queries = 100
-
-# The toy data set (configs/common/data/toy_shapes.py) with Atto's mapper (Mosaic at 0.3, boxes
-# thinner than 12 px dropped) and loader.
-dataloader.train.dataset.names = "toy_shapes_train"
-dataloader.test.dataset.names = "toy_shapes_val"
-dataloader.train.update(total_batch_size=8, num_workers=2, seed=0)
-dataloader.test.num_workers = 2
+toy_detector(model, image_size)
+use_toy_shapes(dataloader, image_size)
 set_input_size(model, dataloader, image_size)
-dataloader.train.mapper.mosaic.output_size = image_size // 2
-set_stages(dataloader, train, lr_multiplier, model, epochs=8, policy=[1, 4, 6], flat_epochs=4, no_aug_epochs=2,
-           matcher_change_epoch=7)
+set_deimv2_stages(dataloader, train, lr_multiplier, model, epochs=8, policy=[1, 4, 6], flat_epochs=4, no_aug_epochs=2,
+                  matcher_change_epoch=7)
 dataloader.train.copy_blend.epochs = [40000, 15000]  # off, as Atto
 
-train.output_dir = "./output/quickstart_deimv2_hgnetv2_atto_toy"
-train.eval_epochs = 2
-train.checkpoint_epochs = 2
+short_run(train, "./output/quickstart_deimv2_hgnetv2_atto_toy", epochs=8, eval_epochs=2)
+train.ddp.find_unused_parameters = False  # only the DINOv3 trunks have parameters without gradient
 # Warm-up scaled down with the run (official: 4000 iterations).
 lr_multiplier.update(warmup_iters=100, initial_factor=1 / 100)

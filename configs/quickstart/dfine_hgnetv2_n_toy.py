@@ -5,24 +5,22 @@ shapes at their own 256x256 size for 6 epochs on CPU, then evaluated with Detect
 
 The FDR / GO-LSD ablation at equal iterations (projects/DFine/README.md has the results):
 
-    ... model.decoder.fdr=False model.criterion.go_lsd=False train.output_dir=./output/quickstart_dfine_n_toy_off
+    ... model.decoder.box_head.reg_max=null model.criterion.go_lsd=False train.output_dir=./output/quickstart_dfine_n_toy_off
 
-The data pipeline, schedule (batch 8, flips only, linear warm-up over 100 iterations) and training
-defaults are those of the RT-DETRv2 quick start (rtdetrv2_r18_toy.py); the LRs and parameter groups
-those of configs/dfine_hgnetv2_n.py.
+The data and schedule (batch 8, flips only, linear warm-up over 100 iterations) are those of the
+RT-DETRv2 quick start (configs/common/quickstart.py); the LRs and parameter groups those of
+configs/dfine_hgnetv2_n.py.
 """
-from ..dfine_hgnetv2_n import model, optimizer
-from .rtdetrv2_r18_toy import dataloader, lr_multiplier, train
+from ..common.quickstart import short_run, toy_detector, use_toy_shapes
+from ..dfine_hgnetv2_n import dataloader, lr_multiplier, model, optimizer, train
 
 image_size = 256
-model.encoder.eval_spatial_size = [image_size, image_size]
 # 16x16 + 8x8 memory tokens at strides 16 and 32: 100 queries.
-model.decoder.update(num_classes=6, num_queries=100, num_denoising=50, eval_spatial_size=[image_size, image_size])
-model.num_top_queries = 100
+toy_detector(model, image_size)
+use_toy_shapes(dataloader, image_size)
+dataloader.train.mapper.policy_epoch = 0
+dataloader.train.multi_scale_stop_epoch = None
 
-dataloader.train.mapper.image_size = image_size
-dataloader.test.mapper.image_size = image_size
-
-train.output_dir = "./output/quickstart_dfine_hgnetv2_n_toy"
-train.epochs = 6
-train.eval_epochs = 6
+short_run(train, "./output/quickstart_dfine_hgnetv2_n_toy", epochs=6, eval_epochs=6)
+train.stage_switch.epoch = None  # no augmentation stages to switch from
+lr_multiplier.warmup_iters = 100

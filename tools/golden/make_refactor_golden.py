@@ -172,8 +172,8 @@ def eval_outputs(model, num_classes):
     with torch.no_grad():
         images = model.preprocess_image(inputs)
         outputs = model.decoder(model.encoder(model.backbone(images.tensor)), padding_mask=model.padding_mask(images))
-        scores, labels, boxes = model.detections(outputs, *images.tensor.shape[-2:])
-    return {"scores": scores, "labels": labels, "boxes": boxes, "pred_boxes": outputs["pred_boxes"]}
+        scores, labels, boxes = model.detections(outputs.final, *images.tensor.shape[-2:])
+    return {"scores": scores, "labels": labels, "boxes": boxes, "pred_boxes": outputs.final.boxes}
 
 
 def grad_group(key):
@@ -202,7 +202,7 @@ def train_outputs(model, num_classes, epoch=0):
         if p.grad is not None:
             group = grad_group(names[id(p)])
             squares[group] = squares.get(group, 0.0) + float(p.grad.double().pow(2).sum())
-    return {"losses": {k: float(v) for k, v in losses.items()}, "total": float(total),
+    return {"losses": {k: float(v.detach()) for k, v in losses.items()}, "total": float(total.detach()),
             "grad_norms": {k: v ** 0.5 for k, v in sorted(squares.items())}}
 
 
@@ -217,7 +217,7 @@ def run_entry(name, config):
         entry["train_switched"] = {"epoch": epoch, **train_outputs(build(config), num_classes, epoch)}
     for key, value in eval_outputs(build(config), num_classes).items():
         arrays[f"{name}_eval_{key}"] = value.numpy()
-    if "fdr" in cfg.model.decoder and cfg.model.decoder.fdr:
+    if cfg.model.decoder.box_head.get("reg_max") is not None:
         for key, value in eval_outputs(build(config).deploy(), num_classes).items():
             arrays[f"{name}_deploy_{key}"] = value.numpy()
     return entry, arrays

@@ -28,6 +28,7 @@ from torch import nn
 
 from ..data.toy_shapes import render_toy_image
 from ..modeling.decoder.msda import MSDeformableAttention
+from ..modeling.decoder.outputs import Predictions
 from ..modeling.layers.box_ops import box_cxcywh_to_pixel_xyxy
 from ..modeling.postprocess import topk_detections
 
@@ -85,18 +86,18 @@ class DeployDetector(nn.Module):
 
     def raw_outputs(self, images: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """``images [B, 3, H, W]`` RGB 0-255 -> ``(pred_logits [B, Q, K], pred_boxes [B, Q, 4])``."""
-        outputs = self._decoder_outputs(images)
-        return outputs["pred_logits"], outputs["pred_boxes"]
+        predictions = self._predictions(images)
+        return predictions.logits, predictions.boxes
 
-    def _decoder_outputs(self, images: torch.Tensor) -> Dict:
+    def _predictions(self, images: torch.Tensor) -> Predictions:
         model = self.model
-        return model.decoder(model.encoder(model.backbone(model.normalize(images))))
+        return model.decoder(model.encoder(model.backbone(model.normalize(images)))).final
 
     def forward(self, images: torch.Tensor) -> Tuple[torch.Tensor, ...]:
-        outputs = self._decoder_outputs(images)
+        predictions = self._predictions(images)
         if not self.postprocess:
-            return outputs["pred_logits"], outputs["pred_boxes"]
-        scores, labels, boxes = self.model.detections(outputs, *images.shape[-2:])
+            return predictions.logits, predictions.boxes
+        scores, labels, boxes = self.model.detections(predictions, *images.shape[-2:])
         return labels, boxes, scores
 
 

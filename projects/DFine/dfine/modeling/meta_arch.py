@@ -7,10 +7,33 @@ from torch import nn
 from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.structures import Boxes, ImageList, Instances
 
+from .decoder.outputs import DecoderOutput, Predictions
 from .layers.box_ops import box_cxcywh_to_pixel_xyxy, box_xyxy_to_cxcywh
 from .postprocess import topk_detections
 
-__all__ = ["RealTimeDETR"]
+__all__ = ["RealTimeDETR", "check_connections"]
+
+
+def check_connections(backbone: nn.Module, encoder: nn.Module, decoder: nn.Module) -> None:
+    """Fail at build time, naming both sides, when the channels or strides of the maps one part
+    outputs are not what the next part expects (else the first forward fails inside a conv, or the
+    memory levels are silently misaligned). Values a part does not state are not checked."""
+    links = (
+        # (what, producer, its attribute, consumer, its attribute)
+        ("channels", "backbone", backbone, "out_channels", "encoder", encoder, "in_channels"),
+        ("strides", "backbone", backbone, "out_strides", "encoder", encoder, "feat_strides"),
+        ("channels", "encoder", encoder, "out_channels", "decoder.input_proj", getattr(decoder, "input_proj", None), "in_channels"),
+        ("strides", "encoder", encoder, "out_strides", "decoder.input_proj", getattr(decoder, "input_proj", None), "in_strides"),
+    )
+    errors = []
+    for what, producer, source, produced_attr, consumer, target, expected_attr in links:
+        produced, expected = getattr(source, produced_attr, None), getattr(target, expected_attr, None)
+        if produced is not None and expected is not None and [int(v) for v in produced] != [int(v) for v in expected]:
+            errors.append(f"the {producer} outputs maps with {what} {list(produced)} ({producer}.{produced_attr}), "
+                          f"the {consumer} expects {list(expected)} ({consumer}.{expected_attr})")
+    if errors:
+        raise ValueError("The parts of the model do not fit together: " + "; ".join(errors)
+                         + ". Make the config values agree.")
 
 
 @META_ARCH_REGISTRY.register()
@@ -60,6 +83,7 @@ class RealTimeDETR(nn.Module):
         super().__init__()
         if input_format not in ("RGB", "BGR"):
             raise ValueError(f"input_format must be 'RGB' or 'BGR', got {input_format!r}")
+        check_connections(backbone, encoder, decoder)
         self.backbone = backbone
         self.encoder = encoder
         self.decoder = decoder
@@ -89,11 +113,11 @@ class RealTimeDETR(nn.Module):
         """RGB float pixels ``[..., 3, H, W]`` -> the backbone's input (``pixel_mean``, ``pixel_std``)."""
         return (images - self.pixel_mean) / self.pixel_std
 
-    def detections(self, outputs: Dict, height: int, width: int):
-        """The ``num_top_queries`` best (query, class) pairs of the decoder's ``outputs``:
-        ``(scores [B, k], labels [B, k], boxes [B, k, 4])``, boxes in absolute XYXY pixels of the
-        ``height x width`` (padded) input."""
-        scores, labels, boxes = topk_detections(outputs["pred_logits"], outputs["pred_boxes"], self.num_top_queries)
+    def detections(self, predictions: Predictions, height: int, width: int):
+        """The ``num_top_queries`` best (query, class) pairs of the decoder's final ``predictions``
+        (``DecoderOutput.final``): ``(scores [B, k], labels [B, k], boxes [B, k, 4])``, boxes in
+        absolute XYXY pixels of the ``height x width`` (padded) input."""
+        scores, labels, boxes = topk_detections(predictions.logits, predictions.boxes, self.num_top_queries)
         return scores, labels, box_cxcywh_to_pixel_xyxy(boxes, height, width)
 
     def forward(self, batched_inputs: List[Dict]):
@@ -144,8 +168,8 @@ class RealTimeDETR(nn.Module):
             targets.append({"labels": instances.gt_classes.long(), "boxes": box_xyxy_to_cxcywh(boxes)})
         return targets
 
-    def postprocess(self, outputs: Dict, batched_inputs: List[Dict], images: ImageList) -> List[Dict]:
-        scores, labels, boxes = self.detections(outputs, *images.tensor.shape[-2:])
+    def postprocess(self, outputs: DecoderOutput, batched_inputs: List[Dict], images: ImageList) -> List[Dict]:
+        scores, labels, boxes = self.detections(outputs.final, *images.tensor.shape[-2:])
         results = []
         for i, (x, (input_h, input_w)) in enumerate(zip(batched_inputs, images.image_sizes)):
             out_h, out_w = x.get("height", input_h), x.get("width", input_w)

@@ -4,15 +4,16 @@ This is the official ``optimizer.params`` mechanism (``YAMLConfig.get_optim_para
 function for LazyConfigs::
 
     optimizer = L(torch.optim.AdamW)(
-        params=L(param_groups)(rules=[{"pattern": r"^(?=.*backbone)(?!.*norm).*$", "lr": 1e-5}]),
+        params=L(param_groups)(rules={"backbone": {"pattern": r"^(?=.*backbone)(?!.*norm).*$", "lr": 1e-5}}),
         lr=1e-4, betas=(0.9, 0.999), weight_decay=1e-4,
     )
 
-with ``optimizer.params.model`` set to the model at run time (the detectron2/detrex convention).
+with ``optimizer.params.model`` set to the model at run time (the detectron2/detrex convention). Rules
+are named, so that an override names the rule it changes (``optimizer.params.rules.backbone.lr=2e-5``).
 """
 import logging
 import re
-from typing import Dict, List, Mapping, Sequence
+from typing import Dict, List, Mapping
 
 from torch import nn
 
@@ -24,15 +25,16 @@ logger = logging.getLogger(__name__)
 _GROUP_OPTIONS = ("lr", "weight_decay")
 
 
-def param_groups(model: nn.Module, rules: Sequence[Mapping] = ()) -> List[Dict]:
+def param_groups(model: nn.Module, rules: Mapping[str, Mapping] = None) -> List[Dict]:
     """Torch optimizer parameter groups: one per rule, in rule order, then a default group.
 
-    A trainable parameter belongs to a rule when ``re.search(rule["pattern"], name)`` matches
+    A trainable parameter belongs to a rule when ``re.search(rule["pattern"], name)`` matches its
+    state-dict key (the official name, see :func:`parameter_names`)
     (the official test is ``len(re.findall(pattern, name)) > 0``, which is the same). Rule ``i``
     becomes group ``i`` with the rule's ``lr`` / ``weight_decay`` (absolute values; unset ones fall
-    back to the optimizer's); the trainable parameters no rule matches form the last group, with
-    the optimizer's defaults. Frozen parameters (``requires_grad=False``) are left out. Parameters
-    keep the order of ``model.named_parameters()``.
+    back to the optimizer's) and its name as the group's ``"name"``; the trainable parameters no rule
+    matches form the last group (``"default"``), with the optimizer's defaults. Frozen parameters
+    (``requires_grad=False``) are left out. Parameters keep the order of ``model.named_parameters()``.
 
     The patterns are used verbatim, so the official quirks carry over. For example
     ``(?!.*norm|bn)`` parses as ``(?!(.*norm)|(bn))``: it excludes names containing "norm" but
@@ -40,22 +42,28 @@ def param_groups(model: nn.Module, rules: Sequence[Mapping] = ()) -> List[Dict]:
     parameter still makes an (empty) group, as officially, so group ``i`` is always rule ``i``.
 
     Args:
-        model: the model whose ``named_parameters()`` are grouped.
-        rules: mappings with a ``"pattern"`` and optionally ``"lr"`` and ``"weight_decay"``.
+        model: the model whose parameters are grouped.
+        rules: name -> mapping with a ``"pattern"`` and optionally ``"lr"`` and ``"weight_decay"``.
 
     Raises:
         ValueError: a parameter matches two rules (the official code would put it in two groups
             and torch would refuse), or a rule has another key.
     """
-    named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
-    owner: Dict[str, int] = {}
+    if rules is None:
+        rules = {}
+    if not isinstance(rules, Mapping):
+        raise ValueError("Optimizer rules are a mapping from a rule's name to the rule, e.g. "
+                         "{'backbone': {'pattern': ..., 'lr': ...}}, so that overrides name the rule they change; "
+                         f"got {type(rules).__name__}")
+    names = parameter_names(model)
+    named = [(names[id(p)], p) for p in model.parameters() if p.requires_grad]
+    owner: Dict[str, str] = {}
     groups = []
-    for index, rule in enumerate(rules):
+    for rule_name, rule in rules.items():
         unknown = sorted(set(rule.keys()) - {"pattern", *_GROUP_OPTIONS})
         if unknown or "pattern" not in rule:
-            raise ValueError(
-                f"Optimizer rule {index} must have a 'pattern' and may set {list(_GROUP_OPTIONS)}; got keys {sorted(rule.keys())}"
-            )
+            raise ValueError(f"Optimizer rule {rule_name!r} must have a 'pattern' and may set {list(_GROUP_OPTIONS)}; "
+                             f"got keys {sorted(rule.keys())}")
         pattern = re.compile(rule["pattern"])
         params = []
         for name, p in named:
@@ -63,15 +71,28 @@ def param_groups(model: nn.Module, rules: Sequence[Mapping] = ()) -> List[Dict]:
                 continue
             if name in owner:
                 raise ValueError(
-                    f"Parameter {name!r} matches optimizer rule {owner[name]} ({rules[owner[name]]['pattern']!r}) "
-                    f"and rule {index} ({rule['pattern']!r}); a parameter may belong to one group only."
+                    f"Parameter {name!r} matches optimizer rule {owner[name]!r} ({rules[owner[name]]['pattern']!r}) "
+                    f"and rule {rule_name!r} ({rule['pattern']!r}); a parameter may belong to one group only."
                 )
-            owner[name] = index
+            owner[name] = rule_name
             params.append(p)
         if not params:
-            logger.info("Optimizer rule %d (%r) matches no trainable parameter; its group is empty.", index, rule["pattern"])
-        groups.append({"params": params, **{k: float(rule[k]) for k in _GROUP_OPTIONS if k in rule}})
+            logger.info("Optimizer rule %r (%r) matches no trainable parameter; its group is empty.", rule_name,
+                        rule["pattern"])
+        groups.append({"params": params, "name": rule_name, **{k: float(rule[k]) for k in _GROUP_OPTIONS if k in rule}})
     default = [p for name, p in named if name not in owner]
     if default:
-        groups.append({"params": default})
+        groups.append({"params": default, "name": "default"})
     return groups
+
+
+def parameter_names(model: nn.Module) -> Dict[int, str]:
+    """``id(parameter) -> name``, the name being the parameter's first key in ``model.state_dict()``:
+    the official key where a module saves its tensors in the official layout (see
+    :class:`~dfine.modeling.decoder.DetrDecoder`), so that the official patterns select the same
+    parameters."""
+    names: Dict[int, str] = {}
+    for key, value in model.state_dict(keep_vars=True).items():
+        if isinstance(value, nn.Parameter):
+            names.setdefault(id(value), key)
+    return names

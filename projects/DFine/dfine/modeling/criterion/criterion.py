@@ -1,4 +1,4 @@
-"""Set criterion of the real-time DETR family: which output is supervised with which pairs."""
+"""The set criterion of the DETR family: which predictions are supervised, with which pairs, by which terms."""
 import itertools
 from typing import Dict, List, NamedTuple, Optional, Sequence
 
@@ -6,167 +6,145 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..decoder.fdr import ddf_balance_weights, fgl_and_ddf_losses, union_matched_indices
-from ..layers.box_ops import box_cxcywh_to_xyxy, elementwise_box_iou
+from ..decoder.outputs import DecoderOutput, DenoisingPart, Predictions
 from ..layers.common import to_float32
-from .losses import focal_loss, giou_box_loss, l1_box_loss, matchability_aware_loss, varifocal_loss
+from .losses import ddf_balance_weights
+from .matcher import union_matched_indices
+from .terms import BatchTargets, LossContext, LossTerm, MatchedPairs
 
-__all__ = ["RTDETRCriterion"]
+__all__ = ["SetCriterion", "GROUPS"]
 
-
-class _BatchTargets(NamedTuple):
-    """The ground truth of a batch, concatenated over images."""
-
-    labels: torch.Tensor  # [G] int64 class ids in [0, num_classes)
-    boxes: torch.Tensor  # [G, 4] normalised cxcywh
-    sizes: List[int]  # ground-truth count per image
-    num_classes: int
+# The named groups of a decoder's predictions, in the order of the loss dict (the official order).
+GROUPS = ("final", "aux", "pre", "denoising", "encoder")
 
 
-class _MatchedPairs(NamedTuple):
-    """(prediction, ground truth) pairs of one output, flattened over the batch, on the output's device.
+class _Supervised(NamedTuple):
+    """One supervised output: its group, the key suffix of its losses, its predictions and its
+    GO-LSD teacher (the last layer of its branch; None for outputs that distil nothing)."""
 
-    Pair k supervises query ``query_idx[k]`` of image ``batch_idx[k]`` with ground truth
-    ``gt_idx[k]``, an index into the concatenated :class:`_BatchTargets`.
-    """
-
-    batch_idx: torch.Tensor  # [N] int64
-    query_idx: torch.Tensor  # [N] int64
-    gt_idx: torch.Tensor  # [N] int64
-
-
-def _hungarian_pairs(indices, sizes: List[int], device: torch.device) -> _MatchedPairs:
-    """Pairs from the matcher's per-image ``(query_idx, gt_idx)`` CPU tensors."""
-    offsets = [0, *itertools.accumulate(sizes)]
-    batch_idx = torch.cat([torch.full_like(query_idx, i) for i, (query_idx, _) in enumerate(indices)])
-    query_idx = torch.cat([query_idx for query_idx, _ in indices])
-    gt_idx = torch.cat([gt_idx + offset for (_, gt_idx), offset in zip(indices, offsets)])
-    return _MatchedPairs(batch_idx.to(device), query_idx.to(device), gt_idx.to(device))
-
-
-def _denoising_pairs(dn_meta: Dict, sizes: List[int]) -> _MatchedPairs:
-    """Pairs of the contrastive-denoising queries (built on the device, no host synchronisation).
-
-    Denoising group g of image i holds one positive query per ground truth, in ground-truth order;
-    ``dn_meta["dn_positive_idx"][i]`` lists these queries group after group, so they pair with
-    ``arange(G_i)`` repeated ``dn_num_group`` times.
-    """
-    positive_idx, num_groups = dn_meta["dn_positive_idx"], dn_meta["dn_num_group"]
-    batch_idx, gt_idx = [], []
-    offset = 0
-    for i, (num_gt, queries) in enumerate(zip(sizes, positive_idx)):
-        if len(queries) != num_gt * num_groups:
-            raise ValueError(
-                f"dn_positive_idx[{i}] has {len(queries)} queries, expected {num_gt} ground truths "
-                f"x {num_groups} denoising groups"
-            )
-        batch_idx.append(torch.full_like(queries, i))
-        gt_idx.append(torch.arange(offset, offset + num_gt, device=queries.device).repeat(num_groups))
-        offset += num_gt
-    return _MatchedPairs(torch.cat(batch_idx), torch.cat(list(positive_idx)), torch.cat(gt_idx))
+    group: str
+    suffix: str
+    predictions: Predictions
+    teacher: Optional[Predictions] = None
 
 
 class _Supervision(NamedTuple):
     """The pairs an output's loss terms use and their normaliser."""
 
-    pairs: _MatchedPairs
+    pairs: MatchedPairs
     num_boxes: torch.Tensor
 
 
-# Loss terms that supervise boxes: with GO-LSD they use the union set.
-_BOX_TERMS = ("boxes", "local")
+def _hungarian_pairs(indices, sizes: List[int], device: torch.device) -> MatchedPairs:
+    """Pairs from the matcher's per-image ``(query_idx, gt_idx)`` CPU tensors."""
+    offsets = [0, *itertools.accumulate(sizes)]
+    batch_idx = torch.cat([torch.full_like(query_idx, i) for i, (query_idx, _) in enumerate(indices)])
+    query_idx = torch.cat([query_idx for query_idx, _ in indices])
+    gt_idx = torch.cat([gt_idx + offset for (_, gt_idx), offset in zip(indices, offsets)])
+    return MatchedPairs(batch_idx.to(device), query_idx.to(device), gt_idx.to(device))
 
 
-class RTDETRCriterion(nn.Module):
-    """Losses of RT-DETRv2, D-FINE and DEIM: a Hungarian match per output, then classification, box
-    and (D-FINE) distribution losses.
+def _denoising_pairs(denoising: DenoisingPart, sizes: List[int]) -> MatchedPairs:
+    """Pairs of the denoising queries (built on the device, no host synchronisation).
 
-    Supervised outputs and their pairs / normaliser (official RT-DETRv2 / D-FINE):
+    Denoising group g of image i holds one positive query per ground truth, in ground-truth order;
+    ``positive_idx[i]`` lists these queries group after group, so they pair with ``arange(G_i)``
+    repeated ``num_groups`` times.
+    """
+    batch_idx, gt_idx = [], []
+    offset = 0
+    for i, (num_gt, queries) in enumerate(zip(sizes, denoising.positive_idx)):
+        if len(queries) != num_gt * denoising.num_groups:
+            raise ValueError(f"positive_idx[{i}] has {len(queries)} denoising queries, expected {num_gt} ground "
+                             f"truths x {denoising.num_groups} denoising groups")
+        batch_idx.append(torch.full_like(queries, i))
+        gt_idx.append(torch.arange(offset, offset + num_gt, device=queries.device).repeat(denoising.num_groups))
+        offset += num_gt
+    return MatchedPairs(torch.cat(batch_idx), torch.cat(list(denoising.positive_idx)), torch.cat(gt_idx))
 
-    * the last decoder layer (keys ``loss_*``), every ``aux_outputs[i]`` (``loss_*_aux_{i}``) and
-      the first layer's ``pre_outputs`` (``loss_*_pre``, D-FINE): their own Hungarian match,
-      ``num_boxes``;
-    * every ``dn_aux_outputs[i]`` (``loss_*_dn_{i}``) and ``dn_pre_outputs`` (``loss_*_dn_pre``):
-      the denoising positives of ``dn_meta``, ``num_boxes * dn_num_group``;
-    * every ``enc_aux_outputs[i]`` (``loss_*_enc_{i}``): its own Hungarian match, ``num_boxes``; with
-      ``enc_meta["class_agnostic"]`` every ground truth counts as class 0.
+
+def _outputs(outputs: DecoderOutput) -> List[_Supervised]:
+    """Every supervised output, in the order of the loss dict: the last layer (``""``), the earlier
+    layers (``_aux_{i}``), the first layer's initial boxes (``_pre``), the denoising layers
+    (``_dn_{i}``, ``_dn_pre``), the encoder proposals (``_enc_0``). GO-LSD teachers, as officially: the
+    auxiliary layers and every denoising layer distil from their branch's last layer."""
+    matching = outputs.matching
+    final = matching.final
+    supervised = [_Supervised("final", "", final)]
+    supervised += [_Supervised("aux", f"_aux_{i}", p, final) for i, p in enumerate(matching.layers[:-1])]
+    if matching.pre is not None:
+        supervised.append(_Supervised("pre", "_pre", matching.pre))
+    if outputs.denoising is not None:
+        branch = outputs.denoising.branch
+        supervised += [_Supervised("denoising", f"_dn_{i}", p, branch.final) for i, p in enumerate(branch.layers)]
+        if branch.pre is not None:
+            supervised.append(_Supervised("denoising", "_dn_pre", branch.pre))
+    if outputs.proposals is not None:
+        supervised.append(_Supervised("encoder", "_enc_0", outputs.proposals))
+    return supervised
+
+
+class SetCriterion(nn.Module):
+    """Losses of a DETR: a matching per output, then every loss term on every output that carries
+    what the term reads.
+
+    The outputs of a :class:`~dfine.modeling.decoder.outputs.DecoderOutput` form named groups
+    (:data:`GROUPS`), each with its matching rule and normaliser:
+
+    * ``final``, ``aux``, ``pre`` (D-FINE's first-layer boxes) and ``encoder`` (the proposals): their
+      own Hungarian match, ``num_boxes``; class-agnostic proposals are matched and supervised as if
+      every ground truth were class 0;
+    * ``denoising``: the positives of the denoising part by construction, ``num_boxes * num_groups``.
 
     With ``go_lsd`` (D-FINE's Globally Optimal Localization Self-Distillation) the box terms
-    (``boxes``, ``local``) of every matching output use instead the union of all these matches
-    (:func:`~dfine.modeling.decoder.fdr.union_matched_indices`), normalised by its size, and the
-    ``local`` term adds the DDF distillation of every output that names a teacher. Without it,
-    ``local`` is FGL alone on each output's own match. DEIM's and DEIMv2's ``use_uni_set`` is
-    ``go_lsd`` (``use_uni_set: False``, e.g. DEIMv2 Atto/Femto/Pico with losses ``mal`` + ``boxes``,
-    is ``go_lsd=False``).
+    (``supervises_boxes``) of every Hungarian-matched output use instead the union of all these
+    matches (:func:`~.matcher.union_matched_indices`), normalised by its size, and the distribution
+    term adds the DDF distillation of the auxiliary and denoising layers. DEIM's and DEIMv2's
+    ``use_uni_set`` is ``go_lsd``.
 
     ``num_boxes`` is the number of ground-truth boxes averaged over processes, at least 1. It stays a
     tensor on the device: the host waits for the device only where the matcher hands its costs to
-    scipy and its indices come back.
+    scipy. Every process returns the same keys whatever its ground truth (losses are then 0 but part
+    of the graph), so distributed training cannot hang.
 
-    The loss terms are selected by name in ``losses``; the term ``name`` is the method
-    ``_loss_{name}(output, targets, pairs, num_boxes)`` returning unweighted losses keyed as in the
-    official code, which ``weight_dict`` weights. Every process returns the same keys whatever its
-    ground truth (losses are then 0 but part of the graph), so distributed training cannot hang.
+    Args:
+        matcher: returns per-image ``(query_idx, gt_idx)`` pairs, see :class:`~.matcher.HungarianMatcher`.
+        terms: the loss terms a config may use (:mod:`.terms`), each with its own ``name``.
+        losses: the names of the terms in use, in the order of their keys in the loss dict (an
+            ablation switches a term with one override, e.g. ``model.criterion.losses=[vfl,boxes]``).
+        weight_dict: weight of every loss key the terms produce (``loss_vfl``, ``loss_bbox``, ...).
+        num_classes: ``K`` of the logits (no background slot).
+        go_lsd: the union-set matching of the box terms and the DDF distillation (D-FINE and
+            DEIM-D-FINE; off for RT-DETRv2 and DEIM-RT-DETRv2, and for the GO-LSD ablation).
+        group_weights: a factor per group of :data:`GROUPS` on every loss of that group (1 if absent).
     """
 
-    def __init__(
-        self,
-        matcher: nn.Module,
-        weight_dict: Dict[str, float] = {"loss_vfl": 1, "loss_bbox": 5, "loss_giou": 2},  # noqa: B006 (never mutated)
-        losses: Sequence[str] = ("vfl", "boxes"),
-        alpha: float = 0.75,
-        gamma: float = 2.0,
-        num_classes: int = 80,
-        mal_alpha: Optional[float] = None,
-        mal_gamma: Optional[float] = None,
-        go_lsd: bool = False,
-        ddf_temperature: float = 5.0,
-    ):
-        """
-        Args:
-            matcher: returns per-image ``(query_idx, gt_idx)`` pairs, see :class:`HungarianMatcher`.
-            weight_dict: weight of every loss key the selected terms produce.
-            losses: loss terms, among ``"vfl"`` (loss_vfl), ``"mal"`` (loss_mal, DEIM), ``"focal"``
-                (loss_focal), ``"boxes"`` (loss_bbox, loss_giou) and ``"local"`` (loss_fgl and, with
-                GO-LSD, loss_ddf; D-FINE; outputs without ``pred_corners`` give none).
-            alpha, gamma: focal parameters of the classification loss (MAL uses only ``gamma``,
-                1.5 in DEIM).
-            mal_alpha: optional weight of MAL's negatives (None in every official config).
-            mal_gamma: MAL's gamma when it differs from ``gamma`` (the official criterion has one
-                ``gamma`` for every term; a separate one lets a config switch between MAL at 1.5
-                and VFL at 2.0 by changing ``losses`` alone).
-            num_classes: number of classes K of ``pred_logits`` (no background slot).
-            go_lsd: the union-set matching of the box terms and the DDF distillation (D-FINE and
-                DEIM-D-FINE; off for RT-DETRv2 and DEIM-RT-DETRv2, and for the GO-LSD ablation).
-            ddf_temperature: the distillation temperature ``T`` (5, fixed in the official code).
-        """
+    def __init__(self, matcher: nn.Module, terms: Sequence[LossTerm], losses: Sequence[str],
+                 weight_dict: Dict[str, float], num_classes: int, go_lsd: bool = False,
+                 group_weights: Optional[Dict[str, float]] = None):
         super().__init__()
-        unknown = [name for name in losses if not hasattr(self, f"_loss_{name}")]
+        names = [term.name for term in terms]
+        if len(set(names)) != len(names):
+            raise ValueError(f"Two loss terms have the same name: {names}")
+        unknown = [name for name in losses if name not in names]
         if unknown:
-            raise ValueError(f"Unknown loss terms {unknown}")
+            raise ValueError(f"Unknown loss terms {unknown}; the criterion has {names}")
+        unknown_groups = sorted(set(group_weights or {}) - set(GROUPS))
+        if unknown_groups:
+            raise ValueError(f"Unknown groups {unknown_groups} in group_weights; the groups are {GROUPS}")
         self.matcher = matcher
-        self.weight_dict = dict(weight_dict)
+        self.terms = nn.ModuleDict({term.name: term for term in terms})
         self.losses = tuple(losses)
-        self.alpha = alpha
-        self.gamma = gamma
+        self.weight_dict = dict(weight_dict)
         self.num_classes = num_classes
-        self.mal_alpha = mal_alpha
-        self.mal_gamma = gamma if mal_gamma is None else mal_gamma
         self.go_lsd = go_lsd
-        self.ddf_temperature = ddf_temperature
+        self.group_weights = dict(group_weights or {})
 
-    def forward(self, outputs: Dict, targets: List[Dict[str, torch.Tensor]],
+    def forward(self, outputs: DecoderOutput, targets: List[Dict[str, torch.Tensor]],
                 epoch: Optional[int] = None) -> Dict[str, torch.Tensor]:
         """
         Args:
-            outputs: the decoder's training output: ``pred_logits`` ``[B, Q, K]`` and ``pred_boxes``
-                ``[B, Q, 4]`` (normalised cxcywh), optional lists ``aux_outputs``,
-                ``enc_aux_outputs``, ``dn_aux_outputs`` of dicts with the same two keys, optional
-                dicts ``pre_outputs`` / ``dn_pre_outputs``, ``dn_meta`` (``dn_positive_idx``: B int64
-                tensors, ``dn_num_group``) when ``dn_aux_outputs`` is present, and optional
-                ``enc_meta`` (``class_agnostic``). D-FINE outputs also carry ``pred_corners``,
-                ``ref_points``, ``teacher_corners`` / ``teacher_logits``, and the top level ``up``
-                and ``reg_scale`` (see ``DFINEDecoder``).
+            outputs: the decoder's training output.
             targets: B dicts with ``labels`` ``[G_i]`` int64 and ``boxes`` ``[G_i, 4]`` (normalised
                 cxcywh), on the device of the outputs.
             epoch: the training epoch (a Python int), handed to every matcher call as ``epoch=``
@@ -175,68 +153,67 @@ class RTDETRCriterion(nn.Module):
         Returns:
             Weighted losses, ``{"loss_vfl": ..., "loss_bbox_aux_0": ..., "loss_giou_dn_5": ...}``.
         """
-        device = outputs["pred_logits"].device
+        device = outputs.final.logits.device
         # The official engine computes the losses outside autocast; here on float32 outputs too, so
         # that no loss, match or box decoding runs in float16.
         with torch.autocast(device.type, enabled=False):
             outputs = to_float32(outputs)
             sizes = [len(t["labels"]) for t in targets]
-            batch_targets = _BatchTargets(
-                torch.cat([t["labels"] for t in targets]),
-                torch.cat([t["boxes"] for t in targets]),
-                sizes,
-                self.num_classes,
-            )
+            batch_targets = BatchTargets(torch.cat([t["labels"] for t in targets]),
+                                         torch.cat([t["boxes"] for t in targets]), sizes, self.num_classes)
             num_boxes = self._num_boxes(sum(sizes), device)
+            supervised = _outputs(outputs)
 
             # Every Hungarian match first: the union set needs all of them.
-            matching = [("", outputs)]
-            matching += [(f"_aux_{i}", aux) for i, aux in enumerate(outputs.get("aux_outputs", ()))]
-            if "pre_outputs" in outputs:
-                matching.append(("_pre", outputs["pre_outputs"]))
-            encoder = [(f"_enc_{i}", enc) for i, enc in enumerate(outputs.get("enc_aux_outputs", ()))]
-            encoder_targets, encoder_batch_targets = targets, batch_targets
-            if outputs.get("enc_meta", {}).get("class_agnostic", False):
-                # Matched on class 0 too: the official code matches single-class logits against the
-                # real labels, which indexes past the logits as soon as a label is not 0.
-                encoder_targets = [{"labels": torch.zeros_like(t["labels"]), "boxes": t["boxes"]} for t in targets]
-                encoder_batch_targets = batch_targets._replace(
-                    labels=torch.zeros_like(batch_targets.labels), num_classes=1)
             match_kwargs = {} if epoch is None else {"epoch": epoch}
-            indices = [self.matcher(output, targets, **match_kwargs) for _, output in matching]
-            indices += [self.matcher(output, encoder_targets, **match_kwargs) for _, output in encoder]
+            indices = {}
+            for output in supervised:
+                if output.group != "denoising":
+                    output_targets, _ = self._targets(output, targets, batch_targets)
+                    indices[output.suffix] = self.matcher(output.predictions, output_targets, **match_kwargs)
 
             union, ddf_weights = None, None
             if self.go_lsd:
-                union_indices = union_matched_indices(indices[0], indices[1:])
-                union = _Supervision(
-                    _hungarian_pairs(union_indices, sizes, device),
-                    self._num_boxes(sum(len(q) for q, _ in union_indices), device),
-                )
+                union_indices = union_matched_indices(indices[""], [v for k, v in indices.items() if k != ""])
+                union = _Supervision(_hungarian_pairs(union_indices, sizes, device),
+                                     self._num_boxes(sum(len(q) for q, _ in union_indices), device))
                 # DDF balances matched and unmatched queries by the union set's counts, for the
                 # denoising outputs too (as the official criterion, which keeps the last ones).
-                ddf_weights = ddf_balance_weights(
-                    union.pairs.batch_idx, union.pairs.query_idx, *outputs["pred_logits"].shape[:2])
+                ddf_weights = ddf_balance_weights(union.pairs.batch_idx, union.pairs.query_idx,
+                                                  *outputs.final.logits.shape[:2])
+            if outputs.denoising is not None:
+                denoising = _Supervision(_denoising_pairs(outputs.denoising, sizes),
+                                         num_boxes * outputs.denoising.num_groups)
 
-            # Key order follows the official dicts (main, aux, pre, dn, dn pre, enc).
             losses = {}
-            for (suffix, output), output_indices in zip(matching, indices):
-                own = _Supervision(_hungarian_pairs(output_indices, sizes, device), num_boxes)
-                losses.update(self._output_losses(output, batch_targets, own, suffix, union, outputs, ddf_weights))
-
-            if "dn_aux_outputs" in outputs:
-                dn_meta = outputs["dn_meta"]
-                denoising = _Supervision(_denoising_pairs(dn_meta, sizes), num_boxes * dn_meta["dn_num_group"])
-                dn_outputs = [(f"_dn_{i}", dn) for i, dn in enumerate(outputs["dn_aux_outputs"])]
-                if "dn_pre_outputs" in outputs:
-                    dn_outputs.append(("_dn_pre", outputs["dn_pre_outputs"]))
-                for suffix, dn in dn_outputs:
-                    losses.update(self._output_losses(dn, batch_targets, denoising, suffix, None, outputs, ddf_weights))
-
-            for (suffix, enc), enc_indices in zip(encoder, indices[len(matching):]):
-                own = _Supervision(_hungarian_pairs(enc_indices, sizes, device), num_boxes)
-                losses.update(self._output_losses(enc, encoder_batch_targets, own, suffix, union, outputs))
+            for output in supervised:
+                _, output_targets = self._targets(output, targets, batch_targets)
+                if output.group == "denoising":
+                    own, box_supervision = denoising, denoising
+                else:
+                    own = _Supervision(_hungarian_pairs(indices[output.suffix], sizes, device), num_boxes)
+                    box_supervision = union if union is not None else own
+                context = LossContext(outputs.geometry, output.teacher if self.go_lsd else None, ddf_weights)
+                factor = self.group_weights.get(output.group, 1.0)
+                for name in self.losses:
+                    term = self.terms[name]
+                    if not term.applies_to(output.predictions):
+                        continue
+                    pairs, normaliser = box_supervision if term.supervises_boxes else own
+                    for key, value in term(output.predictions, output_targets, pairs, normaliser, context).items():
+                        weighted = value * self.weight_dict[key]
+                        losses[key + output.suffix] = weighted if factor == 1.0 else weighted * factor
         return losses
+
+    @staticmethod
+    def _targets(output: _Supervised, targets, batch_targets: BatchTargets):
+        """The per-image and concatenated ground truth of ``output``: every ground truth as class 0
+        for class-agnostic proposals (the official code would match single-class logits against the
+        real labels, which indexes past the logits as soon as a label is not 0)."""
+        if not getattr(output.predictions, "class_agnostic", False):
+            return targets, batch_targets
+        agnostic = [{"labels": torch.zeros_like(t["labels"]), "boxes": t["boxes"]} for t in targets]
+        return agnostic, batch_targets._replace(labels=torch.zeros_like(batch_targets.labels), num_classes=1)
 
     @staticmethod
     def _num_boxes(local_count: int, device: torch.device) -> torch.Tensor:
@@ -248,77 +225,3 @@ class RTDETRCriterion(nn.Module):
             num_boxes = num_boxes / dist.get_world_size()
         return num_boxes.clamp(min=1)
 
-    def _output_losses(self, output, targets: _BatchTargets, own: _Supervision, suffix: str,
-                       union: Optional[_Supervision] = None, top: Optional[Dict] = None, ddf_weights=None):
-        """Every selected loss term of one output, weighted and with the output's key suffix.
-
-        ``own`` supervises the classification terms, and the box terms too unless the union set
-        ``union`` is given; ``top`` is the decoder's whole output (for ``up`` / ``reg_scale``).
-        """
-        losses = {}
-        for name in self.losses:
-            pairs, num_boxes = union if union is not None and name in _BOX_TERMS else own
-            term = getattr(self, f"_loss_{name}")
-            extra = {"top": top, "ddf_weights": ddf_weights} if name == "local" else {}
-            for key, value in term(output, targets, pairs, num_boxes, **extra).items():
-                losses[key + suffix] = value * self.weight_dict[key]
-        return losses
-
-    def _loss_vfl(self, output, targets: _BatchTargets, pairs: _MatchedPairs, num_boxes):
-        logits = output["pred_logits"]
-        one_hot, quality = _one_hot_targets(logits, targets, pairs), _quality_targets(output, targets, pairs)
-        return {"loss_vfl": varifocal_loss(logits, one_hot, quality, num_boxes, self.alpha, self.gamma)}
-
-    def _loss_mal(self, output, targets: _BatchTargets, pairs: _MatchedPairs, num_boxes):
-        logits = output["pred_logits"]
-        one_hot, quality = _one_hot_targets(logits, targets, pairs), _quality_targets(output, targets, pairs)
-        return {"loss_mal": matchability_aware_loss(logits, one_hot, quality, num_boxes, self.mal_gamma, self.mal_alpha)}
-
-    def _loss_focal(self, output, targets: _BatchTargets, pairs: _MatchedPairs, num_boxes):
-        logits = output["pred_logits"]
-        one_hot = _one_hot_targets(logits, targets, pairs)
-        return {"loss_focal": focal_loss(logits, one_hot, num_boxes, self.alpha, self.gamma)}
-
-    def _loss_boxes(self, output, targets: _BatchTargets, pairs: _MatchedPairs, num_boxes):
-        boxes, gt_boxes = _matched_boxes(output, targets, pairs)
-        return {
-            "loss_bbox": l1_box_loss(boxes, gt_boxes, num_boxes),
-            "loss_giou": giou_box_loss(boxes, gt_boxes, num_boxes),
-        }
-
-
-    def _loss_local(self, output, targets: _BatchTargets, pairs: _MatchedPairs, num_boxes, top=None, ddf_weights=None):
-        if "pred_corners" not in output:
-            return {}
-        distill = self.go_lsd and "teacher_corners" in output
-        return fgl_and_ddf_losses(
-            output["pred_corners"], output["pred_boxes"], output["ref_points"], pairs.batch_idx, pairs.query_idx,
-            targets.boxes[pairs.gt_idx], num_boxes, top["reg_scale"], top["up"],
-            teacher_corners=output["teacher_corners"] if distill else None,
-            teacher_logits=output["teacher_logits"] if distill else None,
-            ddf_weights=ddf_weights, temperature=self.ddf_temperature,
-        )
-
-
-def _matched_boxes(output, targets: _BatchTargets, pairs: _MatchedPairs):
-    """``[N, 4]`` predicted and ground-truth cxcywh boxes of the matched pairs."""
-    return output["pred_boxes"][pairs.batch_idx, pairs.query_idx], targets.boxes[pairs.gt_idx]
-
-
-def _quality_targets(output, targets: _BatchTargets, pairs: _MatchedPairs) -> torch.Tensor:
-    """``[B, Q]`` in the dtype of the logits: IoU of each matched query's box with its ground truth
-    (0 for unmatched queries), detached: the classification loss must not move the boxes."""
-    boxes, gt_boxes = _matched_boxes(output, targets, pairs)
-    ious = elementwise_box_iou(box_cxcywh_to_xyxy(boxes), box_cxcywh_to_xyxy(gt_boxes)).detach()
-    quality = output["pred_logits"].new_zeros(output["pred_logits"].shape[:2])
-    quality[pairs.batch_idx, pairs.query_idx] = ious.to(quality.dtype)
-    return quality
-
-
-def _one_hot_targets(logits: torch.Tensor, targets: _BatchTargets, pairs: _MatchedPairs) -> torch.Tensor:
-    """``[B, Q, K]`` in the dtype of ``logits``: 1 at (image, query, class of its matched ground truth)."""
-    if logits.shape[-1] != targets.num_classes:
-        raise ValueError(f"pred_logits have {logits.shape[-1]} classes, the criterion expects {targets.num_classes}")
-    one_hot = torch.zeros_like(logits)
-    one_hot[pairs.batch_idx, pairs.query_idx, targets.labels[pairs.gt_idx]] = 1
-    return one_hot

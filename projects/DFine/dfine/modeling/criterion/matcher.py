@@ -1,13 +1,16 @@
 """One-to-one Hungarian matching between the queries of one decoder output and the ground truth."""
-from typing import Dict, List, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import torch
 from scipy.optimize import linear_sum_assignment
 from torch import nn
 
+from ..decoder.outputs import Predictions
 from ..layers.box_ops import box_cxcywh_to_xyxy, box_iou, generalized_box_iou
 
-__all__ = ["HungarianMatcher"]
+__all__ = ["HungarianMatcher", "union_matched_indices"]
+
+IndexPairs = Sequence[Tuple[torch.Tensor, torch.Tensor]]
 
 # scipy rejects a cost matrix holding NaN or -inf (and one whose +inf entries leave no assignment),
 # which would abort training over one bad pair: GIoU is 0/0 for two zero-size boxes at one point, and a
@@ -99,12 +102,11 @@ class HungarianMatcher(nn.Module):
         return self.cost_bbox * cost_bbox + self.cost_class * cost_class + self.cost_giou * cost_giou
 
     @torch.no_grad()
-    def forward(
-        self, outputs: Dict[str, torch.Tensor], targets: List[Dict[str, torch.Tensor]], epoch: int = 0
-    ) -> List[Tuple[torch.Tensor, torch.Tensor]]:
+    def forward(self, predictions: Predictions, targets: List[Dict[str, torch.Tensor]], epoch: int = 0
+                ) -> List[Tuple[torch.Tensor, torch.Tensor]]:
         """
         Args:
-            outputs: ``"pred_logits"`` ``[B, Q, C]`` and ``"pred_boxes"`` ``[B, Q, 4]`` (normalised cxcywh).
+            predictions: ``logits`` ``[B, Q, C]`` and ``boxes`` ``[B, Q, 4]`` (normalised cxcywh).
             targets: B dicts with ``"labels"`` ``[G_i]`` int64 and ``"boxes"`` ``[G_i, 4]`` (normalised cxcywh).
             epoch: the training epoch (a Python int), for ``change_matcher``.
 
@@ -113,11 +115,11 @@ class HungarianMatcher(nn.Module):
             ``query_idx[k]`` of image i is matched to its ground truth ``gt_idx[k]``. Images without
             ground truth give two empty tensors.
         """
-        batch_size, num_queries = outputs["pred_logits"].shape[:2]
+        batch_size, num_queries = predictions.logits.shape[:2]
         sizes = [len(t["boxes"]) for t in targets]
         cost = self.cost_matrix(
-            outputs["pred_logits"].flatten(0, 1),
-            outputs["pred_boxes"].flatten(0, 1),
+            predictions.logits.flatten(0, 1),
+            predictions.boxes.flatten(0, 1),
             torch.cat([t["labels"] for t in targets]),
             torch.cat([t["boxes"] for t in targets]),
             epoch,
@@ -130,3 +132,40 @@ class HungarianMatcher(nn.Module):
             query_idx, gt_idx = linear_sum_assignment(image_cost[i])
             indices.append((torch.as_tensor(query_idx, dtype=torch.int64), torch.as_tensor(gt_idx, dtype=torch.int64)))
         return indices
+
+
+def union_matched_indices(
+    indices: IndexPairs, indices_aux_list: Sequence[IndexPairs]
+) -> List[Tuple[torch.Tensor, torch.Tensor]]:
+    """GO-LSD's union set: one (query, ground truth) matching per image gathered over all layers.
+
+    Per image, the ``(query, gt)`` pairs of ``indices`` and of every entry of ``indices_aux_list``
+    are pooled and counted. Pairs are ranked by count, most frequent first; each query keeps the
+    ground truth of its best-ranked pair, and the queries come out in the order of their
+    best-ranked pair, as in the official ``_get_go_indices``. Ties are ranked by the same unstable
+    ``argsort`` as officially: a query matched to two ground truths equally often gets the one the
+    official code picks (with the same torch; the matcher's indices are on the CPU).
+
+    Args:
+        indices: per image ``(query_idx, gt_idx)`` int64 tensors (the final layer's matching).
+        indices_aux_list: more matchings of the same form (auxiliary, first-layer, encoder).
+
+    Returns:
+        per image ``(query_idx, gt_idx)`` int64 tensors; every query appears once.
+    """
+    results = []
+    for image, (queries, gts) in enumerate(indices):
+        queries = torch.cat([queries] + [aux[image][0] for aux in indices_aux_list])
+        gts = torch.cat([gts] + [aux[image][1] for aux in indices_aux_list])
+        if queries.numel() == 0:
+            results.append((queries.long(), gts.long()))
+            continue
+        pairs, counts = torch.unique(torch.stack([queries, gts], 1), dim=0, return_counts=True)
+        ranked = pairs[torch.argsort(counts, descending=True)]
+        # Keep the best-ranked pair of each query: the first of its run after a stable sort by query.
+        by_query, position = torch.sort(ranked[:, 0], stable=True)
+        first = torch.ones_like(by_query, dtype=torch.bool)
+        first[1:] = by_query[1:] != by_query[:-1]
+        kept = ranked[position[first].sort().values]
+        results.append((kept[:, 0].long(), kept[:, 1].long()))
+    return results

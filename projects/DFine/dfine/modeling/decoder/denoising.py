@@ -1,5 +1,10 @@
-"""Contrastive denoising queries (DN-DETR, Li et al. 2022; DINO, Zhang et al. 2023), as RT-DETRv2 builds them."""
-from typing import Dict, List, Optional, Tuple
+"""Denoising queries: noised copies of the ground truth that the decoder learns to reconstruct.
+
+:class:`ContrastiveDenoising` is the contrastive denoising of DINO (Zhang et al. 2023) as RT-DETRv2,
+D-FINE, DEIM and DEIMv2 build it (positive and negative groups, built by
+:func:`contrastive_denoising_group`).
+"""
+from typing import Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 from torch import nn
@@ -7,7 +12,65 @@ from torch import nn
 from ..layers.box_ops import box_cxcywh_to_xyxy, box_xyxy_to_cxcywh
 from ..layers.common import inverse_sigmoid
 
-__all__ = ["contrastive_denoising_group"]
+__all__ = ["contrastive_denoising_group", "ContrastiveDenoising", "DenoisingQueries"]
+
+
+class DenoisingQueries(NamedTuple):
+    """Denoising queries, placed before the ``K`` matching queries.
+
+    Attributes:
+        content: ``[B, T, C]`` query content.
+        reference_unact: ``[B, T, 4]`` logits of the noised boxes.
+        attn_mask: ``[T + K, T + K]`` bool self-attention mask, True = blocked: matching queries
+            never see denoising ones, and denoising groups do not see each other.
+        positive_idx: per image, the query indices of its positives, group after group.
+        num_groups: ``G``.
+    """
+
+    content: torch.Tensor
+    reference_unact: torch.Tensor
+    attn_mask: torch.Tensor
+    positive_idx: List[torch.Tensor]
+    num_groups: int
+
+
+class ContrastiveDenoising(nn.Module):
+    """Contrastive denoising groups with a label embedding ``denoising_class_embed`` (``num_classes + 1``
+    rows, the last one the zero padding row), as the official RT-DETRv2 decoder builds them.
+
+    Args:
+        num_classes, hidden_dim: classes and query width.
+        num_denoising: budget of positive queries per image (rounded down to whole groups); 0 builds
+            no queries and no embedding, as the official model with ``num_denoising: 0``.
+        label_noise_ratio: twice the label-flip probability.
+        box_noise_scale: noise amplitude in units of half the box size.
+        abs_box_size: the DEIM / D-FINE variant for boxes whose corners cross (see
+            :func:`contrastive_denoising_group`).
+    """
+
+    def __init__(self, num_classes: int, hidden_dim: int, num_denoising: int = 100, label_noise_ratio: float = 0.5,
+                 box_noise_scale: float = 1.0, abs_box_size: bool = False):
+        super().__init__()
+        self.num_classes = num_classes
+        self.num_denoising = num_denoising
+        self.label_noise_ratio = label_noise_ratio
+        self.box_noise_scale = box_noise_scale
+        self.abs_box_size = abs_box_size
+        if num_denoising > 0:
+            self.denoising_class_embed = nn.Embedding(num_classes + 1, hidden_dim, padding_idx=num_classes)
+            nn.init.normal_(self.denoising_class_embed.weight[:-1])
+
+    def forward(self, targets: List[Dict[str, torch.Tensor]], num_queries: int) -> Optional[DenoisingQueries]:
+        """The queries for ``targets`` (see :func:`contrastive_denoising_group`), None when
+        ``num_denoising`` is 0."""
+        if self.num_denoising <= 0:
+            return None
+        if targets is None:
+            raise ValueError("Training with denoising needs the targets")
+        content, boxes_unact, attn_mask, meta = contrastive_denoising_group(
+            targets, self.num_classes, num_queries, self.denoising_class_embed, self.num_denoising,
+            self.label_noise_ratio, self.box_noise_scale, self.abs_box_size)
+        return DenoisingQueries(content, boxes_unact, attn_mask, list(meta["dn_positive_idx"]), meta["dn_num_group"])
 
 
 def contrastive_denoising_group(

@@ -1,17 +1,13 @@
-"""Fine-grained Distribution Refinement (FDR) and its losses, from D-FINE (Peng et al., 2024).
+"""Fine-grained Distribution Refinement (FDR), from D-FINE (Peng et al., 2024): the geometry of edge
+distributions. Their losses (FGL, and DDF for GO-LSD) are in :mod:`dfine.modeling.criterion.losses`.
 
 D-FINE predicts every box edge as a probability distribution over ``reg_max + 1`` bins instead of
 a single offset. The bins sit at the non-uniform positions ``W(n)`` of :func:`weighting_function`;
 the edge offset is the expectation ``sum_n P(n) W(n)`` (:func:`integral`), and
 :func:`distance2bbox` moves the edges of a reference box by these offsets.
 
-Training adds two losses (:func:`fgl_and_ddf_losses`):
-
-* FGL (Fine-Grained Localization): the ground-truth offset of each edge, which falls between two
-  neighbouring bins, becomes a two-bin target (:func:`bbox2distance`), learned with
-  :func:`unimodal_distribution_focal_loss`.
-* DDF (Decoupled Distillation Focal): GO-LSD self-distillation of every decoder layer's
-  distributions towards the last layer's.
+The FGL loss learns the ground-truth offset of each edge, which falls between two neighbouring bins,
+as a two-bin target (:func:`bbox2distance`).
 
 Conventions. Boxes are normalised ``cxcywh`` unless named ``xyxy``. An edge offset ``d`` of a
 reference box ``(cx, cy, w, h)`` moves its left, top, right and bottom edge (in this order)
@@ -20,27 +16,17 @@ gives back the reference box. ``R = reg_max``; bins are indexed ``0..R``. ``up``
 may be Python numbers or one-element tensors (the official decoder keeps them as frozen
 ``nn.Parameter`` of shape ``[1]``, which checkpoints carry).
 """
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Tuple, Union
 
 import torch
 import torch.nn.functional as F
 
-from ..layers.box_ops import box_cxcywh_to_xyxy, box_xyxy_to_cxcywh, elementwise_box_iou
+from ..layers.box_ops import box_xyxy_to_cxcywh
 from ..layers.common import in_float32
 
-__all__ = [
-    "weighting_function",
-    "integral",
-    "distance2bbox",
-    "bbox2distance",
-    "unimodal_distribution_focal_loss",
-    "union_matched_indices",
-    "ddf_balance_weights",
-    "fgl_and_ddf_losses",
-]
+__all__ = ["weighting_function", "integral", "distance2bbox", "bbox2distance"]
 
 Scalar = Union[float, torch.Tensor]
-IndexPairs = Sequence[Tuple[torch.Tensor, torch.Tensor]]
 
 
 def weighting_function(reg_max: int, up: Scalar, reg_scale: Scalar) -> torch.Tensor:
@@ -164,217 +150,3 @@ def bbox2distance(
     target = torch.where(below, torch.zeros_like(target), target)
     target = torch.where(above, torch.full_like(target, reg_max - 0.1), target)
     return target.clamp(min=0, max=reg_max - eps), weight_right, weight_left
-
-
-def unimodal_distribution_focal_loss(
-    pred: torch.Tensor,
-    label: torch.Tensor,
-    weight_right: torch.Tensor,
-    weight_left: torch.Tensor,
-    weight: Optional[torch.Tensor] = None,
-    reduction: str = "sum",
-    avg_factor: Optional[Scalar] = None,
-) -> torch.Tensor:
-    """Cross-entropy towards the two bins around each target (a DFL, Li et al. 2020, with the
-    interpolation weights of :func:`bbox2distance`).
-
-    ``loss_i = CE(pred_i, k_i) * weight_left_i + CE(pred_i, k_i + 1) * weight_right_i`` with
-    ``k_i = floor(label_i)``, times ``weight_i`` when given.
-
-    Args:
-        pred: ``[M, R + 1]`` bin logits.
-        label, weight_right, weight_left: ``[M]``, from :func:`bbox2distance`.
-        weight: ``[M]`` per-row weight (FGL: the IoU of the matched box), or ``None``.
-        reduction: ``"sum"``, ``"mean"`` or ``"none"``; ignored when ``avg_factor`` is given.
-        avg_factor: when given, the result is ``sum / avg_factor``.
-    """
-    left = label.long()
-    loss = F.cross_entropy(pred, left, reduction="none") * weight_left.reshape(-1) + F.cross_entropy(
-        pred, left + 1, reduction="none"
-    ) * weight_right.reshape(-1)
-    if weight is not None:
-        loss = loss * weight
-    if avg_factor is not None:
-        return loss.sum() / avg_factor
-    if reduction == "sum":
-        return loss.sum()
-    if reduction == "mean":
-        return loss.mean()
-    if reduction == "none":
-        return loss
-    raise ValueError(f"unknown reduction {reduction!r}")
-
-
-def union_matched_indices(
-    indices: IndexPairs, indices_aux_list: Sequence[IndexPairs]
-) -> List[Tuple[torch.Tensor, torch.Tensor]]:
-    """GO-LSD's union set: one (query, ground truth) matching per image gathered over all layers.
-
-    Per image, the ``(query, gt)`` pairs of ``indices`` and of every entry of ``indices_aux_list``
-    are pooled and counted. Pairs are ranked by count, most frequent first; each query keeps the
-    ground truth of its best-ranked pair, and the queries come out in the order of their
-    best-ranked pair, as in the official ``_get_go_indices``. Ties are ranked by the same unstable
-    ``argsort`` as officially: a query matched to two ground truths equally often gets the one the
-    official code picks (with the same torch; the matcher's indices are on the CPU).
-
-    Args:
-        indices: per image ``(query_idx, gt_idx)`` int64 tensors (the final layer's matching).
-        indices_aux_list: more matchings of the same form (auxiliary, first-layer, encoder).
-
-    Returns:
-        per image ``(query_idx, gt_idx)`` int64 tensors; every query appears once.
-    """
-    results = []
-    for image, (queries, gts) in enumerate(indices):
-        queries = torch.cat([queries] + [aux[image][0] for aux in indices_aux_list])
-        gts = torch.cat([gts] + [aux[image][1] for aux in indices_aux_list])
-        if queries.numel() == 0:
-            results.append((queries.long(), gts.long()))
-            continue
-        pairs, counts = torch.unique(torch.stack([queries, gts], 1), dim=0, return_counts=True)
-        ranked = pairs[torch.argsort(counts, descending=True)]
-        # Keep the best-ranked pair of each query: the first of its run after a stable sort by query.
-        by_query, position = torch.sort(ranked[:, 0], stable=True)
-        first = torch.ones_like(by_query, dtype=torch.bool)
-        first[1:] = by_query[1:] != by_query[:-1]
-        kept = ranked[position[first].sort().values]
-        results.append((kept[:, 0].long(), kept[:, 1].long()))
-    return results
-
-
-def ddf_balance_weights(
-    batch_idx: torch.Tensor, query_idx: torch.Tensor, batch_size: int, num_queries: int
-) -> Tuple[torch.Tensor, torch.Tensor]:
-    """The weights of the matched and unmatched parts of the DDF loss.
-
-    ``sqrt(count * 8 / batch_size)`` for the edges of matched and of unmatched queries: the mix
-    of the two means follows the square root of their sizes, scaled to a batch of 8 so that it
-    does not depend on the per-process batch size.
-
-    Args:
-        batch_idx, query_idx: ``[N]`` the matched queries (duplicates count once).
-        batch_size, num_queries: ``B`` and ``Q`` of the outputs.
-
-    Returns:
-        ``(num_pos, num_neg)`` 0-dim float tensors.
-    """
-    matched = _matched_edge_mask(batch_idx, query_idx, batch_size, num_queries)
-    batch_scale = 8 / batch_size
-    return (matched.sum() * batch_scale) ** 0.5, ((~matched).sum() * batch_scale) ** 0.5
-
-
-def _matched_edge_mask(batch_idx, query_idx, batch_size: int, num_queries: int) -> torch.Tensor:
-    """``[B * Q * 4]`` bool, True on the four edges of every matched query."""
-    matched = torch.zeros(batch_size, num_queries, dtype=torch.bool, device=batch_idx.device)
-    matched[batch_idx, query_idx] = True
-    return matched.unsqueeze(-1).expand(-1, -1, 4).reshape(-1)
-
-
-def fgl_and_ddf_losses(
-    pred_corners: torch.Tensor,
-    pred_boxes: torch.Tensor,
-    ref_points: torch.Tensor,
-    batch_idx: torch.Tensor,
-    query_idx: torch.Tensor,
-    target_boxes: torch.Tensor,
-    num_boxes: Scalar,
-    reg_scale: Scalar,
-    up: Scalar,
-    teacher_corners: Optional[torch.Tensor] = None,
-    teacher_logits: Optional[torch.Tensor] = None,
-    ddf_weights: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
-    temperature: float = 5.0,
-) -> Dict[str, torch.Tensor]:
-    """The FGL and DDF losses of one decoder output (the official ``loss_local``), unweighted.
-
-    FGL, over the ``N`` matched queries::
-
-        sum_{query, edge} UDFL(pred_corners, bbox2distance(ref_points, gt)) * IoU(pred_box, gt) / num_boxes
-
-    DDF, over all ``B * Q`` queries, when ``teacher_corners`` is given::
-
-        KL_e = w_e * T^2 * KL(softmax(teacher_e / T) || softmax(pred_e / T))   for every edge e
-        loss_ddf = (mean_{matched e} KL_e * num_pos + mean_{unmatched e} KL_e * num_neg) / (num_pos + num_neg)
-
-    where ``w`` is the IoU of the query's box with its ground truth for matched queries and the
-    teacher's highest class probability for the others, and ``(num_pos, num_neg)`` is
-    ``ddf_weights`` (default: :func:`ddf_balance_weights` of this matching). A mean over an empty
-    set is 0. When the teacher is the output itself (the last layer), ``loss_ddf`` is an exact 0
-    that keeps the graph.
-
-    Every weight and target is computed without gradient; only ``pred_corners`` gets one.
-
-    Differences from the official code, which give the same numbers:
-
-    * the official criterion computes the FGL targets once per call and reuses them for every
-      layer (right because all layers share ``ref_points`` and, with the union set, the
-      matching); here they are recomputed from the arguments each time;
-    * the official criterion stores ``num_pos``/``num_neg`` on itself while it processes the
-      non-denoising outputs and reuses them for the denoising ones. To reproduce that, pass
-      ``ddf_weights=ddf_balance_weights(...)`` of the non-denoising matching when computing the
-      losses of denoising outputs.
-
-    Args:
-        pred_corners: ``[B, Q, 4 * (R + 1)]`` bin logits of this output.
-        pred_boxes: ``[B, Q, 4]`` boxes of this output, cxcywh.
-        ref_points: ``[B, Q, 4]`` reference boxes the corners refine, cxcywh.
-        batch_idx, query_idx: ``[N]`` int64, the matched queries.
-        target_boxes: ``[N, 4]`` their ground-truth boxes, cxcywh.
-        num_boxes: FGL normaliser (the official criterion passes the size of the union set
-            for matching outputs and ``num_gt * dn_num_group`` for denoising ones).
-        reg_scale, up: as in :func:`weighting_function`.
-        teacher_corners: ``[B, Q, 4 * (R + 1)]`` corners of the teacher (last) layer; no DDF when
-            ``None``.
-        teacher_logits: ``[B, Q, C]`` class logits of the teacher layer; needed with
-            ``teacher_corners``.
-        ddf_weights: ``(num_pos, num_neg)``, see above.
-        temperature: distillation temperature ``T`` (5 in D-FINE).
-
-    Returns:
-        ``{"loss_fgl": ...}``, plus ``"loss_ddf"`` when ``teacher_corners`` is given.
-    """
-    num_bins = pred_corners.shape[-1] // 4
-    reg_max = num_bins - 1
-    with torch.no_grad():
-        ious = elementwise_box_iou(
-            box_cxcywh_to_xyxy(pred_boxes[batch_idx, query_idx]), box_cxcywh_to_xyxy(target_boxes)
-        )
-        target, weight_right, weight_left = bbox2distance(
-            ref_points[batch_idx, query_idx], box_cxcywh_to_xyxy(target_boxes), reg_max, reg_scale, up
-        )
-    losses = {
-        "loss_fgl": unimodal_distribution_focal_loss(
-            pred_corners[batch_idx, query_idx].reshape(-1, num_bins),
-            target,
-            weight_right,
-            weight_left,
-            ious.repeat_interleave(4),
-            avg_factor=num_boxes,
-        )
-    }
-    if teacher_corners is None:
-        return losses
-
-    student = pred_corners.reshape(-1, num_bins)
-    teacher = teacher_corners.reshape(-1, num_bins).detach()
-    if torch.equal(student, teacher):
-        losses["loss_ddf"] = student.sum() * 0
-        return losses
-    batch_size, num_queries = pred_corners.shape[:2]
-    with torch.no_grad():
-        confidence = teacher_logits.sigmoid().amax(-1)
-        confidence[batch_idx, query_idx] = ious.to(confidence.dtype)
-        edge_weight = confidence.repeat_interleave(4, dim=-1).reshape(-1)
-        matched = _matched_edge_mask(batch_idx, query_idx, batch_size, num_queries)
-    kl = F.kl_div(
-        F.log_softmax(student / temperature, dim=1), F.softmax(teacher / temperature, dim=1), reduction="none"
-    ).sum(-1)
-    per_edge = edge_weight * (temperature**2) * kl
-    if ddf_weights is None:
-        ddf_weights = ddf_balance_weights(batch_idx, query_idx, batch_size, num_queries)
-    num_pos, num_neg = ddf_weights
-    # Masked sums over counts clamped to 1: an empty part contributes 0 without a host sync.
-    matched_mean = torch.where(matched, per_edge, 0).sum() / matched.sum().clamp(min=1)
-    unmatched_mean = torch.where(matched, 0, per_edge).sum() / (~matched).sum().clamp(min=1)
-    losses["loss_ddf"] = (matched_mean * num_pos + unmatched_mean * num_neg) / (num_pos + num_neg)
-    return losses

@@ -1,4 +1,5 @@
 """Small building blocks shared by every backbone, encoder and decoder of the family."""
+import dataclasses
 import functools
 import math
 
@@ -6,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["in_float32", "to_float32", "get_activation", "MLP", "RMSNorm", "SwiGLUFFN", "ConvNormLayer", "inverse_sigmoid", "bias_init_with_prob"]
+__all__ = ["in_float32", "to_float32", "map_tensors", "get_activation", "MLP", "RMSNorm", "SwiGLUFFN", "ConvNormLayer", "inverse_sigmoid", "bias_init_with_prob"]
 
 _ACTIVATIONS = {
     "relu": nn.ReLU,
@@ -149,17 +150,26 @@ def bias_init_with_prob(prior_prob: float = 0.01) -> float:
     return float(-math.log((1 - prior_prob) / prior_prob))
 
 
-def to_float32(value):
-    """``value`` with every reduced-precision floating-point tensor in it (nested dicts, lists,
-    tuples) cast to float32. Float32 and float64 tensors are kept, so that a float64 model (the
-    parity tests run in float64) stays in float64."""
+def map_tensors(value, fn):
+    """``value`` with ``fn`` applied to every tensor in it, through nested dataclasses (such as the
+    decoder's outputs), dicts, lists and tuples, as new containers."""
     if torch.is_tensor(value):
-        return value.float() if value.is_floating_point() and torch.finfo(value.dtype).bits < 32 else value
+        return fn(value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.replace(value, **{f.name: map_tensors(getattr(value, f.name), fn)
+                                             for f in dataclasses.fields(value)})
     if isinstance(value, dict):
-        return {key: to_float32(item) for key, item in value.items()}
+        return {key: map_tensors(item, fn) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
-        return type(value)(to_float32(item) for item in value)
+        return type(value)(map_tensors(item, fn) for item in value)
     return value
+
+
+def to_float32(value):
+    """``value`` with every reduced-precision floating-point tensor in it (see :func:`map_tensors`)
+    cast to float32. Float32 and float64 tensors are kept, so that a float64 model (the parity tests
+    run in float64) stays in float64."""
+    return map_tensors(value, lambda t: t.float() if t.is_floating_point() and torch.finfo(t.dtype).bits < 32 else t)
 
 
 def in_float32(fn):

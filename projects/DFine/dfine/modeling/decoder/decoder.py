@@ -1,0 +1,193 @@
+"""The DETR decoder as a composition of parts.
+
+:class:`DetrDecoder` runs, in order: the input projection (memory), the query selection, the
+denoising queries (training), and the decoder layers, each followed by the class head and the box
+head with its refinement rule. Every part is a module given to it by the config; a family is a
+choice of parts (see projects/DFine/README.md). It returns a typed
+:class:`~.outputs.DecoderOutput`.
+
+State-dict layout. The parts group the modules by role (``decoder.query_selection.enc_score_head``),
+while checkpoints use the official RT-DETR layout (``decoder.enc_score_head``), so that official
+checkpoints and their regex parameter groups apply unchanged. The decoder saves and loads its
+tensors under the official keys (:data:`OFFICIAL_LAYOUT`); ``named_parameters()`` keeps the module
+paths.
+"""
+import copy
+import itertools
+from typing import Dict, List, Optional
+
+import torch
+from torch import nn
+
+from .denoising import DenoisingQueries
+from .outputs import Branch, DecoderOutput, DenoisingPart, Predictions
+
+__all__ = ["DetrDecoder", "OFFICIAL_LAYOUT"]
+
+# Module path prefix -> state-dict key prefix (first match wins).
+OFFICIAL_LAYOUT = (
+    ("layers.", "decoder.layers."),
+    ("box_head.lqe_layers.", "decoder.lqe_layers."),
+    ("query_selection.", ""),
+    ("class_head.", ""),
+    ("box_head.", ""),
+    ("denoising.", ""),
+)
+# The official D-FINE decoder holds W(n)'s parameters twice: saved under both keys, loaded from one.
+OFFICIAL_ALIASES = {"decoder.up": "up", "decoder.reg_scale": "reg_scale"}
+
+
+def _official_key(path: str) -> str:
+    for ours, official in OFFICIAL_LAYOUT:
+        if path.startswith(ours):
+            return official + path[len(ours):]
+    return path
+
+
+def _save_in_official_layout(module, state_dict, prefix, local_metadata):
+    for key in [k for k in state_dict if k.startswith(prefix)]:
+        official = prefix + _official_key(key[len(prefix):])
+        if official != key:
+            state_dict[official] = state_dict.pop(key)
+    for alias, source in OFFICIAL_ALIASES.items():
+        if prefix + source in state_dict:
+            state_dict[prefix + alias] = state_dict[prefix + source]
+
+
+def _load_from_official_layout(module, state_dict, prefix, *args):
+    paths = itertools.chain(module.named_parameters(remove_duplicate=False), module.named_buffers(remove_duplicate=False))
+    ours = {_official_key(path): path for path, _ in paths}
+    for alias in OFFICIAL_ALIASES:
+        state_dict.pop(prefix + alias, None)
+    for key in [k for k in state_dict if k.startswith(prefix)]:
+        path = ours.get(key[len(prefix):])
+        if path is not None and prefix + path != key:
+            state_dict[prefix + path] = state_dict.pop(key)
+
+
+class DetrDecoder(nn.Module):
+    """Decoder of a DETR built from parts.
+
+    Args:
+        num_classes: foreground classes ``K`` (no background slot; sigmoid scores).
+        hidden_dim: query width ``C``.
+        num_queries: matching queries.
+        num_layers: decoder layers.
+        num_levels: memory levels.
+        eval_idx: the layer whose predictions are returned in eval (negative counts from the end).
+        aux_loss: return, in training, every layer, the proposals and the denoising part (else only
+            the last layer).
+        input_proj: input maps -> :class:`~.input_projection.Memory`
+            (:class:`~.input_projection.InputProjection`).
+        query_selection: memory -> initial queries and proposals (:class:`~.query_selection.EncoderTopK`).
+        layer: one decoder layer (:class:`~.layer.DeformableDecoderLayer`), cloned ``num_layers``
+            times so that every layer starts from the same weights, as officially.
+        query_pos_head: reference boxes -> query position embedding (:class:`~.heads.BoxPositionEmbedding`).
+        class_head: per-layer class logits (:class:`~.heads.ClassHead`).
+        box_head: per-layer boxes and the refinement rule (:class:`~.heads.BoxHead`).
+        denoising: denoising queries in training (:class:`~.denoising.ContrastiveDenoising`), or None.
+    """
+
+    def __init__(self, *, num_classes: int, hidden_dim: int, num_queries: int, num_layers: int, num_levels: int,
+                 input_proj: nn.Module, query_selection: nn.Module, layer: nn.Module, query_pos_head: nn.Module,
+                 class_head: nn.Module, box_head: nn.Module, denoising: Optional[nn.Module] = None, eval_idx: int = -1,
+                 aux_loss: bool = True):
+        super().__init__()
+        if not -num_layers <= eval_idx < num_layers:
+            raise ValueError(f"eval_idx {eval_idx} is not a layer of a {num_layers}-layer decoder")
+        if len(input_proj) != num_levels:
+            raise ValueError(f"The input projection has {len(input_proj)} levels, the decoder num_levels={num_levels}")
+        self.num_classes = num_classes
+        self.hidden_dim = hidden_dim
+        self.num_queries = num_queries
+        self.num_layers = num_layers
+        self.num_levels = num_levels
+        self.eval_idx = eval_idx % num_layers
+        self.aux_loss = aux_loss
+        self.input_proj = input_proj
+        self.layers = nn.ModuleList(layer if i == 0 else copy.deepcopy(layer) for i in range(num_layers))
+        self.query_selection = query_selection
+        self.query_pos_head = query_pos_head
+        self.class_head = class_head
+        self.box_head = box_head
+        self.denoising = denoising
+        self._register_state_dict_hook(_save_in_official_layout)
+        self._register_load_state_dict_pre_hook(_load_from_official_layout, with_module=True)
+
+    @property
+    def feat_channels(self) -> List[int]:
+        """Channels of the input maps the decoder expects."""
+        return self.input_proj.in_channels
+
+    def convert_to_deploy(self):
+        """The official deploy forms: with edge distributions (the D-FINE family) the layers after
+        ``eval_idx`` and the heads eval never uses are dropped; with deltas (RT-DETRv2, whose official
+        decoder has no deploy conversion) nothing changes."""
+        if self.box_head.distributions:
+            self.layers = self.layers[: self.eval_idx + 1]
+            self.class_head.convert_to_deploy()
+            self.box_head.convert_to_deploy()
+        return self.eval()
+
+    def forward(self, feats: List[torch.Tensor], targets: Optional[List[Dict[str, torch.Tensor]]] = None,
+                padding_mask: Optional[torch.Tensor] = None) -> DecoderOutput:
+        """
+        Args:
+            feats: ``[B, feat_channels[l], H_l, W_l]`` per input map, finest first.
+            targets: training only, per image ``{"labels": int64 [n], "boxes": [n, 4] normalised
+                cxcywh}`` (for the denoising queries).
+            padding_mask: optional ``[B, H, W]`` bool at input resolution, True on the zero padding
+                of images smaller than the batch; padded memory is neither proposed nor attended to.
+        """
+        memory = self.input_proj(feats, padding_mask)
+        selection = self.query_selection(memory)
+        content, reference_unact, attn_mask = selection.content, selection.reference_unact, None
+        denoising = self.denoising(targets, self.num_queries) if self.training and self.denoising is not None else None
+        if denoising is not None:
+            # Denoising queries go first, as positive_idx assumes.
+            content = torch.cat([denoising.content, content], 1)
+            reference_unact = torch.cat([denoising.reference_unact, reference_unact], 1)
+            attn_mask = denoising.attn_mask
+        layers, pre = self._decode(content, reference_unact, memory, attn_mask)
+        geometry = self.box_head.geometry
+        if not self.training:
+            return DecoderOutput(Branch(layers), geometry=geometry)
+        if not self.aux_loss:
+            final = layers[-1] if denoising is None else _split(layers[-1], denoising)[1]
+            return DecoderOutput(Branch([final]), geometry=geometry)
+        if denoising is None:
+            return DecoderOutput(Branch(layers, pre), selection.proposals, geometry=geometry)
+        dn_layers, layers = zip(*(_split(p, denoising) for p in layers))
+        dn_pre, pre = _split(pre, denoising) if pre is not None else (None, None)
+        dn = DenoisingPart(Branch(list(dn_layers), dn_pre), denoising.positive_idx, denoising.num_groups)
+        return DecoderOutput(Branch(list(layers), pre), selection.proposals, dn, geometry)
+
+    def _decode(self, content, reference_unact, memory, attn_mask):
+        """Every layer's predictions in training (only layer ``eval_idx``'s in eval), and the first
+        layer's initial boxes (distribution heads, training) as ``(layers, pre)``."""
+        flow = self.box_head.begin(reference_unact.sigmoid())
+        shared_pos = self.query_pos_head(flow.reference) if self.query_pos_head.shared else None
+        last = self.num_layers - 1 if self.training else self.eval_idx
+        layers, pre = [], None
+        for i in range(last + 1):
+            query_pos = shared_pos if shared_pos is not None else self.query_pos_head(flow.reference)
+            content = self.layers[i](content, flow.reference, memory.tokens, memory.spatial_shapes, attn_mask,
+                                     memory.valid, query_pos)
+            boxes, flow = self.box_head(i, content, flow)
+            if self.training or i == last:
+                logits = self.box_head.quality(i, self.class_head(i, content), boxes)
+                layers.append(Predictions(logits, boxes.boxes, boxes.corners, boxes.reference))
+            if self.training and boxes.pre is not None:
+                pre = Predictions(self.class_head(i, content), boxes.pre)
+        return layers, pre
+
+
+def _split(predictions: Predictions, denoising: DenoisingQueries):
+    """``(denoising part, matching part)`` of predictions over all queries (denoising first)."""
+    size = denoising.content.shape[1]
+
+    def split(x):
+        return (None, None) if x is None else (x[:, :size], x[:, size:])
+
+    parts = {name: split(getattr(predictions, name)) for name in ("logits", "boxes", "corners", "reference")}
+    return tuple(Predictions(**{name: pair[k] for name, pair in parts.items()}) for k in (0, 1))
