@@ -34,11 +34,10 @@ from detectron2.config import LazyConfig, instantiate
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
 
-from dfine.checkpoint import CheckpointMismatchError, load_finetune_weights
+from dfine.checkpoint import CheckpointMismatchError, load_ema_or_model_weights, load_finetune_weights
 from dfine.config import load_config
 from dfine.data import DetrDatasetMapper, build_train_loader, load_dataset_dicts, register_coco_dataset
 from dfine.data.mapper import read_rgb_image
-from dfine.engine import load_ema_or_model_weights
 from test_train_net import ROOT, TINY_MODEL, train_net
 
 TOY_CONFIG = str(ROOT / "configs/quickstart/rtdetrv2_r18_toy.py")
@@ -292,14 +291,14 @@ def test_config_with_unknown_key(tmp_path):
         load_config(TOY_CONFIG, ["model.decoder.not_a_key=1", "model.decodr.hidden_dim=8",
                                            "train.max_iters=5", "model.decoder.hidden_dim=32"])
     message = str(err.value)
-    assert "model.decoder.not_a_key: dfine.modeling.decoder.rtdetrv2_decoder.RTDETRv2Decoder takes no argument " \
+    assert "model.decoder.not_a_key: dfine.modeling.decoder.decoder.DetrDecoder takes no argument " \
            "'not_a_key'" in message
     assert "model.decodr: dfine.modeling.meta_arch.RealTimeDETR takes no argument 'decodr'" in message
     assert "'train.max_iters=5': 'train' has no key 'max_iters'" in message
     assert "hidden_dim=32" not in message
     # A default argument the config does not list may be set.
-    cfg = load_config(TOY_CONFIG, ["dataloader.evaluator.output_dir=/tmp/eval", "model.decoder.eps=0.01"])
-    assert cfg.dataloader.evaluator.output_dir == "/tmp/eval" and cfg.model.decoder.eps == 0.01
+    cfg = load_config(TOY_CONFIG, ["dataloader.evaluator.output_dir=/tmp/eval", "model.decoder.query_selection.eps=0.01"])
+    assert cfg.dataloader.evaluator.output_dir == "/tmp/eval" and cfg.model.decoder.query_selection.eps == 0.01
 
     # An unknown key in a config file, and train_net stops before it builds anything.
     config = tmp_path / "typo.py"

@@ -34,7 +34,7 @@ def test_params_flops_latency(capsys):
 
 def test_train_step(capsys):
     benchmark.main(["--config-file", TOY, "--what", "train", "--repeats", "2", "--warmup", "1", "--batch-size", "2",
-                    "--device", "cpu", "model.decoder.num_denoising=0"])
+                    "--device", "cpu", "model.decoder.denoising.num_denoising=0"])
     (train,) = _lines(capsys)
     assert train["benchmark"] == "train" and train["batch_size"] == 2 and train["image_size"] == [128, 128]
     assert len(train["ms_all"]) == 2 and train["ms"] > 0 and train["peak_memory_mb"] > 0

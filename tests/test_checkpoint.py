@@ -60,7 +60,7 @@ def test_convert_official_cli_round_trip_and_mismatch(tmp_path):
 
     from detectron2.config import LazyConfig, instantiate
 
-    from dfine.engine import load_ema_or_model_weights
+    from dfine.checkpoint import load_ema_or_model_weights
     from golden.synth import synth_state_dict
 
     root = Path(__file__).resolve().parents[1]
@@ -93,7 +93,7 @@ def test_convert_official_dfine_checkpoint_with_integer_reg_scale(tmp_path):
 
     from detectron2.config import LazyConfig, instantiate
 
-    from dfine.engine import load_ema_or_model_weights
+    from dfine.checkpoint import load_ema_or_model_weights
     from golden.synth import synth_state_dict
 
     root = Path(__file__).resolve().parents[1]
@@ -110,8 +110,9 @@ def test_convert_official_dfine_checkpoint_with_integer_reg_scale(tmp_path):
 
     model = instantiate(LazyConfig.load(config).model)
     load_ema_or_model_weights(model, str(tmp_path / "ours.pth"))
-    assert model.decoder.reg_scale.dtype == torch.float32 and float(model.decoder.reg_scale) == 4.0
-    assert model.decoder.decoder.reg_scale is model.decoder.reg_scale
+    reg_scale = model.decoder.box_head.reg_scale
+    assert reg_scale.dtype == torch.float32 and float(reg_scale) == 4.0
+    assert model.state_dict(keep_vars=True)["decoder.decoder.reg_scale"] is reg_scale
     state = model.state_dict()
     for key, value in official.items():
         if key not in frozen:

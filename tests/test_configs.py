@@ -32,6 +32,12 @@ def _load(name):
     return LazyConfig.load(str(ROOT / "configs" / name))
 
 
+def _term(criterion, name):
+    """The config of the criterion's loss term named ``name`` (``"vfl"``, ``"mal"``, ...)."""
+    (term,) = [t for t in criterion.terms if t._target_.name == name]
+    return term
+
+
 def test_all_configs_are_covered():
     assert set(OFFICIAL_PARAMETERS) <= set(CONFIGS)
     assert {"quickstart/rtdetrv2_r18_toy.py", "quickstart/deim_rtdetrv2_r18_toy.py",
@@ -108,13 +114,14 @@ def test_deim_official_recipe_values(name):
     assert (cfg.lr_multiplier.warmup_iters, cfg.lr_multiplier.lr_gamma) == (2000, 0.5)
     assert cfg.lr_multiplier.initial_factor == 1 / 2000 and cfg.train.ema.warmups == 2000
     assert cfg.optimizer.lr == lr and cfg.optimizer.weight_decay == 1e-4
-    backbone_rules = [r for r in cfg.optimizer.params.rules if "backbone" in r["pattern"]]
+    backbone_rules = [r for r in cfg.optimizer.params.rules.values() if "backbone" in r["pattern"]]
     assert [r["lr"] for r in backbone_rules] == ([backbone_lr] if backbone_lr else [])
     assert cfg.model.backbone.freeze_at == -1 and not cfg.model.backbone.freeze_norm
     decoder = cfg.model.decoder
-    assert (decoder.query_pos_method, decoder.activation, decoder.mlp_act) == ("as_reg", "silu", "silu")
+    assert (decoder.query_pos_head.method, decoder.layer.activation, decoder.query_pos_head.act) == ("as_reg", "silu", "silu")
+    assert decoder.box_head.act == decoder.query_selection.mlp_act == "silu"
     criterion = cfg.model.criterion
-    assert list(criterion.losses) == ["mal", "boxes"] and criterion.mal_gamma == 1.5
+    assert list(criterion.losses) == ["mal", "boxes"] and _term(criterion, "mal").gamma == 1.5
     assert {k: criterion.weight_dict[k] for k in ("loss_mal", "loss_bbox", "loss_giou")} == {
         "loss_mal": 1, "loss_bbox": 5, "loss_giou": 2}
 
@@ -144,14 +151,14 @@ def test_dfine_official_recipe_values(name):
     assert cfg.train.stage_switch.ema_restart_decay == restart and loader.total_batch_size == batch
     assert cfg.lr_multiplier.warmup_iters == 500 and cfg.train.ema.warmups == 1000
     assert cfg.optimizer.lr == lr and cfg.optimizer.weight_decay == weight_decay
-    assert cfg.optimizer.params.rules[0]["lr"] == backbone_lr
+    assert cfg.optimizer.params.rules.backbone.lr == backbone_lr
     criterion = cfg.model.criterion
-    assert list(criterion.losses) == ["vfl", "boxes", "local"] and criterion.go_lsd and criterion.gamma == 2.0
+    assert list(criterion.losses) == ["vfl", "boxes", "local"] and criterion.go_lsd and _term(criterion, "vfl").gamma == 2.0
     assert dict(criterion.weight_dict) == {"loss_vfl": 1, "loss_bbox": 5, "loss_giou": 2, "loss_fgl": 0.15,
                                            "loss_ddf": 1.5}
-    decoder = cfg.model.decoder
-    assert decoder.fdr and decoder.reg_max == 32 and decoder.reg_scale == (8.0 if "_x" in name else 4.0)
-    assert decoder.get("activation", "relu") == "relu"
+    box_head = cfg.model.decoder.box_head
+    assert box_head.reg_max == 32 and box_head.reg_scale == (8.0 if "_x" in name else 4.0)
+    assert cfg.model.decoder.layer.activation == "relu"
     assert cfg.model.backbone.freeze_norm == (name in ("dfine_hgnetv2_l.py", "dfine_hgnetv2_x.py"))
 
 
@@ -177,12 +184,13 @@ def test_deim_dfine_official_recipe_values(name):
     assert loader.multi_scale_stop_epoch == policy[2] and cfg.train.stage_switch.epoch == policy[2]
     assert (cfg.lr_multiplier.flat_epochs, cfg.lr_multiplier.no_aug_epochs) == (flat, no_aug)
     assert (cfg.lr_multiplier.warmup_iters, cfg.lr_multiplier.lr_gamma) == (2000, lr_gamma)
-    assert cfg.optimizer.lr == lr and cfg.optimizer.params.rules[0]["lr"] == backbone_lr
+    assert cfg.optimizer.lr == lr and cfg.optimizer.params.rules.backbone.lr == backbone_lr
     assert cfg.model.backbone.freeze_at == -1 and not cfg.model.backbone.freeze_norm
     decoder = cfg.model.decoder
-    assert (decoder.activation, decoder.mlp_act, decoder.lqe_act) == ("silu", "silu", "silu")
+    assert (decoder.layer.activation, decoder.box_head.act, decoder.box_head.lqe_act) == ("silu", "silu", "silu")
+    assert decoder.query_pos_head.act == decoder.query_selection.mlp_act == "silu"
     criterion = cfg.model.criterion
-    assert list(criterion.losses) == ["mal", "boxes", "local"] and criterion.mal_gamma == 1.5 and criterion.go_lsd
+    assert list(criterion.losses) == ["mal", "boxes", "local"] and _term(criterion, "mal").gamma == 1.5 and criterion.go_lsd
     assert {k: criterion.weight_dict[k] for k in ("loss_mal", "loss_bbox", "loss_giou", "loss_fgl", "loss_ddf")} == {
         "loss_mal": 1, "loss_bbox": 5, "loss_giou": 2, "loss_fgl": 0.15, "loss_ddf": 1.5}
 
@@ -204,7 +212,7 @@ def test_deimv2_official_recipe_values(name):
         official["mosaic_prob"], official["mosaic_size"], True)
     assert mapper.min_box_size == official["min_box"] and loader.total_batch_size == official["batch"]
     assert mapper.image_size == cfg.dataloader.test.mapper.image_size == size
-    assert list(cfg.model.decoder.eval_spatial_size) == [size, size]
+    assert list(cfg.model.decoder.query_selection.eval_spatial_size) == [size, size]
     assert [loader.mixup_prob, list(loader.mixup_epochs)] == official["mixup"]
     copy_blend = loader.copy_blend
     assert [copy_blend.prob, list(copy_blend.epochs)] == official["copyblend"]
@@ -217,7 +225,7 @@ def test_deimv2_official_recipe_values(name):
     assert (schedule.flat_epochs, schedule.no_aug_epochs, schedule.lr_gamma, schedule.warmup_iters) == (
         official["flat"], official["no_aug"], official["lr_gamma"], official["warmup"])
     assert (cfg.optimizer.lr, cfg.optimizer.weight_decay) == (official["lr"], official["wd"])
-    assert [[r["pattern"], r.get("lr"), r.get("weight_decay")] for r in cfg.optimizer.params.rules] == official["rules"]
+    assert [[r["pattern"], r.get("lr"), r.get("weight_decay")] for r in cfg.optimizer.params.rules.values()] == official["rules"]
     criterion = cfg.model.criterion
     assert list(criterion.losses) == official["losses"] and criterion.go_lsd == official["uni"]
     assert criterion.matcher.change_matcher and criterion.matcher.iou_order_alpha == 4.0
@@ -228,20 +236,20 @@ def test_deimv2_official_recipe_values(name):
 
 def test_deimv2_ablations_are_one_override_each():
     cfg = LazyConfig.apply_overrides(_load("deimv2_hgnetv2_n.py"), [
-        "model.decoder.norm_type=layer", "model.decoder.ffn_type=mlp", "model.decoder.share_query_pos=False",
+        "model.decoder.layer.norm_type=layer", "model.decoder.layer.ffn_type=mlp", "model.decoder.query_pos_head.shared=False",
         "model.criterion.matcher.change_matcher=False", "dataloader.train.copy_blend.prob=0"])
     decoder = instantiate(cfg.model.decoder)
-    layer = decoder.decoder.layers[0]
-    assert isinstance(layer.norm1, torch.nn.LayerNorm) and hasattr(layer, "linear1") and not decoder.decoder.share_query_pos
+    layer = decoder.layers[0]
+    assert isinstance(layer.norm1, torch.nn.LayerNorm) and hasattr(layer, "linear1") and not decoder.query_pos_head.shared
     assert not instantiate(cfg.model.criterion).matcher.change_matcher
     assert instantiate(cfg.dataloader.train.copy_blend).prob == 0
 
 
 def test_dfine_ablations_are_one_override_each():
     # FDR off: box deltas, and the "local" term finds no distributions to supervise.
-    cfg = LazyConfig.apply_overrides(_load("dfine_hgnetv2_n.py"), ["model.decoder.fdr=False"])
+    cfg = LazyConfig.apply_overrides(_load("dfine_hgnetv2_n.py"), ["model.decoder.box_head.reg_max=null"])
     decoder = instantiate(cfg.model.decoder)
-    assert not decoder.fdr and decoder.dec_bbox_head[0].layers[-1].out_features == 4
+    assert not decoder.box_head.distributions and decoder.box_head.dec_bbox_head[0].layers[-1].out_features == 4
     # GO-LSD off: own matches for the box terms, no distillation.
     cfg = LazyConfig.apply_overrides(_load("deim_dfine_hgnetv2_n.py"), ["model.criterion.go_lsd=False"])
     assert not instantiate(cfg.model.criterion).go_lsd
@@ -255,7 +263,7 @@ def test_deim_ablations_are_one_override_each():
     # MAL -> VFL, with RT-DETRv2's gamma 2.0 and a weight for loss_vfl.
     cfg = LazyConfig.apply_overrides(_load("deim_rtdetrv2_r50.py"), ["model.criterion.losses=[vfl,boxes]"])
     criterion = instantiate(cfg.model.criterion)
-    assert criterion.losses == ("vfl", "boxes") and criterion.gamma == 2.0 and criterion.weight_dict["loss_vfl"] == 1
+    assert criterion.losses == ("vfl", "boxes") and criterion.terms["vfl"].gamma == 2.0 and criterion.weight_dict["loss_vfl"] == 1
     # RT-DETRv2's schedule: constant after the warm-up.
     cfg = LazyConfig.apply_overrides(_load("deim_rtdetrv2_r50.py"), ["lr_multiplier.lr_gamma=1.0"])
     cfg.train.max_iter = 6000
@@ -293,3 +301,65 @@ def test_deim_r50_starts_on_coco_when_it_is_there(tmp_path, monkeypatch):
     batch = next(iter(loader))
     assert len(loader.dataset) == 4 and len(batch) == 2 and batch[0]["epoch"] == 4
     assert {int(c) for s in batch for c in s["instances"].gt_classes} <= {79}  # COCO id 90 -> class 79
+
+
+def _relative_imports(path: Path):
+    """The config files that ``path`` imports with relative imports (``from ..x import y``)."""
+    import ast
+
+    files = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level > 0:
+            base = path.parent
+            for _ in range(node.level - 1):
+                base = base.parent
+            files.append(base.joinpath(*(node.module or "").split(".")).with_suffix(".py"))
+    return files
+
+
+def _import_depth(path: Path) -> int:
+    imported = _relative_imports(path)
+    return 1 + max(map(_import_depth, imported)) if imported else 0
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_every_value_is_within_two_imports(name):
+    """A concrete config reads all of its values in itself or through at most two imports (a concrete
+    config, then the shared fragments of configs/common, which import nothing)."""
+    assert _import_depth(ROOT / "configs" / name) <= 2
+    for fragment in (ROOT / "configs" / "common").rglob("*.py"):
+        assert not _relative_imports(fragment), f"{fragment} imports another config"
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_optimizer_rules_are_named(name):
+    """Rules are overridden by name (``optimizer.params.rules.backbone.lr=...``), never by position."""
+    rules = _load(name).optimizer.params.rules
+    assert hasattr(rules, "keys") and all("pattern" in rule for rule in rules.values())
+
+
+def test_an_override_names_the_rule_it_changes():
+    from dfine.config import load_config
+
+    cfg = load_config(str(ROOT / "configs" / "dfine_hgnetv2_n.py"), ["optimizer.params.rules.backbone.lr=1e-3"])
+    model = instantiate(cfg.model)
+    cfg.optimizer.params.model = model
+    groups = {g["name"]: g for g in instantiate(cfg.optimizer).param_groups}
+    assert groups["backbone"]["lr"] == 1e-3 and groups["backbone_norm"]["lr"] == 4e-4
+    assert groups["no_decay"]["weight_decay"] == 0.0 and groups["default"]["lr"] == cfg.optimizer.lr
+
+
+@pytest.mark.parametrize("override, message", [
+    ("model.encoder.in_channels=[128,256,1024]", r"backbone outputs maps with channels \[128, 256, 512\].*encoder expects \[128, 256, 1024\]"),
+    ("model.decoder.input_proj.in_channels=[64,64,64]", r"encoder outputs maps with channels \[256, 256, 256\].*decoder.input_proj expects \[64, 64, 64\]"),
+    ("model.encoder.feat_strides=[8,16,64]", r"backbone outputs maps with strides \[8, 16, 32\].*encoder expects \[8, 16, 64\]"),
+    ("model.decoder.num_levels=4", r"num_points \[4, 4, 4\] must give one count per level of num_levels=4"),
+    ("model.decoder.input_proj.in_strides=[8,16]", r"in_channels \[256, 256, 256\] and in_strides \[8, 16\]"),
+    ("model.decoder.query_selection.in_strides=[16,32,64]", r"query_selection anchors levels of strides \[16, 32, 64\].*input_proj makes levels of strides \[8, 16, 32\]"),
+])
+def test_parts_that_do_not_fit_are_an_error_naming_both_sides(override, message):
+    from dfine.config import load_config
+
+    cfg = load_config(str(ROOT / "configs" / "rtdetrv2_r18.py"), [override])
+    with pytest.raises(ValueError, match=message):
+        instantiate(cfg.model)

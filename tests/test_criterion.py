@@ -1,4 +1,4 @@
-"""Hungarian matcher, loss functions and the RT-DETRv2 criterion."""
+"""Hungarian matcher, loss functions and the set criterion (with RT-DETRv2's terms: VFL, L1 + GIoU)."""
 import itertools
 import math
 
@@ -7,15 +7,41 @@ import torch
 from torch import nn
 
 from dfine.modeling.criterion import (
+    BoxLoss,
+    FocalLoss,
     HungarianMatcher,
-    RTDETRCriterion,
+    MatchabilityAwareLoss,
+    SetCriterion,
+    VarifocalLoss,
     focal_loss,
     giou_box_loss,
     l1_box_loss,
     varifocal_loss,
 )
+from dfine.modeling.decoder import Branch, DecoderOutput, DenoisingPart, Predictions, Proposals
 
 UNIT_WEIGHTS = {"loss_vfl": 1, "loss_bbox": 1, "loss_giou": 1}
+RTDETRV2_WEIGHTS = {"loss_vfl": 1, "loss_bbox": 5, "loss_giou": 2}
+
+
+def _criterion(weight_dict=RTDETRV2_WEIGHTS, losses=("vfl", "boxes"), num_classes=80, gamma=2.0, matcher=None):
+    """RT-DETRv2's criterion: VFL (alpha 0.75, ``gamma``), L1 + GIoU, with MAL and focal available."""
+    terms = [VarifocalLoss(alpha=0.75, gamma=gamma), MatchabilityAwareLoss(gamma=gamma), FocalLoss(), BoxLoss()]
+    return SetCriterion(matcher or HungarianMatcher(), terms, losses, weight_dict, num_classes)
+
+
+def _head(head):
+    """``Predictions`` from the ``{"pred_logits", "pred_boxes"}`` pair of a test head."""
+    return Predictions(head["pred_logits"], head["pred_boxes"])
+
+
+def _decoder_output(final, aux=(), enc=None, dn=None, dn_positive_idx=None, dn_num_group=None):
+    """The typed decoder output of test heads: the auxiliary layers come before the final one."""
+    proposals = None if enc is None else Proposals(enc["pred_logits"], enc["pred_boxes"])
+    denoising = None
+    if dn is not None:
+        denoising = DenoisingPart(Branch([_head(h) for h in dn]), list(dn_positive_idx), dn_num_group)
+    return DecoderOutput(Branch([*(_head(h) for h in aux), _head(final)]), proposals, denoising)
 
 # Toy problem of official-implementations.md §8 items 15 and 17: two queries, three classes, one
 # ground truth (class 1), matched to query 0.
@@ -25,10 +51,10 @@ TOY_GT_BOX = [[0.52, 0.5, 0.2, 0.25]]
 
 
 def _toy():
-    outputs = {
+    outputs = _decoder_output({
         "pred_logits": torch.tensor(TOY_LOGITS, requires_grad=True),
         "pred_boxes": torch.tensor(TOY_BOXES, requires_grad=True),
-    }
+    })
     targets = [{"labels": torch.tensor([1]), "boxes": torch.tensor(TOY_GT_BOX)}]
     return outputs, targets
 
@@ -52,8 +78,9 @@ def _random_boxes(generator, *shape):
 
 
 def _random_problem(seed, sizes, num_queries=6, num_classes=4, num_aux=1, num_enc=1, num_dn=2, num_groups=2):
-    """Decoder training outputs in the official RT-DETRv2 layout, with CDN bookkeeping as the
-    official denoising builds it: group g of image i has its positives at ``g * 2 * max_gt + j``."""
+    """Decoder training outputs of RT-DETRv2's shape (``num_enc`` 0 or 1 proposal sets), with CDN
+    bookkeeping as the official denoising builds it: group g of image i has its positives at
+    ``g * 2 * max_gt + j``. Returns ``(heads, targets)``; :func:`_outputs` makes the decoder output."""
     g = torch.Generator().manual_seed(seed)
     batch = len(sizes)
 
@@ -73,15 +100,19 @@ def _random_problem(seed, sizes, num_queries=6, num_classes=4, num_aux=1, num_en
         torch.tensor([k * 2 * max_gt + j for k in range(num_groups) for j in range(n)], dtype=torch.int64)
         for n in sizes
     ]
-    outputs["dn_meta"] = {
-        "dn_positive_idx": positive,
-        "dn_num_group": num_groups,
-        "dn_num_split": [num_dn_queries, num_queries],
-    }
+    outputs["dn_meta"] = {"dn_positive_idx": positive, "dn_num_group": num_groups}
     targets = [
         {"labels": torch.randint(0, num_classes, (n,), generator=g), "boxes": _random_boxes(g, n)} for n in sizes
     ]
     return outputs, targets
+
+
+def _outputs(heads):
+    """The ``DecoderOutput`` of the test heads of :func:`_random_problem` / :func:`_formula_problem`."""
+    meta = heads.get("dn_meta", {})
+    return _decoder_output(
+        heads, heads.get("aux_outputs", ()), (heads.get("enc_aux_outputs") or [None])[0], heads.get("dn_aux_outputs"),
+        meta.get("dn_positive_idx"), meta.get("dn_num_group"))
 
 
 def _expected_keys(num_aux, num_dn, num_enc):
@@ -169,7 +200,7 @@ def test_matcher_finds_the_minimum_cost_assignment(seed):
     }
     targets = [{"labels": torch.randint(0, 3, (n,), generator=g), "boxes": _random_boxes(g, n)} for n in sizes]
     matcher = HungarianMatcher()
-    indices = matcher(outputs, targets)
+    indices = matcher(_head(outputs), targets)
     assert len(indices) == len(sizes)
     for i, ((query_idx, gt_idx), target) in enumerate(zip(indices, targets)):
         assert query_idx.dtype == gt_idx.dtype == torch.int64
@@ -195,14 +226,14 @@ def test_matcher_survives_non_finite_costs():
         "pred_boxes": torch.tensor([[[0.5, 0.5, 0.2, 0.2], [float("nan")] * 4, [0.3, 0.3, 0.2, 0.2]]]),
     }
     targets = [{"labels": torch.tensor([0, 1]), "boxes": torch.tensor([[0.5, 0.5, 0.2, 0.2], [0.3, 0.3, 0.2, 0.2]])}]
-    ((query_idx, gt_idx),) = HungarianMatcher()(outputs, targets)
+    ((query_idx, gt_idx),) = HungarianMatcher()(_head(outputs), targets)
     assert dict(zip(gt_idx.tolist(), query_idx.tolist())) == {0: 0, 1: 2}
 
 
 def test_matcher_all_images_empty():
     outputs = {"pred_logits": torch.zeros(2, 3, 2), "pred_boxes": torch.full((2, 3, 4), 0.5)}
     targets = [{"labels": torch.zeros(0, dtype=torch.int64), "boxes": torch.zeros(0, 4)}] * 2
-    for query_idx, gt_idx in HungarianMatcher()(outputs, targets):
+    for query_idx, gt_idx in HungarianMatcher()(_head(outputs), targets):
         assert query_idx.shape == gt_idx.shape == (0,)
 
 
@@ -212,28 +243,28 @@ def test_matcher_all_images_empty():
 def test_criterion_toy_values_and_weighting():
     """Same §8 toy through the criterion: the matcher pairs query 0 with the GT, num_boxes = 1."""
     outputs, targets = _toy()
-    unweighted = RTDETRCriterion(HungarianMatcher(), UNIT_WEIGHTS, num_classes=3)(outputs, targets)
+    unweighted = _criterion(UNIT_WEIGHTS, num_classes=3)(outputs, targets)
     assert list(unweighted) == ["loss_vfl", "loss_bbox", "loss_giou"]
     assert unweighted["loss_vfl"].item() == pytest.approx(2.099992, abs=1e-6)
     assert unweighted["loss_bbox"].item() == pytest.approx(0.070000, abs=1e-6)
     assert unweighted["loss_giou"].item() == pytest.approx(0.351515, abs=1e-6)
     weights = {"loss_vfl": 1.5, "loss_bbox": 5, "loss_giou": 2}
-    weighted = RTDETRCriterion(HungarianMatcher(), weights, num_classes=3)(outputs, targets)
+    weighted = _criterion(weights, num_classes=3)(outputs, targets)
     for key, weight in weights.items():
         assert weighted[key].item() == pytest.approx(weight * unweighted[key].item(), rel=1e-6)
-    focal = RTDETRCriterion(HungarianMatcher(), {"loss_focal": 1}, losses=("focal",), num_classes=3)(outputs, targets)
+    focal = _criterion({"loss_focal": 1}, losses=("focal",), num_classes=3)(outputs, targets)
     assert list(focal) == ["loss_focal"] and focal["loss_focal"] > 0
 
 
 def test_criterion_key_set_and_order():
-    outputs, targets = _random_problem(0, [2, 1], num_aux=2, num_enc=1, num_dn=3)
-    losses = RTDETRCriterion(HungarianMatcher(), num_classes=4)(outputs, targets)
+    heads, targets = _random_problem(0, [2, 1], num_aux=2, num_enc=1, num_dn=3)
+    losses = _criterion(num_classes=4)(_outputs(heads), targets)
     # Official insertion order (main, aux, dn, enc): summing the dict adds terms in the same order.
     assert list(losses) == _expected_keys(num_aux=2, num_dn=3, num_enc=1)
     assert all(v.dim() == 0 and torch.isfinite(v) for v in losses.values())
 
-    del outputs["dn_aux_outputs"], outputs["dn_meta"], outputs["enc_aux_outputs"]
-    losses = RTDETRCriterion(HungarianMatcher(), num_classes=4)(outputs, targets)
+    del heads["dn_aux_outputs"], heads["dn_meta"], heads["enc_aux_outputs"]
+    losses = _criterion(num_classes=4)(_outputs(heads), targets)
     assert list(losses) == _expected_keys(num_aux=2, num_dn=0, num_enc=0)
 
 
@@ -277,11 +308,7 @@ def _formula_problem():
     outputs["aux_outputs"] = [head(1.0, 5)]
     outputs["enc_aux_outputs"] = [head(2.0, 5)]
     outputs["dn_aux_outputs"] = [head(3.0, 8), head(4.0, 8)]
-    outputs["dn_meta"] = {
-        "dn_positive_idx": [torch.tensor([0, 1, 4, 5]), torch.tensor([0, 4])],
-        "dn_num_group": 2,
-        "dn_num_split": [8, 5],
-    }
+    outputs["dn_meta"] = {"dn_positive_idx": [torch.tensor([0, 1, 4, 5]), torch.tensor([0, 4])], "dn_num_group": 2}
     targets = [
         {"labels": torch.tensor([2, 0]), "boxes": torch.tensor([[0.45, 0.55, 0.3, 0.25], [0.6, 0.4, 0.2, 0.35]])},
         {"labels": torch.tensor([1]), "boxes": torch.tensor([[0.5, 0.5, 0.4, 0.3]])},
@@ -290,8 +317,8 @@ def _formula_problem():
 
 
 def test_criterion_matches_official_loss_dict():
-    outputs, targets = _formula_problem()
-    losses = RTDETRCriterion(HungarianMatcher(), num_classes=3)(outputs, targets)
+    heads, targets = _formula_problem()
+    losses = _criterion(num_classes=3)(_outputs(heads), targets)
     assert list(losses) == list(OFFICIAL_FORMULA_LOSSES)
     for key, value in OFFICIAL_FORMULA_LOSSES.items():
         assert losses[key].item() == pytest.approx(value, rel=1e-5, abs=1e-6), key
@@ -302,13 +329,14 @@ def test_denoising_pairs_and_normaliser():
     ``num_boxes * dn_num_group``: boxes equal to their GT shifted by 0.01 in cx give L1 0.01 exactly,
     whatever the other (negative, padding) queries hold."""
     sizes, groups = [2, 0, 3], 2
-    outputs, targets = _random_problem(1, sizes, num_groups=groups)
-    dn = outputs["dn_aux_outputs"][0]
+    heads, targets = _random_problem(1, sizes, num_groups=groups)
+    outputs = _outputs(heads)
+    dn = outputs.denoising.branch.layers[0]
     with torch.no_grad():
-        for i, positive in enumerate(outputs["dn_meta"]["dn_positive_idx"]):
+        for i, positive in enumerate(outputs.denoising.positive_idx):
             gt_of_query = torch.arange(sizes[i]).repeat(groups)
-            dn["pred_boxes"][i, positive] = targets[i]["boxes"][gt_of_query] + torch.tensor([0.01, 0, 0, 0])
-    losses = RTDETRCriterion(HungarianMatcher(), UNIT_WEIGHTS, num_classes=4)(outputs, targets)
+            dn.boxes[i, positive] = targets[i]["boxes"][gt_of_query] + torch.tensor([0.01, 0, 0, 0])
+    losses = _criterion(UNIT_WEIGHTS, num_classes=4)(outputs, targets)
     assert losses["loss_bbox_dn_0"].item() == pytest.approx(0.01, abs=1e-6)
     # Each group repeats the same pairs, so the GIoU loss is the per-GT mean.
     gt_boxes = torch.cat([t["boxes"] for t in targets])
@@ -316,9 +344,9 @@ def test_denoising_pairs_and_normaliser():
     assert losses["loss_giou_dn_0"].item() == pytest.approx(expected_giou.item(), rel=1e-5)
     assert losses["loss_bbox_dn_1"].item() > 0.05
 
-    outputs["dn_meta"]["dn_positive_idx"][0] = outputs["dn_meta"]["dn_positive_idx"][0][:-1]
-    with pytest.raises(ValueError, match="dn_positive_idx"):
-        RTDETRCriterion(HungarianMatcher(), num_classes=4)(outputs, targets)
+    outputs.denoising.positive_idx[0] = outputs.denoising.positive_idx[0][:-1]
+    with pytest.raises(ValueError, match="positive_idx"):
+        _criterion(num_classes=4)(outputs, targets)
 
 
 def test_empty_ground_truth_batch_keeps_keys_and_graph():
@@ -326,7 +354,7 @@ def test_empty_ground_truth_batch_keeps_keys_and_graph():
     gives a batch without GT one dummy group without positives (official denoising.py)."""
     outputs, targets = _random_problem(2, [0, 0], num_aux=1, num_enc=1, num_dn=2, num_groups=1)
     assert all(len(p) == 0 for p in outputs["dn_meta"]["dn_positive_idx"])
-    losses = RTDETRCriterion(HungarianMatcher(), num_classes=4)(outputs, targets)
+    losses = _criterion(num_classes=4)(_outputs(outputs), targets)
     assert list(losses) == _expected_keys(num_aux=1, num_dn=2, num_enc=1)
     for key, value in losses.items():
         assert torch.isfinite(value), key
@@ -342,8 +370,8 @@ def test_empty_ground_truth_batch_keeps_keys_and_graph():
 def test_invariant_to_batch_order():
     sizes = [2, 0, 3]
     outputs, targets = _random_problem(3, sizes)
-    criterion = RTDETRCriterion(HungarianMatcher(), num_classes=4)
-    reference = criterion(outputs, targets)
+    criterion = _criterion(num_classes=4)
+    reference = criterion(_outputs(outputs), targets)
 
     order = [2, 0, 1]
 
@@ -356,7 +384,7 @@ def test_invariant_to_batch_order():
     permuted["dn_meta"] = dict(
         outputs["dn_meta"], dn_positive_idx=[outputs["dn_meta"]["dn_positive_idx"][i] for i in order]
     )
-    losses = criterion(permuted, [targets[i] for i in order])
+    losses = criterion(_outputs(permuted), [targets[i] for i in order])
     assert list(losses) == list(reference)
     for key in reference:
         assert losses[key].item() == pytest.approx(reference[key].item(), rel=1e-5), key
@@ -365,49 +393,51 @@ def test_invariant_to_batch_order():
 def test_class_agnostic_encoder_output():
     """With ``enc_meta["class_agnostic"]`` the single-class encoder output is matched and supervised
     as if every GT had class 0, like a 1-class criterion on that output alone."""
-    outputs, targets = _random_problem(4, [2, 3], num_aux=0, num_dn=0)
-    del outputs["dn_aux_outputs"], outputs["dn_meta"]
-    enc = outputs["enc_aux_outputs"][0]
+    heads, targets = _random_problem(4, [2, 3], num_aux=0, num_dn=0)
+    del heads["dn_aux_outputs"], heads["dn_meta"]
+    enc = heads["enc_aux_outputs"][0]
     enc["pred_logits"] = enc["pred_logits"][..., :1].detach()
-    outputs["enc_meta"] = {"class_agnostic": True}
-    losses = RTDETRCriterion(HungarianMatcher(), num_classes=4)(outputs, targets)
+    outputs = _outputs(heads)
+    outputs.proposals.class_agnostic = True
+    losses = _criterion(num_classes=4)(outputs, targets)
     agnostic_targets = [{"labels": torch.zeros_like(t["labels"]), "boxes": t["boxes"]} for t in targets]
-    alone = RTDETRCriterion(HungarianMatcher(), num_classes=1)(enc, agnostic_targets)
+    alone = _criterion(num_classes=1)(_decoder_output(enc), agnostic_targets)
     for key, value in alone.items():
         assert losses[key + "_enc_0"].item() == pytest.approx(value.item(), rel=1e-6), key
 
 
 def test_num_boxes_is_clamped_and_stays_on_device():
-    num_boxes = RTDETRCriterion._num_boxes(0, torch.device("cpu"))
+    num_boxes = SetCriterion._num_boxes(0, torch.device("cpu"))
     assert isinstance(num_boxes, torch.Tensor) and num_boxes.dim() == 0 and num_boxes.item() == 1
-    assert RTDETRCriterion._num_boxes(7, torch.device("cpu")).item() == 7
+    assert SetCriterion._num_boxes(7, torch.device("cpu")).item() == 7
 
 
 def test_loss_path_never_reads_tensors_on_the_host(monkeypatch):
     """Apart from the matcher (scipy), the criterion must not synchronise with the device."""
-    outputs, targets = _random_problem(5, [2, 1])
-    matcher = _FixedMatcher(HungarianMatcher()(outputs, targets))
+    heads, targets = _random_problem(5, [2, 1])
+    outputs = _outputs(heads)
+    matcher = _FixedMatcher(HungarianMatcher()(outputs.final, targets))
 
     def forbidden(*args, **kwargs):
         raise AssertionError("host synchronisation in the loss path")
 
     for name in ("item", "tolist", "__bool__", "__float__", "__int__", "cpu", "numpy"):
         monkeypatch.setattr(torch.Tensor, name, forbidden)
-    losses = RTDETRCriterion(matcher, num_classes=4)(outputs, targets)
+    losses = _criterion(num_classes=4, matcher=matcher)(outputs, targets)
     monkeypatch.undo()
     assert len(losses) == len(_expected_keys(num_aux=1, num_dn=2, num_enc=1))
 
 
 def test_configuration_errors():
     with pytest.raises(ValueError, match="Unknown loss"):
-        RTDETRCriterion(HungarianMatcher(), losses=("vfl", "mal_typo"))
+        _criterion(losses=("vfl", "mal_typo"))
     with pytest.raises(ValueError, match="non-zero"):
         HungarianMatcher({"cost_class": 0, "cost_bbox": 0, "cost_giou": 0})
     outputs, targets = _toy()
     with pytest.raises(ValueError, match="classes"):
-        RTDETRCriterion(HungarianMatcher(), num_classes=80)(outputs, targets)
+        _criterion(num_classes=80)(outputs, targets)
     with pytest.raises(KeyError, match="loss_giou"):
-        RTDETRCriterion(HungarianMatcher(), {"loss_vfl": 1, "loss_bbox": 5}, num_classes=3)(outputs, targets)
+        _criterion({"loss_vfl": 1, "loss_bbox": 5}, num_classes=3)(outputs, targets)
 
 
 class _TwoHeads(nn.Module):
@@ -417,7 +447,7 @@ class _TwoHeads(nn.Module):
         self.box = nn.Linear(8, 4)
 
     def forward(self, features):
-        return {"pred_logits": self.cls(features), "pred_boxes": self.box(features).sigmoid()}
+        return _decoder_output({"pred_logits": self.cls(features), "pred_boxes": self.box(features).sigmoid()})
 
 
 def _ddp_worker(rank, init_file, result_file):
@@ -438,11 +468,11 @@ def _ddp_worker(rank, init_file, result_file):
         sizes = [2, 1] if rank == 0 else [0, 0]
         _, targets = _random_problem(rank, sizes, num_classes=3)
         features = torch.randn(2, 6, 8, generator=torch.Generator().manual_seed(rank))
-        criterion = RTDETRCriterion(HungarianMatcher(), num_classes=3)
+        criterion = _criterion(num_classes=3)
         for _ in range(2):  # a parameter left without gradient would make DDP fail on the second step
             losses = criterion(head(features), targets)
             sum(losses.values()).backward()
-        num_boxes = RTDETRCriterion._num_boxes(sum(sizes), torch.device("cpu"))
+        num_boxes = SetCriterion._num_boxes(sum(sizes), torch.device("cpu"))
         if rank == 1:
             torch.save({"keys": list(losses), "num_boxes": num_boxes.item()}, result_file)
     finally:
@@ -475,8 +505,8 @@ def test_matchability_aware_loss_matches_official_toy_value():
     quality[0, 0] = 2 / 3
     assert matchability_aware_loss(logits, one_hot, quality, 1.0, gamma=1.5).item() == pytest.approx(3.299469, abs=1e-6)
     outputs, targets = _toy()
-    criterion = RTDETRCriterion(HungarianMatcher(), {"loss_mal": 1, "loss_bbox": 1, "loss_giou": 1},
-                                losses=("mal", "boxes"), gamma=1.5, num_classes=3)
+    criterion = _criterion({"loss_mal": 1, "loss_bbox": 1, "loss_giou": 1}, losses=("mal", "boxes"), gamma=1.5,
+                           num_classes=3)
     losses = criterion(outputs, targets)
     assert list(losses) == ["loss_mal", "loss_bbox", "loss_giou"]
     assert losses["loss_mal"].item() == pytest.approx(3.299469, abs=1e-6)

@@ -88,7 +88,7 @@ def _run(tmp_path, boxes_per_image, overrides=(), worker=_worker):
 
 def test_two_processes_give_the_gradients_of_the_combined_batch(tmp_path):
     # Without denoising: its noise and group count depend on the batch composition.
-    overrides = ["model.decoder.num_denoising=0"]
+    overrides = ["model.decoder.denoising.num_denoising=0"]
     ranks = _run(tmp_path, BOXES_PER_IMAGE, overrides)
     keys, single = _step(_model(*overrides), [_image(i, n) for i, n in enumerate(BOXES_PER_IMAGE)])
     assert ranks[0]["keys"] == ranks[1]["keys"] == keys

@@ -1,4 +1,5 @@
-"""RT-DETRv2 decoder: contrastive denoising, anchors, multi-scale deformable attention, the decoder itself.
+"""RT-DETRv2's decoder: contrastive denoising, anchors, multi-scale deformable attention, and the
+composed decoder of configs/common/models/rtdetrv2.py.
 
 Reference values are those of official-implementations.md §8 (items 9, 10, 13), computed there by
 running the official lyuwenyu/RT-DETR code; the official key lists and shapes come from
@@ -12,21 +13,17 @@ import pytest
 import torch
 from torch import nn
 
-from dfine.modeling.decoder import (
-    MSDeformableAttention,
-    RTDETRv2Decoder,
-    contrastive_denoising_group,
-    deformable_attention_core,
-    generate_anchors,
-)
+from decoders import family_decoder
+from dfine.modeling.decoder import MSDeformableAttention, contrastive_denoising_group, deformable_attention_core, generate_anchors
 from dfine.modeling.layers.box_ops import box_cxcywh_to_xyxy
 from dfine.modeling.layers.common import inverse_sigmoid
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 
-# A tiny decoder: 64x64 input images, so maps of 8x8, 4x4 and 2x2 at strides 8, 16, 32.
-TINY = dict(num_classes=3, hidden_dim=32, num_queries=10, feat_channels=[16, 24, 32], feat_strides=[8, 16, 32],
-            num_levels=3, num_points=4, nhead=4, num_layers=2, dim_feedforward=64, eval_spatial_size=[64, 64])
+# A tiny RT-DETRv2 decoder: 64x64 input images, so maps of 8x8, 4x4 and 2x2 at strides 8, 16, 32.
+TINY = {"num_classes": 3, "hidden_dim": 32, "num_queries": 10, "input_proj.in_channels": [16, 24, 32],
+        "input_proj.in_strides": [8, 16, 32], "num_levels": 3, "layer.cross_attn.num_points": 4, "layer.n_head": 4,
+        "num_layers": 2, "layer.dim_feedforward": 64, "query_selection.eval_spatial_size": [64, 64]}
 
 
 def _feats(batch=2, size=64, channels=(16, 24, 32), seed=0):
@@ -45,9 +42,9 @@ def _targets(counts, num_classes=3, seed=0):
     return targets
 
 
-def _tiny_decoder(**overrides):
+def _tiny_decoder(overrides=None):
     torch.manual_seed(0)
-    return RTDETRv2Decoder(**{**TINY, **overrides})
+    return family_decoder("rtdetrv2", {**TINY, **(overrides or {})})
 
 
 def _perturb(module, seed=0):
@@ -195,12 +192,13 @@ def test_anchors_two_levels_reference():
 
 
 def test_decoder_anchor_buffers_for_eval_size():
-    decoder = RTDETRv2Decoder(feat_channels=[8, 8, 8], hidden_dim=16, nhead=2, num_layers=1, num_classes=2,
-                              eval_spatial_size=[640, 640])
+    small = {"input_proj.in_channels": [8, 8, 8], "hidden_dim": 16, "layer.n_head": 2, "num_layers": 1, "num_classes": 2}
+    decoder = family_decoder("rtdetrv2", {**small, "query_selection.eval_spatial_size": [640, 640]})
     expected_anchors, expected_valid = generate_anchors([[80, 80], [40, 40], [20, 20]])
-    assert torch.equal(decoder.anchors, expected_anchors) and torch.equal(decoder.valid_mask, expected_valid)
+    selection = decoder.query_selection
+    assert torch.equal(selection.anchors, expected_anchors) and torch.equal(selection.valid_mask, expected_valid)
     assert "anchors" in decoder.state_dict() and "valid_mask" in decoder.state_dict()
-    assert "anchors" not in RTDETRv2Decoder(feat_channels=[8, 8, 8], hidden_dim=16, nhead=2, num_layers=1).state_dict()
+    assert "anchors" not in family_decoder("rtdetrv2", {**small, "query_selection.eval_spatial_size": None}).state_dict()
 
 
 # ---------------------------------------------------------------- deformable attention
@@ -320,7 +318,7 @@ def test_msda_module_samples_around_the_reference_box():
 
 def test_decoder_layers_start_as_clones():
     # As in the official code (copies of one layer); seeded, the whole initialisation then matches it.
-    first, *others = _tiny_decoder(num_layers=3).decoder.layers
+    first, *others = _tiny_decoder({"num_layers": 3}).layers
     for layer in others:
         for (name, a), b in zip(first.state_dict().items(), layer.state_dict().values()):
             assert torch.equal(a, b), name
@@ -331,20 +329,18 @@ def test_decoder_training_output_structure():
     decoder = _tiny_decoder().train()
     targets = _targets([2, 1])
     out = decoder(_feats(), targets)
-    assert set(out) == {"pred_logits", "pred_boxes", "aux_outputs", "enc_aux_outputs", "enc_meta",
-                        "dn_aux_outputs", "dn_meta"}
-    assert out["pred_logits"].shape == (2, 10, 3) and out["pred_boxes"].shape == (2, 10, 4)
-    assert len(out["aux_outputs"]) == 1  # layers 0 .. L-2
-    assert len(out["enc_aux_outputs"]) == 1
-    assert out["enc_meta"] == {"class_agnostic": False}
-    num_dn = out["dn_meta"]["dn_num_split"][0]
-    assert out["dn_meta"]["dn_num_split"] == [2 * 2 * 50, 10]
-    assert len(out["dn_aux_outputs"]) == 2  # every layer
-    for head in out["aux_outputs"] + out["enc_aux_outputs"]:
-        assert head["pred_logits"].shape == (2, 10, 3) and head["pred_boxes"].shape == (2, 10, 4)
-    for head in out["dn_aux_outputs"]:
-        assert head["pred_logits"].shape == (2, num_dn, 3) and head["pred_boxes"].shape == (2, num_dn, 4)
-    assert ((out["pred_boxes"] > 0) & (out["pred_boxes"] < 1)).all()
+    assert out.proposals is not None and out.denoising is not None and out.matching.pre is None
+    assert out.final.logits.shape == (2, 10, 3) and out.final.boxes.shape == (2, 10, 4)
+    assert len(out.matching.layers) - 1 == 1  # auxiliary layers 0 .. L-2
+    assert out.proposals.class_agnostic is False
+    num_dn = out.denoising.branch.final.logits.shape[1]
+    assert num_dn == 2 * 2 * 50 and out.final.logits.shape[1] == 10
+    assert len(out.denoising.branch.layers) == 2  # every layer
+    for head in [*out.matching.layers[:-1], out.proposals]:
+        assert head.logits.shape == (2, 10, 3) and head.boxes.shape == (2, 10, 4)
+    for head in out.denoising.branch.layers:
+        assert head.logits.shape == (2, num_dn, 3) and head.boxes.shape == (2, num_dn, 4)
+    assert ((out.final.boxes > 0) & (out.final.boxes < 1)).all()
 
 
 def test_decoder_zero_gt_batch_gives_the_same_keys():
@@ -352,67 +348,66 @@ def test_decoder_zero_gt_batch_gives_the_same_keys():
     decoder = _tiny_decoder().train()
     with_gt = decoder(_feats(), _targets([2, 1]))
     without_gt = decoder(_feats(), _targets([0, 0]))
-    assert set(with_gt) == set(without_gt)
-    assert without_gt["dn_meta"]["dn_num_split"] == [2, 10]
-    assert len(without_gt["dn_aux_outputs"]) == len(with_gt["dn_aux_outputs"])
+    assert (without_gt.proposals is None, without_gt.denoising is None) == (with_gt.proposals is None, with_gt.denoising is None)
+    assert without_gt.denoising.branch.final.logits.shape[1] == 2 and without_gt.final.logits.shape[1] == 10
+    assert len(without_gt.denoising.branch.layers) == len(with_gt.denoising.branch.layers)
 
 
 def test_decoder_eval_output_and_deploy():
     decoder = _tiny_decoder().eval()
     with torch.no_grad():
         out = decoder(_feats())
-    assert set(out) == {"pred_logits", "pred_boxes"}
-    assert out["pred_logits"].shape == (2, 10, 3) and out["pred_boxes"].shape == (2, 10, 4)
+    assert out.proposals is None and out.denoising is None and len(out.matching.layers) == 1
+    assert out.final.logits.shape == (2, 10, 3) and out.final.boxes.shape == (2, 10, 4)
     keys = list(decoder.state_dict())
     assert decoder.convert_to_deploy() is decoder and not decoder.training
     assert list(decoder.state_dict()) == keys
     with torch.no_grad():
         deployed = decoder(_feats())
-    for key in ("pred_logits", "pred_boxes"):
-        assert torch.equal(deployed[key], out[key])
+    for key in ("logits", "boxes"):
+        assert torch.equal(getattr(deployed.final, key), getattr(out.final, key))
 
 
 def test_decoder_eval_at_another_input_size_regenerates_anchors():
     fixed = _tiny_decoder().eval()  # anchors precomputed for 64x64
-    free = _tiny_decoder(eval_spatial_size=None).eval()
+    free = _tiny_decoder({"query_selection.eval_spatial_size": None}).eval()
     feats = _feats(size=96, seed=3)
     with torch.no_grad():
-        a, b = fixed(feats), free(feats)
-    assert torch.equal(a["pred_boxes"], b["pred_boxes"]) and torch.equal(a["pred_logits"], b["pred_logits"])
+        a, b = fixed(feats).final, free(feats).final
+    assert torch.equal(a.boxes, b.boxes) and torch.equal(a.logits, b.logits)
 
 
 def test_memory_of_invalid_anchors_is_hidden_from_the_proposals():
     # eps = 0.07 invalidates every level-0 anchor (side 0.05): changing level 0 must not change the
     # encoder proposals, while the decoder's cross-attention still reads the unmasked memory.
-    decoder = _freeze_batchnorm(_tiny_decoder(eps=0.07, num_denoising=0))
+    decoder = _freeze_batchnorm(_tiny_decoder({"query_selection.eps": 0.07, "denoising.num_denoising": 0}))
     feats = _feats()
     with torch.no_grad():
         a, b = decoder(feats), decoder([feats[0] + 1.0, *feats[1:]])
-    for key in ("pred_logits", "pred_boxes"):
-        assert torch.equal(a["enc_aux_outputs"][0][key], b["enc_aux_outputs"][0][key])
-    assert not torch.allclose(a["pred_logits"], b["pred_logits"])
+    for key in ("logits", "boxes"):
+        assert torch.equal(getattr(a.proposals, key), getattr(b.proposals, key))
+    assert not torch.allclose(a.final.logits, b.final.logits)
 
 
 def test_eval_idx_returns_that_layer_and_stops_there():
-    decoder = _perturb(_tiny_decoder(num_layers=3, num_denoising=0))
+    decoder = _perturb(_tiny_decoder({"num_layers": 3, "denoising.num_denoising": 0}))
     feats = _feats()
     with torch.no_grad():
-        layers = _freeze_batchnorm(decoder)(feats)  # training mode returns every layer
-        per_layer = layers["aux_outputs"] + [{"pred_logits": layers["pred_logits"], "pred_boxes": layers["pred_boxes"]}]
-        assert not torch.allclose(per_layer[0]["pred_boxes"], per_layer[1]["pred_boxes"], atol=1e-4)
+        per_layer = _freeze_batchnorm(decoder)(feats).matching.layers  # training mode returns every layer
+        assert not torch.allclose(per_layer[0].boxes, per_layer[1].boxes, atol=1e-4)
         decoder.eval()
         for eval_idx in (0, 1, -1):
-            decoder.decoder.eval_idx = eval_idx % 3
+            decoder.eval_idx = eval_idx % 3
             calls = []
-            hook = decoder.decoder.layers[2].register_forward_hook(lambda *args: calls.append(1))
-            out = decoder(feats)
+            hook = decoder.layers[2].register_forward_hook(lambda *args: calls.append(1))
+            out = decoder(feats).final
             hook.remove()
             expected = per_layer[eval_idx]
-            assert torch.allclose(out["pred_logits"], expected["pred_logits"], atol=1e-5)
-            assert torch.allclose(out["pred_boxes"], expected["pred_boxes"], atol=1e-6)
+            assert torch.allclose(out.logits, expected.logits, atol=1e-5)
+            assert torch.allclose(out.boxes, expected.boxes, atol=1e-6)
             assert bool(calls) == (eval_idx == -1)  # layers after eval_idx are not run
     with pytest.raises(ValueError, match="eval_idx"):
-        RTDETRv2Decoder(**{**TINY, "eval_idx": 2})
+        family_decoder("rtdetrv2", {**TINY, "eval_idx": 2})
 
 
 def test_denoising_queries_do_not_change_the_matching_queries():
@@ -420,38 +415,39 @@ def test_denoising_queries_do_not_change_the_matching_queries():
     decoder = _freeze_batchnorm(_tiny_decoder())
     feats, targets = _feats(), _targets([3, 1])
     with_dn = decoder(feats, targets)
-    decoder.num_denoising = 0
+    decoder.denoising.num_denoising = 0
     without_dn = decoder(feats, targets)
-    assert "dn_aux_outputs" in with_dn and "dn_aux_outputs" not in without_dn
-    for a, b in zip([with_dn, *with_dn["aux_outputs"]], [without_dn, *without_dn["aux_outputs"]]):
-        assert torch.allclose(a["pred_logits"], b["pred_logits"], atol=1e-5)
-        assert torch.allclose(a["pred_boxes"], b["pred_boxes"], atol=1e-6)
+    assert with_dn.denoising is not None and without_dn.denoising is None
+    for a, b in zip(with_dn.matching.layers, without_dn.matching.layers):
+        assert torch.allclose(a.logits, b.logits, atol=1e-5)
+        assert torch.allclose(a.boxes, b.boxes, atol=1e-6)
 
 
 def test_gradients_reach_every_parameter():
     decoder = _perturb(_tiny_decoder()).train()
     out = decoder(_feats(), _targets([2, 1]))
-    heads = [out, *out["aux_outputs"], *out["enc_aux_outputs"], *out["dn_aux_outputs"]]
-    sum(h["pred_logits"].sum() + h["pred_boxes"].sum() for h in heads).backward()
+    heads = [*out.matching.layers, out.proposals, *out.denoising.branch.layers]
+    sum(h.logits.sum() + h.boxes.sum() for h in heads).backward()
     for name, p in decoder.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all(), name
         assert p.grad.abs().sum() > 0, name
 
 
 def test_look_forward_twice():
-    decoder = _tiny_decoder(num_denoising=0).train()
-    decoder(_feats(), None)["pred_boxes"].sum().backward()  # the last layer's boxes only
+    decoder = _tiny_decoder({"denoising.num_denoising": 0}).train()
+    decoder(_feats(), None).final.boxes.sum().backward()  # the last layer's boxes only
     # Layer 1's supervised box builds on layer 0's undetached box, so layer 0's box head learns from it.
-    assert decoder.dec_bbox_head[0].layers[-1].weight.grad.abs().sum() > 0
+    assert decoder.box_head.dec_bbox_head[0].layers[-1].weight.grad.abs().sum() > 0
 
 
 def test_decoder_queries_are_detached_from_the_encoder_proposals():
-    decoder = _tiny_decoder(num_denoising=0).train()
-    out = decoder(_feats(), None)
-    (out["pred_logits"].sum() + out["pred_boxes"].sum()).backward()
+    decoder = _tiny_decoder({"denoising.num_denoising": 0}).train()
+    out = decoder(_feats(), None).final
+    (out.logits.sum() + out.boxes.sum()).backward()
     # Neither the query content nor the reference boxes carry gradient back to the proposal heads ...
-    assert decoder.enc_output.proj.weight.grad is None and decoder.enc_bbox_head.layers[-1].weight.grad is None
-    assert decoder.enc_score_head.weight.grad is None
+    selection = decoder.query_selection
+    assert selection.enc_output.proj.weight.grad is None and selection.enc_bbox_head.layers[-1].weight.grad is None
+    assert selection.enc_score_head.weight.grad is None
     # ... while the memory itself is trained through the cross-attention values.
     assert decoder.input_proj[0].conv.weight.grad.abs().sum() > 0
 
@@ -462,10 +458,11 @@ def test_training_with_denoising_needs_targets():
 
 
 def test_deim_query_position_head():
-    decoder = _tiny_decoder(query_pos_method="as_reg", mlp_act="silu", activation="silu")
+    decoder = _tiny_decoder({"query_pos_head.method": "as_reg", "query_pos_head.act": "silu", "box_head.act": "silu",
+                             "query_selection.mlp_act": "silu", "layer.activation": "silu"})
     assert [tuple(layer.weight.shape) for layer in decoder.query_pos_head.layers] == [(32, 4), (32, 32), (32, 32)]
-    assert isinstance(decoder.query_pos_head.act, nn.SiLU) and isinstance(decoder.dec_bbox_head[0].act, nn.SiLU)
-    assert isinstance(decoder.decoder.layers[0].activation, nn.SiLU)
+    assert isinstance(decoder.query_pos_head.act, nn.SiLU) and isinstance(decoder.box_head.dec_bbox_head[0].act, nn.SiLU)
+    assert isinstance(decoder.layers[0].activation, nn.SiLU)
     default = _tiny_decoder()
     assert [tuple(layer.weight.shape) for layer in default.query_pos_head.layers] == [(64, 4), (32, 64)]
     assert isinstance(default.query_pos_head.act, nn.ReLU)
@@ -486,9 +483,28 @@ def test_official_configs_state_dict_and_parameter_count(name, num_layers, feat_
     # Decoder arguments of the official configs/rtdetrv2/rtdetrv2_{name}vd_*.yml. The parameter counts
     # are the decoder share of the official totals (R18 20,184,464; R34 31,441,668; R50 42,891,372;
     # R101 76,556,268), summed from the official shapes.
-    decoder = RTDETRv2Decoder(num_classes=80, feat_channels=feat_channels, num_layers=num_layers,
-                              num_points=[4, 4, 4], eval_spatial_size=[640, 640])
+    decoder = family_decoder("rtdetrv2", {"num_classes": 80, "input_proj.in_channels": feat_channels,
+                                          "num_layers": num_layers})
     ours = {k: list(v.shape) for k, v in decoder.state_dict().items()}
     assert ours == _official_decoder_keys(name)
     assert list(ours) == list(_official_decoder_keys(name))  # same order, too
     assert sum(p.numel() for p in decoder.parameters()) == num_params
+
+
+def test_state_dict_is_in_the_official_layout_while_modules_keep_their_parts():
+    """Checkpoints use the official keys (``enc_score_head.weight``, ``decoder.layers.0...``) and load
+    back strictly; the modules stay grouped by part (``query_selection.enc_score_head``)."""
+    decoder = _tiny_decoder()
+    state = decoder.state_dict()
+    assert {"enc_score_head.weight", "decoder.layers.0.cross_attn.sampling_offsets.weight", "anchors",
+            "dec_bbox_head.1.layers.2.bias", "denoising_class_embed.weight"} <= set(state)
+    assert not any(k.split(".")[0] in ("query_selection", "box_head", "class_head", "denoising", "layers") for k in state)
+    names = dict(decoder.named_parameters())
+    assert "query_selection.enc_score_head.weight" in names and "layers.0.norm1.weight" in names
+    other = _perturb(_tiny_decoder())
+    assert not torch.equal(other.state_dict()["enc_score_head.weight"], state["enc_score_head.weight"])
+    other.load_state_dict(state)  # strict
+    for key, value in other.state_dict().items():
+        assert torch.equal(value, state[key]), key
+    with pytest.raises(RuntimeError, match="not_a_module"):
+        other.load_state_dict({**state, "not_a_module.weight": torch.zeros(1)})

@@ -152,13 +152,20 @@ def test_policy_for_epoch_forms():
 def test_deim_criterion_matches_official():
     """Official ``DEIMCriterion`` (MAL gamma 1.5 + boxes, ``use_uni_set False``) on the final,
     auxiliary and encoder outputs of ``rtdetrv2_criterion.npz``, denoising off."""
-    from dfine.modeling.criterion import HungarianMatcher, RTDETRCriterion
+    from dfine.modeling.criterion import BoxLoss, HungarianMatcher, MatchabilityAwareLoss, SetCriterion
+    from dfine.modeling.decoder import Branch, DecoderOutput, Predictions, Proposals
 
-    outputs, targets = criterion_case()
-    criterion = RTDETRCriterion(
+    heads, targets = criterion_case()
+
+    def predictions(head, kind=Predictions):
+        return kind(head["pred_logits"], head["pred_boxes"])
+
+    outputs = DecoderOutput(Branch([*map(predictions, heads["aux_outputs"]), predictions(heads)]),
+                            predictions(heads["enc_aux_outputs"][0], Proposals))
+    criterion = SetCriterion(
         HungarianMatcher(weight_dict={"cost_class": 2, "cost_bbox": 5, "cost_giou": 2}, alpha=0.25, gamma=2.0),
-        weight_dict={"loss_mal": 1, "loss_bbox": 5, "loss_giou": 2}, losses=["mal", "boxes"], alpha=0.75,
-        gamma=1.5, num_classes=5,
+        terms=[MatchabilityAwareLoss(gamma=1.5), BoxLoss()], losses=["mal", "boxes"],
+        weight_dict={"loss_mal": 1, "loss_bbox": 5, "loss_giou": 2}, num_classes=5,
     )
     losses = criterion(outputs, targets)
     golden = GOLDEN["criterion"]["losses"]

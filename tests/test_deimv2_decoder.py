@@ -1,5 +1,5 @@
-"""DEIMv2's decoder (``DEIMTransformer``) as options of our D-FINE decoder, its RMSNorm / SwiGLU FFN and
-its matcher switch, against the official DEIMv2 code.
+"""DEIMv2's decoder (``DEIMTransformer``) as the parts of configs/common/models/deimv2.py, its RMSNorm /
+SwiGLU FFN and its matcher switch, against the official DEIMv2 code.
 
 Reference numbers: ``tests/golden/deimv2_decoder_golden.{json,npz}``, written by
 ``tests/golden/make_deimv2_decoder_golden.py`` from the official DEIMv2 tree (Intellindust-AI-Lab/DEIMv2,
@@ -14,9 +14,9 @@ import pytest
 import torch
 from torch import nn
 
-from dfine.modeling.criterion.criterion import RTDETRCriterion
+from decoders import family_criterion, family_decoder
 from dfine.modeling.criterion.matcher import HungarianMatcher
-from dfine.modeling.decoder.dfine_decoder import DFINEDecoder
+from dfine.modeling.decoder import Branch, DecoderOutput, DetrDecoder, Predictions
 from dfine.modeling.layers.common import RMSNorm, SwiGLUFFN
 from dfine.modeling.meta_arch import RealTimeDETR
 from golden.make_deimv2_decoder_golden import (
@@ -38,25 +38,35 @@ ARRAYS = np.load(GOLDEN_DIR / "deimv2_decoder_golden.npz")
 INT64_IN_OFFICIAL = {"reg_scale", "decoder.reg_scale"}
 
 
-def deimv2_decoder(official_args: dict, **overrides) -> DFINEDecoder:
-    """Our decoder configured as the official ``DEIMTransformer(**official_args)``."""
+def deimv2_decoder(official_args: dict, overrides=None) -> DetrDecoder:
+    """Our DEIMv2 decoder (configs/common/models/deimv2.py) configured as the official
+    ``DEIMTransformer(**official_args)``; ``overrides`` are more config keys of the decoder."""
     a = official_args
-    args = dict(
-        num_classes=a["num_classes"], hidden_dim=a["hidden_dim"], num_queries=a["num_queries"],
-        feat_channels=a["feat_channels"], feat_strides=a["feat_strides"], num_levels=a["num_levels"],
-        num_points=a["num_points"], num_layers=a["num_layers"], dim_feedforward=a["dim_feedforward"],
-        activation=a["activation"], mlp_act=a["mlp_act"], lqe_act=a["activation"], num_denoising=a["num_denoising"],
-        label_noise_ratio=a["label_noise_ratio"], box_noise_scale=a["box_noise_scale"],
-        eval_spatial_size=a["eval_spatial_size"], eval_idx=a["eval_idx"], cross_attn_method=a["cross_attn_method"],
-        query_select_method=a["query_select_method"], reg_max=a["reg_max"], reg_scale=a["reg_scale"],
-        target_gate=a.get("use_gateway", True), share_bbox_head=a.get("share_bbox_head", False),
-        share_score_head=a.get("share_score_head", False),
-        # What makes a D-FINE decoder a DEIMv2 one.
-        norm_type="rms", ffn_type="swiglu", share_query_pos=True, query_pos_method="as_reg",
-        query_pos_xavier_last=True, encoder_output_proj=False, clone_layer_heads=True,
-    )
-    args.update(overrides)
-    return DFINEDecoder(**args)
+    args = {
+        "num_classes": a["num_classes"], "hidden_dim": a["hidden_dim"], "num_queries": a["num_queries"],
+        "num_levels": a["num_levels"], "num_layers": a["num_layers"], "eval_idx": a["eval_idx"],
+        "input_proj.in_channels": a["feat_channels"], "input_proj.in_strides": a["feat_strides"],
+        "layer.cross_attn.num_points": a["num_points"], "layer.cross_attn.method": a["cross_attn_method"],
+        "layer.dim_feedforward": a["dim_feedforward"], "layer.activation": a["activation"],
+        "layer.target_gate": a.get("use_gateway", True), "box_head.lqe_act": a["activation"],
+        "query_pos_head.act": a["mlp_act"], "query_selection.mlp_act": a["mlp_act"], "box_head.act": a["mlp_act"],
+        "denoising.num_denoising": a["num_denoising"], "denoising.label_noise_ratio": a["label_noise_ratio"],
+        "denoising.box_noise_scale": a["box_noise_scale"], "query_selection.eval_spatial_size": a["eval_spatial_size"],
+        "query_selection.method": a["query_select_method"], "box_head.reg_max": a["reg_max"],
+        "box_head.reg_scale": a["reg_scale"], "box_head.share": a.get("share_bbox_head", False),
+        "class_head.share": a.get("share_score_head", False),
+    }
+    return family_decoder("deimv2", {**args, **(overrides or {})})
+
+
+def official_output(out: DecoderOutput, key: str):
+    """The field of our typed output that holds what the official output dict has under ``key``."""
+    return {
+        "pred_logits": out.final.logits, "pred_boxes": out.final.boxes, "pred_corners": out.final.corners,
+        "ref_points": out.final.reference, "up": out.geometry.up, "reg_scale": out.geometry.reg_scale,
+        "aux_outputs": out.matching.layers[:-1], "pre_outputs": out.matching.pre, "enc_aux_outputs": out.proposals,
+        "enc_meta": out.proposals.class_agnostic,
+    }[key]
 
 
 def _case(name):
@@ -131,8 +141,8 @@ def test_eval_outputs_and_deploy_match_official(name):
     with torch.no_grad():
         out = decoder(feats)
     assert calls[0] == golden["eval"]["query_pos_head_calls"] == 1
-    _close(out["pred_logits"], f"{name}_eval_logits", 1e-4)
-    _close(out["pred_boxes"], f"{name}_eval_boxes", 1e-4)
+    _close(out.final.logits, f"{name}_eval_logits", 1e-4)
+    _close(out.final.boxes, f"{name}_eval_boxes", 1e-4)
 
     decoder.convert_to_deploy()
     state = decoder.state_dict()
@@ -142,8 +152,8 @@ def test_eval_outputs_and_deploy_match_official(name):
     assert sum(p.numel() for p in decoder.parameters()) == deploy["num_parameters"]
     with torch.no_grad():
         deployed = decoder(feats)
-    _close(deployed["pred_logits"], f"{name}_eval_logits", 1e-4)
-    _close(deployed["pred_boxes"], f"{name}_eval_boxes", 1e-4)
+    _close(deployed.final.logits, f"{name}_eval_logits", 1e-4)
+    _close(deployed.final.boxes, f"{name}_eval_boxes", 1e-4)
 
 
 def test_training_outputs_match_official():
@@ -153,20 +163,20 @@ def test_training_outputs_match_official():
     golden, decoder, feats = _case("atto")
     load_synth(decoder)
     decoder.train()
-    decoder.num_denoising = 0
+    decoder.denoising.num_denoising = 0
     calls = count_calls(decoder.query_pos_head)
     with torch.no_grad():
         out = decoder(feats)
     assert calls[0] == golden["train"]["query_pos_head_calls"] == 1
-    assert set(golden["train"]["output_keys"]) <= set(out)
-    layers = out["aux_outputs"] + [out]
-    _close(torch.stack([o["pred_logits"] for o in layers]), "atto_train_logits", 1e-4)
-    _close(torch.stack([o["pred_boxes"] for o in layers]), "atto_train_boxes", 1e-4)
-    _close(out["pred_corners"], "atto_train_corners", 1e-4)
-    _close(out["pre_outputs"]["pred_boxes"], "atto_train_pre_boxes", 1e-4)
-    _close(out["pre_outputs"]["pred_logits"], "atto_train_pre_logits", 1e-4)
-    _close(out["enc_aux_outputs"][0]["pred_boxes"], "atto_train_enc_boxes", 1e-4)
-    _close(out["enc_aux_outputs"][0]["pred_logits"], "atto_train_enc_logits", 1e-4)
+    assert all(official_output(out, key) is not None for key in golden["train"]["output_keys"])
+    layers = out.matching.layers
+    _close(torch.stack([o.logits for o in layers]), "atto_train_logits", 1e-4)
+    _close(torch.stack([o.boxes for o in layers]), "atto_train_boxes", 1e-4)
+    _close(out.final.corners, "atto_train_corners", 1e-4)
+    _close(out.matching.pre.boxes, "atto_train_pre_boxes", 1e-4)
+    _close(out.matching.pre.logits, "atto_train_pre_logits", 1e-4)
+    _close(out.proposals.boxes, "atto_train_enc_boxes", 1e-4)
+    _close(out.proposals.logits, "atto_train_enc_logits", 1e-4)
 
 
 def test_query_pos_is_shared_only_with_the_option():
@@ -175,8 +185,8 @@ def test_query_pos_is_shared_only_with_the_option():
     args = GOLDEN["decoders"]["atto"]["args"]
     feats = [torch.from_numpy(f) for f in decoder_inputs("atto", args["feat_channels"], args["feat_strides"])["feats"]]
     for share, expected in ((True, 1), (False, args["num_layers"])):
-        decoder = deimv2_decoder(args, share_query_pos=share).train()
-        decoder.num_denoising = 0
+        decoder = deimv2_decoder(args, {"query_pos_head.shared": share}).train()
+        decoder.denoising.num_denoising = 0
         calls = count_calls(decoder.query_pos_head)
         decoder(feats)
         assert calls[0] == expected
@@ -186,39 +196,43 @@ def test_share_bbox_head_is_one_module():
     """Atto's ``share_bbox_head``: one module behind every layer, in training and after deploy;
     the score heads and the S config's box heads are separate modules."""
     atto = deimv2_decoder(GOLDEN["decoders"]["atto"]["args"])
-    heads = list(atto.dec_bbox_head)
+    heads = list(atto.box_head.dec_bbox_head)
     assert len(heads) == 3 and all(h is heads[0] for h in heads)
-    assert len({id(h) for h in atto.dec_score_head}) == 3
+    assert len({id(h) for h in atto.class_head.dec_score_head}) == 3
     # Sharing means training one head: a change through one layer's head shows in all of them.
     with torch.no_grad():
         heads[1].layers[0].weight.add_(1.0)
     assert torch.equal(heads[0].layers[0].weight, heads[2].layers[0].weight)
     atto.convert_to_deploy()
-    assert all(h is atto.dec_bbox_head[0] for h in atto.dec_bbox_head)
+    assert all(h is atto.box_head.dec_bbox_head[0] for h in atto.box_head.dec_bbox_head)
 
     s = deimv2_decoder(GOLDEN["decoders"]["s"]["args"])
-    assert len({id(h) for h in s.dec_bbox_head}) == len(s.dec_bbox_head)
-    # clone_layer_heads: the unshared heads start equal, as the official deep copies do.
-    assert all(torch.equal(h.layers[0].weight, s.dec_bbox_head[0].layers[0].weight) for h in s.dec_bbox_head)
-    shared_scores = deimv2_decoder(GOLDEN["decoders"]["s"]["args"], share_score_head=True)
+    s_heads = s.box_head.dec_bbox_head
+    assert len({id(h) for h in s_heads}) == len(s_heads)
+    # Cloned heads: the unshared heads start equal, as the official deep copies do.
+    assert all(torch.equal(h.layers[0].weight, s_heads[0].layers[0].weight) for h in s_heads)
+    shared_scores = deimv2_decoder(GOLDEN["decoders"]["s"]["args"], {"class_head.share": True}).class_head
     assert all(h is shared_scores.dec_score_head[0] for h in shared_scores.dec_score_head)
 
 
 def test_dfine_defaults_build_no_deimv2_module():
-    """The defaults stay D-FINE's: LayerNorm, plain FFN, ``enc_output``, separate heads."""
-    decoder = DFINEDecoder(num_classes=5, hidden_dim=32, num_queries=10, feat_channels=[32, 32], feat_strides=[16, 32],
-                           num_levels=2, num_points=[3, 2], nhead=4, num_layers=3, dim_feedforward=64)
-    layer = decoder.decoder.layers[0]
+    """D-FINE's parts (configs/common/models/dfine.py) stay D-FINE's: LayerNorm, plain FFN,
+    ``enc_output``, separate heads."""
+    decoder = family_decoder("dfine", {
+        "num_classes": 5, "hidden_dim": 32, "num_queries": 10, "input_proj.in_channels": [32, 32],
+        "input_proj.in_strides": [16, 32], "num_levels": 2, "layer.cross_attn.num_points": [3, 2], "layer.n_head": 4,
+        "num_layers": 3, "layer.dim_feedforward": 64})
+    layer = decoder.layers[0]
     assert isinstance(layer.norm1, nn.LayerNorm) and isinstance(layer.gateway.norm, nn.LayerNorm)
     assert hasattr(layer, "linear1") and not hasattr(layer, "swish_ffn")
-    assert hasattr(decoder, "enc_output") and not decoder.decoder.share_query_pos
-    assert len({id(h) for h in decoder.dec_bbox_head}) == 3
+    assert hasattr(decoder.query_selection, "enc_output") and not decoder.query_pos_head.shared
+    assert len({id(h) for h in decoder.box_head.dec_bbox_head}) == 3
     assert not any(k.endswith(".scale") for k in decoder.state_dict())
 
 
 def _matcher_problem():
     m = matcher_inputs()
-    outputs = {"pred_logits": torch.from_numpy(m["logits"]), "pred_boxes": torch.from_numpy(m["boxes"])}
+    outputs = Predictions(torch.from_numpy(m["logits"]), torch.from_numpy(m["boxes"]))
     targets = [{k: torch.from_numpy(v) for k, v in t.items()} for t in m["targets"]]
     return outputs, targets
 
@@ -234,7 +248,7 @@ def test_matcher_switch_matches_official():
         indices = matcher(outputs, targets, epoch=epoch)
         assert [[q.tolist(), g.tolist()] for q, g in indices] == golden["indices"][str(epoch)], epoch
     assert golden["indices"]["449"] != golden["indices"]["450"]
-    cost = matcher.cost_matrix(outputs["pred_logits"].flatten(0, 1), outputs["pred_boxes"].flatten(0, 1),
+    cost = matcher.cost_matrix(outputs.logits.flatten(0, 1), outputs.boxes.flatten(0, 1),
                                torch.cat([t["labels"] for t in targets]), torch.cat([t["boxes"] for t in targets]),
                                epoch=450)
     _close(cost, "matcher_cost_on", 1e-6)
@@ -260,13 +274,13 @@ def test_criterion_hands_the_epoch_to_every_matcher_call():
     """Main, both aux layers, the pre head and the encoder output are all matched at the given epoch."""
     golden, decoder, feats = _case("atto")
     decoder.train()
-    decoder.num_denoising = 0
+    decoder.denoising.num_denoising = 0
     out = decoder(feats)
     targets = [{"labels": torch.tensor([1, 7]), "boxes": torch.tensor([[0.3, 0.3, 0.2, 0.2], [0.6, 0.6, 0.3, 0.4]])},
                {"labels": torch.tensor([3]), "boxes": torch.tensor([[0.5, 0.5, 0.4, 0.4]])}]
     spy = _EpochSpy(HungarianMatcher(**GOLDEN["matcher"]["args"]))
-    criterion = RTDETRCriterion(spy, {"loss_mal": 1, "loss_bbox": 5, "loss_giou": 2}, ("mal", "boxes"), gamma=1.5,
-                                num_classes=80, go_lsd=False)
+    criterion = family_criterion("deimv2", {"losses": ["mal", "boxes"], "go_lsd": False}, num_classes=80)
+    criterion.matcher = spy
     losses = criterion(out, targets, epoch=451)
     assert spy.epochs == [451] * 5
     assert "loss_mal_pre" in losses and "loss_bbox_enc_0" in losses
@@ -290,12 +304,14 @@ def test_meta_arch_passes_the_batch_epoch_to_the_criterion():
 
     def criterion(outputs, targets, epoch=None):
         seen.append(epoch)
-        return {"loss": outputs["pred_logits"].sum()}
+        return {"loss": outputs.final.logits.sum()}
 
-    model = RealTimeDETR(
-        backbone=_Stub(lambda x: [x]), encoder=_Stub(lambda f: f),
-        decoder=_Stub(lambda feats, targets=None, padding_mask=None: {"pred_logits": feats[0].mean() * torch.ones(1)}),
-        criterion=_Stub(criterion)).train()
+    def decoder(feats, targets=None, padding_mask=None):
+        logits = feats[0].mean() * torch.ones(1)
+        return DecoderOutput(Branch([Predictions(logits, logits)]))
+
+    model = RealTimeDETR(backbone=_Stub(lambda x: [x]), encoder=_Stub(lambda f: f), decoder=_Stub(decoder),
+                         criterion=_Stub(criterion)).train()
 
     def sample(epoch=None):
         instances = Instances((32, 32))

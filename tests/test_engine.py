@@ -27,10 +27,8 @@ from fvcore.common.param_scheduler import CosineParamScheduler
 from omegaconf import OmegaConf
 from torch import nn
 
-from dfine.engine import (
-    AtomicCheckpointer, EMAHook, ModelEMA, RNGStateHook, Trainer, load_ema_or_model_weights,
-)
-from dfine.checkpoint import CheckpointMismatchError
+from dfine.checkpoint import AtomicCheckpointer, CheckpointMismatchError, load_ema_or_model_weights
+from dfine.engine import EMAHook, ModelEMA, RNGStateHook, Trainer
 from dfine.solver import ConstantSchedule, LinearWarmup, param_groups
 
 REPO = Path(__file__).resolve().parents[1]
@@ -342,16 +340,18 @@ def _membership(groups, model):
 def test_param_groups_rtdetrv2_default_rules():
     # configs/rtdetrv2/include/optimizer.yml (official-implementations.md §6.2, §8 item 27).
     model = _named_params_model()
-    groups = param_groups(model, [
-        {"pattern": r"^(?=.*backbone)(?!.*norm).*$", "lr": 1e-5},
-        {"pattern": r"^(?=.*(?:encoder|decoder))(?=.*(?:norm|bn)).*$", "weight_decay": 0.0},
-    ])
+    groups = param_groups(model, {
+        "backbone": {"pattern": r"^(?=.*backbone)(?!.*norm).*$", "lr": 1e-5},
+        "no_decay": {"pattern": r"^(?=.*(?:encoder|decoder))(?=.*(?:norm|bn)).*$", "weight_decay": 0.0},
+    })
     assert _membership(groups, model) == [
         ["backbone.conv.weight", "backbone.stage.bn.weight"],
         ["encoder.norm1.weight", "decoder.norm.weight"],
         ["backbone.norm.weight", "encoder.layer.weight", "decoder.linear.bias", "head.weight"],
     ]
-    assert [{k: v for k, v in g.items() if k != "params"} for g in groups] == [{"lr": 1e-5}, {"weight_decay": 0.0}, {}]
+    assert [{k: v for k, v in g.items() if k not in ("params", "name")} for g in groups] == [
+        {"lr": 1e-5}, {"weight_decay": 0.0}, {}]
+    assert [g["name"] for g in groups] == ["backbone", "no_decay", "default"]
 
 
 def test_param_groups_keep_the_official_regex_quirk():
@@ -359,11 +359,11 @@ def test_param_groups_keep_the_official_regex_quirk():
     # starting with "bn"), so HGNetv2-style `bn` weights stay in the backbone group with weight
     # decay, and `(?=.*norm|bn)` does not catch them either (official-implementations.md §6.2).
     model = _named_params_model()
-    groups = param_groups(model, [
-        {"pattern": r"^(?=.*backbone)(?!.*norm|bn).*$", "lr": 5e-5},
-        {"pattern": r"^(?=.*backbone)(?=.*norm|bn).*$", "lr": 5e-5, "weight_decay": 0.0},
-        {"pattern": r"^(?=.*(?:encoder|decoder))(?=.*(?:norm|bn|bias)).*$", "weight_decay": 0.0},
-    ])
+    groups = param_groups(model, {
+        "backbone": {"pattern": r"^(?=.*backbone)(?!.*norm|bn).*$", "lr": 5e-5},
+        "backbone_norm": {"pattern": r"^(?=.*backbone)(?=.*norm|bn).*$", "lr": 5e-5, "weight_decay": 0.0},
+        "no_decay": {"pattern": r"^(?=.*(?:encoder|decoder))(?=.*(?:norm|bn|bias)).*$", "weight_decay": 0.0},
+    })
     assert _membership(groups, model) == [
         ["backbone.conv.weight", "backbone.stage.bn.weight"],
         ["backbone.norm.weight"],
@@ -371,16 +371,18 @@ def test_param_groups_keep_the_official_regex_quirk():
         ["encoder.layer.weight", "head.weight"],
     ]
     # A rule matching nothing keeps its (empty) group, as officially (D-FINE S/M/N group 1).
-    empty = param_groups(model, [{"pattern": r"^(?=.*backbone)(?=.*running).*$"}])
+    empty = param_groups(model, {"running": {"pattern": r"^(?=.*backbone)(?=.*running).*$"}})
     assert _membership(empty, model)[0] == [] and len(empty) == 2
 
 
 def test_param_groups_errors():
     model = _named_params_model()
     with pytest.raises(ValueError, match=r"backbone\.conv\.weight.*'backbone'.*'conv'"):
-        param_groups(model, [{"pattern": "backbone"}, {"pattern": "conv"}])
+        param_groups(model, {"backbone": {"pattern": "backbone"}, "conv": {"pattern": "conv"}})
     with pytest.raises(ValueError, match="weight_decays"):
-        param_groups(model, [{"pattern": "head", "weight_decays": 0.0}])
+        param_groups(model, {"head": {"pattern": "head", "weight_decays": 0.0}})
+    with pytest.raises(ValueError, match="name the rule"):
+        param_groups(model, [{"pattern": "head"}])  # by position
 
 
 def test_adamw_config_builds_official_groups():

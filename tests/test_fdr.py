@@ -1,5 +1,7 @@
-"""D-FINE's Fine-grained Distribution Refinement (``dfine/modeling/decoder/fdr.py``) against the official
-D-FINE code (Peterande/D-FINE; commit and torch version in the JSON).
+"""D-FINE's Fine-grained Distribution Refinement (the geometry in ``dfine/modeling/decoder/fdr.py``, the
+FGL/DDF losses in ``dfine/modeling/criterion/losses.py``, the union set in
+``dfine/modeling/criterion/matcher.py``) against the official D-FINE code (Peterande/D-FINE; commit and
+torch version in the JSON).
 
 Every expected number comes from ``tests/golden/dfine_fdr_golden.json``, which
 ``tests/golden/make_dfine_fdr_golden.py`` wrote by running the official functions (its docstring says
@@ -14,16 +16,9 @@ import numpy as np
 import pytest
 import torch
 
-from dfine.modeling.decoder.fdr import (
-    bbox2distance,
-    ddf_balance_weights,
-    distance2bbox,
-    fgl_and_ddf_losses,
-    integral,
-    unimodal_distribution_focal_loss,
-    union_matched_indices,
-    weighting_function,
-)
+from dfine.modeling.criterion.losses import ddf_balance_weights, fgl_and_ddf_losses, unimodal_distribution_focal_loss
+from dfine.modeling.criterion.matcher import union_matched_indices
+from dfine.modeling.decoder.fdr import bbox2distance, distance2bbox, integral, weighting_function
 from dfine.modeling.layers.box_ops import box_xyxy_to_cxcywh
 from golden.make_dfine_fdr_golden import EDGE_OFFSETS, WEIGHTING_CASES, fdr_inputs
 from golden.synth import fingerprint

@@ -10,9 +10,9 @@ from detectron2.utils.events import EventStorage
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [
     "model.encoder.hidden_dim=32", "model.encoder.dim_feedforward=64", "model.encoder.eval_spatial_size=[64,64]",
-    "model.decoder.feat_channels=[32,32,32]", "model.decoder.hidden_dim=32", "model.decoder.dim_feedforward=64",
-    "model.decoder.num_layers=2", "model.decoder.num_queries=20", "model.decoder.num_denoising=10",
-    "model.decoder.eval_spatial_size=[64,64]", "model.num_top_queries=20",
+    "model.decoder.input_proj.in_channels=[32,32,32]", "model.decoder.hidden_dim=32", "model.decoder.layer.dim_feedforward=64",
+    "model.decoder.num_layers=2", "model.decoder.num_queries=20", "model.decoder.denoising.num_denoising=10",
+    "model.decoder.query_selection.eval_spatial_size=[64,64]", "model.num_top_queries=20",
 ]
 
 
@@ -59,26 +59,27 @@ def test_padded_batch_masks_the_padding():
     assert model.padding_mask(model.preprocess_image(batch[:1])) is None
 
     feats = model.encoder(model.backbone(images.tensor))
-    memory, shapes = model.decoder._flatten_memory(feats)
-    valid = model.decoder._memory_valid(mask, shapes)
+    memory = model.decoder.input_proj(feats, mask)
+    valid = memory.valid
     scored = {}
-    select_topk = model.decoder._select_topk
+    selection = model.decoder.query_selection
+    select_topk = selection._select_topk
 
-    def spy(memory, logits, coords):
+    def spy(logits):
         scored["logits"] = logits
-        return select_topk(memory, logits, coords)
+        return select_topk(logits)
 
-    model.decoder._select_topk = spy
-    _, boxes_unact, _ = model.decoder._encoder_proposals(memory, shapes, valid)
+    selection._select_topk = spy
+    boxes_unact = selection(memory).reference_unact
     chosen = scored["logits"].max(-1).values.topk(model.decoder.num_queries, dim=-1).indices
     # The padded image has fewer valid tokens, and none of its proposals comes from the padding.
     assert valid[1].sum() < valid[0].sum() == valid.shape[1]
     assert valid.gather(1, chosen).all() and torch.isfinite(boxes_unact).all()
     # Without the mask, this batch's padding would be proposed (so the check above can fail).
-    model.decoder._encoder_proposals(memory, shapes)
+    selection(memory._replace(valid=None))
     unmasked = scored["logits"].max(-1).values.topk(model.decoder.num_queries, dim=-1).indices
     assert not valid.gather(1, unmasked).all()
-    del model.decoder._select_topk
+    del selection._select_topk
     with torch.no_grad():
         results = model(batch)
     assert all(torch.isfinite(r["instances"].pred_boxes.tensor).all() for r in results)

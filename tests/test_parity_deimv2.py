@@ -87,8 +87,8 @@ def test_parameter_counts_and_keys_equal_official(name):
 # LiteEncoder section, use_uni_set has no parameters, and the official DINOv3STAs ignores embed_dim /
 # num_heads for the dinov3_vits16(plus) trunks of L / X (it takes them from the trunk's name).
 LEAK_OVERRIDES = {
-    "DEIMTransformer.share_bbox_head": "model.decoder.share_bbox_head",
-    "DEIMTransformer.use_gateway": "model.decoder.target_gate",
+    "DEIMTransformer.share_bbox_head": "model.decoder.box_head.share",
+    "DEIMTransformer.use_gateway": "model.decoder.layer.target_gate",
     "HGNetv2.use_lab": "model.backbone.use_lab",
 }
 
@@ -120,7 +120,7 @@ def _build(name, *overrides):
     model = instantiate(_config(name, *overrides).model)
     counts = _golden()["counts"][name]
     shapes = dict(counts["state_dict"])
-    if model.decoder.num_denoising == 0:
+    if model.decoder.denoising.num_denoising == 0:
         del shapes["decoder.denoising_class_embed.weight"]  # the official model has none either
     weights = synth_weights(shapes, counts["aliases"])
     own = model.state_dict()
@@ -135,10 +135,10 @@ def _image(size, seed):
 
 def _eval_outputs(model, image):
     captured = {}
-    model.decoder.enc_score_head.register_forward_hook(lambda m, i, o: captured.__setitem__("enc", o))
+    model.decoder.query_selection.enc_score_head.register_forward_hook(lambda m, i, o: captured.__setitem__("enc", o))
     with torch.no_grad():
         x = model.normalize(image[None].float())
-        out = model.decoder(model.encoder(model.backbone(x)))
+        out = model.decoder(model.encoder(model.backbone(x))).final
     topk = captured["enc"].max(-1).values.topk(model.decoder.num_queries, dim=-1).indices[0]
     return out, topk.tolist()
 
@@ -150,8 +150,8 @@ def _max_diffs(name, out, topk):
     assert sorted(topk) == sorted(golden["enc_topk_index"]), "different query selection"
     where = {a: i for i, a in enumerate(topk)}
     order = [where[a] for a in golden["enc_topk_index"]]
-    logits = out["pred_logits"][0, order].numpy()
-    boxes = out["pred_boxes"][0, order].numpy()
+    logits = out.logits[0, order].numpy()
+    boxes = out.boxes[0, order].numpy()
     arrays = _arrays()
     return (np.abs(logits - arrays[f"{name}_eval_logits"][0]).max(),
             np.abs(boxes - arrays[f"{name}_eval_boxes"][0]).max())
@@ -193,7 +193,7 @@ def test_training_loss_without_denoising_equals_official(name, when, train_model
         assert golden["epochs"][epochs[0]]["losses"] != golden["epochs"][epochs[-1]]["losses"]
     expected = golden["epochs"][str(epoch)]
     if name not in train_models:
-        train_models[name] = _build(name, "model.decoder.num_denoising=0").train()
+        train_models[name] = _build(name, "model.decoder.denoising.num_denoising=0").train()
     model = train_models[name]
     size = RUNS[name]
     batch = []

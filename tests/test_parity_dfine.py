@@ -69,7 +69,7 @@ def test_issue_counts_are_the_official_loader_leak(repo, size):
     assert chained["num_parameters"] == ISSUE_COUNTS[repo][size]
     overrides = []
     if chained["dim_feedforward"]["chained"] != chained["dim_feedforward"]["fresh"]:
-        overrides.append(f"model.decoder.dim_feedforward={chained['dim_feedforward']['chained']}")
+        overrides.append(f"model.decoder.layer.dim_feedforward={chained['dim_feedforward']['chained']}")
     if chained["use_lab"]["chained"] != chained["use_lab"]["fresh"]:
         overrides.append(f"model.backbone.use_lab={chained['use_lab']['chained']}")
     assert _count(instantiate(_config(repo, size, *overrides).model)) == ISSUE_COUNTS[repo][size]
@@ -83,7 +83,7 @@ def _build(repo, size, *overrides):
     kept = ("up", "reg_scale")  # W(n)'s hyper-parameters: the model's own values, as in the script
     weights = synth_state_dict({k: v for k, v in keys.items() if k.rsplit(".", 1)[-1] not in kept}, seed=0)
     weights.update({k: v for k, v in model.state_dict().items() if k.rsplit(".", 1)[-1] in kept})
-    if cfg.model.decoder.num_denoising == 0:
+    if cfg.model.decoder.denoising.num_denoising == 0:
         del weights["decoder.denoising_class_embed.weight"]  # the official model has none either
     model.load_state_dict(convert_official_state_dict(weights, model))
     return model
@@ -96,17 +96,17 @@ def _image(seed):
 def _decoder_outputs(model, image):
     with torch.no_grad():
         x = model.normalize(image[None].float())
-        return model.decoder(model.encoder(model.backbone(x)))
+        return model.decoder(model.encoder(model.backbone(x))).final
 
 
 def _assert_same_queries(out, logits, boxes, atol=1e-4):
     """Compare query by query after pairing each official query with ours of the same box: selected
     anchors whose encoder scores differ by ~1e-6 may come in either order."""
-    ours_boxes = out["pred_boxes"][0].numpy()
+    ours_boxes = out.boxes[0].numpy()
     pairing = np.abs(ours_boxes[None, :, :] - boxes[0][:, None, :]).max(-1).argmin(1)
     assert len(set(pairing.tolist())) == len(pairing), "queries do not pair one to one"
     np.testing.assert_allclose(ours_boxes[pairing], boxes[0], atol=atol, rtol=0)
-    np.testing.assert_allclose(out["pred_logits"][0].numpy()[pairing], logits[0], atol=atol, rtol=0)
+    np.testing.assert_allclose(out.logits[0].numpy()[pairing], logits[0], atol=atol, rtol=0)
 
 
 @pytest.mark.parametrize("size", ["n", "s"])
@@ -125,7 +125,7 @@ def test_eval_predictions_and_deploy_equal_official(size):
 @pytest.mark.parametrize("repo,size", [("dfine", "n"), ("dfine", "s"), ("deim", "n")])
 def test_training_loss_without_denoising_equals_official(repo, size):
     golden = _golden()["train"][size if repo == "dfine" else f"{repo}_{size}"]
-    model = _build(repo, size, "model.decoder.num_denoising=0").train()
+    model = _build(repo, size, "model.decoder.denoising.num_denoising=0").train()
     batch = []
     for seed, target in zip([1, 2], synth_targets([3, 5], 80, seed=3)):
         instances = Instances((640, 640))

@@ -30,7 +30,7 @@ def _build(config, *overrides):
     name = config.split("_")[1][:-3]
     keys = json.loads((GOLDEN / f"rtdetrv2_{name}_keys.json").read_text())["state_dict"]
     weights = synth_state_dict(keys, seed=0)
-    if cfg.model.decoder.num_denoising == 0:
+    if cfg.model.decoder.denoising.num_denoising == 0:
         # The official model drops its denoising embedding too when denoising is off.
         del weights["decoder.denoising_class_embed.weight"]
     model.load_state_dict(convert_official_state_dict(weights, model))
@@ -67,7 +67,7 @@ def test_top300_predictions_equal_official(config):
 
 def test_training_loss_without_denoising_equals_official():
     golden = json.loads((GOLDEN / "rtdetrv2_r18_train_loss.json").read_text())
-    model = _build("rtdetrv2_r18.py", "model.decoder.num_denoising=0").train()
+    model = _build("rtdetrv2_r18.py", "model.decoder.denoising.num_denoising=0").train()
     batch = []
     for seed, target in zip(golden["image_seeds"], synth_targets([3, 5], 80, seed=3)):
         x = _image_input(seed)

@@ -19,7 +19,8 @@ from torch import nn
 
 from dfine.data.loader import build_train_loader
 from dfine.data.toy_shapes import toy_shapes_paths
-from dfine.engine import AtomicCheckpointer, Trainer
+from dfine.checkpoint import AtomicCheckpointer
+from dfine.engine import Trainer
 from test_train_net import TINY_MODEL
 
 ROOT = Path(__file__).resolve().parents[1]

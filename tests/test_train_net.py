@@ -13,17 +13,17 @@ import train_net  # noqa: E402
 
 TINY_MODEL = [
     "model.encoder.hidden_dim=32", "model.encoder.dim_feedforward=64", "model.encoder.eval_spatial_size=[64,64]",
-    "model.decoder.feat_channels=[32,32,32]", "model.decoder.hidden_dim=32", "model.decoder.dim_feedforward=64",
-    "model.decoder.num_layers=2", "model.decoder.num_queries=20", "model.decoder.num_denoising=10",
-    "model.decoder.eval_spatial_size=[64,64]", "model.num_top_queries=20",
+    "model.decoder.input_proj.in_channels=[32,32,32]", "model.decoder.hidden_dim=32", "model.decoder.layer.dim_feedforward=64",
+    "model.decoder.num_layers=2", "model.decoder.num_queries=20", "model.decoder.denoising.num_denoising=10",
+    "model.decoder.query_selection.eval_spatial_size=[64,64]", "model.num_top_queries=20",
 ]
 
 
 # D-FINE-N's two levels (strides 16 and 32) give 4x4 + 2x2 memory tokens at 64x64.
 TINY_DFINE = [
     "model.encoder.hidden_dim=32", "model.encoder.dim_feedforward=64", "model.encoder.eval_spatial_size=[64,64]",
-    "model.decoder.feat_channels=[32,32]", "model.decoder.hidden_dim=32", "model.decoder.dim_feedforward=64",
-    "model.decoder.num_queries=16", "model.decoder.num_denoising=10", "model.decoder.eval_spatial_size=[64,64]",
+    "model.decoder.input_proj.in_channels=[32,32]", "model.decoder.hidden_dim=32", "model.decoder.layer.dim_feedforward=64",
+    "model.decoder.num_queries=16", "model.decoder.denoising.num_denoising=10", "model.decoder.query_selection.eval_spatial_size=[64,64]",
     "model.num_top_queries=16", "model.decoder.num_classes=6",
 ]
 
@@ -158,9 +158,9 @@ def test_deimv2_dinov3_config_trains_with_copy_blend_and_the_matcher_switch(tiny
     """configs/deimv2_dinov3_s.py (ViT-Tiny + STA, DEIMv2 decoder, Copy-Blend, matcher switch) on the
     tiny set with a narrowed encoder/decoder, through every stage and the stage switch."""
     out = tmp_path / "deimv2_s"
-    narrow = [o for o in TINY_MODEL if "feat_channels" not in o] + [
-        "model.backbone.hidden_dim=32", "model.encoder.in_channels=[32,32,32]", "model.decoder.feat_channels=[32,32,32]",
-        "model.decoder.num_classes=6"]
+    narrow = [o for o in TINY_MODEL if "input_proj.in_channels" not in o] + [
+        "model.backbone.hidden_dim=32", "model.encoder.in_channels=[32,32,32]",
+        "model.decoder.input_proj.in_channels=[32,32,32]", "model.decoder.num_classes=6"]
     train_net.main(_args(
         tiny_coco, str(out), "train.epochs=4", "train.eval_epochs=2", "train.checkpoint_epochs=2",
         "train.stage_switch.epoch=3", "dataloader.train.mapper.policy_epoch=[1,2,3]",
@@ -179,3 +179,16 @@ def test_deimv2_dinov3_config_trains_with_copy_blend_and_the_matcher_switch(tiny
     assert losses and all(torch.isfinite(torch.tensor([m["total_loss"] for m in losses])))
     assert {"loss_mal", "loss_fgl", "loss_ddf_aux_0", "loss_bbox_pre"} <= set(losses[-1])
     assert any("bbox/AP" in m for m in metrics)
+
+
+def test_ablation_config_trains_rtdetrv2_with_distributions(tiny_coco, tmp_path):
+    """configs/ablations/rtdetrv2_r18_fdr.py: RT-DETRv2-R18 with D-FINE's distribution head and its
+    losses, a 15-line config, trains and reports the FDR and GO-LSD losses."""
+    config = ROOT / "configs" / "ablations" / "rtdetrv2_r18_fdr.py"
+    assert len(config.read_text().splitlines()) <= 15
+    out = tmp_path / "fdr"
+    train_net.main(_args(tiny_coco, str(out), "train.max_iter=3", "train.eval_period=0", "model.decoder.num_classes=6",
+                         config="ablations/rtdetrv2_r18_fdr.py"))
+    losses = [m for m in _metrics(out) if "total_loss" in m][-1]
+    assert {"loss_vfl", "loss_fgl", "loss_ddf_aux_0", "loss_fgl_dn_0", "loss_bbox_pre"} <= set(losses)
+    assert all(torch.isfinite(torch.tensor(v)) for k, v in losses.items() if k.startswith("loss"))

@@ -39,7 +39,7 @@ from detectron2.config import instantiate
 
 from dfine.config import load_config
 from dfine.data.mapper import read_rgb_image
-from dfine.engine import load_ema_or_model_weights
+from dfine.checkpoint import load_ema_or_model_weights
 from dfine.export import compare_with_pytorch, export_onnx, onnxruntime_session, random_images, toy_images
 
 logger = logging.getLogger("dfine.export_onnx")

@@ -23,6 +23,7 @@ Ablations, one override each:
 from detectron2.config import LazyCall as L
 
 from dfine.data import CopyBlend, Mosaic, generate_scales
+from dfine.modeling.criterion import MatchabilityAwareLoss
 from dfine.solver import FlatCosine
 
 # ImageNet statistics in the 0-255 range: the DINOv3 configs normalise their inputs with them.
@@ -61,6 +62,14 @@ def use_dense_o2o(dataloader, mosaic_prob=0.5):
     dataloader.train.mixup_prob = "${.mapper.mosaic_prob}"
 
 
+def use_mal(criterion, losses):
+    """The Matchability-Aware Loss (gamma 1.5) in place of VFL, which stays available (with its
+    weight) for the one-override ablation ``model.criterion.losses=[vfl,...]``."""
+    criterion.terms.append(L(MatchabilityAwareLoss)(gamma=1.5))
+    criterion.weight_dict.loss_mal = 1
+    criterion.losses = list(losses)
+
+
 def apply_to_rtdetrv2(model, dataloader):
     """DEIM's recipe on an RT-DETRv2 config (official rt_deim.yml): PResNet fully trainable with its
     BatchNorm ("unfreezing BN"), the box-as-regression query position embedding and SiLU in the
@@ -68,7 +77,7 @@ def apply_to_rtdetrv2(model, dataloader):
     model.backbone.update(freeze_at=-1, freeze_norm=False)
     _silu_decoder(model)
     model.decoder.query_pos_head.method = "as_reg"
-    model.criterion.losses = ["mal", "boxes"]
+    use_mal(model.criterion, ["mal", "boxes"])
     use_dense_o2o(dataloader)
 
 
@@ -79,7 +88,7 @@ def apply_to_dfine(model, dataloader):
     model.backbone.update(freeze_at=-1, freeze_norm=False)
     _silu_decoder(model)
     model.decoder.box_head.lqe_act = "silu"
-    model.criterion.losses = ["mal", "boxes", "local"]
+    use_mal(model.criterion, ["mal", "boxes", "local"])
     use_dense_o2o(dataloader)
 
 

@@ -17,7 +17,6 @@ from detectron2.config import LazyCall as L
 from dfine.modeling import RealTimeDETR
 from dfine.modeling.backbone import HGNetv2
 from dfine.modeling.criterion import BoxLoss, DistributionLoss, HungarianMatcher, MatchabilityAwareLoss, SetCriterion
-from dfine.modeling.criterion import VarifocalLoss
 from dfine.modeling.decoder import (
     BoxHead,
     BoxPositionEmbedding,
@@ -114,14 +113,11 @@ model = L(RealTimeDETR)(
         # From `matcher_change_epoch` on the matcher ranks by -p * IoU^4 (the per-size configs set the epoch).
         matcher=L(HungarianMatcher)(weight_dict={"cost_class": 2, "cost_bbox": 5, "cost_giou": 2}, alpha=0.25, gamma=2.0,
                                     change_matcher=True, iou_order_alpha=4.0, matcher_change_epoch=45),
-        # The terms a config can switch between by `losses` (`distribution` reads the edge
-        # distributions of a box head with `reg_max`; MAL is DEIM's).
-        terms=[L(VarifocalLoss)(alpha=0.75, gamma=2.0), L(MatchabilityAwareLoss)(gamma=1.5), L(BoxLoss)(),
-               L(DistributionLoss)(temperature=5.0)],
+        terms=[L(MatchabilityAwareLoss)(gamma=1.5), L(BoxLoss)(), L(DistributionLoss)(temperature=5.0)],
         # DEIM's MAL (gamma 1.5) with FGL + DDF over the GO-LSD union set; `go_lsd=False` is the official
         # `use_uni_set: False`.
         losses=["mal", "boxes", "local"],
-        weight_dict={"loss_vfl": 1, "loss_mal": 1, "loss_bbox": 5, "loss_giou": 2, "loss_fgl": 0.15, "loss_ddf": 1.5},
+        weight_dict={"loss_mal": 1, "loss_bbox": 5, "loss_giou": 2, "loss_fgl": 0.15, "loss_ddf": 1.5},
         go_lsd=True,
     ),
     # The official weights expect RGB in [0, 1].

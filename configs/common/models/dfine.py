@@ -9,8 +9,7 @@ from detectron2.config import LazyCall as L
 
 from dfine.modeling import RealTimeDETR
 from dfine.modeling.backbone import HGNetv2
-from dfine.modeling.criterion import BoxLoss, DistributionLoss, HungarianMatcher, MatchabilityAwareLoss, SetCriterion
-from dfine.modeling.criterion import VarifocalLoss
+from dfine.modeling.criterion import BoxLoss, DistributionLoss, HungarianMatcher, SetCriterion, VarifocalLoss
 from dfine.modeling.decoder import (
     BoxHead,
     BoxPositionEmbedding,
@@ -93,13 +92,10 @@ model = L(RealTimeDETR)(
     criterion=L(SetCriterion)(
         num_classes="${..decoder.num_classes}",
         matcher=L(HungarianMatcher)(weight_dict={"cost_class": 2, "cost_bbox": 5, "cost_giou": 2}, alpha=0.25, gamma=2.0),
-        # The terms a config can switch between by `losses` (`distribution` reads the edge
-        # distributions of a box head with `reg_max`; MAL is DEIM's).
-        terms=[L(VarifocalLoss)(alpha=0.75, gamma=2.0), L(MatchabilityAwareLoss)(gamma=1.5), L(BoxLoss)(),
-               L(DistributionLoss)(temperature=5.0)],
-        # "local": FGL, plus DDF with GO-LSD.
+        # `losses` selects among the `terms` by name; "local": FGL, plus DDF with GO-LSD.
+        terms=[L(VarifocalLoss)(alpha=0.75, gamma=2.0), L(BoxLoss)(), L(DistributionLoss)(temperature=5.0)],
         losses=["vfl", "boxes", "local"],
-        weight_dict={"loss_vfl": 1, "loss_mal": 1, "loss_bbox": 5, "loss_giou": 2, "loss_fgl": 0.15, "loss_ddf": 1.5},
+        weight_dict={"loss_vfl": 1, "loss_bbox": 5, "loss_giou": 2, "loss_fgl": 0.15, "loss_ddf": 1.5},
         # GO-LSD (union-set matching + DDF distillation); `go_lsd=False` is the ablation.
         go_lsd=True,
     ),

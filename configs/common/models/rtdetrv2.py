@@ -8,8 +8,7 @@ from detectron2.config import LazyCall as L
 
 from dfine.modeling import RealTimeDETR
 from dfine.modeling.backbone import PResNet
-from dfine.modeling.criterion import BoxLoss, DistributionLoss, HungarianMatcher, MatchabilityAwareLoss, SetCriterion
-from dfine.modeling.criterion import VarifocalLoss
+from dfine.modeling.criterion import BoxLoss, HungarianMatcher, SetCriterion, VarifocalLoss
 from dfine.modeling.decoder import (
     BoxHead,
     BoxPositionEmbedding,
@@ -83,12 +82,10 @@ model = L(RealTimeDETR)(
     criterion=L(SetCriterion)(
         num_classes="${..decoder.num_classes}",
         matcher=L(HungarianMatcher)(weight_dict={"cost_class": 2, "cost_bbox": 5, "cost_giou": 2}, alpha=0.25, gamma=2.0),
-        # The terms a config can switch between by `losses` (`distribution` reads the edge
-        # distributions of a box head with `reg_max`; MAL is DEIM's).
-        terms=[L(VarifocalLoss)(alpha=0.75, gamma=2.0), L(MatchabilityAwareLoss)(gamma=1.5), L(BoxLoss)(),
-               L(DistributionLoss)(temperature=5.0)],
+        # `losses` selects among the `terms` by name.
+        terms=[L(VarifocalLoss)(alpha=0.75, gamma=2.0), L(BoxLoss)()],
         losses=["vfl", "boxes"],
-        weight_dict={"loss_vfl": 1, "loss_mal": 1, "loss_bbox": 5, "loss_giou": 2, "loss_fgl": 0.15, "loss_ddf": 1.5},
+        weight_dict={"loss_vfl": 1, "loss_bbox": 5, "loss_giou": 2},
     ),
     # The official weights expect RGB in [0, 1].
     pixel_mean=[0.0, 0.0, 0.0],

@@ -1,4 +1,8 @@
-"""Checkpoints: conversion of official weights, and loading weights to fine-tune with another number of classes."""
+"""Checkpoints: conversion of official weights, loading a checkpoint's EMA weights first, loading
+weights to fine-tune with another number of classes, and checkpoint files that a killed process
+cannot leave half-written."""
+from .atomic import AtomicCheckpointer, atomic_write  # noqa: F401
+from .ema_weights import EMAFirstCheckpointer, has_ema_weights, load_ema_or_model_weights  # noqa: F401
 from .finetune import CLASS_DEPENDENT, FinetuneReport, finetune_state_dict, load_finetune_weights  # noqa: F401
 from .official import (  # noqa: F401
     CheckpointMismatchError,

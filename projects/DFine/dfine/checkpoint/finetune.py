@@ -20,7 +20,7 @@ from typing import Dict, List, Mapping, Optional, Tuple
 import torch
 from torch import nn
 
-from ..engine.ema import EMAFirstCheckpointer, has_ema_weights
+from .ema_weights import EMAFirstCheckpointer, has_ema_weights
 from .official import CheckpointMismatchError, fit_state_dict
 
 __all__ = ["CLASS_DEPENDENT", "FinetuneReport", "finetune_state_dict", "load_finetune_weights"]

@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..config import load_config
 from ..data.mapper import DetrDatasetMapper, pil_to_rgb, read_rgb_image
-from .ema import load_ema_or_model_weights
+from ..checkpoint import load_ema_or_model_weights
 from .trainer import resolve_device
 
 __all__ = ["Predictor", "ImageInput"]

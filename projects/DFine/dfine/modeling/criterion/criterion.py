@@ -129,6 +129,10 @@ class SetCriterion(nn.Module):
         unknown = [name for name in losses if name not in names]
         if unknown:
             raise ValueError(f"Unknown loss terms {unknown}; the criterion has {names}")
+        for term in terms:
+            unweighted = [key for key in term.keys if term.name in losses and key not in weight_dict]
+            if unweighted:
+                raise KeyError(f"weight_dict has no weight for {unweighted} of the loss term {term.name!r}")
         unknown_groups = sorted(set(group_weights or {}) - set(GROUPS))
         if unknown_groups:
             raise ValueError(f"Unknown groups {unknown_groups} in group_weights; the groups are {GROUPS}")

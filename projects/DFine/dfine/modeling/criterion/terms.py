@@ -65,9 +65,11 @@ class LossContext(NamedTuple):
 
 class LossTerm(nn.Module):
     """Base class: ``forward(predictions, targets, pairs, num_boxes, context) -> {key: loss}``.
-    ``name`` is how a criterion's ``losses`` selects the term (the official loss names)."""
+    ``name`` is how a criterion's ``losses`` selects the term (the official loss names); ``keys``
+    are the loss keys it may return."""
 
     name = ""
+    keys = ()
     supervises_boxes = False
 
     def applies_to(self, predictions: Predictions) -> bool:
@@ -103,6 +105,7 @@ class VarifocalLoss(LossTerm):
     """``loss_vfl``: :func:`~.losses.varifocal_loss` with IoU targets (RT-DETR, D-FINE)."""
 
     name = "vfl"
+    keys = ("loss_vfl",)
 
     def __init__(self, alpha: float = 0.75, gamma: float = 2.0):
         super().__init__()
@@ -119,6 +122,7 @@ class MatchabilityAwareLoss(LossTerm):
     when given (no official config sets it)."""
 
     name = "mal"
+    keys = ("loss_mal",)
 
     def __init__(self, gamma: float = 1.5, alpha: Optional[float] = None):
         super().__init__()
@@ -134,6 +138,7 @@ class FocalLoss(LossTerm):
     """``loss_focal``: sigmoid focal loss against the matched classes (:func:`~.losses.focal_loss`)."""
 
     name = "focal"
+    keys = ("loss_focal",)
 
     def __init__(self, alpha: float = 0.25, gamma: float = 2.0):
         super().__init__()
@@ -148,6 +153,7 @@ class BoxLoss(LossTerm):
     """``loss_bbox`` (L1 of cxcywh) and ``loss_giou`` (1 - GIoU) of the matched boxes."""
 
     name = "boxes"
+    keys = ("loss_bbox", "loss_giou")
 
     supervises_boxes = True
 
@@ -165,6 +171,7 @@ class DistributionLoss(LossTerm):
     """
 
     name = "local"
+    keys = ("loss_fgl", "loss_ddf")
 
     supervises_boxes = True
 

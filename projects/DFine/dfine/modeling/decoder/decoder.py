@@ -35,6 +35,10 @@ OFFICIAL_LAYOUT = (
 )
 # The official D-FINE decoder holds W(n)'s parameters twice: saved under both keys, loaded from one.
 OFFICIAL_ALIASES = {"decoder.up": "up", "decoder.reg_scale": "reg_scale"}
+# The order of the official modules' tensors in a state dict (the official registration order).
+OFFICIAL_ORDER = ("up", "reg_scale", "anchors", "valid_mask", "input_proj", "decoder.up", "decoder.reg_scale",
+                  "decoder.layers", "decoder.lqe_layers", "denoising_class_embed", "tgt_embed", "query_pos_head",
+                  "enc_output", "enc_score_head", "enc_bbox_head", "dec_score_head", "dec_bbox_head", "pre_bbox_head")
 
 
 def _official_key(path: str) -> str:
@@ -44,14 +48,23 @@ def _official_key(path: str) -> str:
     return path
 
 
+def _order(key: str) -> int:
+    for rank, name in enumerate(OFFICIAL_ORDER):
+        if key == name or key.startswith(name + "."):
+            return rank
+    return len(OFFICIAL_ORDER)
+
+
 def _save_in_official_layout(module, state_dict, prefix, local_metadata):
-    for key in [k for k in state_dict if k.startswith(prefix)]:
-        official = prefix + _official_key(key[len(prefix):])
-        if official != key:
-            state_dict[official] = state_dict.pop(key)
+    # The decoder's entries are the last ones of `state_dict` here: re-inserted renamed and in the
+    # official order, they stay together after those of the modules saved before it.
+    ours = {key[len(prefix):]: state_dict.pop(key) for key in [k for k in state_dict if k.startswith(prefix)]}
+    official = {_official_key(path): value for path, value in ours.items()}
     for alias, source in OFFICIAL_ALIASES.items():
-        if prefix + source in state_dict:
-            state_dict[prefix + alias] = state_dict[prefix + source]
+        if source in official:
+            official[alias] = official[source]
+    for key in sorted(official, key=_order):  # stable: modules keep their own order
+        state_dict[prefix + key] = official[key]
 
 
 def _load_from_official_layout(module, state_dict, prefix, *args):
@@ -96,7 +109,12 @@ class DetrDecoder(nn.Module):
         if not -num_layers <= eval_idx < num_layers:
             raise ValueError(f"eval_idx {eval_idx} is not a layer of a {num_layers}-layer decoder")
         if len(input_proj) != num_levels:
-            raise ValueError(f"The input projection has {len(input_proj)} levels, the decoder num_levels={num_levels}")
+            raise ValueError(f"The decoder's input_proj makes {len(input_proj)} memory levels, its num_levels is "
+                             f"{num_levels}")
+        selection_strides = getattr(query_selection, "feat_strides", None)
+        if selection_strides is not None and list(selection_strides) != list(input_proj.strides):
+            raise ValueError(f"The decoder's query_selection anchors levels of strides {list(selection_strides)}, its "
+                             f"input_proj makes levels of strides {list(input_proj.strides)}")
         self.num_classes = num_classes
         self.hidden_dim = hidden_dim
         self.num_queries = num_queries
@@ -152,13 +170,14 @@ class DetrDecoder(nn.Module):
         geometry = self.box_head.geometry
         if not self.training:
             return DecoderOutput(Branch(layers), geometry=geometry)
+        split = _Splitter(denoising)
         if not self.aux_loss:
-            final = layers[-1] if denoising is None else _split(layers[-1], denoising)[1]
+            final = layers[-1] if denoising is None else split(layers[-1])[1]
             return DecoderOutput(Branch([final]), geometry=geometry)
         if denoising is None:
             return DecoderOutput(Branch(layers, pre), selection.proposals, geometry=geometry)
-        dn_layers, layers = zip(*(_split(p, denoising) for p in layers))
-        dn_pre, pre = _split(pre, denoising) if pre is not None else (None, None)
+        dn_layers, layers = zip(*(split(p) for p in layers))
+        dn_pre, pre = split(pre) if pre is not None else (None, None)
         dn = DenoisingPart(Branch(list(dn_layers), dn_pre), denoising.positive_idx, denoising.num_groups)
         return DecoderOutput(Branch(list(layers), pre), selection.proposals, dn, geometry)
 
@@ -182,12 +201,22 @@ class DetrDecoder(nn.Module):
         return layers, pre
 
 
-def _split(predictions: Predictions, denoising: DenoisingQueries):
-    """``(denoising part, matching part)`` of predictions over all queries (denoising first)."""
-    size = denoising.content.shape[1]
+class _Splitter:
+    """Splits predictions over all queries into ``(denoising part, matching part)`` (denoising
+    first); a tensor shared by several layers (the reference boxes of distributions) is split once,
+    so that the parts stay shared."""
 
-    def split(x):
-        return (None, None) if x is None else (x[:, :size], x[:, size:])
+    def __init__(self, denoising: Optional[DenoisingQueries]):
+        self.size = None if denoising is None else denoising.content.shape[1]
+        self.parts = {}
 
-    parts = {name: split(getattr(predictions, name)) for name in ("logits", "boxes", "corners", "reference")}
-    return tuple(Predictions(**{name: pair[k] for name, pair in parts.items()}) for k in (0, 1))
+    def _tensor(self, x):
+        if x is None:
+            return None, None
+        if id(x) not in self.parts:
+            self.parts[id(x)] = (x[:, : self.size], x[:, self.size:])
+        return self.parts[id(x)]
+
+    def __call__(self, predictions: Predictions):
+        parts = {name: self._tensor(getattr(predictions, name)) for name in ("logits", "boxes", "corners", "reference")}
+        return tuple(Predictions(**{name: pair[k] for name, pair in parts.items()}) for k in (0, 1))

@@ -3,16 +3,18 @@
 The box head turns each layer's query content into that layer's boxes and decides how boxes flow
 from layer to layer (the refinement rule):
 
-* **deltas** (RT-DETR, Deformable-DETR, DINO): ``box_i = sigmoid(delta_i + logit(box_{i-1}))``. With
-  ``refinement="look_forward_twice"`` (DINO, RT-DETR) the supervised box of layer ``i > 0`` is built on
-  the previous layer's *undetached* box, so its loss also trains the previous layer; with
-  ``"detached"`` (Deformable-DETR's iterative refinement) it is built on the detached one. The next
-  layer always starts from the detached box.
+* **deltas** (RT-DETR, Deformable-DETR, DINO): ``box_i = sigmoid(delta_i + logit(box_{i-1}))``; the
+  next layer starts from the detached box.
 * **edge distributions** (``reg_max`` set; D-FINE's Fine-grained Distribution Refinement, FDR): a
   ``pre_bbox_head`` gives the first layer an initial box; every layer predicts, per edge, logits
-  over ``reg_max + 1`` bins that it adds to the previous layer's (the residual keeps its gradient),
-  and moves the edges of that same initial box by the expected offsets (:mod:`.fdr`). A localization
-  quality estimator (:class:`LQE`) adds the distributions' confidence to the class logits.
+  over ``reg_max + 1`` bins that it adds to the previous layer's, and moves the edges of that same
+  initial box by the expected offsets (:mod:`.fdr`). A localization quality estimator (:class:`LQE`)
+  adds the distributions' confidence to the class logits.
+
+The refinement rule says whether the loss of layer ``i``'s box also trains layer ``i - 1``:
+``"look_forward_twice"`` (DINO, RT-DETR, D-FINE) yes, ``"detached"`` (Deformable-DETR's iterative
+refinement) no. For deltas, layer ``i``'s supervised box is built on the previous layer's undetached
+or detached box; for distributions, on the previous layer's undetached (D-FINE) or detached corners.
 
 Parameter names follow the official models (``dec_bbox_head``, ``pre_bbox_head``, ``up``,
 ``reg_scale``, ``lqe_layers``, ``dec_score_head``, ``query_pos_head``).
@@ -183,8 +185,7 @@ class BoxHead(nn.Module):
         reg_max: ``R``; None regresses deltas.
         reg_scale: curvature of ``W(n)`` (4, or 8 for D-FINE-X), a frozen parameter as officially.
         up: ``W(n)``'s ``up`` (0.5 in every official config), a frozen parameter.
-        refinement: for deltas, ``"look_forward_twice"`` or ``"detached"``; distributions refine
-            residually and must keep the default.
+        refinement: ``"look_forward_twice"`` or ``"detached"`` (see the module docstring).
         act: activation of the box MLPs.
         lqe_act: activation of the LQE MLPs (ReLU in D-FINE; DEIM's and DEIMv2's decoder activation).
         share, clone: see :func:`layer_heads` (DEIMv2 Atto/Femto/Pico share; DEIMv2 clones).
@@ -196,8 +197,6 @@ class BoxHead(nn.Module):
         super().__init__()
         if refinement not in REFINEMENTS:
             raise ValueError(f"Unknown refinement {refinement!r}; choose one of {REFINEMENTS}")
-        if reg_max is not None and refinement != REFINEMENTS[0]:
-            raise ValueError("Edge distributions (reg_max) refine residually; refinement applies to deltas only")
         self.eval_idx = _eval_index(eval_idx, num_layers)
         self.reg_max = reg_max
         self.refinement = refinement
@@ -251,7 +250,10 @@ class BoxHead(nn.Module):
         if i == 0:
             pre = (self.pre_bbox_head(content) + inverse_sigmoid(flow.reference)).sigmoid()
             anchor = pre.detach()
-        corners = self.dec_bbox_head[i](content + flow.content) + flow.corners
+        previous = flow.corners
+        if self.refinement == "detached" and torch.is_tensor(previous):
+            previous = previous.detach()
+        corners = self.dec_bbox_head[i](content + flow.content) + previous
         refined = distance2bbox(anchor, integral(corners, flow.project), self.reg_scale)
         out = LayerBoxes(refined, corners, anchor, pre if i == 0 else None)
         return out, _Flow(reference=refined.detach(), project=flow.project, anchor=anchor, corners=corners,

@@ -161,7 +161,7 @@ class MSDeformableAttention(nn.Module):
             raise ValueError(f"Unknown deformable attention method {method!r}; choose one of {sorted(_SAMPLERS)}")
         points = [num_points] * num_levels if isinstance(num_points, int) else [int(n) for n in num_points]
         if len(points) != num_levels:
-            raise ValueError(f"num_points {points} must give one count per level ({num_levels})")
+            raise ValueError(f"num_points {points} must give one count per level of num_levels={num_levels}")
         self.embed_dim = embed_dim
         self.num_heads = num_heads
         self.num_levels = num_levels
