@@ -30,12 +30,9 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 from omegaconf import OmegaConf
 
-from dfine.checkpoint import load_finetune_weights
+from dfine.checkpoint import AtomicCheckpointer, load_ema_or_model_weights, load_finetune_weights
 from dfine.config import load_config
-from dfine.engine import (
-    AtomicCheckpointer, EMAHook, ModelEMA, RNGStateHook, StageSwitchHook, Trainer, load_ema_or_model_weights,
-    resolve_device,
-)
+from dfine.engine import EMAHook, ModelEMA, RNGStateHook, StageSwitchHook, Trainer, resolve_device
 
 logger = logging.getLogger("dfine.train_net")
 
