@@ -3,6 +3,7 @@
 
     python train_net.py --config-file configs/rtdetrv2_r50.py [--num-gpus 8] [key=value ...]
     python train_net.py --config-file configs/rtdetrv2_r50.py --resume
+    torchrun --nproc-per-node 8 train_net.py --config-file configs/rtdetrv2_r50.py
     python train_net.py --config-file configs/rtdetrv2_r50.py --eval-only train.init_checkpoint=model.pth
 
 The config provides ``model``, ``optimizer`` (its ``params.model`` is filled in here),
@@ -16,6 +17,11 @@ starts from them. A new training may start from a checkpoint with another number
 (fine-tuning COCO or Objects365 weights on a custom data set): the class-dependent tensors are
 re-initialised and listed in the log, any other difference is an error
 (``dfine.checkpoint.load_finetune_weights``).
+
+Processes: ``--num-gpus N`` per machine (GPUs with NCCL, else CPU processes with gloo),
+``--num-machines`` / ``--machine-rank`` / ``--dist-url`` as in Detectron2, or the processes that
+torchrun started (``dfine.engine.launch``). ``dataloader.train.total_batch_size`` is the batch of
+all processes together.
 """
 import logging
 import math
@@ -23,7 +29,7 @@ from fractions import Fraction
 
 import torch
 from detectron2.config import LazyConfig, instantiate
-from detectron2.engine import default_argument_parser, default_setup, default_writers, hooks, launch
+from detectron2.engine import default_argument_parser, default_setup, default_writers, hooks
 from detectron2.engine.defaults import create_ddp_model
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
@@ -33,6 +39,7 @@ from omegaconf import OmegaConf
 from dfine.checkpoint import AtomicCheckpointer, load_ema_or_model_weights, load_finetune_weights
 from dfine.config import load_config
 from dfine.engine import EMAHook, ModelEMA, RNGStateHook, StageSwitchHook, Trainer, resolve_device
+from dfine.engine.launch import describe_processes, launch
 
 logger = logging.getLogger("dfine.train_net")
 
@@ -92,6 +99,29 @@ def load_initial_weights(model, path: str) -> None:
     weights = load_ema_or_model_weights(model, path)
     if path:
         logger.info("Loaded the %s weights of %s.", weights, path)
+
+
+def has_checkpoint_to_resume(checkpointer) -> bool:
+    """Whether ``--resume`` resumes: rank 0 decides by the checkpoint it finds in the output folder,
+    and every process must find the same one, since each loads it (a process that started over
+    instead would train other weights from another iteration, or wait for the others forever).
+
+    Raises:
+        RuntimeError: rank 0 has a checkpoint that another process does not see (its output folder
+            is not on a file system that all machines share).
+    """
+    found = checkpointer.get_checkpoint_file() if checkpointer.has_checkpoint() else None
+    if comm.get_world_size() == 1:
+        return found is not None
+    everyone = comm.all_gather(found)
+    if everyone[0] is None:
+        return False
+    others = ", ".join(f"rank {rank}: {path or 'none'}" for rank, path in enumerate(everyone) if path != everyone[0])
+    if others:
+        raise RuntimeError(
+            f"--resume: rank 0 resumes from {everyone[0]}, but other processes find another last checkpoint "
+            f"({others}). train.output_dir must be a folder that all machines share: rank 0 alone writes checkpoints.")
+    return True
 
 
 def do_test(cfg, model):
@@ -163,13 +193,15 @@ def do_train(args, cfg):
             hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if comm.is_main_process() else None,
         ]
     )
-    if args.resume and checkpointer.has_checkpoint():
+    if args.resume and has_checkpoint_to_resume(checkpointer):
         # Everything the last checkpoint holds: weights, EMA, optimizer, scaler, hook states (the
         # hooks are registered first for that: LR scheduler, stage switch, RNG states) and the
         # iteration that had just finished. The data stream restarts at the next iteration's
         # samples (Trainer), whose augmentations are seeded by their stream position.
         checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=True)
         start_iter = trainer.iter + 1
+        logger.info("Resumed from %s: training continues at iteration %d.", checkpointer.get_checkpoint_file(),
+                    start_iter)
     else:
         load_finetune_weights(model, cfg.train.init_checkpoint)
         start_iter = 0
@@ -180,6 +212,7 @@ def main(args):
     cfg = load_config(args.config_file, args.opts)
     default_setup(cfg, args)
     setup_logger(cfg.train.output_dir, distributed_rank=comm.get_rank(), name="dfine")
+    logger.info(describe_processes())
 
     if args.eval_only:
         model = instantiate(cfg.model)

@@ -60,6 +60,11 @@ class EpochAwareSampler(Sampler):
     sample does not depend on the number of ranks or workers. An epoch is ``size / TB``
     iterations, possibly fractional: no sample is dropped at epoch ends and a batch may straddle
     two epochs.
+
+    With ``with_batch_epoch`` the items are ``(index, epoch, batch_epoch)``: ``batch_epoch`` is the
+    epoch of the global batch (that of its last sample), the same in every rank, so that batch-level
+    decisions (:class:`BatchCollate`) switch at the same iteration in every process even when a
+    rank's own part of a straddling batch lies wholly in the earlier epoch.
     """
 
     def __init__(
@@ -70,6 +75,7 @@ class EpochAwareSampler(Sampler):
         seed: Optional[int] = None,
         rank: Optional[int] = None,
         world_size: Optional[int] = None,
+        with_batch_epoch: bool = False,
     ):
         """
         Args:
@@ -78,6 +84,7 @@ class EpochAwareSampler(Sampler):
             shuffle: shuffle every epoch (else epochs are ``0..size-1`` in order).
             seed: shared by all ranks; ``None`` draws one shared random seed across ranks.
             rank, world_size: default to the current process group's.
+            with_batch_epoch: yield ``(index, epoch, batch_epoch)`` instead of ``(index, epoch)``.
         """
         if size <= 0:
             raise ValueError(f"EpochAwareSampler needs a non-empty data set, got size={size}.")
@@ -85,7 +92,9 @@ class EpochAwareSampler(Sampler):
         self._world_size = comm.get_world_size() if world_size is None else world_size
         if total_batch_size <= 0 or total_batch_size % self._world_size != 0:
             raise ValueError(
-                f"total_batch_size={total_batch_size} must be a positive multiple of world_size={self._world_size}."
+                f"total_batch_size={total_batch_size} must be a positive multiple of world_size={self._world_size}: "
+                f"each of the {self._world_size} processes takes an equal part of the batch "
+                "(dataloader.train.total_batch_size is the batch of all processes together)."
             )
         self._size = size
         self._total_batch_size = total_batch_size
@@ -94,6 +103,7 @@ class EpochAwareSampler(Sampler):
         self._seed = int(comm.shared_random_seed() if seed is None else seed)
         if self._seed < 0:
             raise ValueError(f"seed must be non-negative, got {seed}.")
+        self._with_batch_epoch = with_batch_epoch
         self._start_iter = 0
 
     @property
@@ -118,15 +128,17 @@ class EpochAwareSampler(Sampler):
             return np.arange(self._size)
         return np.random.default_rng([self._seed, epoch]).permutation(self._size)
 
-    def __iter__(self) -> Iterator[Tuple[int, int]]:
+    def __iter__(self) -> Iterator[Tuple[int, ...]]:
         epoch, order = -1, None
         for iteration in itertools.count(self._start_iter):
+            batch_epoch = ((iteration + 1) * self._total_batch_size - 1) // self._size
             start = iteration * self._total_batch_size + self._rank * self.batch_size
             for position in range(start, start + self.batch_size):
                 if position // self._size != epoch:
                     epoch = position // self._size
                     order = self.epoch_permutation(epoch)
-                yield int(order[position % self._size]), epoch
+                index = int(order[position % self._size])
+                yield (index, epoch, batch_epoch) if self._with_batch_epoch else (index, epoch)
 
 
 # Domain tags of the seeds drawn by `stream_rngs`, so a sample and a batch never share one.
@@ -154,7 +166,8 @@ class DetectionDataset(Dataset):
     """Map-style data set of Detectron2 dataset dicts whose items are indexed by ``(index, epoch)``.
 
     ``dataset[(i, e)]`` is ``mapper(copy of dicts[i], e)`` with ``"epoch": e`` and
-    ``"dataset_index": i`` added; a mapper with a ``dataset`` argument
+    ``"dataset_index": i`` added; ``dataset[(i, e, b)]`` adds ``"batch_epoch": b`` too (the epoch
+    of the global batch, from :class:`EpochAwareSampler`). A mapper with a ``dataset`` argument
     (:class:`~dfine.data.mapper.DetrDatasetMapper`, for Mosaic) also gets the sequence of all
     dicts. A plain integer index means epoch 0. With a ``seed``, the mapper draws inside
     ``stream_rngs`` keyed on ``(seed, e, i)`` (see the module docstring); without, from the RNGs
@@ -171,8 +184,8 @@ class DetectionDataset(Dataset):
     def __len__(self) -> int:
         return len(self._dicts)
 
-    def __getitem__(self, key: Union[int, Tuple[int, int]]) -> Dict:
-        index, epoch = key if isinstance(key, tuple) else (key, 0)
+    def __getitem__(self, key: Union[int, Tuple[int, ...]]) -> Dict:
+        index, epoch = key[:2] if isinstance(key, tuple) else (key, 0)
         rngs = contextlib.nullcontext() if self.seed is None else stream_rngs(self.seed, _SAMPLE_STREAM, epoch, index)
         with rngs:
             if self._mapper_takes_dataset:
@@ -181,6 +194,8 @@ class DetectionDataset(Dataset):
                 sample = self.mapper(self._dicts[index], epoch)
         sample["epoch"] = epoch
         sample["dataset_index"] = index
+        if isinstance(key, tuple) and len(key) == 3:
+            sample["batch_epoch"] = key[2]
         return sample
 
 
@@ -198,7 +213,9 @@ class BatchCollate:
     """Batch collate of the official ``BatchImageCollateFunction``: a list of mapped dicts, with
     batch MixUp or Copy-Blend and then the batch-level multi-scale resize.
 
-    The batch's epoch is the largest sample epoch in it. ``mixup`` (a
+    The batch's epoch is that of the global batch, over all processes: its samples'
+    ``"batch_epoch"`` (from :class:`EpochAwareSampler`), else the largest sample epoch in it (the
+    same in one process). ``mixup`` (a
     :class:`~dfine.data.dense_o2o.MixUp`, or ``None``) decides for itself from that epoch.
     ``copy_blend`` (a :class:`~dfine.data.dense_o2o.CopyBlend`, DEIMv2) switches to the draws of
     DEIMv2's collate: the blend weight first, then the MixUp coin (drawn also without MixUp, as
@@ -235,7 +252,7 @@ class BatchCollate:
             return self._collate(batch)
 
     def _collate(self, batch: List[Dict]) -> List[Dict]:
-        epoch = max(sample.get("epoch", 0) for sample in batch)
+        epoch = max(sample.get("batch_epoch", sample.get("epoch", 0)) for sample in batch)
         batch = self._dense_o2o(batch, epoch)
         if not self.scales or (self.stop_epoch is not None and epoch >= self.stop_epoch):
             return batch
@@ -327,7 +344,7 @@ def build_train_loader(
     ``loader.set_seed`` (:class:`TrainLoader`) save and restore the stream's seed.
     """
     dicts = _as_dataset_dicts(dataset)
-    sampler = EpochAwareSampler(len(dicts), total_batch_size, shuffle=True, seed=seed)
+    sampler = EpochAwareSampler(len(dicts), total_batch_size, shuffle=True, seed=seed, with_batch_epoch=True)
     dataset = DetectionDataset(dicts, mapper, seed=sampler.seed)
     logger.info(
         f"Train loader: {len(dataset)} images, batch {sampler.batch_size} per rank "
