@@ -366,7 +366,7 @@ def test_launch_checks_its_arguments_and_runs_one_process_in_place(monkeypatch):
 def test_resume_needs_the_checkpoint_of_rank_0_in_every_process(tmp_path, monkeypatch):
     """Rank 0 decides whether --resume resumes; a process that does not find rank 0's checkpoint
     (no shared output folder) is an error in every process, not a process that starts over."""
-    from dfine.engine import AtomicCheckpointer
+    from dfine.checkpoint import AtomicCheckpointer
 
     checkpointer = AtomicCheckpointer(torch.nn.Linear(1, 1), str(tmp_path))
     checkpointer.save("model_0000004")
