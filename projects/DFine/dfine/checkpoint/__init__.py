@@ -1,4 +1,12 @@
-"""Checkpoints: conversion of official weights, and loading weights to fine-tune with another number of classes."""
+"""Checkpoints: reading checkpoint files with checks, conversion of official weights, and loading weights to
+fine-tune with another number of classes."""
+from .files import (  # noqa: F401
+    CheckedLoading,
+    CheckpointFileError,
+    check_checkpoint_file,
+    find_resume_checkpoint,
+    read_checkpoint_file,
+)
 from .finetune import CLASS_DEPENDENT, FinetuneReport, finetune_state_dict, load_finetune_weights  # noqa: F401
 from .official import (  # noqa: F401
     CheckpointMismatchError,

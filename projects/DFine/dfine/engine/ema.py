@@ -12,6 +12,8 @@ from torch.nn.parallel import DataParallel, DistributedDataParallel
 from detectron2.checkpoint import DetectionCheckpointer
 from fvcore.common.checkpoint import _strip_prefix_if_present
 
+from ..checkpoint.files import CheckedLoading
+
 __all__ = ["ModelEMA", "unwrap_model", "load_ema_or_model_weights", "EMAFirstCheckpointer", "has_ema_weights"]
 
 
@@ -100,8 +102,9 @@ class ModelEMA:
         self.updates = int(state["updates"])
 
 
-class EMAFirstCheckpointer(DetectionCheckpointer):
-    """Reads ``checkpoint["ema"]["module"]`` as the model weights when the file has an EMA.
+class EMAFirstCheckpointer(CheckedLoading, DetectionCheckpointer):
+    """Reads ``checkpoint["ema"]["module"]`` as the model weights when the file has an EMA. A file
+    that is not a readable checkpoint is refused with its path (:class:`CheckedLoading`).
 
     With ``fit``, the weights (as detectron2 prepares them: arrays of .pkl files as tensors, DDP's
     "module." prefix removed) go through ``fit(state_dict)``, which returns the whole state dict
