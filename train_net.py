@@ -30,8 +30,8 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 from omegaconf import OmegaConf
 
-from dfine.checkpoint import load_finetune_weights
-from dfine.config import load_config
+from dfine.checkpoint import find_resume_checkpoint, load_finetune_weights
+from dfine.config import check_training_values, load_config
 from dfine.engine import (
     AtomicCheckpointer, EMAHook, ModelEMA, RNGStateHook, StageSwitchHook, Trainer, load_ema_or_model_weights,
     resolve_device,
@@ -107,6 +107,7 @@ def do_test(cfg, model):
 
 
 def do_train(args, cfg):
+    check_training_values(cfg, comm.get_world_size())
     device = resolve_device(cfg.train.device)
     model = instantiate(cfg.model)
     logger.info("Model:\n%s", model)
@@ -166,12 +167,14 @@ def do_train(args, cfg):
             hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if comm.is_main_process() else None,
         ]
     )
-    if args.resume and checkpointer.has_checkpoint():
-        # Everything the last checkpoint holds: weights, EMA, optimizer, scaler, hook states (the
+    # The last checkpoint, or the newest readable one when it is damaged (with a warning).
+    resume_from = find_resume_checkpoint(cfg.train.output_dir) if args.resume else None
+    if resume_from:
+        # Everything the checkpoint holds: weights, EMA, optimizer, scaler, hook states (the
         # hooks are registered first for that: LR scheduler, stage switch, RNG states) and the
         # iteration that had just finished. The data stream restarts at the next iteration's
         # samples (Trainer), whose augmentations are seeded by their stream position.
-        checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=True)
+        checkpointer.load(resume_from)
         start_iter = trainer.iter + 1
     else:
         load_finetune_weights(model, cfg.train.init_checkpoint)
