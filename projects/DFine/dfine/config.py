@@ -30,7 +30,6 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 __all__ = ["ConfigError", "apply_overrides", "check_training_values", "load_config"]
 
 
-
 class ConfigError(ValueError):
     """A config file, override or value that cannot be used; the message names the file or key."""
 

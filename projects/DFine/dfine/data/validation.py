@@ -111,7 +111,7 @@ def read_json(path: str) -> Any:
             "(a full disk, an interrupted copy or download)."
         )
         raise DatasetError(
-            f"{path} is not valid json: {e.msg} at line {e.lineno}, column {e.colno} (character {e.pos}), "
+            f"{path} is not valid json: {e.msg}: line {e.lineno}, column {e.colno} (character {e.pos}), "
             f"near {excerpt!r}.{cut}"
         ) from None
 
