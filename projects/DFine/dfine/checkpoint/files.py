@@ -92,6 +92,8 @@ def read_checkpoint_file(path: str, load: Callable[[str], Any]) -> Any:
     looks_like = check_checkpoint_file(path)
     try:
         return load(path)
+    except MemoryError:  # the machine, not the file
+        raise
     except Exception as e:  # whatever the unpickler raises: the file is the culprit
         # torch's safe loader names the class it refuses; a torch class means a damaged stream instead.
         unsafe = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
