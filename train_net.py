@@ -36,8 +36,8 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 from omegaconf import OmegaConf
 
-from dfine.checkpoint import AtomicCheckpointer, load_ema_or_model_weights, load_finetune_weights
-from dfine.config import load_config
+from dfine.checkpoint import AtomicCheckpointer, find_resume_checkpoint, load_ema_or_model_weights, load_finetune_weights
+from dfine.config import check_training_values, load_config
 from dfine.engine import EMAHook, ModelEMA, RNGStateHook, StageSwitchHook, Trainer, resolve_device
 from dfine.engine.launch import describe_processes, launch
 
@@ -101,27 +101,28 @@ def load_initial_weights(model, path: str) -> None:
         logger.info("Loaded the %s weights of %s.", weights, path)
 
 
-def has_checkpoint_to_resume(checkpointer) -> bool:
-    """Whether ``--resume`` resumes: rank 0 decides by the checkpoint it finds in the output folder,
-    and every process must find the same one, since each loads it (a process that started over
-    instead would train other weights from another iteration, or wait for the others forever).
+def checkpoint_to_resume(output_dir: str):
+    """The checkpoint ``--resume`` continues from (:func:`dfine.checkpoint.find_resume_checkpoint`),
+    or None: rank 0 decides by what it finds in the output folder, and every process must find the
+    same file, since each loads it (a process that started over instead would train other weights
+    from another iteration, or wait for the others forever).
 
     Raises:
         RuntimeError: rank 0 has a checkpoint that another process does not see (its output folder
             is not on a file system that all machines share).
     """
-    found = checkpointer.get_checkpoint_file() if checkpointer.has_checkpoint() else None
+    found = find_resume_checkpoint(output_dir)
     if comm.get_world_size() == 1:
-        return found is not None
+        return found
     everyone = comm.all_gather(found)
     if everyone[0] is None:
-        return False
+        return None
     others = ", ".join(f"rank {rank}: {path or 'none'}" for rank, path in enumerate(everyone) if path != everyone[0])
     if others:
         raise RuntimeError(
             f"--resume: rank 0 resumes from {everyone[0]}, but other processes find another last checkpoint "
             f"({others}). train.output_dir must be a folder that all machines share: rank 0 alone writes checkpoints.")
-    return True
+    return found
 
 
 def do_test(cfg, model):
@@ -134,6 +135,7 @@ def do_test(cfg, model):
 
 
 def do_train(args, cfg):
+    check_training_values(cfg, comm.get_world_size())
     device = resolve_device(cfg.train.device)
     model = instantiate(cfg.model)
     logger.info("Model:\n%s", model)
@@ -193,15 +195,16 @@ def do_train(args, cfg):
             hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if comm.is_main_process() else None,
         ]
     )
-    if args.resume and has_checkpoint_to_resume(checkpointer):
-        # Everything the last checkpoint holds: weights, EMA, optimizer, scaler, hook states (the
+    # The last checkpoint, or the newest readable one when it is damaged (with a warning).
+    resume_from = checkpoint_to_resume(cfg.train.output_dir) if args.resume else None
+    if resume_from:
+        # Everything the checkpoint holds: weights, EMA, optimizer, scaler, hook states (the
         # hooks are registered first for that: LR scheduler, stage switch, RNG states) and the
         # iteration that had just finished. The data stream restarts at the next iteration's
         # samples (Trainer), whose augmentations are seeded by their stream position.
-        checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=True)
+        checkpointer.load(resume_from)
         start_iter = trainer.iter + 1
-        logger.info("Resumed from %s: training continues at iteration %d.", checkpointer.get_checkpoint_file(),
-                    start_iter)
+        logger.info("Resumed from %s: training continues at iteration %d.", resume_from, start_iter)
     else:
         load_finetune_weights(model, cfg.train.init_checkpoint)
         start_iter = 0

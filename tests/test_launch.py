@@ -145,7 +145,7 @@ def runs(tiny_coco, tmp_path_factory):
     root = tmp_path_factory.mktemp("launch")
     config = root / "toy_tiny.py"
     datasets = [(getattr(tiny_coco, split), *toy_shapes_paths(tiny_coco.root, split)) for split in ("train", "val")]
-    model_overrides = [o for o in TINY_MODEL if "num_denoising" not in o] + ["model.decoder.num_denoising=0"]
+    model_overrides = [o for o in TINY_MODEL if "num_denoising" not in o] + ["model.decoder.denoising.num_denoising=0"]
     config.write_text(CONFIG.format(datasets=datasets, toy_config=str(ROOT / "configs/quickstart/rtdetrv2_r18_toy.py"),
                                     model_overrides=model_overrides))
     dirs = SimpleNamespace(single=root / "single", machines=root / "machines", torchrun=root / "torchrun")
@@ -375,9 +375,9 @@ def test_resume_needs_the_checkpoint_of_rank_0_in_every_process(tmp_path, monkey
     for found_by_rank_1, resumes in ((path, True), (None, "error")):
         monkeypatch.setattr(train_net.comm, "all_gather", lambda found: [found, found_by_rank_1])
         if resumes is True:
-            assert train_net.has_checkpoint_to_resume(checkpointer)
+            assert train_net.checkpoint_to_resume(str(tmp_path)) == path
         else:
             with pytest.raises(RuntimeError, match=r"rank 0 resumes from .*model_0000004.pth.*rank 1: none.*share"):
-                train_net.has_checkpoint_to_resume(checkpointer)
+                train_net.checkpoint_to_resume(str(tmp_path))
     monkeypatch.setattr(train_net.comm, "all_gather", lambda found: [None, path])
-    assert not train_net.has_checkpoint_to_resume(checkpointer), "rank 0 has no checkpoint: every process starts"
+    assert train_net.checkpoint_to_resume(str(tmp_path)) is None, "rank 0 has no checkpoint: every process starts"

@@ -22,12 +22,12 @@ as the official code starts DEIMv2 Atto / Femto / Pico from B0::
 import argparse
 import collections
 import logging
-import pickle
 import sys
 
 import torch
 from detectron2.config import instantiate
 
+from dfine.checkpoint import CheckpointFileError, read_checkpoint_file
 from dfine.checkpoint.official import (
     CheckpointMismatchError,
     convert_backbone_state_dict,
@@ -38,6 +38,13 @@ from dfine.config import load_config
 
 
 OFFICIAL_CHECKPOINT_GLOBALS = [collections.Counter]
+
+
+def load_official_file(path: str):
+    """The official file, never unpickled as arbitrary objects: torch's safe loader, plus the plain
+    classes official training checkpoints hold besides tensors (the LR scheduler's Counter)."""
+    with torch.serialization.safe_globals(OFFICIAL_CHECKPOINT_GLOBALS):
+        return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def main(argv=None):
@@ -55,16 +62,11 @@ def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     cfg = load_config(args.config_file, args.opts)
-    model = instantiate(cfg.model)
-    # Never unpickled as arbitrary objects: the safe loader, plus the plain classes official
-    # training checkpoints hold besides tensors (the LR scheduler's Counter of milestones).
     try:
-        with torch.serialization.safe_globals(OFFICIAL_CHECKPOINT_GLOBALS):
-            checkpoint = torch.load(args.official, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        sys.exit(f"{args.official} holds objects other than tensors, which are not unpickled for safety "
-                 f"({str(e).splitlines()[0]}). Save its ['ema']['module'] (or ['model']) state dict alone, "
-                 "in a trusted environment, and convert that file.")
+        checkpoint = read_checkpoint_file(args.official, load_official_file)
+    except CheckpointFileError as e:  # a file that is not a checkpoint, as every tool reports it
+        sys.exit(str(e))
+    model = instantiate(cfg.model)
     try:
         if args.backbone:
             state_dict, prefix, skipped = convert_backbone_state_dict(

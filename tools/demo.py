@@ -30,22 +30,25 @@ import numpy as np
 from detectron2.utils.logger import setup_logger
 from detectron2.utils.visualizer import Visualizer
 
-from dfine.data.mapper import read_rgb_image
+from dfine.data.mapper import missing_image_error, read_rgb_image
+from dfine.data.validation import IMAGE_EXTENSIONS
 from dfine.engine import Predictor
 
 logger = logging.getLogger("dfine.demo")
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
 
 
 def list_images(input_path: str) -> List[str]:
-    """The image files of a folder (sorted), a single file, or the matches of a glob pattern."""
+    """The image files of a folder (sorted), a single file, or the matches of a glob pattern. A
+    path that is neither a file, a folder nor a pattern gets the predictor's missing-image error."""
     path = os.path.expanduser(input_path)
     if os.path.isdir(path):
         files = sorted(os.path.join(path, f) for f in os.listdir(path) if f.lower().endswith(IMAGE_EXTENSIONS))
     elif os.path.isfile(path):
         files = [path]
+    elif not any(c in path for c in "*?["):
+        raise missing_image_error(input_path)
     else:
         files = sorted(f for f in glob.glob(path) if os.path.isfile(f))
     if not files:
@@ -170,6 +173,9 @@ def main(argv=None) -> Dict:
     setup_logger(name="dfine")
     setup_logger(name="fvcore")
 
+    input_path = os.path.expanduser(args.input)
+    is_video = os.path.isfile(input_path) and input_path.lower().endswith(VIDEO_EXTENSIONS)
+    files = None if is_video else list_images(args.input)  # a wrong --input stops before the model is built
     predictor = Predictor(
         args.config_file, weights=args.weights, overrides=args.opts, device=args.device,
         score_threshold=args.score_threshold, batch_size=args.batch_size, array_format="RGB",
@@ -181,11 +187,10 @@ def main(argv=None) -> Dict:
         "score_threshold": args.score_threshold,
         "class_names": predictor.class_names,
     }
-    input_path = os.path.expanduser(args.input)
-    if os.path.isfile(input_path) and input_path.lower().endswith(VIDEO_EXTENSIONS):
+    if is_video:
         result.update(run_on_video(predictor, input_path, args.output))
     else:
-        result["images"] = run_on_images(predictor, list_images(args.input), args.output)
+        result["images"] = run_on_images(predictor, files, args.output)
     json_file = os.path.join(args.output, "detections.json")
     with open(json_file, "w") as f:
         json.dump(result, f)

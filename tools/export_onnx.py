@@ -90,6 +90,8 @@ def main(argv=None) -> int:
     if args.size is not None and len(args.size) > 2:
         parser.error(f"--size is H or H,W, got {args.size}")
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    for file in args.check_image:  # a missing or undecodable image stops the tool before the export
+        read_rgb_image(file)
 
     cfg = load_config(args.config_file, args.opts)
     size = export_size(cfg, args.size)

@@ -15,6 +15,8 @@ from typing import Any, Callable, IO
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
+from .files import CheckedLoading
+
 __all__ = ["AtomicCheckpointer", "atomic_write"]
 
 
@@ -48,10 +50,11 @@ def atomic_write(path: str, write: Callable[[IO[bytes]], Any]) -> None:
         os.close(folder_fd)
 
 
-class AtomicCheckpointer(DetectionCheckpointer):
+class AtomicCheckpointer(CheckedLoading, DetectionCheckpointer):
     """``DetectionCheckpointer`` whose checkpoint files and ``last_checkpoint`` tag are written
-    with :func:`atomic_write`. Loading is unchanged. A ``save_dir`` that is not a local folder
-    (an ``iopath`` URL) is written by ``DetectionCheckpointer`` as before."""
+    with :func:`atomic_write`. A ``save_dir`` that is not a local folder (an ``iopath`` URL) is
+    written by ``DetectionCheckpointer`` as before. Loading refuses a file that is not a readable
+    checkpoint, naming it (:class:`CheckedLoading`)."""
 
     def save(self, name: str, **kwargs: Any) -> None:
         if not self._saves_locally():

@@ -6,13 +6,15 @@ from detectron2.checkpoint import DetectionCheckpointer
 from fvcore.common.checkpoint import _strip_prefix_if_present
 from torch import nn
 
+from .files import CheckedLoading
 from .official import CheckpointMismatchError, convert_official_state_dict
 
 __all__ = ["EMAFirstCheckpointer", "has_ema_weights", "load_ema_or_model_weights"]
 
 
-class EMAFirstCheckpointer(DetectionCheckpointer):
-    """Reads ``checkpoint["ema"]["module"]`` as the model weights when the file has an EMA.
+class EMAFirstCheckpointer(CheckedLoading, DetectionCheckpointer):
+    """Reads ``checkpoint["ema"]["module"]`` as the model weights when the file has an EMA. A file
+    that is not a readable checkpoint is refused with its path (:class:`CheckedLoading`).
 
     With ``fit``, the weights (as detectron2 prepares them: arrays of .pkl files as tensors, DDP's
     "module." prefix removed) go through ``fit(state_dict)``, which returns the whole state dict

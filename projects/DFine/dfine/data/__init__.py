@@ -1,10 +1,10 @@
-"""Data: dataset registration (COCO json, YOLO folders) and loading with checks, RT-DETR
+"""Data: dataset registration (COCO json, YOLO folders) and loading with checks (validation), RT-DETR
 augmentations, DEIM Dense O2O (Mosaic, MixUp, DEIMv2's CopyBlend), epoch-aware mapper and loaders.
 
 Importing this package registers the generated toy data set as ``toy_shapes_train`` and
 ``toy_shapes_val`` (files are generated on first load).
 """
-from .datasets import load_dataset_dicts, register_coco_dataset, remove_degenerate_boxes, validate_category_ids
+from .datasets import load_dataset_dicts, register_coco_dataset, remove_degenerate_boxes
 from .dense_o2o import CopyBlend, MixUp, Mosaic
 from .loader import (
     BatchCollate,
@@ -24,6 +24,7 @@ from .transforms import (
     SanitizeBoxes,
     rtdetr_train_augmentations,
 )
+from .validation import DatasetError, check_coco_json, check_dataset_dicts
 from .yolo import export_yolo_dataset, register_yolo_dataset
 
 register_toy_shapes()
@@ -34,7 +35,9 @@ __all__ = [
     "register_yolo_dataset",
     "export_yolo_dataset",
     "remove_degenerate_boxes",
-    "validate_category_ids",
+    "DatasetError",
+    "check_coco_json",
+    "check_dataset_dicts",
     "DetectionDataset",
     "EpochAwareSampler",
     "TrainLoader",

@@ -5,16 +5,15 @@ files under ``$DETECTRON2_DATASETS`` (default ``./datasets``); :func:`register_c
 registers any other COCO-format json (YOLO folders: :mod:`dfine.data.yolo`).
 :func:`load_dataset_dicts` loads registered data sets in Detectron2's dataset-dict format (boxes
 in ``bbox`` with ``bbox_mode``, contiguous ``category_id`` in ``0..K-1``) and fails early, with a
-message naming the file or the annotation, where a training run would otherwise fail late (a
-missing file) or silently (a category id outside ``0..K-1``, which detectron2 0.6 does not
-check). It logs, per data set, the category mapping, the number of background images (kept by
-default) and the number of degenerate boxes it removed.
+message naming the file, the image or annotation and the field, where a training run would
+otherwise fail late (a missing file, a json cut short, a bbox of three numbers) or silently (two
+images with one id, a category id outside ``0..K-1``): see :mod:`dfine.data.validation`. It logs,
+per data set, the category mapping and one summary line: images, background images (kept by
+default), boxes, and what was dropped and why.
 """
 import itertools
-import json
 import logging
 import math
-import numbers
 import os
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -22,12 +21,13 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
 from detectron2.structures import BoxMode
 
+from .validation import DatasetError, Dropped, check_coco_json, check_dataset_dicts, find_orphan_label_files
+
 __all__ = [
     "is_registered_with",
     "load_dataset_dicts",
     "register_coco_dataset",
     "remove_degenerate_boxes",
-    "validate_category_ids",
 ]
 
 logger = logging.getLogger(__name__)
@@ -50,9 +50,11 @@ def register_coco_dataset(
     detectron2's ``load_coco_json`` maps them, in increasing order, to the contiguous classes
     ``0..K-1`` and stores the map as the ``thing_dataset_id_to_contiguous_id`` metadata (with
     ``thing_classes`` in the same order), which :class:`~detectron2.evaluation.COCOEvaluator`
-    uses to write predictions with the json's ids. :func:`load_dataset_dicts` logs the map; an
-    annotation whose ``category_id`` is not among the json's ``categories`` is an error naming
-    the file, the annotation id, the image and the category id.
+    uses to write predictions with the json's ids. :func:`load_dataset_dicts` checks the json
+    (:func:`~dfine.data.validation.check_coco_json`) and logs the map; an annotation whose
+    ``category_id`` is not among the json's ``categories`` is an error naming the file, the
+    annotation id, the image and the category id. The annotations keep their json ``id``, so
+    that messages can name them.
 
     detectron2 0.6's ``register_coco_instances`` raises on a second registration, which breaks
     re-imports and notebooks; re-registering a name with *different* files is still an error here.
@@ -72,7 +74,7 @@ def register_coco_dataset(
     def load() -> List[Dict]:
         if prepare is not None:
             prepare()
-        return load_coco_json(json_file, image_root, name)
+        return load_coco_json(json_file, image_root, name, extra_annotation_keys=["id"])
 
     DatasetCatalog.register(name, load)
     MetadataCatalog.get(name).set(
@@ -95,11 +97,12 @@ def is_registered_with(name: str, **paths: Union[str, os.PathLike]) -> bool:
 
 
 def load_dataset_dicts(names: Union[str, Sequence[str]], filter_empty: bool = False) -> List[Dict]:
-    """Load and concatenate registered data sets, with checks.
+    """Load and concatenate registered data sets, with checks (:mod:`dfine.data.validation`).
 
-    Per data set, logs the map from dataset category ids to contiguous classes and how many
-    images have no annotations, and removes (counting them in the log) the boxes that cannot be
-    a training target (:func:`remove_degenerate_boxes`).
+    Per data set, checks its files (a COCO json, a YOLO folder) and its dataset dicts, logs the map
+    from dataset category ids to contiguous classes, removes the boxes that cannot be a training
+    target (:func:`remove_degenerate_boxes`), and logs one summary line: images, background
+    images, boxes, and what was dropped and why, with examples.
 
     Args:
         names: one registered data set name or several (their ``thing_classes`` must agree).
@@ -113,9 +116,10 @@ def load_dataset_dicts(names: Union[str, Sequence[str]], filter_empty: bool = Fa
     Raises:
         FileNotFoundError: naming the expected json file and image folder (and
             ``$DETECTRON2_DATASETS``) when the data set's files are missing.
-        ValueError: naming the data set, file and annotation when a ``category_id`` lies outside
-            ``0..K-1`` for the ``K`` classes of its metadata; naming the data set when it has no
-            images (or none is left by ``filter_empty``).
+        DatasetError: (a ValueError) naming the data set, file, image or annotation and field of
+            every problem that stops loading (see :mod:`dfine.data.validation`), e.g. a
+            ``category_id`` outside ``0..K-1`` for the ``K`` classes of its metadata; naming the
+            data set when it has no images (or none is left by ``filter_empty``).
     """
     if isinstance(names, str):
         names = [names]
@@ -140,23 +144,7 @@ def load_dataset_dicts(names: Union[str, Sequence[str]], filter_empty: bool = Fa
     return dataset_dicts
 
 
-def validate_category_ids(dataset_dicts: List[Dict], num_classes: int, dataset_name: str, source: str = "") -> None:
-    """Raise a ValueError naming the annotation whose ``category_id`` is not an int in ``[0, num_classes)``."""
-    for record in dataset_dicts:
-        for k, ann in enumerate(record.get("annotations", [])):
-            category_id = ann.get("category_id")
-            if not isinstance(category_id, numbers.Integral) or not 0 <= category_id < num_classes:
-                where = f" (file {source})" if source else ""
-                ann_id = f", annotation id {ann['id']}" if "id" in ann else ""
-                raise ValueError(
-                    f"Dataset '{dataset_name}'{where}: annotation #{k}{ann_id} of image "
-                    f"'{record.get('file_name')}' (image_id={record.get('image_id')}, bbox={ann.get('bbox')}) "
-                    f"has category_id={category_id!r}, outside the contiguous range [0, {num_classes}) "
-                    f"of its {num_classes} thing_classes."
-                )
-
-
-def remove_degenerate_boxes(dataset_dicts: List[Dict]) -> Tuple[List[Dict], int, int]:
+def remove_degenerate_boxes(dataset_dicts: List[Dict]) -> Tuple[List[Dict], Dropped, int]:
     """Remove the non-crowd annotations whose box cannot be a training target: a coordinate that
     is not finite, or no area inside the image (zero or negative width or height once clipped to
     the image; without ``height``/``width`` in the dict, before clipping).
@@ -165,21 +153,24 @@ def remove_degenerate_boxes(dataset_dicts: List[Dict]) -> Tuple[List[Dict], int,
     Records that lose an annotation are copied; ``dataset_dicts`` is not modified.
 
     Returns:
-        ``(dataset dicts, number of boxes removed, number of boxes extending beyond the image)``.
+        ``(dataset dicts, the removed boxes (count and examples), number of boxes extending beyond
+        the image)``.
     """
-    out, removed, beyond, tol = [], 0, 0, BORDER_TOLERANCE
+    out, beyond, tol = [], 0, BORDER_TOLERANCE
+    removed = Dropped("degenerate boxes")
     for record in dataset_dicts:
         annotations = record.get("annotations") or []
         height, width = record.get("height", math.inf), record.get("width", math.inf)
         kept = []
-        for ann in annotations:
+        for k, ann in enumerate(annotations):
             if ann.get("iscrowd", 0):
                 kept.append(ann)
                 continue
             x1, y1, x2, y2 = _xyxy(ann["bbox"], ann["bbox_mode"])
             finite = all(math.isfinite(v) for v in (x1, y1, x2, y2))
             if not finite or min(x2, width) <= max(x1, 0) or min(y2, height) <= max(y1, 0):
-                removed += 1
+                name = f"annotation id {ann['id']}" if "id" in ann else f"annotation #{k}"
+                removed.add(f"{name} of image_id {record.get('image_id')}: bbox {list(ann['bbox'])}")
                 continue
             beyond += int(x1 < -tol or y1 < -tol or x2 > width + tol or y2 > height + tol)
             kept.append(ann)
@@ -220,22 +211,24 @@ def _load_one(name: str) -> List[Dict]:
         raise KeyError(f"Dataset '{name}' is not registered. Registered: {', '.join(sorted(DatasetCatalog.list()))}")
     metadata = MetadataCatalog.get(name)
     json_file, image_root = metadata.get("json_file"), metadata.get("image_root")
+    # The files are checked before Detectron2 reads them, unless they do not exist yet (a data
+    # set generated on first load): then right after.
+    dropped = _check_files(name, metadata)
     try:
         dataset_dicts = DatasetCatalog.get(name)
     except FileNotFoundError as e:
         if json_file is None:  # not a COCO json data set (e.g. a YOLO folder): its own message
             raise
         raise FileNotFoundError(_missing_files_message(name, json_file, image_root)) from e
-    except KeyError as e:
-        # load_coco_json's error for an annotation whose category is not in 'categories'.
-        raise ValueError(_unknown_category_message(name, json_file, e)) from e
+    if dropped is None:
+        dropped = _check_files(name, metadata) or []
     if not dataset_dicts:
         where = f" (json_file={json_file!r}, image_root={image_root!r})" if json_file else ""
-        raise ValueError(f"Dataset '{name}'{where} has no images; training and evaluation need at least one.")
+        raise DatasetError(f"Dataset '{name}'{where} has no images; training and evaluation need at least one.")
     thing_classes = metadata.get("thing_classes")
     if thing_classes is None:
-        raise ValueError(f"Dataset '{name}' has no 'thing_classes' in its metadata; cannot check category ids.")
-    validate_category_ids(dataset_dicts, len(thing_classes), name, json_file or "")
+        raise DatasetError(f"Dataset '{name}' has no 'thing_classes' in its metadata; cannot check category ids.")
+    check_dataset_dicts(dataset_dicts, len(thing_classes), name, json_file or "")
     _log_classes(name, metadata)
 
     # Checking one image catches a missing or misplaced image folder without touching them all.
@@ -245,37 +238,32 @@ def _load_one(name: str) -> List[Dict]:
             f"Dataset '{name}': image {first!r} does not exist. " + _missing_files_message(name, json_file, image_root)
         )
 
-    dataset_dicts, removed, beyond = remove_degenerate_boxes(dataset_dicts)
+    dataset_dicts, degenerate, beyond = remove_degenerate_boxes(dataset_dicts)
     num_boxes = sum(1 for d in dataset_dicts for a in d.get("annotations", []) if not a.get("iscrowd", 0))
     num_background = sum(1 for d in dataset_dicts if _is_background(d))
+    examples = f"; e.g. {'; '.join(degenerate.examples)}" if degenerate.examples else ""
+    dropped_files = "".join(f" Dropped {d}." for d in dropped if d.count)
     logger.log(
-        logging.WARNING if removed else logging.INFO,
+        logging.WARNING if degenerate.count or dropped_files else logging.INFO,
         f"Dataset '{name}': {len(dataset_dicts)} images, {num_background} of them without annotations (kept as "
-        f"background images unless filter_empty=True); {num_boxes} boxes, after removing {removed} degenerate "
-        f"boxes (not finite, or no area inside the image); {beyond} boxes extend beyond the image and are clipped.",
+        f"background images unless filter_empty=True); {num_boxes} boxes, after removing "
+        f"{degenerate.count} degenerate boxes (not finite, or no area inside the image{examples}); {beyond} boxes "
+        f"extend beyond the image and are clipped.{dropped_files}",
     )
     return dataset_dicts
 
 
-def _unknown_category_message(name: str, json_file: Optional[str], error: KeyError) -> str:
-    """The error for a COCO json annotation whose category is not among the json's categories,
-    naming the annotation and its image (read from the json again: this is the error path)."""
-    prefix = f"Dataset '{name}' (file {json_file})"
-    try:
-        with open(json_file) as f:
-            data = json.load(f)
-    except (OSError, TypeError, ValueError):
-        return f"{prefix}: {error.args[0] if error.args else error}"
-    known = sorted(c["id"] for c in data.get("categories", []))
-    file_names = {image["id"]: image.get("file_name") for image in data.get("images", [])}
-    for ann in data.get("annotations", []):
-        if ann.get("category_id") not in known and ann.get("image_id") in file_names:
-            return (
-                f"{prefix}: annotation id {ann.get('id')} of image id {ann['image_id']} "
-                f"({file_names[ann['image_id']]!r}) has category_id={ann['category_id']!r}, which is not among "
-                f"the category ids {known} of the json's 'categories'."
-            )
-    return f"{prefix}: {error.args[0] if error.args else error}"
+def _check_files(name: str, metadata) -> Optional[List[Dropped]]:
+    """Check the files of a COCO json or YOLO folder data set (:mod:`dfine.data.validation`):
+    what loading them drops, ``[]`` for other data sets, ``None`` when they do not exist (yet)."""
+    json_file, label_root = metadata.get("json_file"), metadata.get("label_root")
+    if metadata.get("evaluator_type") == "coco" and json_file:
+        return [check_coco_json(json_file, name)] if os.path.isfile(json_file) else None
+    if label_root:
+        image_root = metadata.get("image_root")
+        exists = os.path.isdir(image_root) and os.path.isdir(label_root)
+        return [find_orphan_label_files(image_root, label_root)] if exists else None
+    return []
 
 
 def _missing_files_message(name: str, json_file: Optional[str], image_root: Optional[str]) -> str:

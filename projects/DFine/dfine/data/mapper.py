@@ -16,7 +16,7 @@ from detectron2.utils.file_io import PathManager
 from .dense_o2o import Mosaic, Sample
 from .transforms import SanitizeBoxes, clip_boxes, rtdetr_train_augmentations, valid_boxes
 
-__all__ = ["DetrDatasetMapper", "policy_for_epoch"]
+__all__ = ["DetrDatasetMapper", "missing_image_error", "policy_for_epoch", "read_rgb_image"]
 
 logger = logging.getLogger(__name__)
 
@@ -237,12 +237,18 @@ def read_rgb_image(file_name: str) -> np.ndarray:
         with PathManager.open(file_name, "rb") as f:
             rgb = pil_to_rgb(Image.open(f))
     except FileNotFoundError as e:
-        raise FileNotFoundError(f"Image file {file_name!r} does not exist.") from e
+        raise missing_image_error(file_name) from e
     except (OSError, ValueError, SyntaxError) as e:
         raise OSError(f"Cannot decode image file {file_name!r}: {e}") from e
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
         raise OSError(f"Image file {file_name!r} decoded to {rgb.dtype} {rgb.shape}, not 8-bit RGB.")
     return rgb
+
+
+def missing_image_error(file_name: str) -> FileNotFoundError:
+    """The error for an image path that does not exist, the same wherever an image is read (data
+    sets, the predictor, the tools)."""
+    return FileNotFoundError(f"Image file {file_name!r} does not exist.")
 
 
 def pil_to_rgb(image: Image.Image) -> np.ndarray:

@@ -25,12 +25,12 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
 
 from .datasets import is_registered_with, load_dataset_dicts
+from .validation import IMAGE_EXTENSIONS, DatasetError
 
 __all__ = ["IMAGE_EXTENSIONS", "export_yolo_dataset", "load_yolo_dataset", "read_class_names", "register_yolo_dataset"]
 
 logger = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".bmp", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp")
 CLASS_NAME_FILES = ("data.yaml", "dataset.yaml", "classes.txt")
 # EXIF orientations that swap width and height (transpose, rotate 90/270, transverse).
 _TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)
@@ -94,13 +94,17 @@ def read_class_names(path: str) -> List[str]:
         if not path.endswith((".yaml", ".yml")):
             names = [line.strip() for line in f if line.strip()]
         else:
-            names = (yaml.safe_load(f) or {}).get("names")
+            try:
+                content = yaml.safe_load(f)
+            except yaml.YAMLError as e:
+                raise DatasetError(f"{path} is not valid YAML: {e}") from None
+            names = content.get("names") if isinstance(content, dict) else None
             if isinstance(names, dict):
                 if sorted(names) != list(range(len(names))):
-                    raise ValueError(f"{path}: the keys of 'names' must be the class ids 0..K-1, got {sorted(names)}.")
+                    raise DatasetError(f"{path}: the keys of 'names' must be the class ids 0..K-1, got {sorted(names)}.")
                 names = [names[i] for i in range(len(names))]
     if not isinstance(names, list) or not names:
-        raise ValueError(f"{path} holds no class names (a yaml file needs a non-empty 'names' list or dict).")
+        raise DatasetError(f"{path} holds no class names (a yaml file needs a non-empty 'names' list or dict).")
     return [str(n) for n in names]
 
 
@@ -110,8 +114,8 @@ def load_yolo_dataset(image_root: str, label_root: str, class_names: Sequence[st
 
     Raises:
         FileNotFoundError: when either folder is missing or ``image_root`` holds no image.
-        ValueError: naming the label file and line of a malformed line or of a class id
-            outside ``0..len(class_names)-1``.
+        DatasetError: (a ValueError) naming the label file and line of a malformed line or of a
+            class id outside ``0..len(class_names)-1``, or a label file that is not text.
     """
     for kind, folder in (("image", image_root), ("label", label_root)):
         if not os.path.isdir(folder):
@@ -158,38 +162,42 @@ def image_size(file_name: str) -> Tuple[int, int]:
 
 def read_label_file(label_file: str, width: int, height: int, class_names: Sequence[str]) -> List[Dict]:
     """The annotations of one label file, with absolute XYXY boxes in a ``width x height`` image."""
+    try:
+        with open(label_file, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except UnicodeDecodeError as e:
+        raise DatasetError(
+            f"Label file {label_file!r} is not text (byte {e.start} is not UTF-8): expected lines 'class cx cy w h'."
+        ) from None
     annotations = []
-    with open(label_file) as f:
-        for line_number, line in enumerate(f, 1):
-            fields = line.split()
-            if not fields:
-                continue
-            where = f"Label file {label_file!r}, line {line_number}"
-            is_polygon = len(fields) >= 7 and len(fields) % 2 == 1
-            try:
-                values = [float(v) for v in fields]
-            except ValueError:
-                values = None
-            if values is None or not (len(fields) == 5 or is_polygon):
-                raise ValueError(
-                    f"{where}: expected 'class cx cy w h' (or a polygon 'class x1 y1 x2 y2 x3 y3 ...'), "
-                    f"got {line.strip()!r}."
-                )
-            class_id = values[0]
-            if not class_id.is_integer() or not 0 <= class_id < len(class_names):
-                raise ValueError(
-                    f"{where}: class id {fields[0]!r} is not one of the {len(class_names)} class ids "
-                    f"0..{len(class_names) - 1} ({', '.join(class_names)})."
-                )
-            if is_polygon:
-                xs, ys = values[1::2], values[2::2]
-                box = [min(xs) * width, min(ys) * height, max(xs) * width, max(ys) * height]
-            else:
-                cx, cy, w, h = values[1:]
-                box = [(cx - w / 2) * width, (cy - h / 2) * height, (cx + w / 2) * width, (cy + h / 2) * height]
-            annotations.append(
-                {"bbox": box, "bbox_mode": BoxMode.XYXY_ABS, "category_id": int(class_id), "iscrowd": 0}
+    for line_number, line in enumerate(lines, 1):
+        fields = line.split()
+        if not fields:
+            continue
+        where = f"Label file {label_file!r}, line {line_number}"
+        is_polygon = len(fields) >= 7 and len(fields) % 2 == 1
+        try:
+            values = [float(v) for v in fields]
+        except ValueError:
+            values = None
+        if values is None or not (len(fields) == 5 or is_polygon):
+            raise DatasetError(
+                f"{where}: expected 'class cx cy w h' (or a polygon 'class x1 y1 x2 y2 x3 y3 ...'), "
+                f"got {line.strip()!r}."
             )
+        class_id = values[0]
+        if not class_id.is_integer() or not 0 <= class_id < len(class_names):
+            raise DatasetError(
+                f"{where}: class id {fields[0]!r} is not one of the {len(class_names)} class ids "
+                f"0..{len(class_names) - 1} ({', '.join(class_names)})."
+            )
+        if is_polygon:
+            xs, ys = values[1::2], values[2::2]
+            box = [min(xs) * width, min(ys) * height, max(xs) * width, max(ys) * height]
+        else:
+            cx, cy, w, h = values[1:]
+            box = [(cx - w / 2) * width, (cy - h / 2) * height, (cx + w / 2) * width, (cy + h / 2) * height]
+        annotations.append({"bbox": box, "bbox_mode": BoxMode.XYXY_ABS, "category_id": int(class_id), "iscrowd": 0})
     return annotations
 
 

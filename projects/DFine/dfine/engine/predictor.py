@@ -8,13 +8,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from detectron2.config import LazyConfig, instantiate
+from detectron2.config import instantiate
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.catalog import Metadata
 from detectron2.structures import Instances
 from omegaconf import DictConfig, OmegaConf
 
-from ..config import load_config
+from ..config import apply_overrides, load_config
 from ..data.mapper import DetrDatasetMapper, pil_to_rgb, read_rgb_image
 from ..checkpoint import load_ema_or_model_weights
 from .trainer import resolve_device
@@ -86,10 +86,11 @@ class Predictor:
             raise ValueError(f"array_format must be 'RGB' or 'BGR', got {array_format!r}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        # Unknown keys and mistyped values are errors naming the override (dfine.config).
         if isinstance(config, (str, os.PathLike)):
-            cfg = load_config(os.fspath(config), list(overrides))  # unknown keys are an error
+            cfg = load_config(os.fspath(config), list(overrides))
         else:
-            cfg = LazyConfig.apply_overrides(copy.deepcopy(config), list(overrides))
+            cfg = apply_overrides(copy.deepcopy(config), list(overrides))
         if score_threshold is not None:
             cfg.model.score_threshold = float(score_threshold)
         self.cfg = cfg
