@@ -425,7 +425,7 @@ OVERRIDE_FAULTS = {
                               "text: train.output_dir='\"2024\"')"],
     "train.amp.enabled=1": ["expected bool, like the config's value True, got int 1"],
     "model.decoder.num_layers=2.5": ["expected int", "got float 2.5"],
-    "model.decoder.eval_spatial_size=64": ["expected a list", "got int 64"],
+    "model.decoder.query_selection.eval_spatial_size=64": ["expected a list", "got int 64"],
     "dataloader.train.multi_scale=[a,b]": ["expected a list of int or None (the type of build_train_loader's "
                                            "argument multi_scale), got list ['a', 'b']"],
     # None in the config: the type comes from the signature of the code that takes it.
