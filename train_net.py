@@ -28,7 +28,7 @@ import math
 from fractions import Fraction
 
 import torch
-from detectron2.config import LazyConfig, instantiate
+from detectron2.config import instantiate
 from detectron2.engine import default_argument_parser, default_setup, default_writers, hooks
 from detectron2.engine.defaults import create_ddp_model
 from detectron2.evaluation import inference_on_dataset, print_csv_format
@@ -37,7 +37,7 @@ from detectron2.utils.logger import setup_logger
 from omegaconf import OmegaConf
 
 from dfine.checkpoint import AtomicCheckpointer, find_resume_checkpoint, load_ema_or_model_weights, load_finetune_weights
-from dfine.config import check_training_values, load_config
+from dfine.config import ConfigError, check_training_values, load_config
 from dfine.engine import EMAHook, ModelEMA, RNGStateHook, StageSwitchHook, Trainer, resolve_device
 from dfine.engine.launch import describe_processes, launch
 
@@ -53,22 +53,37 @@ def epochs_in_iterations(epochs: float, num_images: int, total_batch_size: int) 
     return Fraction(str(epochs)) * num_images / total_batch_size
 
 
-def convert_epochs(cfg, num_images: int) -> None:
-    """When ``cfg.train.epochs`` is set, express the training length and the periods given in
-    epochs in iterations, in place (see configs/common/train.py). Without ``epochs`` the run is
-    configured in iterations and ``eval_epochs`` / ``checkpoint_epochs`` are ignored.
+def command_line_keys(opts) -> set:
+    """The config keys that ``key=value`` overrides on the command line set."""
+    return {opt.split("=", 1)[0].lstrip("+~") for opt in opts if "=" in opt}
+
+
+def convert_epochs(cfg, num_images: int, command_line=frozenset()) -> None:
+    """Set ``cfg.train.iters_per_epoch`` and express the lengths given in epochs in iterations, in
+    place (see configs/common/train.py).
 
     One epoch is ``num_images / cfg.dataloader.train.total_batch_size`` iterations (fractional,
     like the epochs of the epoch-aware sampler); ``e`` epochs become
-    ``ceil(e * num_images / total_batch_size)`` iterations.
+    ``ceil(e * num_images / total_batch_size)`` iterations. A length in iterations given on the
+    command line (``command_line``: the overridden keys) wins over the config's length in epochs,
+    and the log says so. Without ``train.epochs`` the run is configured in iterations and
+    ``eval_epochs`` / ``checkpoint_epochs`` are ignored.
+
+    Raises:
+        ConfigError: the command line gives one length both in epochs and in iterations.
     """
     train = cfg.train
+    total_batch_size = cfg.dataloader.train.total_batch_size
+    train.iters_per_epoch = float(Fraction(num_images, total_batch_size))
+    both = [f"train.{e}, train.{i}" for e, i in EPOCH_KEYS if {f"train.{e}", f"train.{i}"} <= set(command_line)]
+    if both:
+        raise ConfigError(f"The command line gives a length both in epochs and in iterations ({'; '.join(both)}); "
+                          "give one of each pair (train.<epochs key>=null to count in iterations).")
     if train.get("epochs") is None:
         ignored = [f"train.{key}" for key, _ in EPOCH_KEYS if train.get(key) is not None]
         if ignored:
             logger.info("train.epochs is None: the run is set in iterations and %s ignored.", " and ".join(ignored))
         return
-    total_batch_size = cfg.dataloader.train.total_batch_size
     conversions = []
     for epochs_key, iters_key in EPOCH_KEYS:
         epochs = train.get(epochs_key)
@@ -76,12 +91,16 @@ def convert_epochs(cfg, num_images: int) -> None:
             continue
         if isinstance(epochs, bool) or not isinstance(epochs, (int, float)):
             raise ValueError(f"train.{epochs_key} must be a number, or None (null on the command line); got {epochs!r}")
+        if f"train.{iters_key}" in command_line:
+            conversions.append(f"train.{iters_key}={OmegaConf.select(train, iters_key)} from the command line "
+                               f"(instead of train.{epochs_key}={epochs})")
+            continue
         iterations = math.ceil(epochs_in_iterations(epochs, num_images, total_batch_size))
         OmegaConf.update(train, iters_key, iterations, merge=False)
         conversions.append(f"train.{epochs_key}={epochs} -> train.{iters_key}={iterations}")
     logger.info(
         "%d training images / total batch size %d = %.3f iterations per epoch: %s",
-        num_images, total_batch_size, num_images / total_batch_size, ", ".join(conversions),
+        num_images, total_batch_size, train.iters_per_epoch, ", ".join(conversions),
     )
 
 
@@ -147,7 +166,7 @@ def do_train(args, cfg):
     optimizer = instantiate(cfg.optimizer)
     train_loader = instantiate(cfg.dataloader.train)
     num_images = len(train_loader.dataset)
-    convert_epochs(cfg, num_images)
+    convert_epochs(cfg, num_images, command_line_keys(args.opts))
 
     ema = ModelEMA(model, decay=cfg.train.ema.decay, warmups=cfg.train.ema.warmups) if cfg.train.ema.enabled else None
     ddp_kwargs = dict(cfg.train.ddp)

@@ -9,7 +9,7 @@ Single-scale, as the official RT-DETRv2-S: the official DEIM file asks for that 
 from .common.deim import apply_to_rtdetrv2, lr_multiplier, set_stages
 from .rtdetrv2_r18 import dataloader, model, optimizer, train
 
-apply_to_rtdetrv2(model, dataloader)
+apply_to_rtdetrv2(model, dataloader, lr_multiplier)
 dataloader.train.update(multi_scale=None, total_batch_size=16)
 set_stages(dataloader, train, lr_multiplier, epochs=120, policy=[4, 64, 117], flat_epochs=64, no_aug_epochs=3)
 

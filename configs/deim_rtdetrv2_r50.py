@@ -14,7 +14,7 @@ from dfine.data import generate_scales
 from .common.deim import apply_to_rtdetrv2, lr_multiplier, set_stages
 from .rtdetrv2_r50 import dataloader, model, optimizer, train
 
-apply_to_rtdetrv2(model, dataloader)
+apply_to_rtdetrv2(model, dataloader, lr_multiplier)
 dataloader.train.update(multi_scale=generate_scales(640, 3), total_batch_size=16)
 set_stages(dataloader, train, lr_multiplier, epochs=60, policy=[4, 34, 58], flat_epochs=34, no_aug_epochs=2)
 

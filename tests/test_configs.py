@@ -54,7 +54,7 @@ def test_config_instantiates(name):
     optimizer = instantiate(cfg.optimizer)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     assert sum(p.numel() for g in optimizer.param_groups for p in g["params"]) == trainable
-    cfg.train.max_iter = 10000
+    cfg.train.update(max_iter=10000, iters_per_epoch=100)  # what train_net.py sets from the data set
     lr_multiplier = instantiate(cfg.lr_multiplier)
     final = cfg.lr_multiplier.get("lr_gamma", 1.0)  # flat-cosine ends at lr_gamma
     assert lr_multiplier(0.0) > 0 and lr_multiplier(1.0) == pytest.approx(final)
@@ -184,6 +184,7 @@ def test_deim_dfine_official_recipe_values(name):
     assert loader.multi_scale_stop_epoch == policy[2] and cfg.train.stage_switch.epoch == policy[2]
     assert (cfg.lr_multiplier.flat_epochs, cfg.lr_multiplier.no_aug_epochs) == (flat, no_aug)
     assert (cfg.lr_multiplier.warmup_iters, cfg.lr_multiplier.lr_gamma) == (2000, lr_gamma)
+    assert cfg.lr_multiplier.initial_factor == 1 / 500  # LinearWarmup(500) of optimizer.yml, iteration 0
     assert cfg.optimizer.lr == lr and cfg.optimizer.params.rules.backbone.lr == backbone_lr
     assert cfg.model.backbone.freeze_at == -1 and not cfg.model.backbone.freeze_norm
     decoder = cfg.model.decoder
@@ -224,6 +225,7 @@ def test_deimv2_official_recipe_values(name):
     schedule = cfg.lr_multiplier
     assert (schedule.flat_epochs, schedule.no_aug_epochs, schedule.lr_gamma, schedule.warmup_iters) == (
         official["flat"], official["no_aug"], official["lr_gamma"], official["warmup"])
+    assert schedule.initial_factor == 1 / 500  # LinearWarmup(500) of optimizer.yml, iteration 0
     assert (cfg.optimizer.lr, cfg.optimizer.weight_decay) == (official["lr"], official["wd"])
     assert [[r["pattern"], r.get("lr"), r.get("weight_decay")] for r in cfg.optimizer.params.rules.values()] == official["rules"]
     criterion = cfg.model.criterion
@@ -266,7 +268,7 @@ def test_deim_ablations_are_one_override_each():
     assert criterion.losses == ("vfl", "boxes") and criterion.terms["vfl"].gamma == 2.0 and criterion.weight_dict["loss_vfl"] == 1
     # RT-DETRv2's schedule: constant after the warm-up.
     cfg = LazyConfig.apply_overrides(_load("deim_rtdetrv2_r50.py"), ["lr_multiplier.lr_gamma=1.0"])
-    cfg.train.max_iter = 6000
+    cfg.train.update(max_iter=6000, iters_per_epoch=100)
     schedule = instantiate(cfg.lr_multiplier)
     assert [schedule(w) for w in (0.5, 0.9, 1.0)] == [1.0, 1.0, 1.0]
     assert base.dataloader.train.mixup_prob == 0.5

@@ -184,7 +184,7 @@ def test_flat_cosine_lr_of_the_training_loop_matches_official():
 
     golden = GOLDEN["lr"]
     max_iter = golden["iters_per_epoch"] * golden["epochs"]
-    schedule = FlatCosine(max_iter=max_iter, epochs=golden["epochs"], flat_epochs=golden["flat_epochs"],
+    schedule = FlatCosine(max_iter=max_iter, iters_per_epoch=golden["iters_per_epoch"], flat_epochs=golden["flat_epochs"],
                           no_aug_epochs=golden["no_aug_epochs"], warmup_iters=golden["warmup_iters"],
                           lr_gamma=golden["lr_gamma"], initial_factor=1 / 2000)
     params = [torch.nn.Parameter(torch.zeros(1)) for _ in range(2)]

@@ -28,6 +28,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from dfine.checkpoint import AtomicCheckpointer, CheckpointMismatchError, load_ema_or_model_weights
+from dfine.config import ConfigError
 from dfine.engine import EMAHook, ModelEMA, RNGStateHook, Trainer
 from dfine.solver import ConstantSchedule, LinearWarmup, param_groups
 
@@ -611,8 +612,19 @@ def test_convert_epochs(train_net):
     iterations = cfg(epochs=None, eval_epochs=0.5, checkpoint_epochs=1)
     train_net.convert_epochs(iterations, num_images=10)
     assert (iterations.train.max_iter, iterations.train.eval_period, iterations.train.checkpointer.period) == (1, 1, 7)
+    assert converted.train.iters_per_epoch == iterations.train.iters_per_epoch == pytest.approx(10 / 3, rel=1e-15)
     with pytest.raises(ValueError, match="null"):
         train_net.convert_epochs(cfg(epochs="None"), num_images=10)
+    # A length in iterations on the command line wins over the config's length in epochs; the
+    # lengths the command line does not give are still converted.
+    overridden = cfg(epochs=3, eval_epochs=0.5, max_iter=60)
+    train_net.convert_epochs(overridden, num_images=10, command_line={"train.max_iter"})
+    assert (overridden.train.max_iter, overridden.train.eval_period) == (60, 2)
+    # One length both ways on the command line is ambiguous: refused, naming the pair.
+    with pytest.raises(ConfigError, match=r"\(train.epochs, train.max_iter\)"):
+        train_net.convert_epochs(cfg(epochs=3), num_images=10, command_line={"train.epochs", "train.max_iter"})
+    assert train_net.command_line_keys(["train.max_iter=60", "+model.x=1", "train.epochs=null", "--resume"]) == {
+        "train.max_iter", "model.x", "train.epochs"}
 
 
 def test_train_net_resume_continues_exactly_and_eval_only_uses_ema(train_net, tmp_path):

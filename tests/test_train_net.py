@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from detectron2.config import instantiate
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -28,16 +29,28 @@ TINY_DFINE = [
 ]
 
 
+def _not_given_in(extra, defaults):
+    """The ``defaults`` whose keys ``extra`` does not set. A length that ``extra`` gives in epochs
+    drops the default in iterations and the other way round: train_net refuses a command line that
+    gives one length both ways."""
+    twins = {f"train.{e}": f"train.{i}" for e, i in train_net.EPOCH_KEYS}
+    twins.update({i: e for e, i in twins.items()})
+    given = train_net.command_line_keys(extra)
+    dropped = given | {twins[key] for key in given if key in twins}
+    return [opt for opt in defaults if opt.split("=", 1)[0] not in dropped]
+
+
 def _args(tiny_coco, output_dir, *extra, resume=False, eval_only=False, config="quickstart/rtdetrv2_r18_toy.py",
           model=TINY_MODEL):
-    opts = list(model) + [
+    defaults = [
         f"train.output_dir={output_dir}", "train.device=cpu", "train.epochs=null", "train.eval_epochs=null", "train.checkpoint_epochs=null", "train.max_iter=10",
         "train.checkpointer.period=5", "train.eval_period=10", "train.log_period=5", "train.seed=0",
         f"dataloader.train.dataset.names={tiny_coco.train}", f"dataloader.test.dataset.names={tiny_coco.val}",
         "dataloader.train.total_batch_size=2", "dataloader.train.num_workers=0", "dataloader.test.num_workers=0",
         "dataloader.train.mapper.image_size=64", "dataloader.test.mapper.image_size=64",
         "dataloader.train.seed=0",
-    ] + list(extra)
+    ]
+    opts = list(model) + _not_given_in(extra, defaults) + list(extra)
     argv = ["--config-file", str(ROOT / "configs" / config)]
     argv += ["--resume"] if resume else []
     argv += ["--eval-only"] if eval_only else []
@@ -120,6 +133,42 @@ def test_deim_toy_recipe_runs_all_stages_and_switches(tiny_coco, tmp_path):
     assert final["trainer"]["hooks"]["StageSwitchHook"]["switched"] is True
     losses = [m for m in _metrics(out) if "loss_mal" in m]
     assert losses and all(torch.isfinite(torch.tensor([m["total_loss"] for m in losses])))
+
+
+@pytest.mark.parametrize("config", ["quickstart/rtdetrv2_r18_toy.py", "quickstart/deim_rtdetrv2_r18_toy.py"])
+def test_max_iter_on_the_command_line_wins_over_the_configs_epochs(tiny_coco, tmp_path, config):
+    """Both toy configs set ``train.epochs``; ``train.max_iter=60`` alone trains exactly 60 iterations
+    (DEIM's flat-cosine schedule and stages placed in the iterations per epoch of the data set)."""
+    out = tmp_path / "run"
+    args = _args(tiny_coco, str(out), "train.max_iter=60", "train.eval_period=0", "train.checkpointer.period=60",
+                 "train.log_period=20", config=config)
+    assert "train.epochs=null" not in args.opts
+    train_net.main(args)
+    final = torch.load(out / "model_final.pth", map_location="cpu", weights_only=True)
+    assert final["iteration"] == 59
+    assert [m["iteration"] for m in _metrics(out) if "total_loss" in m] == [19, 39, 59]
+
+
+EPOCH_CONFIGS = sorted(p.name for p in (ROOT / "configs").glob("*.py") if p.name.startswith(("deim", "dfine")))
+
+
+@pytest.mark.parametrize("config", EPOCH_CONFIGS)
+def test_epochs_null_keeps_a_schedule_in_iterations(config):
+    """``train.epochs=null`` on every DEIM, D-FINE and DEIMv2 config: the run is the config's
+    ``train.max_iter`` iterations, and its LR schedule (DEIM's flat-cosine, whose phases are in
+    epochs, or D-FINE's warm-up) is built from the iterations per epoch of the data set."""
+    from dfine.config import load_config
+    from dfine.solver import FlatCosine
+
+    cfg = load_config(str(ROOT / "configs" / config), ["train.epochs=null"])
+    train_net.convert_epochs(cfg, num_images=1000, command_line={"train.epochs"})
+    assert cfg.train.max_iter == 90000 and cfg.train.iters_per_epoch == 1000 / cfg.dataloader.train.total_batch_size
+    schedule = instantiate(cfg.lr_multiplier)
+    if isinstance(schedule, FlatCosine):
+        assert schedule.max_iter == 90000
+        assert schedule.flat_iters == pytest.approx(cfg.lr_multiplier.flat_epochs * cfg.train.iters_per_epoch)
+        assert schedule.no_aug_iters == pytest.approx(cfg.lr_multiplier.no_aug_epochs * cfg.train.iters_per_epoch)
+    assert 0 < schedule(0.0) < 1 and schedule(1.0) == pytest.approx(cfg.lr_multiplier.get("lr_gamma", 1.0))
 
 
 def test_deim_r50_config_trains_on_another_data_set(tiny_coco, tmp_path):

@@ -42,17 +42,24 @@ mosaic = L(Mosaic)(
     max_cached_images=50,
     random_pop=True,
 )
+# The official solver builds the LinearWarmup of its optimizer file before DEIM's flat-cosine
+# schedule takes over from the first optimizer step, so iteration 0 runs at 1 / its warmup_duration:
+# 2000 in rt_optimizer.yml (DEIM-RT-DETRv2), 500 in optimizer.yml (DEIM-D-FINE, DEIMv2).
+RT_OPTIMIZER_WARMUP_DURATION = 2000
+OPTIMIZER_WARMUP_DURATION = 500
+
 # Flat-cosine LR: quadratic warm-up over 2000 iterations, flat until `flat_epochs`, cosine down to
-# lr_gamma * lr, constant for the last `no_aug_epochs`. The first iteration runs at lr / 2000, the
-# value the official LinearWarmup(2000) of rt_optimizer.yml leaves behind.
+# lr_gamma * lr, constant for the last `no_aug_epochs`, the epochs counted in the iterations per
+# epoch that train_net.py sets from the training set (so `train.max_iter=N` and `train.epochs=null`
+# keep the schedule).
 lr_multiplier = L(FlatCosine)(
     max_iter="${train.max_iter}",
-    epochs="${train.epochs}",
+    iters_per_epoch="${train.iters_per_epoch}",
     flat_epochs=None,
     no_aug_epochs=None,
+    initial_factor=1 / OPTIMIZER_WARMUP_DURATION,
     warmup_iters=2000,
     lr_gamma=0.5,
-    initial_factor=1 / 2000,
 )
 
 
@@ -70,10 +77,12 @@ def use_mal(criterion, losses):
     criterion.losses = list(losses)
 
 
-def apply_to_rtdetrv2(model, dataloader):
+def apply_to_rtdetrv2(model, dataloader, lr_multiplier):
     """DEIM's recipe on an RT-DETRv2 config (official rt_deim.yml): PResNet fully trainable with its
     BatchNorm ("unfreezing BN"), the box-as-regression query position embedding and SiLU in the
-    decoder, MAL in place of VFL, Dense O2O. The per-size configs set the epochs."""
+    decoder, MAL in place of VFL, Dense O2O, the first iteration of rt_optimizer.yml's warm-up.
+    The per-size configs set the epochs."""
+    lr_multiplier.initial_factor = 1 / RT_OPTIMIZER_WARMUP_DURATION
     model.backbone.update(freeze_at=-1, freeze_norm=False)
     _silu_decoder(model)
     model.decoder.query_pos_head.method = "as_reg"

@@ -5,7 +5,11 @@ Lengths are in iterations (``max_iter``, ``eval_period``, ``checkpointer.period`
 ``checkpointer.period`` from ``eval_epochs`` / ``checkpoint_epochs`` when those are set (the
 iteration values stay in force otherwise), with ``iterations per epoch = number of training images
 / dataloader.train.total_batch_size`` (fractional, as the epochs of the epoch-aware sampler),
-rounding up, and logs the result. ``train.epochs=null`` switches a config to iterations.
+rounding up, and logs the result. ``train.epochs=null`` switches a config to iterations. A length
+in iterations given on the command line wins over the config's length in epochs (``train.max_iter=60``
+on a config with ``epochs = 120`` trains 60 iterations, and the log says so); a command line that
+gives one length both ways is refused. train_net.py also sets ``iters_per_epoch``, which the schedules
+that place phases in epochs read (DEIM's flat-cosine), so they hold for a run in iterations too.
 
 ``device="auto"`` means "cuda" when CUDA is available and "cpu" otherwise, decided when
 train_net.py runs (not when the config is written), so a saved config runs on either.
@@ -18,6 +22,8 @@ train = dict(
     init_checkpoint="",
     max_iter=90000,
     epochs=None,
+    # Training images / dataloader.train.total_batch_size: set by train_net.py from the data set.
+    iters_per_epoch=None,
     eval_period=5000,
     eval_epochs=None,
     checkpointer=dict(period=5000, max_to_keep=3),

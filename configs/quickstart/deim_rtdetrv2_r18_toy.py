@@ -16,7 +16,7 @@ from ..rtdetrv2_r18 import dataloader, model, optimizer, train
 
 image_size = 128
 rtdetrv2_r18_toy(model, dataloader, train, optimizer, lr_multiplier, image_size)
-apply_to_rtdetrv2(model, dataloader)
+apply_to_rtdetrv2(model, dataloader, lr_multiplier)
 
 # Mosaic tiles are half the training size, as 320 is half of 640 on COCO.
 dataloader.train.mapper.mosaic.output_size = image_size // 2

@@ -128,9 +128,9 @@ def check_training_values(cfg: DictConfig, world_size: int = 1) -> None:
         if not _is_interpolation(rate) and not (_is_number(rate) and 0 <= rate < math.inf):
             problems.append(f"{key}={rate!r}: must be a finite number, not negative")
     if "train" in cfg:
-        # With train.epochs the iterations are computed from it (train_net.convert_epochs).
-        if cfg.train.get("epochs") is None:
-            require("train.max_iter", positive_int, "a positive integer (or set train.epochs)", optional=False)
+        # With train.epochs the length is computed from it (train_net.convert_epochs), unless the
+        # command line gives train.max_iter, which then wins: it must be valid either way.
+        require("train.max_iter", positive_int, "a positive integer (or set train.epochs)", optional=False)
         for key in ("train.epochs", "train.eval_epochs", "train.checkpoint_epochs"):
             require(key, lambda v: _is_number(v) and 0 < v < math.inf, "a positive number, or null")
         require("train.eval_period", lambda v: _is_int(v) and v >= 0, "a non-negative integer (0: no evaluation)")

@@ -71,26 +71,40 @@ class FlatCosine(ParamScheduler):
     """DEIM's flat-cosine schedule (official ``FlatCosineLRScheduler``), as a factor of the base LR.
 
     With ``T = max_iter``, ``W = warmup_iters`` and the flat and no-augmentation phases converted
-    from epochs (``F = flat_epochs / epochs * T``, ``N = no_aug_epochs / epochs * T``), the
-    official LR at step ``t`` is ``(t / W)**2`` for ``t <= W``, 1 up to ``F``, ``lr_gamma`` from
-    ``T - N`` on, and a half cosine from 1 down to ``lr_gamma`` in between.
+    from epochs (``F = flat_epochs * iters_per_epoch``, ``N = no_aug_epochs * iters_per_epoch``),
+    the official LR at step ``t`` is ``(t / W)**2`` for ``t <= W``, 1 up to ``F``, ``lr_gamma``
+    from ``T - N`` on, and a half cosine from 1 down to ``lr_gamma`` in between. The phases are
+    placed in iterations, so the schedule holds for a run given in epochs or in iterations
+    (``train.max_iter=60`` on a DEIM config: the phases that do not fit are cut off, as they would
+    be officially).
 
     The official loop steps the scheduler after each optimizer step, so iteration ``k >= 1``
-    trains with the LR of step ``k - 1``; iteration 0 runs at ``initial_factor``, the value an
-    unused ``LinearWarmup`` of the official solver leaves behind (``1 / its warmup_duration``).
-    Both are kept, so the LR of every iteration equals the official one.
+    trains with the LR of step ``k - 1``; iteration 0 runs at ``initial_factor``, the value
+    ``1 / warmup_duration`` that the official solver's ``LinearWarmup`` leaves behind before the
+    flat-cosine schedule takes over (configs/common/deim.py names the official durations). Both
+    are kept, so the LR of every iteration equals the official one.
     """
 
-    def __init__(self, max_iter: int, epochs: float, flat_epochs: float, no_aug_epochs: float,
-                 warmup_iters: int = 2000, lr_gamma: float = 0.5, initial_factor: float = 1 / 500):
-        if epochs is None or flat_epochs is None or no_aug_epochs is None:
-            raise ValueError(
-                "FlatCosine places its phases in epochs: set train.epochs (and the schedule's flat_epochs and "
-                f"no_aug_epochs), got epochs={epochs}, flat_epochs={flat_epochs}, no_aug_epochs={no_aug_epochs}."
-            )
-        if max_iter <= 0 or epochs <= 0:
-            raise ValueError(f"Need max_iter > 0 and epochs > 0, got {max_iter} and {epochs}")
-        iters_per_epoch = max_iter / epochs
+    def __init__(self, max_iter: int, iters_per_epoch: float, flat_epochs: float, no_aug_epochs: float,
+                 initial_factor: float, warmup_iters: int = 2000, lr_gamma: float = 0.5):
+        """
+        Args:
+            max_iter: training length in iterations (``train.max_iter``).
+            iters_per_epoch: training images / total batch size (``train.iters_per_epoch``, which
+                train_net.py sets from the data set).
+            flat_epochs, no_aug_epochs: official ``flat_epoch`` and ``no_aug_epoch``.
+            initial_factor: the LR factor of iteration 0 (see above).
+            warmup_iters: official ``warmup_iter`` of the quadratic warm-up.
+            lr_gamma: the final LR as a factor of the base LR.
+        """
+        missing = [name for name, value in (("train.iters_per_epoch", iters_per_epoch),
+                                            ("lr_multiplier.flat_epochs", flat_epochs),
+                                            ("lr_multiplier.no_aug_epochs", no_aug_epochs)) if value is None]
+        if missing:
+            raise ValueError(f"FlatCosine places its flat and no-augmentation phases in epochs; set {', '.join(missing)} "
+                             "(train_net.py sets train.iters_per_epoch from the training set).")
+        if max_iter <= 0 or iters_per_epoch <= 0:
+            raise ValueError(f"Need max_iter > 0 and iters_per_epoch > 0, got {max_iter} and {iters_per_epoch}")
         self.max_iter = int(max_iter)
         self.warmup_iters = int(warmup_iters)
         self.flat_iters = flat_epochs * iters_per_epoch
