@@ -224,8 +224,7 @@ def run_entry(name, config):
 
 
 def make():
-    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
-    golden = {"made_by": {"script": "tools/golden/make_refactor_golden.py", "commit": commit,
+    golden = {"made_by": {"script": "tools/golden/make_refactor_golden.py", "commit": _commit(),
                           "torch": torch.__version__, "dtype": "float64"},
               "configs": {c: config_entry(c) for c in config_files()}, "runs": {}}
     arrays = {}
@@ -235,13 +234,42 @@ def make():
     return golden, arrays
 
 
+def _differences(old, new, path=""):
+    if isinstance(old, dict) and isinstance(new, dict):
+        for key in sorted(set(old) | set(new)):
+            yield from _differences(old.get(key, "<absent>"), new.get(key, "<absent>"), f"{path}.{key}")
+    elif old != new:
+        yield f"{path[1:]}: {old!r} -> {new!r}"
+
+
+def update_recipes(path):
+    golden = json.loads(path.read_text())
+    for config, entry in golden["configs"].items():
+        new = recipe(load(config))
+        for line in _differences(entry["recipe"], new):
+            print(f"{config}: {line}")
+        entry["recipe"] = new
+    golden["made_by"]["recipes_commit"] = _commit()
+    path.write_text(json.dumps(golden, indent=1, sort_keys=True) + "\n")
+
+
+def _commit():
+    return subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default=str(GOLDEN), help="folder of refactor_golden.{json,npz}")
+    parser.add_argument("--recipes-only", action="store_true",
+                        help="rewrite only the configs' recipes of the existing golden (after an intended change of "
+                             "recipe; prints what changed) and record the commit in made_by.recipes_commit")
     args = parser.parse_args()
     torch.set_num_threads(1)  # the same reductions whatever the machine's core count
-    golden, arrays = make()
     out = Path(args.out)
+    if args.recipes_only:
+        update_recipes(out / "refactor_golden.json")
+        return
+    golden, arrays = make()
     (out / "refactor_golden.json").write_text(json.dumps(golden, indent=1, sort_keys=True) + "\n")
     np.savez_compressed(out / "refactor_golden.npz", **arrays)
 
