@@ -29,7 +29,7 @@ from fractions import Fraction
 
 import torch
 from detectron2.config import instantiate
-from detectron2.engine import default_argument_parser, default_setup, default_writers, hooks
+from detectron2.engine import default_argument_parser, default_setup, hooks
 from detectron2.engine.defaults import create_ddp_model
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
@@ -38,7 +38,7 @@ from omegaconf import OmegaConf
 
 from dfine.checkpoint import AtomicCheckpointer, find_resume_checkpoint, load_ema_or_model_weights, load_finetune_weights
 from dfine.config import ConfigError, check_training_values, load_config
-from dfine.engine import EMAHook, ModelEMA, RNGStateHook, StageSwitchHook, Trainer, resolve_device
+from dfine.engine import EMAHook, ModelEMA, RNGStateHook, StageSwitchHook, Trainer, resolve_device, training_writers, unwrap_model
 from dfine.engine.launch import describe_processes, launch
 
 logger = logging.getLogger("dfine.train_net")
@@ -196,6 +196,8 @@ def do_train(args, cfg):
         stage_switch = StageSwitchHook(
             checkpointer, switch_iter, cfg.train.eval_period, ema=ema, restart_decay=switch.ema_restart_decay
         )
+    # The log line sums the loss terms into the criterion's groups (every term stays in metrics.json).
+    loss_group = getattr(getattr(unwrap_model(model), "criterion", None), "loss_group", None)
     trainer.register_hooks(
         [
             hooks.IterationTimer(),
@@ -208,7 +210,7 @@ def do_train(args, cfg):
             # than never.
             hooks.EvalHook(cfg.train.eval_period, lambda: do_test(cfg, eval_model)),
             stage_switch,
-            hooks.PeriodicWriter(default_writers(cfg.train.output_dir, cfg.train.max_iter), period=cfg.train.log_period)
+            hooks.PeriodicWriter(training_writers(cfg.train.output_dir, cfg.train.max_iter, loss_group), period=cfg.train.log_period)
             if comm.is_main_process()
             else None,
             hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if comm.is_main_process() else None,

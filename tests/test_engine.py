@@ -668,14 +668,15 @@ def test_flat_cosine_matches_official_values():
     from dfine.solver import FlatCosine
 
     # 58 epochs of 1000 iterations: flat until epoch 29, no augmentation for the last 8.
-    schedule = FlatCosine(max_iter=58000, epochs=58, flat_epochs=29, no_aug_epochs=8, warmup_iters=2000, lr_gamma=0.5)
+    schedule = FlatCosine(max_iter=58000, iters_per_epoch=1000, flat_epochs=29, no_aug_epochs=8, initial_factor=1 / 500,
+                          warmup_iters=2000, lr_gamma=0.5)
     base = 5e-4
     for step, lr in [(1000, 1.25e-4), (2000, 5e-4), (29000, 5e-4), (40000, 3.65659e-4), (50000, 2.5e-4),
                      (57999, 2.5e-4)]:
         assert base * schedule.factor_at_step(step) == pytest.approx(lr, rel=1e-5), step
         # Iteration k trains with the LR of step k - 1, as the official loop steps after each update.
         assert base * schedule((step + 1) / 58000) == pytest.approx(lr, rel=1e-5), step
-    assert schedule(0.0) == pytest.approx(1 / 500)  # the official solver's unused LinearWarmup(500)
+    assert schedule(0.0) == 1 / 500  # what the official solver's LinearWarmup(500) leaves for iteration 0
     assert schedule(1 / 58000) == 0.0
     # Continuous at the phase borders and monotone over the cosine.
     values = [schedule.factor_at_step(t) for t in range(29000, 50001, 500)]
@@ -689,7 +690,8 @@ def test_flat_cosine_runs_to_the_last_iteration():
 
     param = torch.nn.Parameter(torch.zeros(1))
     optimizer = torch.optim.SGD([param], lr=1.0)
-    schedule = FlatCosine(max_iter=30, epochs=3, flat_epochs=1, no_aug_epochs=1, warmup_iters=5, lr_gamma=0.1)
+    schedule = FlatCosine(max_iter=30, iters_per_epoch=10, flat_epochs=1, no_aug_epochs=1, initial_factor=1 / 500,
+                          warmup_iters=5, lr_gamma=0.1)
     multiplier = LRMultiplier(optimizer, schedule, max_iter=30)
     lrs = []
     for _ in range(30):
@@ -699,11 +701,11 @@ def test_flat_cosine_runs_to_the_last_iteration():
     assert lrs[0] == pytest.approx(1 / 500) and lrs[-1] == pytest.approx(0.1) and max(lrs) == pytest.approx(1.0)
 
 
-def test_flat_cosine_needs_epochs():
+def test_flat_cosine_names_what_it_misses():
     from dfine.solver import FlatCosine
 
-    with pytest.raises(ValueError, match="train.epochs"):
-        FlatCosine(max_iter=100, epochs=None, flat_epochs=4, no_aug_epochs=1)
+    with pytest.raises(ValueError, match="set train.iters_per_epoch, lr_multiplier.no_aug_epochs"):
+        FlatCosine(max_iter=100, iters_per_epoch=None, flat_epochs=4, no_aug_epochs=None, initial_factor=0.1)
 
 
 def test_nonfinite_loss_stops_with_the_term_the_iteration_and_a_dump(tmp_path):

@@ -62,6 +62,14 @@ def _metrics(output_dir):
         return [json.loads(line) for line in f]
 
 
+def _by_iteration(output_dir):
+    """metrics.json as {iteration: every scalar written for it}."""
+    merged = {}
+    for m in _metrics(output_dir):
+        merged.setdefault(m["iteration"], {}).update(m)
+    return merged
+
+
 def test_train_checkpoint_resume_and_eval_only(tiny_coco, tmp_path):
     out = str(tmp_path / "run")
     train_net.main(_args(tiny_coco, out))
@@ -125,7 +133,7 @@ def test_deim_toy_recipe_runs_all_stages_and_switches(tiny_coco, tmp_path):
         "train.stage_switch.epoch=3", "dataloader.train.mapper.policy_epoch=[1,2,3]",
         "dataloader.train.mixup_epochs=[1,2]", "dataloader.train.multi_scale_stop_epoch=3",
         "dataloader.train.multi_scale=[48,64]", "lr_multiplier.flat_epochs=2", "lr_multiplier.no_aug_epochs=1",
-        "lr_multiplier.warmup_iters=2", config="quickstart/deim_rtdetrv2_r18_toy.py",
+        "lr_multiplier.warmup_iters=2", "train.log_period=1", config="quickstart/deim_rtdetrv2_r18_toy.py",
     ))
     assert {"model_best_stage1.pth", "model_final.pth"} <= set(os.listdir(out))
     final = torch.load(out / "model_final.pth", map_location="cpu", weights_only=True)
@@ -133,6 +141,12 @@ def test_deim_toy_recipe_runs_all_stages_and_switches(tiny_coco, tmp_path):
     assert final["trainer"]["hooks"]["StageSwitchHook"]["switched"] is True
     losses = [m for m in _metrics(out) if "loss_mal" in m]
     assert losses and all(torch.isfinite(torch.tensor([m["total_loss"] for m in losses])))
+    # Dense O2O ran in its epoch only (iterations 4-7): Mosaic on some images, MixUp on some batches.
+    logged = _by_iteration(out)
+    mosaic = [logged[i].get("data/mosaic", 0) for i in range(16)]
+    mixup = [logged[i].get("data/mixup", 0) for i in range(16)]
+    assert any(mosaic[4:8]) and not any(mosaic[:4] + mosaic[8:]), mosaic
+    assert any(mixup[4:8]) and not any(mixup[:4] + mixup[8:]), mixup
 
 
 @pytest.mark.parametrize("config", ["quickstart/rtdetrv2_r18_toy.py", "quickstart/deim_rtdetrv2_r18_toy.py"])
@@ -146,7 +160,12 @@ def test_max_iter_on_the_command_line_wins_over_the_configs_epochs(tiny_coco, tm
     train_net.main(args)
     final = torch.load(out / "model_final.pth", map_location="cpu", weights_only=True)
     assert final["iteration"] == 59
-    assert [m["iteration"] for m in _metrics(out) if "total_loss" in m] == [19, 39, 59]
+    metrics = [m for m in _metrics(out) if "total_loss" in m]
+    assert [m["iteration"] for m in metrics] == [19, 39, 59]
+    # The log line gives the total and its groups; metrics.json keeps every term.
+    log = (out / "log.txt").read_text()
+    assert "iter: 59/60  total_loss: " in log and " (classification " in log and "loss_giou:" not in log
+    assert {"loss_bbox", "loss_giou", "loss_giou_aux_0", "loss_giou_dn_0"} <= set(metrics[-1])
 
 
 EPOCH_CONFIGS = sorted(p.name for p in (ROOT / "configs").glob("*.py") if p.name.startswith(("deim", "dfine")))
@@ -217,7 +236,7 @@ def test_deimv2_dinov3_config_trains_with_copy_blend_and_the_matcher_switch(tiny
         "dataloader.train.copy_blend.epochs=[1,3]", "dataloader.train.copy_blend.prob=1.0",
         "dataloader.train.copy_blend.area_threshold=4", "model.criterion.matcher.matcher_change_epoch=2",
         "dataloader.train.mapper.mosaic.output_size=32", "lr_multiplier.flat_epochs=2",
-        "lr_multiplier.no_aug_epochs=1", "lr_multiplier.warmup_iters=2",
+        "lr_multiplier.no_aug_epochs=1", "lr_multiplier.warmup_iters=2", "train.log_period=1",
         config="deimv2_dinov3_s.py", model=narrow,
     ))
     final = torch.load(out / "model_final.pth", map_location="cpu", weights_only=True)
@@ -228,6 +247,12 @@ def test_deimv2_dinov3_config_trains_with_copy_blend_and_the_matcher_switch(tiny
     assert losses and all(torch.isfinite(torch.tensor([m["total_loss"] for m in losses])))
     assert {"loss_mal", "loss_fgl", "loss_ddf_aux_0", "loss_bbox_pre"} <= set(losses[-1])
     assert any("bbox/AP" in m for m in metrics)
+    # The matcher switched to the IoU-ordered cost at epoch 2 (iteration 8), and Copy-Blend pasted
+    # objects in its epochs [1, 3) only: in every batch of epoch 2, where MixUp is off.
+    logged = _by_iteration(out)
+    assert [logged[i]["matcher/iou_order_cost"] for i in range(16)] == [0.0] * 8 + [1.0] * 8
+    pasted = [logged[i].get("data/copy_blend_objects", 0) for i in range(16)]
+    assert all(pasted[8:12]) and not any(pasted[:4] + pasted[12:]), pasted
 
 
 def test_ablation_config_trains_rtdetrv2_with_distributions(tiny_coco, tmp_path):

@@ -235,6 +235,7 @@ class MixUp:
             other = batch[i - 1]
             out = dict(sample)
             out["image"] = sample["image"].float() * beta + other["image"].float() * (1.0 - beta)
+            out["augmentations"] = {**sample.get("augmentations", {}), "mixup": 1}
             if "instances" in sample:
                 own, theirs = sample["instances"], other["instances"]
                 instances = Instances(own.image_size)
@@ -389,6 +390,7 @@ class CopyBlend:
                 new_classes.append(label)
             out = dict(sample)
             out["image"] = image
+            out["augmentations"] = {**sample.get("augmentations", {}), "copy_blend_objects": len(new_boxes)}
             if new_boxes:
                 own = sample["instances"]
                 instances = Instances(own.image_size)

@@ -186,6 +186,8 @@ class DetrDatasetMapper:
             instances.gt_classes = torch.as_tensor(classes, dtype=torch.int64)
             result["instances"] = instances
             result["num_dropped_boxes"] = int((~keep).sum())
+            # What the augmentations did, per sample: the trainer logs it (data/mosaic, ...).
+            result["augmentations"] = {"mosaic": int(use_mosaic)}
         return result
 
 

@@ -4,6 +4,7 @@ from .ema import ModelEMA, unwrap_model
 from .hooks import EMAHook, RNGStateHook, StageSwitchHook
 from .predictor import Predictor
 from .trainer import Trainer, resolve_device
+from .writers import LossGroupPrinter, training_writers
 
 __all__ = ["ModelEMA", "unwrap_model", "EMAHook", "RNGStateHook", "StageSwitchHook", "Predictor", "Trainer",
-           "resolve_device"]
+           "resolve_device", "LossGroupPrinter", "training_writers"]

@@ -126,8 +126,21 @@ class Trainer(SimpleTrainer):
         # metrics below copy the losses to the host anyway; this is the same single copy.
         self._check_finite(loss_dict, data)
         self._write_metrics(loss_dict, data_time)
+        self._write_augmentations(data)
 
         self._scaled_step()
+
+    def _write_augmentations(self, data: List[Dict]) -> None:
+        """``data/<name>``: what the batch's augmentations did, per image (``data/mosaic`` and
+        ``data/mixup``: the share of Mosaic and MixUp images, ``data/copy_blend_objects``: objects
+        pasted per image), from the ``"augmentations"`` counts the data pipeline puts in each sample."""
+        totals: Dict[str, float] = {}
+        for sample in data:
+            for name, count in sample.get("augmentations", {}).items():
+                totals[name] = totals.get(name, 0) + count
+        if totals:
+            self.storage.put_scalars(**{f"data/{name}": total / len(data) for name, total in totals.items()},
+                                     smoothing_hint=False)
 
     def _scaled_step(self) -> None:
         """The optimizer step through the GradScaler. With float16 AMP the scaler skips the step

@@ -4,6 +4,7 @@ from typing import Dict, List, NamedTuple, Optional, Sequence
 
 import torch
 import torch.distributed as dist
+from detectron2.utils.events import get_event_storage
 from torch import nn
 
 from ..decoder.outputs import DecoderOutput, DenoisingPart, Predictions
@@ -61,6 +62,15 @@ def _denoising_pairs(denoising: DenoisingPart, sizes: List[int]) -> MatchedPairs
         gt_idx.append(torch.arange(offset, offset + num_gt, device=queries.device).repeat(denoising.num_groups))
         offset += num_gt
     return MatchedPairs(torch.cat(batch_idx), torch.cat(list(denoising.positive_idx)), torch.cat(gt_idx))
+
+
+def _log_scalar(name: str, value: float) -> None:
+    """Into the training's event storage (metrics.json), when a forward runs inside one."""
+    try:
+        storage = get_event_storage()
+    except (AssertionError, IndexError):  # no EventStorage: a forward outside the trainer
+        return
+    storage.put_scalar(name, value, smoothing_hint=False)
 
 
 def _outputs(outputs: DecoderOutput) -> List[_Supervised]:
@@ -144,6 +154,16 @@ class SetCriterion(nn.Module):
         self.go_lsd = go_lsd
         self.group_weights = dict(group_weights or {})
 
+    def loss_group(self, key: str) -> str:
+        """The group the training log sums loss ``key`` into: "denoising" for every loss of the
+        denoising queries, else its term's ``kind`` (classification, boxes, distribution)."""
+        if "_dn_" in key:
+            return "denoising"
+        for term in self.terms.values():
+            if any(key == k or key.startswith(k + "_") for k in term.keys):
+                return term.kind
+        return "other"
+
     def forward(self, outputs: DecoderOutput, targets: List[Dict[str, torch.Tensor]],
                 epoch: Optional[int] = None) -> Dict[str, torch.Tensor]:
         """
@@ -170,6 +190,8 @@ class SetCriterion(nn.Module):
 
             # Every Hungarian match first: the union set needs all of them.
             match_kwargs = {} if epoch is None else {"epoch": epoch}
+            if epoch is not None and getattr(self.matcher, "change_matcher", False):
+                _log_scalar("matcher/iou_order_cost", float(self.matcher.uses_iou_order_cost(epoch)))
             indices = {}
             for output in supervised:
                 if output.group != "denoising":

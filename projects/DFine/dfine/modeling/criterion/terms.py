@@ -66,10 +66,11 @@ class LossContext(NamedTuple):
 class LossTerm(nn.Module):
     """Base class: ``forward(predictions, targets, pairs, num_boxes, context) -> {key: loss}``.
     ``name`` is how a criterion's ``losses`` selects the term (the official loss names); ``keys``
-    are the loss keys it may return."""
+    are the loss keys it may return; ``kind`` is the group the training log sums them into."""
 
     name = ""
     keys = ()
+    kind = ""
     supervises_boxes = False
 
     def applies_to(self, predictions: Predictions) -> bool:
@@ -105,6 +106,7 @@ class VarifocalLoss(LossTerm):
     """``loss_vfl``: :func:`~.losses.varifocal_loss` with IoU targets (RT-DETR, D-FINE)."""
 
     name = "vfl"
+    kind = "classification"
     keys = ("loss_vfl",)
 
     def __init__(self, alpha: float = 0.75, gamma: float = 2.0):
@@ -122,6 +124,7 @@ class MatchabilityAwareLoss(LossTerm):
     when given (no official config sets it)."""
 
     name = "mal"
+    kind = "classification"
     keys = ("loss_mal",)
 
     def __init__(self, gamma: float = 1.5, alpha: Optional[float] = None):
@@ -138,6 +141,7 @@ class FocalLoss(LossTerm):
     """``loss_focal``: sigmoid focal loss against the matched classes (:func:`~.losses.focal_loss`)."""
 
     name = "focal"
+    kind = "classification"
     keys = ("loss_focal",)
 
     def __init__(self, alpha: float = 0.25, gamma: float = 2.0):
@@ -153,6 +157,7 @@ class BoxLoss(LossTerm):
     """``loss_bbox`` (L1 of cxcywh) and ``loss_giou`` (1 - GIoU) of the matched boxes."""
 
     name = "boxes"
+    kind = "boxes"
     keys = ("loss_bbox", "loss_giou")
 
     supervises_boxes = True
@@ -171,6 +176,7 @@ class DistributionLoss(LossTerm):
     """
 
     name = "local"
+    kind = "distribution"
     keys = ("loss_fgl", "loss_ddf")
 
     supervises_boxes = True
