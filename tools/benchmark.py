@@ -252,7 +252,6 @@ def benchmark_latency(cfg, args, emit) -> None:
     model = instantiate(cfg.model).to(device).eval()
 
     def emit_latency(form, device, batch_size, times):
-        ms = statistics.median(times)
         emit("latency", form=form, device=str(device), batch_size=batch_size, image_size=list(size),
              **timing_fields(times, batch_size, device))
 

@@ -4,8 +4,7 @@ DEIMv2's object-level :class:`CopyBlend` (per batch).
 Dense O2O puts more objects into each training image, so that one-to-one matching sees about as
 many positives as one-to-many matching would (DEIM, official ``Mosaic`` in
 ``engine/data/transforms/mosaic.py`` and ``BatchImageCollateFunction.apply_mixup`` in
-``engine/data/dataloader.py``, which in DEIMv2 also holds Copy-Blend; official-implementations.md
-§5.3 and §5.5).
+``engine/data/dataloader.py``, which in DEIMv2 also holds Copy-Blend).
 
 Conventions as in :mod:`dfine.data.transforms`: images are ``HWC`` uint8 RGB numpy arrays, boxes
 ``(N, 4)`` float32 absolute XYXY, classes ``(N,)`` int64. Random draws use NumPy's global RNG
@@ -282,7 +281,8 @@ class CopyBlend:
 
     Differences from the official code: (a) its pool thresholds the COCO ``area`` field (the
     segment area in original-image pixels), which the transforms never update and which no
-    longer lines up with the boxes once a box is dropped (official-implementations.md §5.1); we
+    longer lines up with the boxes once a box is dropped (torchvision's ``SanitizeBoundingBoxes``
+    filters only ``boxes`` and ``labels``); we
     have no such field and threshold the box area ``(x2 - x1) * (y2 - y1)`` in pixels of the image
     as it is in the batch. (b) It truncates corners computed from normalized cxcywh boxes
     (``int((cx - w / 2) * W)``); we truncate the absolute corners, which is the same up to the

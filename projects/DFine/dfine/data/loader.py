@@ -1,4 +1,4 @@
-"""Train/test data loaders whose samples carry their epoch (DESIGN.md "Contracts").
+"""Train/test data loaders whose samples carry their epoch.
 
 Detectron2 trains from an infinite stream of samples, and its loader iterator lives for the whole
 run, so epoch-dependent data behaviour cannot be switched by setting attributes (they never
@@ -224,7 +224,7 @@ class BatchCollate:
     it off (``prob=0`` or an empty window) still pass one, to keep those draws. While
     the epoch is below ``stop_epoch``, one size is drawn with ``random.choice(scales)`` and every
     image is resized to it with nearest interpolation, as the official collate does with
-    ``F.interpolate`` on the batch (official-implementations.md §5.5). Ground-truth boxes are
+    ``F.interpolate`` on the batch (DEIM ``engine/data/dataloader.py``). Ground-truth boxes are
     scaled with the image. ``scales=None`` disables it; ``stop_epoch=None`` never stops it.
 
     With a ``seed``, both draw inside ``stream_rngs`` keyed on the epoch and ``"dataset_index"`` of

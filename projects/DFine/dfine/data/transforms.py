@@ -4,7 +4,7 @@ Conventions: images are ``HWC`` uint8 RGB numpy arrays; boxes are ``(N, 4)`` flo
 absolute XYXY pixels of the current image. Parameters are drawn from numpy's global RNG
 (which the training loader seeds per sample from its stream position), so runs are
 reproducible. Parameter ranges and probabilities equal torchvision's v2 transforms used by the
-official RT-DETRv2/D-FINE/DEIM pipelines (official-implementations.md §5.2); the pixel kernels
+official RT-DETRv2/D-FINE/DEIM pipelines (DEIM ``engine/data/transforms/_transforms.py``); the pixel kernels
 are PIL's, as in the official pipeline, which runs these transforms on PIL images. The random
 streams themselves differ from torchvision's.
 

@@ -41,8 +41,8 @@ class EMAHook(HookBase):
 
 
 class StageSwitchHook(HookBase):
-    """The model-side stage switch of D-FINE / DEIM (official ``DetSolver.fit``,
-    official-implementations.md §6.4), keyed on iterations.
+    """The model-side stage switch of D-FINE / DEIM (official ``DetSolver.fit``: DEIM
+    ``engine/solver/det_solver.py``, D-FINE ``src/solver/det_solver.py``), keyed on iterations.
 
     * Stage 1 (iterations before ``switch_iter``, the augmentation epochs): after each evaluation
       whose ``metric`` beats the stage's best so far, the full training state is saved as

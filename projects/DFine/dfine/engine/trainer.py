@@ -26,8 +26,8 @@ def resolve_device(device: str) -> str:
 class Trainer(SimpleTrainer):
     """One step: ``loss = sum(model(batch).values())``, backward, optional clipping, optimizer step.
 
-    What it adds to detectron2's ``SimpleTrainer`` (official ``train_one_epoch``,
-    official-implementations.md §6.5):
+    What it adds to detectron2's ``SimpleTrainer`` (official ``train_one_epoch``: DEIM and DEIMv2
+    ``engine/solver/det_engine.py``, D-FINE and RT-DETRv2 ``src/solver/det_engine.py``):
 
     - AMP: the forward runs under ``torch.amp.autocast("cuda", dtype=amp_dtype)``, with a
       ``GradScaler`` for float16 (not needed for bfloat16). AMP needs the model on CUDA; on CPU it

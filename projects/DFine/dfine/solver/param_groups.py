@@ -38,7 +38,8 @@ def param_groups(model: nn.Module, rules: Mapping[str, Mapping] = None) -> List[
 
     The patterns are used verbatim, so the official quirks carry over. For example
     ``(?!.*norm|bn)`` parses as ``(?!(.*norm)|(bn))``: it excludes names containing "norm" but
-    "bn" only at the start of the name (official-implementations.md §6.2). A rule that matches no
+    "bn" only at the start of the name (official ``YAMLConfig.get_optim_params``, DEIM
+    ``engine/core/yaml_config.py``). A rule that matches no
     parameter still makes an (empty) group, as officially, so group ``i`` is always rule ``i``.
 
     Args:
