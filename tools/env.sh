@@ -14,6 +14,8 @@
 #   3. pb1-detectron2==0.6 from PyPI (the v0.6 release's Python files without the C++ sources),
 #      pinned by hash, installed as pure Python with a generated `detectron2._C` that has no
 #      compiled ops, plus the Pillow >= 10 fix (`Image.LINEAR` was removed).
+# DFINE_DETECTRON2=main asks for detectron2 main from its repository and nothing else
+# (tools/test_detectron2_main.sh, in an environment of its own).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -41,9 +43,9 @@ if ! "$PY" -c "import torch, torchvision" 2>/dev/null; then
   pip_install $TORCH_SPEC
 fi
 
-if ! "$PY" -c "import fvcore, pycocotools, cv2, scipy, pytest, omegaconf, tensorboard, onnx, onnxruntime" 2>/dev/null; then
+if ! "$PY" -c "import fvcore, pycocotools, cv2, scipy, pytest, omegaconf, tensorboard, onnx, onnxruntime, ruff" 2>/dev/null; then
   say "installing Python dependencies"
-  pip_install "${D2_DEPS[@]}" opencv-python-headless scipy pytest onnx onnxruntime
+  pip_install "${D2_DEPS[@]}" opencv-python-headless scipy pytest onnx onnxruntime ruff
 fi
 
 install_pb1_detectron2() {
@@ -93,7 +95,15 @@ PYEOF
   rm -rf "$tmp"
 }
 
-if D2_AT="$("$PY" -c 'import detectron2, os; print(os.path.dirname(detectron2.__file__))' 2>/dev/null)"; then
+if [ "${DFINE_DETECTRON2:-}" = "main" ]; then
+  # tools/test_detectron2_main.sh: detectron2 main, built from its repository, or nothing.
+  if ! "$PY" -c 'import detectron2, sys; sys.exit(detectron2.__version__.startswith("0.6"))' 2>/dev/null; then
+    timeout 20 git ls-remote "${D2_OFFICIAL#git+}" HEAD >/dev/null 2>&1 || {
+      say "DFINE_DETECTRON2=main, but the official repository is not reachable"; exit 1; }
+    pip_install --no-build-isolation "$D2_OFFICIAL"
+  fi
+  say "detectron2: main, built from the official repository"
+elif D2_AT="$("$PY" -c 'import detectron2, os; print(os.path.dirname(detectron2.__file__))' 2>/dev/null)"; then
   say "detectron2: step 1, using the importable installation at $D2_AT"
 elif timeout 20 git ls-remote "${D2_OFFICIAL#git+}" HEAD >/dev/null 2>&1 \
      && pip_install --no-build-isolation "$D2_OFFICIAL"; then
