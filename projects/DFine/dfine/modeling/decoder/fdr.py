@@ -101,6 +101,12 @@ def distance2bbox(points: torch.Tensor, distance: torch.Tensor, reg_scale: Scala
     return box_xyxy_to_cxcywh(torch.stack([x1, y1, x2, y2], -1))
 
 
+# FGL targets stay this far below the last bin R, so that the left bin floor(target) is at most
+# R - 1 and its right neighbour R exists (official ``translate_gt`` and ``bbox2distance``, D-FINE
+# src/zoo/dfine/dfine_utils.py: ``reg_max - 0.1`` and ``eps=0.1``).
+LAST_BIN_MARGIN = 0.1
+
+
 @torch.no_grad()
 def bbox2distance(
     points: torch.Tensor,
@@ -108,14 +114,14 @@ def bbox2distance(
     reg_max: int,
     reg_scale: Scalar,
     up: Scalar,
-    eps: float = 0.1,
+    eps: float = LAST_BIN_MARGIN,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """FGL targets: the edge offsets from reference boxes to ground-truth boxes, as bin positions.
 
     Each offset ``v`` falls between two neighbouring bins ``W(k) <= v < W(k + 1)`` and becomes the
     pair of bins ``k, k + 1`` with linear-interpolation weights. Offsets below ``W(0)`` go wholly to
-    bin 0; offsets at or above ``W(R)`` go wholly to bin ``R`` (target ``R - 0.1``, whose floor is
-    ``R - 1``, with ``weight_right = 1``).
+    bin 0; offsets at or above ``W(R)`` go wholly to bin ``R`` (target ``R -``
+    :data:`LAST_BIN_MARGIN`, whose floor is ``R - 1``, with ``weight_right = 1``).
 
     Args:
         points: ``[N, 4]`` reference boxes, cxcywh.
@@ -148,5 +154,5 @@ def bbox2distance(
 
     target = left_bin.to(weight_right.dtype)
     target = torch.where(below, torch.zeros_like(target), target)
-    target = torch.where(above, torch.full_like(target, reg_max - 0.1), target)
+    target = torch.where(above, torch.full_like(target, reg_max - LAST_BIN_MARGIN), target)
     return target.clamp(min=0, max=reg_max - eps), weight_right, weight_left
