@@ -70,12 +70,14 @@ def convert_epochs(cfg, num_images: int, command_line=frozenset()) -> None:
     ``eval_epochs`` / ``checkpoint_epochs`` are ignored.
 
     Raises:
-        ConfigError: the command line gives one length both in epochs and in iterations.
+        ConfigError: the command line gives one length both in epochs and in iterations
+            (``train.epochs=null train.max_iter=N`` is the way to count in iterations).
     """
     train = cfg.train
     total_batch_size = cfg.dataloader.train.total_batch_size
     train.iters_per_epoch = float(Fraction(num_images, total_batch_size))
-    both = [f"train.{e}, train.{i}" for e, i in EPOCH_KEYS if {f"train.{e}", f"train.{i}"} <= set(command_line)]
+    both = [f"train.{e}, train.{i}" for e, i in EPOCH_KEYS
+            if {f"train.{e}", f"train.{i}"} <= set(command_line) and train.get(e) is not None]
     if both:
         raise ConfigError(f"The command line gives a length both in epochs and in iterations ({'; '.join(both)}); "
                           "give one of each pair (train.<epochs key>=null to count in iterations).")

@@ -54,7 +54,8 @@ def test_config_instantiates(name):
     optimizer = instantiate(cfg.optimizer)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     assert sum(p.numel() for g in optimizer.param_groups for p in g["params"]) == trainable
-    cfg.train.update(max_iter=10000, iters_per_epoch=100)  # what train_net.py sets from the data set
+    # What train_net.py sets from the data set: here the official length in 10000 iterations.
+    cfg.train.update(max_iter=10000, iters_per_epoch=10000 / (cfg.train.epochs or 100))
     lr_multiplier = instantiate(cfg.lr_multiplier)
     final = cfg.lr_multiplier.get("lr_gamma", 1.0)  # flat-cosine ends at lr_gamma
     assert lr_multiplier(0.0) > 0 and lr_multiplier(1.0) == pytest.approx(final)

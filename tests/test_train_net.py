@@ -30,13 +30,13 @@ TINY_DFINE = [
 
 
 def _not_given_in(extra, defaults):
-    """The ``defaults`` whose keys ``extra`` does not set. A length that ``extra`` gives in epochs
-    drops the default in iterations and the other way round: train_net refuses a command line that
-    gives one length both ways."""
+    """The ``defaults`` without the lengths that ``extra`` gives: a length that ``extra`` gives in
+    epochs drops both defaults of that length (in epochs and in iterations), and the other way round,
+    as a user's command line would give it once (train_net refuses one given both ways)."""
     twins = {f"train.{e}": f"train.{i}" for e, i in train_net.EPOCH_KEYS}
     twins.update({i: e for e, i in twins.items()})
-    given = train_net.command_line_keys(extra)
-    dropped = given | {twins[key] for key in given if key in twins}
+    lengths = {key for key in train_net.command_line_keys(extra) if key in twins}
+    dropped = lengths | {twins[key] for key in lengths}
     return [opt for opt in defaults if opt.split("=", 1)[0] not in dropped]
 
 

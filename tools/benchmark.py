@@ -125,8 +125,8 @@ def benchmark_loader(cfg, args, emit) -> None:
         variant_cfg = loader_variant(train_cfg, variant)
         torch.manual_seed(0)
         rates = [time_loader(variant_cfg, args.batches, args.warmup) for _ in range(args.repeats)]
-        emit("loader", variant=variant, images_per_s=round(statistics.median(rates), 2),
-             images_per_s_all=[round(r, 2) for r in rates], batch_size=variant_cfg.total_batch_size,
+        emit("loader", variant=variant, images_per_s=significant(statistics.median(rates)),
+             images_per_s_all=[significant(r) for r in rates], batch_size=variant_cfg.total_batch_size,
              num_workers=variant_cfg.num_workers, image_size=variant_cfg.mapper.image_size, batches=args.batches,
              repeats=args.repeats)
 
@@ -277,9 +277,15 @@ def benchmark_latency(cfg, args, emit) -> None:
         emit_latency("onnxruntime", cpu, batch_size, time_inference(run_onnx, images, args.repeats, args.warmup, cpu))
 
 
+def significant(value: float, digits: int = 4) -> float:
+    """``value`` to ``digits`` significant digits: a rate keeps its precision on a slow machine too
+    (0.2022 images/s, not 0.2)."""
+    return float(f"{value:.{digits}g}")
+
+
 def timing_fields(times, batch_size, device) -> dict:
     ms = statistics.median(times)
-    return dict(ms=round(ms, 3), ms_all=[round(t, 3) for t in times], images_per_s=round(1000 * batch_size / ms, 2),
+    return dict(ms=round(ms, 3), ms_all=[round(t, 3) for t in times], images_per_s=significant(1000 * batch_size / ms),
                 peak_memory_mb=peak_memory_mb(device))
 
 
