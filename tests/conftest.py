@@ -1,12 +1,48 @@
-"""Shared fixtures: small generated COCO-format data sets on disk."""
+"""Shared fixtures (small generated COCO-format data sets on disk) and the test tiers.
+
+Tiers, by module (``-m`` selects them; CI runs everything with the README's command):
+
+* ``e2e``: train_net.py end to end (training, resuming, several processes);
+* ``parity``: whole models and their parts against the goldens of the official code and of our own
+  earlier code (tests/golden/);
+* ``slow``: both of these and the other modules that build full-size models, export or time them.
+  ``pytest tests -m "not slow"`` is the quick loop for edits (README, Development).
+"""
 import json
 import logging
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
 from dfine.data.datasets import register_coco_dataset
 from dfine.data.toy_shapes import TOY_SHAPES_CLASSES, prepare_toy_shapes, toy_shapes_paths
+
+E2E_MODULES = {"test_train_net", "test_launch", "test_resume", "test_ddp", "test_custom_data", "test_finetune"}
+PARITY_MODULES = {"test_parity_rtdetrv2", "test_parity_dfine", "test_parity_deimv2", "test_refactor_golden",
+                  "test_backbone_encoder", "test_hgnetv2", "test_deimv2_vit", "test_deimv2_encoders"}
+OTHER_SLOW_MODULES = {"test_export_onnx", "test_benchmark", "test_meta_arch", "test_checkpoint", "test_predictor"}
+MARKERS = {
+    "e2e": "train_net.py end to end",
+    "parity": "compares with goldens of the official code (tests/golden/)",
+    "slow": "seconds or more per test; deselect with -m 'not slow' for a quick loop",
+}
+
+
+def pytest_configure(config):
+    for name, description in MARKERS.items():
+        config.addinivalue_line("markers", f"{name}: {description}")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        module = Path(str(item.fspath)).stem
+        if module in E2E_MODULES:
+            item.add_marker(pytest.mark.e2e)
+        if module in PARITY_MODULES:
+            item.add_marker(pytest.mark.parity)
+        if module in E2E_MODULES | PARITY_MODULES | OTHER_SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")

@@ -46,6 +46,7 @@ def test_all_configs_are_covered():
     assert {f"{family}_hgnetv2_{size}.py" for family in ("dfine", "deim_dfine") for size in "nsmlx"} <= set(CONFIGS)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", CONFIGS)
 def test_config_instantiates(name):
     cfg = _load(name)

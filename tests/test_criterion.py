@@ -479,6 +479,7 @@ def _ddp_worker(rank, init_file, result_file):
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_distributed_num_boxes_and_empty_rank(tmp_path):
     """Two gloo processes under DDP, one without ground truth: same keys, averaged num_boxes, no hang."""
     import torch.multiprocessing as mp

@@ -122,6 +122,8 @@ def test_two_images_with_the_same_id_stop_the_run(tiny_coco, tmp_path):
     _assert_not_trained(out)
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_annotation_of_no_image_is_dropped_and_logged(tiny_coco, tmp_path, dfine_log):
     data, image_root = _toy_json(tiny_coco)
     orphan = dict(data["annotations"][0], id=9999, image_id=777)
@@ -150,6 +152,8 @@ def test_bbox_of_three_numbers_names_the_annotation(tiny_coco, tmp_path):
     _assert_not_trained(out)
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_total_batch_size_four_stops_train_net_with_the_key(tiny_coco, tmp_path):
     """The issue's command line, as a user runs it: a process that exits with the key, the value and
     the expected type, before it builds anything."""
@@ -602,6 +606,8 @@ def test_unreadable_checkpoint_is_refused_with_its_path_and_kind(tiny_coco, tmp_
     assert str(err.value).startswith(f"Checkpoint {path} {CHECKPOINT_FAULTS[kind]}")
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_resume_falls_back_to_the_newest_readable_checkpoint(tiny_coco, tmp_path, dfine_log):
     out = tmp_path / "run"
     train_net.main(_args(tiny_coco, out, "train.eval_period=0"))  # checkpoints after iterations 4 and 9
@@ -629,6 +635,8 @@ def test_resume_falls_back_to_the_newest_readable_checkpoint(tiny_coco, tmp_path
     assert f"{out / 'model_0000004.pth'} is an empty file" in message and "Drop --resume" in message
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_resume_without_a_checkpoint_says_it_starts_over(tiny_coco, tmp_path, dfine_log):
     out = tmp_path / "fresh"
     train_net.main(_args(tiny_coco, out, "train.max_iter=1", "train.eval_period=0", resume=True))
