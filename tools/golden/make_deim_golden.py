@@ -1,23 +1,22 @@
-"""Write the DEIM golden files of this folder by running the official DEIM implementation.
+"""Write the DEIM golden files ``tests/golden/deim_golden.{json,npz}`` by running the official DEIM
+implementation.
 
-The official code is imported from a work tree outside this repository; nothing of it is copied
-here. Inputs are drawn here with NumPy from fixed seeds (or read from ``rtdetrv2_criterion.npz``),
-so the tests rebuild them without the official code. How to rerun, from the repository root, with
-the official venv described in ``make_rtdetrv2_golden.py``::
+The official code is imported from a clone outside this repository; nothing of it is copied here,
+and the JSON records the clone's commit. Inputs are drawn with NumPy from fixed seeds by
+``golden.dfine_inputs`` (``tests/golden``), or read from ``rtdetrv2_criterion.npz``, so the tests
+rebuild them without the official code. How to rerun, from the repository root::
 
-    mkdir -p /tmp/deim
-    git -C /work/.mirror/Intellindust-AI-Lab+DEIM/repo archive HEAD | tar -x -C /tmp/deim
-    OFFICIAL_DEIM=/tmp/deim \\
-    OFFICIAL_DEIM_COMMIT=$(git -C /work/.mirror/Intellindust-AI-Lab+DEIM/repo log -1 --format=%H) \\
-    PYTHONDONTWRITEBYTECODE=1 /root/.cache/dfine/official-venv/bin/python tests/golden/make_deim_golden.py
+    PYTHONDONTWRITEBYTECODE=1 python tools/golden/make_deim_golden.py PATH/TO/DEIM
 
-Importing this module needs neither the official code nor ``dfine``: the tests take the inputs
-from :func:`mosaic_inputs` and :func:`mixup_inputs`. Outputs ``deim_golden.json`` (scalars and small lists) and ``deim_golden.npz`` (images):
+The criterion case is float64 (its inputs in ``rtdetrv2_criterion.npz`` are float64), so its
+losses hold on every CPU; the other parts are exact or per-pixel values (``dtype`` in the JSON).
+Outputs ``deim_golden.json`` (scalars and small lists) and ``deim_golden.npz`` (images):
 
 * ``criterion``: the official ``DEIMCriterion`` (``losses ['mal', 'boxes']``, gamma 1.5, alpha
   0.75, ``use_uni_set False``, weights mal 1 / bbox 5 / giou 2, as ``configs/base/rt_deim.yml``)
   with the official ``HungarianMatcher`` (class 2 / bbox 5 / giou 2, focal 0.25 / 2) on the final,
-  auxiliary and encoder outputs of ``rtdetrv2_criterion.npz`` without the denoising outputs.
+  auxiliary and encoder outputs of ``rtdetrv2_criterion.npz`` without the denoising outputs
+  (``golden.dfine_inputs.criterion_case``), float64.
 * ``lr``: the learning rate of two parameter groups (base 2e-4 and 2e-5) at chosen iterations of
   the official training loop (``LinearWarmup(2000)`` built and never stepped again, then
   ``FlatCosineLRScheduler.step(iteration)`` after every iteration), with 100 iterations per
@@ -35,8 +34,6 @@ from :func:`mosaic_inputs` and :func:`mixup_inputs`. Outputs ``deim_golden.json`
   (npz ``mosaic_output``) and boxes / labels.
 """
 import json
-import os
-import random
 import sys
 import types
 from pathlib import Path
@@ -45,51 +42,20 @@ from unittest import mock
 import numpy as np
 import torch
 
-GOLDEN_DIR = Path(__file__).resolve().parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
+GOLDEN_DIR = REPO_ROOT / "tests" / "golden"
+sys.path.insert(0, str(GOLDEN_DIR.parent))  # tests/, for golden.dfine_inputs
+from golden.dfine_inputs import (  # noqa: E402
+    MOSAIC_AFFINE,
+    MOSAIC_SIZES,
+    criterion_case,
+    mixup_inputs,
+    mosaic_inputs,
+)
+from make_rtdetrv2_golden import official_commit  # noqa: E402
 
 LR_ITERATIONS = [0, 1, 2, 1000, 1999, 2000, 2001, 3000, 3400, 3401, 4600, 5799, 5800, 5801, 5999]
 EMA_UPDATES = [1, 10, 100, 1000, 2000, 5000, 20000]
-MOSAIC_SIZES = [(40, 60), (50, 30), (64, 64), (30, 45)]  # (h, w) of the four images
-MOSAIC_AFFINE = {"angle": 7.5, "translate": (3, -2), "scale": 1.2, "shear": (0.0, 0.0)}
-
-
-def mosaic_inputs():
-    """Four uint8 RGB images and their XYXY boxes / labels (shared with the test)."""
-    images, boxes, labels = [], [], []
-    for i, (h, w) in enumerate(MOSAIC_SIZES):
-        rng = np.random.default_rng(100 + i)
-        images.append(rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8))
-        x0, y0 = rng.uniform(0, w / 2, 2), rng.uniform(0, h / 2, 2)
-        b = np.stack([x0, y0, x0 + rng.uniform(2, w / 2, 2), y0 + rng.uniform(2, h / 2, 2)], 1)
-        boxes.append(b.astype(np.float32))
-        labels.append(rng.integers(0, 5, size=2).astype(np.int64))
-    return images, boxes, labels
-
-
-def mixup_inputs():
-    """Three 2x8x6 uint8 images, with normalised cxcywh boxes and labels (shared with the test)."""
-    rng = np.random.default_rng(5)
-    images = rng.integers(0, 256, size=(3, 2, 8, 6), dtype=np.uint8)
-    counts = [2, 1, 3]
-    boxes = [rng.uniform(0.2, 0.6, size=(n, 4)).astype(np.float32) for n in counts]
-    labels = [rng.integers(0, 5, size=n).astype(np.int64) for n in counts]
-    return images, boxes, labels
-
-
-def criterion_case():
-    """``(outputs, targets)`` of ``rtdetrv2_criterion.npz`` without its denoising outputs: final, two
-    auxiliary and one encoder output (shared with the test)."""
-    arrays = np.load(GOLDEN_DIR / "rtdetrv2_criterion.npz")
-
-    def head(prefix):
-        return {k: torch.from_numpy(arrays[prefix + k]) for k in ("pred_logits", "pred_boxes")}
-
-    outputs = head("")
-    outputs["aux_outputs"] = [head("aux_0_"), head("aux_1_")]
-    outputs["enc_aux_outputs"] = [head("enc_0_")]
-    targets = [{"labels": torch.from_numpy(arrays[f"target_{b}_labels"]),
-                "boxes": torch.from_numpy(arrays[f"target_{b}_boxes"])} for b in range(2)]
-    return outputs, targets
 
 
 def job_criterion():
@@ -104,7 +70,9 @@ def job_criterion():
         alpha=0.75, gamma=1.5, num_classes=5, use_uni_set=False,
     )
     losses = criterion(out, targets)
-    return {"losses": {k: v.item() for k, v in losses.items()}, "total": sum(losses.values()).item()}
+    assert all(v.dtype == torch.float64 for v in losses.values())
+    return {"dtype": "float64", "losses": {k: v.item() for k, v in losses.items()},
+            "total": sum(v.item() for v in losses.values())}
 
 
 def job_lr():
@@ -220,19 +188,22 @@ def job_mosaic():
     )
 
 
-def main():
+def main(argv):
     import torchvision
 
-    # The official code is only needed here: the tests import the input generators above.
-    sys.path.insert(0, os.environ["OFFICIAL_DEIM"])
+    if len(argv) != 1:
+        sys.exit(__doc__)
+    official = Path(argv[0]).resolve()
+    sys.path.insert(0, str(official))
     sys.modules.setdefault("calflops", types.SimpleNamespace(calculate_flops=None))  # imported, not used
 
     golden = {
         "official_repo": "Intellindust-AI-Lab/DEIM",
-        "official_commit": os.environ["OFFICIAL_DEIM_COMMIT"],
+        "official_commit": official_commit(official),
         "torch": torch.__version__,
         "torchvision": torchvision.__version__,
-        "command": "OFFICIAL_DEIM=<official DEIM> PYTHONDONTWRITEBYTECODE=1 python tests/golden/make_deim_golden.py",
+        "command": "PYTHONDONTWRITEBYTECODE=1 python tools/golden/make_deim_golden.py <DEIM clone>",
+        "dtype": "float64 (criterion); lr, ema and policy are Python numbers, mixup float32, mosaic uint8",
         "criterion": job_criterion(),
         "lr": job_lr(),
         "ema": job_ema(),
@@ -249,4 +220,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])
