@@ -1,7 +1,7 @@
 """The synthetic weights and inputs behind the golden files must never change silently.
 
 The golden values in tests/golden/ were computed by the official RT-DETRv2 code on the tensors that
-tests/golden/synth.py builds (see tests/golden/make_rtdetrv2_golden.py); the CRC-32 fingerprints
+tests/golden/synth.py builds (see tools/golden/make_rtdetrv2_golden.py); the CRC-32 fingerprints
 checked here were recorded by that script in the golden JSON files.
 """
 
