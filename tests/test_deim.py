@@ -158,7 +158,8 @@ def test_deim_criterion_matches_official():
     auxiliary and encoder outputs of ``rtdetrv2_criterion.npz``, denoising off, all float64 (golden:
     official DEIM in float64, commit in ``deim_golden.json``). Tolerance 1e-12 relative: the two
     differ only by the order of float64 operations (largest relative difference measured natively,
-    with ATEN_CPU_CAPABILITY=avx2 and with default kernels: 2e-16)."""
+    with ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 and with ATEN_CPU_CAPABILITY=default:
+    1.6e-16)."""
     from dfine.modeling.criterion import BoxLoss, HungarianMatcher, MatchabilityAwareLoss, SetCriterion
     from dfine.modeling.decoder import Branch, DecoderOutput, Predictions, Proposals
 

@@ -1,5 +1,5 @@
-"""Write ``tests/golden/dfine_fdr_golden.json``: D-FINE's FDR functions and FGL / DDF losses, computed by the
-official D-FINE implementation (Peterande/D-FINE, ``src/zoo/dfine/dfine_utils.py``,
+"""Write ``tests/golden/dfine_fdr_golden.json``: D-FINE's FDR functions and FGL / DDF losses, computed
+by the official D-FINE implementation (Peterande/D-FINE, ``src/zoo/dfine/dfine_utils.py``,
 ``dfine_decoder.Integral``, ``dfine_criterion.DFINECriterion``).
 
 The official code is imported from a clone outside this repository; nothing of it is copied here,
@@ -15,7 +15,9 @@ The inputs are drawn as float32 and handed to the official functions as float64 
 after ``model.double()``: every number is float64, so it holds on every CPU. The official
 ``translate_gt`` and ``DFINECriterion.unimodal_distribution_focal_loss`` cast to float32; they are
 replaced at run time, in the imported modules only, as ``make_dfine_model_golden.py`` describes
-(checked equal to the official functions in float32); the JSON says so in ``float64_patch``. Fields of the JSON:
+(checked equal to the official functions in float32); the JSON says so in ``float64_patch``.
+
+Fields of the JSON:
 
 * ``weighting``: ``W(n)`` for (reg_max, up, reg_scale) in ``WEIGHTING_CASES``, in the official
   training mode (``train``) and ``deploy=True`` mode (``deploy``).

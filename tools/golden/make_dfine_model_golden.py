@@ -1,5 +1,5 @@
-"""Write ``tests/golden/dfine_model_golden.json`` / ``.npz``: whole D-FINE and DEIM-D-FINE models, run by the
-official code.
+"""Write ``tests/golden/dfine_model_golden.json`` / ``.npz``: whole D-FINE and DEIM-D-FINE models, run by
+the official code.
 
 The official D-FINE and DEIM code is imported at run time from clones outside this repository;
 nothing of them is copied here, and the JSON records each clone's commit (``git rev-parse HEAD``).

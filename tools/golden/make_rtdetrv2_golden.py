@@ -45,15 +45,16 @@ so a test can prove it rebuilt the very same tensors. Files:
   ``model.double().train()`` (BatchNorm uses batch statistics), images ``synth_image(640, 640,
   seed=1)`` and ``seed=2`` batched (float64), targets ``golden.dfine_inputs.train_targets`` (float64:
   ``synth_targets([3, 5], 80, seed=3)`` with the boxes on a 1/256 grid, which a Detectron2 model's
-  float32 ``Boxes`` hold exactly); the official ``RTDETRCriterionv2`` built from the config. JSON: every weighted loss, their
-  ``total`` (float64 sum in the dict's order) and the matcher indices of the last layer.
+  float32 ``Boxes`` hold exactly); the official ``RTDETRCriterionv2`` built from the config. JSON:
+  every weighted loss, their ``total`` (float64 sum in the dict's order) and the matcher indices of
+  the last layer.
 * ``criterion`` -> ``rtdetrv2_criterion.npz`` + ``.json``: model-free float64 inputs, drawn here with
-  NumPy and stored: B=2, Q=20, C=5; ``pred_logits``/``pred_boxes``, ``aux_{i}_*`` (i = 0, 1), ``enc_0_*``,
-  ``dn_{i}_*`` (i = 0, 1; 18 denoising queries); targets ``synth_targets([3, 2], 5, seed=11)`` stored
-  as ``target_{b}_labels`` / ``target_{b}_boxes``; ``dn_meta`` from the official
-  ``get_contrastive_denoising_training_group`` with ``num_denoising=10`` (``dn_positive_idx_{b}``,
-  ``dn_num_group``, ``dn_num_split``; target boxes stored as float64). The official ``HungarianMatcher`` (cost class 2 / bbox 5 /
-  giou 2, focal alpha 0.25, gamma 2) gives ``indices_main_{b}``, ``indices_aux_{i}_{b}`` and
+  NumPy and stored: B=2, Q=20, C=5; ``pred_logits``/``pred_boxes``, ``aux_{i}_*`` (i = 0, 1),
+  ``enc_0_*``, ``dn_{i}_*`` (i = 0, 1; 18 denoising queries); targets ``synth_targets([3, 2], 5,
+  seed=11)`` stored as ``target_{b}_labels`` / ``target_{b}_boxes`` (boxes as float64); ``dn_meta``
+  from the official ``get_contrastive_denoising_training_group`` with ``num_denoising=10``
+  (``dn_positive_idx_{b}``, ``dn_num_group``, ``dn_num_split``). The official ``HungarianMatcher``
+  (cost class 2 / bbox 5 / giou 2, focal alpha 0.25, gamma 2) gives ``indices_main_{b}``, ``indices_aux_{i}_{b}`` and
   ``indices_enc_0_{b}`` as [2, n] (row 0 query, row 1 target); the official ``RTDETRCriterionv2``
   (vfl + boxes, weights vfl 1 / bbox 5 / giou 2, alpha 0.75, gamma 2, 5 classes) gives the loss dict in
   the JSON.
