@@ -10,7 +10,8 @@ rebuild them without the official code. How to rerun, from the repository root::
 
 The criterion case is float64 (its inputs in ``rtdetrv2_criterion.npz`` are float64), so its
 losses hold on every CPU; the other parts are exact or per-pixel values (``dtype`` in the JSON).
-Outputs ``deim_golden.json`` (scalars and small lists) and ``deim_golden.npz`` (images):
+Outputs ``deim_golden.json`` (scalars and small lists), ``deim_golden.npz`` (images) and
+``deim_rtdetrv2_r18_train.json`` (the whole DEIM-RT-DETRv2-R18 model, last item below):
 
 * ``criterion``: the official ``DEIMCriterion`` (``losses ['mal', 'boxes']``, gamma 1.5, alpha
   0.75, ``use_uni_set False``, weights mal 1 / bbox 5 / giou 2, as ``configs/base/rt_deim.yml``)
@@ -32,6 +33,16 @@ Outputs ``deim_golden.json`` (scalars and small lists) and ``deim_golden.npz`` (
   data set (``mosaic_image_{i}`` in the npz, with ``mosaic_boxes_{i}`` / ``mosaic_labels_{i}``),
   ``random.choices`` patched to ``[2, 1, 3]`` and the affine parameters fixed; output image
   (npz ``mosaic_output``) and boxes / labels.
+* ``deim_rtdetrv2_r18_train.json``: the official DEIM-RT-DETRv2-R18
+  (``configs/deim_rtdetrv2/deim_r18vd_120e_coco.yml`` with ``PResNet.pretrained: False`` and
+  ``RTDETRTransformerv2.num_denoising: 0``; loaded after the jobs above, the only config of the
+  process) in float64: weights ``synth_state_dict(keys, seed=0)`` over the model's own keys (the
+  constructor buffers of ``synth.CONSTRUCTOR_BUFFERS`` keep the model's values), ``model.double()
+  .train()``, images ``synth_image(640, 640, seed)`` for seeds 1 and 2 (RGB float64 / 255) and targets
+  ``golden.dfine_inputs.train_targets(float64)``, as the RT-DETRv2 and D-FINE training goldens; the
+  config's ``DEIMCriterion`` (MAL + boxes) with the first step's ``epoch``/``step`` metas. Fields:
+  ``state_dict`` (key -> shape, in order), ``weights_crc32``, ``losses``, ``total`` (float64 sum in
+  the dict's order) and ``matcher_indices_last_layer``.
 """
 import json
 import sys
@@ -51,8 +62,9 @@ from golden.dfine_inputs import (  # noqa: E402
     criterion_case,
     mixup_inputs,
     mosaic_inputs,
+    train_targets,
 )
-from make_rtdetrv2_golden import official_commit  # noqa: E402
+from make_rtdetrv2_golden import _image_tensor, _load_synth_weights, official_commit  # noqa: E402
 
 LR_ITERATIONS = [0, 1, 2, 1000, 1999, 2000, 2001, 3000, 3400, 3401, 4600, 5799, 5800, 5801, 5999]
 EMA_UPDATES = [1, 10, 100, 1000, 2000, 5000, 20000]
@@ -188,6 +200,43 @@ def job_mosaic():
     )
 
 
+def job_rtdetrv2_r18(official):
+    import engine  # noqa: F401  (registers every official module)
+    from engine.core import YAMLConfig
+
+    config = "configs/deim_rtdetrv2/deim_r18vd_120e_coco.yml"
+    cfg = YAMLConfig(str(official / config), PResNet={"pretrained": False}, RTDETRTransformerv2={"num_denoising": 0})
+    model, criterion = cfg.model, cfg.criterion
+    assert model.decoder.num_denoising == 0 and type(criterion).__name__ == "DEIMCriterion"
+    state_dict = {k: list(v.shape) for k, v in model.state_dict().items()}
+    weights_crc32 = _load_synth_weights(model)
+    model.double().train()
+    criterion.train()
+    images = torch.stack([_image_tensor(seed, torch.float64) for seed in (1, 2)])
+    targets = train_targets(torch.float64)
+    outputs = model(images, targets=targets)
+    metas = {"epoch": 0, "step": 0, "global_step": 0, "epoch_step": 1}
+    losses = criterion(outputs, targets, **metas)
+    assert all(v.dtype == torch.float64 for v in losses.values())
+    matched = criterion.matcher({k: outputs[k] for k in ("pred_logits", "pred_boxes")}, targets)["indices"]
+    return {
+        "config": config,
+        "overrides": {"PResNet.pretrained": False, "RTDETRTransformerv2.num_denoising": 0},
+        "dtype": "float64",
+        "mode": "model.double().train() (BatchNorm with batch statistics), criterion from the config",
+        "weight_seed": 0,
+        "weights_crc32": weights_crc32,
+        "image_seeds": [1, 2],
+        "targets": "golden.dfine_inputs.train_targets(float64)",
+        "metas": metas,
+        "weight_dict": dict(criterion.weight_dict),
+        "losses": {k: v.item() for k, v in losses.items()},
+        "total": sum(v.item() for v in losses.values()),
+        "matcher_indices_last_layer": [[src.tolist(), tgt.tolist()] for src, tgt in matched],
+        "state_dict": state_dict,
+    }
+
+
 def main(argv):
     import torchvision
 
@@ -217,6 +266,10 @@ def main(argv):
     (GOLDEN_DIR / "deim_golden.json").write_text(json.dumps(golden, indent=1) + "\n")
     np.savez_compressed(GOLDEN_DIR / "deim_golden.npz", **arrays)
     print("wrote deim_golden.json and deim_golden.npz")
+    provenance = {k: golden[k] for k in ("official_repo", "official_commit", "torch", "torchvision", "command")}
+    model = {**provenance, **job_rtdetrv2_r18(official)}
+    (GOLDEN_DIR / "deim_rtdetrv2_r18_train.json").write_text(json.dumps(model, indent=1) + "\n")
+    print("wrote deim_rtdetrv2_r18_train.json")
 
 
 if __name__ == "__main__":
