@@ -116,6 +116,9 @@ def test_rebuilds_the_train_and_criterion_golden_inputs():
     assert fingerprint(images) == recorded["images_crc32"]
     assert fingerprint(synth_targets([3, 5], 80, seed=3)) == recorded["targets_crc32"]
 
+    deim = _load_json("deim_rtdetrv2_r18_train.json")
+    assert fingerprint(synth_state_dict(deim["state_dict"], seed=deim["weight_seed"])) == deim["weights_crc32"]
+
     stored = np.load(GOLDEN / "rtdetrv2_criterion.npz")
     for b, t in enumerate(synth_targets([3, 2], 5, seed=11)):
         assert np.array_equal(stored[f"target_{b}_labels"], t["labels"].numpy())

@@ -5,10 +5,12 @@ Golden values: tests/golden/dfine_model_golden.{json,npz}, computed by the offic
 tools/golden/make_dfine_model_golden.py, on the synthetic weights, images and targets of
 tests/golden/synth.py (the JSON records the commits). Parameter counts come from the models as
 built; eval outputs and training losses were computed IN FLOAT64 (official ``model.double()``, float64
-images and targets; the official ``translate_gt`` casts to float32, so the script swaps in a version
-that follows its input's dtype, checked equal to the official one in float32). Our side loads the
-same synthetic official state dict through the official-checkpoint converter, so these tests also pin
-the key mapping of every size, and runs in float64 too.
+images and targets; the official ``translate_gt`` and the criterion's FGL weight cast to float32, so
+the script swaps in versions that follow their input's dtype, checked equal to the official ones in
+float32). The training targets are ``golden.dfine_inputs.train_targets``: boxes on a 1/256 grid, which
+Detectron2's float32 ``Boxes`` hold exactly, so both models see the same float64 targets. Our side
+loads the same synthetic official state dict through the official-checkpoint converter, so these
+tests also pin the key mapping of every size, and runs in float64 too.
 
 Tolerances. In float64 ours and the official model differ only by the order of operations: the
 largest relative difference measured (natively on AVX-512, with ATEN_CPU_CAPABILITY=avx2
