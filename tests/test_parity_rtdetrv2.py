@@ -6,8 +6,9 @@ computed IN FLOAT64 by the official lyuwenyu/RT-DETR code (rtdetrv2_pytorch, com
 JSON files record) with tools/golden/make_rtdetrv2_golden.py, and deim_rtdetrv2_r18_train.json,
 computed in float64 by the official Intellindust-AI-Lab/DEIM code (commit a9aa4ad) with
 tools/golden/make_deim_golden.py, on the synthetic weights, images and targets of
-tests/golden/synth.py and tests/golden/dfine_inputs.py. Our side loads the same synthetic official state dict through the
-official-checkpoint converter, so these tests also pin the key mapping, and runs in float64 too.
+tests/golden/synth.py and tests/golden/dfine_inputs.py. Our side loads the same synthetic official
+state dict through the official-checkpoint converter, so these tests also pin the key mapping, and
+runs in float64 too.
 
 Tolerances. In float64 our model and the official one differ only by the order of operations: the
 largest difference measured (natively on AVX-512, with ATEN_CPU_CAPABILITY=avx2

@@ -76,7 +76,8 @@ def job_criterion():
 
     out, targets = criterion_case()
     out["enc_meta"] = {"class_agnostic": False}
-    matcher = HungarianMatcher({"cost_class": 2, "cost_bbox": 5, "cost_giou": 2}, use_focal_loss=True, alpha=0.25, gamma=2.0)
+    matcher = HungarianMatcher({"cost_class": 2, "cost_bbox": 5, "cost_giou": 2}, use_focal_loss=True, alpha=0.25,
+                               gamma=2.0)
     criterion = DEIMCriterion(
         matcher, weight_dict={"loss_mal": 1, "loss_bbox": 5, "loss_giou": 2}, losses=["mal", "boxes"],
         alpha=0.75, gamma=1.5, num_classes=5, use_uni_set=False,
@@ -95,7 +96,8 @@ def job_lr():
     optimizer = torch.optim.AdamW([{"params": [params[0]]}, {"params": [params[1]], "lr": 2e-5}], lr=2e-4)
     steps = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[1000], gamma=0.1)
     LinearWarmup(steps, warmup_duration=2000)  # its constructor sets the LR of the first iteration
-    scheduler = FlatCosineLRScheduler(optimizer, 0.5, 100, total_epochs=60, warmup_iter=2000, flat_epochs=34, no_aug_epochs=2)
+    scheduler = FlatCosineLRScheduler(optimizer, 0.5, 100, total_epochs=60, warmup_iter=2000, flat_epochs=34,
+                                      no_aug_epochs=2)
     used = {}
     for iteration in range(6000):
         used[iteration] = [g["lr"] for g in optimizer.param_groups]
@@ -129,7 +131,8 @@ def job_policy():
 
     policy = {"name": "stop_epoch", "epoch": [2, 6, 10], "ops": names[:4]}
     compose = Compose([recorder(n) for n in names], policy=policy, mosaic_prob=0.5)
-    collate = BatchImageCollateFunction(stop_epoch=10, base_size=64, base_size_repeat=1, mixup_prob=0.5, mixup_epochs=[2, 6])
+    collate = BatchImageCollateFunction(stop_epoch=10, base_size=64, base_size_repeat=1, mixup_prob=0.5,
+                                        mixup_epochs=[2, 6])
     table = []
     for epoch in range(12):
         row = {"epoch": epoch}
@@ -139,7 +142,8 @@ def job_policy():
                 compose(None, {}, types.SimpleNamespace(epoch=epoch))
             row[key] = list(ran)
         collate.set_epoch(epoch)
-        items = [(torch.zeros(3, 64, 64), {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0), "area": torch.zeros(0)})] * 2
+        empty = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0), "area": torch.zeros(0)}
+        items = [(torch.zeros(3, 64, 64), empty)] * 2
         with mock.patch("random.random", return_value=0.0), mock.patch("random.choice", return_value=32):
             images, targets = collate(items)
         row["mixup"] = "mixup" in targets[0]
@@ -154,8 +158,8 @@ def job_mixup():
     images, boxes, labels = mixup_inputs()
     collate = BatchImageCollateFunction(mixup_prob=0.5, mixup_epochs=[0, 5])
     collate.set_epoch(1)
-    targets = [{"boxes": torch.from_numpy(b), "labels": torch.from_numpy(l), "area": torch.ones(len(l))}
-               for b, l in zip(boxes, labels)]
+    targets = [{"boxes": torch.from_numpy(b), "labels": torch.from_numpy(c), "area": torch.ones(len(c))}
+               for b, c in zip(boxes, labels)]
     with mock.patch("random.random", return_value=0.1), mock.patch("random.uniform", return_value=0.4812345678):
         mixed, new_targets = collate.apply_mixup(torch.from_numpy(images).float() / 255, targets)
     return (

@@ -136,7 +136,7 @@ def encoders(provenance):
             "state_dict": shapes,
             "num_parameters": num_parameters,
             "deploy_num_parameters": sum(p.numel() for p in model.parameters()),
-            "outputs": [{"shape": list(o.shape), "sum": o.double().sum().item(), "abs_sum": o.double().abs().sum().item()}
+            "outputs": [{"shape": list(o.shape), "sum": o.sum().item(), "abs_sum": o.abs().sum().item()}
                         for o in outs],
             "deploy_max_abs_change": max((a - b).abs().max().item() for a, b in zip(outs, deployed)),
         }

@@ -55,7 +55,8 @@ left out of the keys handed to it. No other key of any of the ten configs is uns
 JSON fields:
 
 * provenance: ``official`` ({repo: {"repo", "commit"}}), ``torch``, ``torchvision``, ``numpy``,
-  ``command``, ``dtype`` and ``float64_patch``; the inputs: ``weight_seed`` (0), ``keep_own_leaves`` (``up``, ``reg_scale``),
+  ``command``, ``dtype`` and ``float64_patch``; the inputs: ``weight_seed`` (0), ``keep_own_leaves``
+  (``up``, ``reg_scale``),
   ``constructor_buffers``, ``eval_image`` / ``eval_image_crc32`` (``synth_image(640, 640, seed=0)``),
   ``train_images`` / ``train_images_crc32`` (``synth_image(640, 640, seed)`` for seeds 1 and 2),
   ``train_targets`` / ``train_targets_crc32`` (``golden.dfine_inputs.train_targets``: the int64 labels
