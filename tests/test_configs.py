@@ -12,7 +12,7 @@ CONFIGS = sorted(str(p.relative_to(ROOT / "configs")) for p in (ROOT / "configs"
                  if "common" not in p.parts)
 
 # Official parameter counts (sum of numel over all parameters of the model built by the official
-# code), from the issue and re-measured by tests/golden/make_rtdetrv2_golden.py (keys json files).
+# code), from the issue and re-measured by tools/golden/make_rtdetrv2_golden.py (keys json files).
 OFFICIAL_PARAMETERS = {
     "rtdetrv2_r18.py": 20_184_464,
     "rtdetrv2_r34.py": 31_441_668,

@@ -1,7 +1,7 @@
 """The synthetic weights and inputs behind the golden files must never change silently.
 
 The golden values in tests/golden/ were computed by the official RT-DETRv2 code on the tensors that
-tests/golden/synth.py builds (see tests/golden/make_rtdetrv2_golden.py); the CRC-32 fingerprints
+tests/golden/synth.py builds (see tools/golden/make_rtdetrv2_golden.py); the CRC-32 fingerprints
 checked here were recorded by that script in the golden JSON files.
 """
 
@@ -115,6 +115,9 @@ def test_rebuilds_the_train_and_criterion_golden_inputs():
     images = [synth_image(640, 640, seed) for seed in recorded["image_seeds"]]
     assert fingerprint(images) == recorded["images_crc32"]
     assert fingerprint(synth_targets([3, 5], 80, seed=3)) == recorded["targets_crc32"]
+
+    deim = _load_json("deim_rtdetrv2_r18_train.json")
+    assert fingerprint(synth_state_dict(deim["state_dict"], seed=deim["weight_seed"])) == deim["weights_crc32"]
 
     stored = np.load(GOLDEN / "rtdetrv2_criterion.npz")
     for b, t in enumerate(synth_targets([3, 2], 5, seed=11)):

@@ -31,7 +31,7 @@ Fields of the json:
   input projections) also ``outputs``: the encoder rebuilt with ``eval_spatial_size=[96, 96]``
   (``forward_kwargs``; the config's size would not fit the small maps), weights
   ``synth_state_dict(keys, seed=1)``, ``eval()``, input
-  ``make_dfine_golden.encoder_features(in_channels, feat_strides, size=96)``; per output its shape,
+  ``dfine_inputs.encoder_features(in_channels, feat_strides, size=96)``; per output its shape,
   sum and abs-sum (npz ``encoder_{key}_{i}`` = ``x[0, :8, ::2, ::2]``), and
   ``deploy_max_abs_change``, the largest change of any output after deploy conversion.
 """
@@ -45,10 +45,10 @@ import numpy as np
 import torch
 
 try:  # imported by the tests as golden.make_deimv2_encoders_golden, run as a script otherwise
-    from .make_dfine_golden import encoder_features
+    from .dfine_inputs import encoder_features
     from .synth import synth_image, synth_state_dict
 except ImportError:
-    from make_dfine_golden import encoder_features
+    from dfine_inputs import encoder_features
     from synth import synth_image, synth_state_dict
 
 GOLDEN_DIR = Path(__file__).resolve().parent

@@ -93,8 +93,9 @@ REPO_ROOT = GOLDEN_DIR.parent.parent
 sys.path.insert(0, str(GOLDEN_DIR.parent))  # tests/, for golden.synth when run as a script
 
 from golden.make_deimv2_vit_golden import synth_vit_state_dict  # noqa: E402
-from golden.make_dfine_model_golden import _flat_sections as flat_yaml_sections  # noqa: E402
-from golden.make_rtdetrv2_golden import _top_gaps  # noqa: E402
+sys.path.insert(0, str(REPO_ROOT / "tools" / "golden"))  # the D-FINE and RT-DETRv2 golden scripts
+from make_dfine_model_golden import _flat_sections as flat_yaml_sections  # noqa: E402
+from make_rtdetrv2_golden import _top_gaps  # noqa: E402
 from golden.synth import CONSTRUCTOR_BUFFERS, fingerprint, synth_image, synth_targets  # noqa: E402
 
 HGNETV2 = ("atto", "femto", "pico", "n", "s", "m", "l", "x")

@@ -1,8 +1,8 @@
 """Deterministic synthetic weights, images and targets for golden-value tests.
 
 The golden files next to this module were produced by running the official code on exactly these
-weights and inputs (see ``make_rtdetrv2_golden.py``). A test rebuilds the same tensors here, loads them
-into our model and compares. Nothing in this module depends on the official code or on ``dfine``.
+weights and inputs (see ``tools/golden/make_rtdetrv2_golden.py``). A test rebuilds the same tensors
+here, loads them into our model and compares. Nothing in this module depends on the official code or on ``dfine``.
 
 All random draws are uniform doubles from NumPy's PCG64 (``Generator.random``), the most stable part of
 NumPy's random API; ``tests/test_golden_synth.py`` pins a few values so that a change in the stream cannot

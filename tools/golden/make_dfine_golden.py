@@ -1,14 +1,15 @@
-"""Write the D-FINE golden files ``hgnetv2_golden.json`` / ``.npz`` and ``dfine_encoder_golden.json`` /
-``.npz`` by running the official D-FINE backbone and hybrid encoder.
+"""Write the D-FINE golden files ``tests/golden/hgnetv2_golden.json`` / ``.npz`` and
+``tests/golden/dfine_encoder_golden.json`` / ``.npz`` by running the official D-FINE backbone and
+hybrid encoder.
 
-Nothing of the official code is copied here. How to rerun, from the repository root, with the
-official venv described in ``make_rtdetrv2_golden.py``::
+The official code is imported from a clone outside this repository; nothing of it is copied here,
+and the JSON records the clone's commit. How to rerun, from the repository root::
 
-    mkdir -p /tmp/dfine_official
-    git -C /work/.mirror/Peterande+D-FINE/repo archive HEAD | tar -x -C /tmp/dfine_official
-    OFFICIAL_DFINE=/tmp/dfine_official \\
-    OFFICIAL_DFINE_COMMIT=$(git -C /work/.mirror/Peterande+D-FINE/repo log -1 --format=%H) \\
-    PYTHONDONTWRITEBYTECODE=1 /root/.cache/dfine/official-venv/bin/python tests/golden/make_dfine_golden.py
+    PYTHONDONTWRITEBYTECODE=1 python tools/golden/make_dfine_golden.py PATH/TO/D-FINE
+
+Layouts and counts are of the modules as built (float32). Every forward value is float64: the
+module runs after ``.double()`` on float64 inputs, so the values hold on every CPU whatever its
+vector kernels (``dtype`` in the JSON). No official function needs a change for that.
 
 ``hgnetv2_golden``:
 
@@ -18,20 +19,20 @@ official venv described in ``make_rtdetrv2_golden.py``::
   M: B2 + LAB; L: B4 with FrozenBN; X: B5 with FrozenBN): the state-dict key -> shape map, the
   parameter count and the trainable parameter count with the config's freezing.
 * forward values for ``s`` and ``l``: weights ``synth_state_dict(keys, seed=0)`` loaded strictly,
-  ``eval()``, input ``synth_image(98, 130, seed=4)`` as RGB float / 255 (1x3x98x130, odd sizes to
+  ``double().eval()``, input ``synth_image(98, 130, seed=4)`` as RGB float64 / 255 (1x3x98x130, odd sizes to
   exercise the stem padding and ceil pooling); per returned level: shape, float64 sum and abs-sum,
   and ``x[0, :8, ::4, ::4]`` in the npz as ``{model}_{i}``.
 
 ``dfine_encoder_golden``: the official ``HybridEncoder`` of the N (two levels) and S configs
 (``ENCODERS``), with ``eval_spatial_size`` 64x64: state-dict key -> shape, parameter count before and
 after ``convert_to_deploy`` of every submodule that has one (as ``model.deploy()``), and, for
-weights ``synth_state_dict(keys, seed=1)`` in ``eval()`` on feature maps
-``np.random.default_rng(7).standard_normal`` (float32, strides 8/16/32 of a 64x64 image, only the
-levels the config uses), the outputs' shape, sum and abs-sum and ``x[0, :8, ::2, ::2]`` (npz
+weights ``synth_state_dict(keys, seed=1)`` in ``double().eval()`` on the feature maps of
+``golden.dfine_inputs.encoder_features`` (``np.random.default_rng(7).standard_normal``, drawn as
+float32 and handed over as float64; strides 8/16/32 of a 64x64 image, only the levels the config
+uses), the outputs' shape, sum and abs-sum and ``x[0, :8, ::2, ::2]`` (npz
 ``{size}_{i}``) before deploy, and the largest absolute change after deploy.
 """
 import json
-import os
 import sys
 import types
 from pathlib import Path
@@ -39,12 +40,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-try:  # imported by the tests as golden.make_dfine_golden, run as a script otherwise
-    from .synth import synth_image, synth_state_dict
-except ImportError:
-    from synth import synth_image, synth_state_dict
+REPO_ROOT = Path(__file__).resolve().parents[2]
+GOLDEN_DIR = REPO_ROOT / "tests" / "golden"
+sys.path.insert(0, str(GOLDEN_DIR.parent))  # tests/, for golden.synth and golden.dfine_inputs
+from golden.dfine_inputs import encoder_features  # noqa: E402
+from golden.synth import synth_image, synth_state_dict  # noqa: E402
+from make_rtdetrv2_golden import official_commit  # noqa: E402
 
-GOLDEN_DIR = Path(__file__).resolve().parent
+DTYPE = torch.float64
 MODELS = {  # D-FINE configs/dfine/dfine_hgnetv2_*_coco.yml
     "n": dict(name="B0", use_lab=True, return_idx=[2, 3], freeze_at=-1, freeze_norm=False),
     "s": dict(name="B0", use_lab=True, return_idx=[1, 2, 3], freeze_at=-1, freeze_norm=False),
@@ -62,9 +65,11 @@ ENCODERS = {  # D-FINE configs/dfine/dfine_hgnetv2_{n,s}_coco.yml + include/dfin
 }
 
 
-def main():
-    # The official code is only needed here: the tests import encoder_features.
-    sys.path.insert(0, os.environ["OFFICIAL_DFINE"])
+def main(argv):
+    if len(argv) != 1:
+        sys.exit(__doc__)
+    official = Path(argv[0]).resolve()
+    sys.path.insert(0, str(official))
     sys.modules.setdefault("calflops", types.SimpleNamespace(calculate_flops=None))
     from src.nn.backbone.hgnetv2 import HGNetv2
 
@@ -73,9 +78,10 @@ def main():
 
     golden = {
         "official_repo": "Peterande/D-FINE",
-        "official_commit": os.environ["OFFICIAL_DFINE_COMMIT"],
+        "official_commit": official_commit(official),
         "torch": torch.__version__,
-        "command": "OFFICIAL_DFINE=<official D-FINE> PYTHONDONTWRITEBYTECODE=1 python tests/golden/make_dfine_golden.py",
+        "command": "PYTHONDONTWRITEBYTECODE=1 python tools/golden/make_dfine_golden.py <D-FINE clone>",
+        "dtype": "float64 (forward values; layouts and counts of the modules as built)",
         "archs": {},
         "models": {},
     }
@@ -84,7 +90,7 @@ def main():
             model = HGNetv2(name, use_lab=use_lab, pretrained=False, freeze_norm=False)
             golden["archs"][f"{name}{'_lab' if use_lab else ''}"] = count(model)
     arrays = {}
-    image = torch.from_numpy(synth_image(98, 130, seed=4)).permute(2, 0, 1)[None].float() / 255
+    image = torch.from_numpy(synth_image(98, 130, seed=4)).permute(2, 0, 1)[None].to(DTYPE) / 255
     for key, kwargs in MODELS.items():
         model = HGNetv2(**kwargs, pretrained=False)
         shapes = {k: list(v.shape) for k, v in model.state_dict().items()}
@@ -92,7 +98,7 @@ def main():
                  "num_trainable": count(model, trainable=True)}
         if key in ("s", "l"):
             model.load_state_dict(synth_state_dict(shapes, seed=0), strict=False)
-            model.eval()
+            model.to(DTYPE).eval()
             with torch.no_grad():
                 outs = model(image)
             entry["outputs"] = [{"shape": list(o.shape), "sum": o.double().sum().item(),
@@ -106,17 +112,10 @@ def main():
     encoders(golden)
 
 
-def encoder_features(in_channels, feat_strides, size=64):
-    """The synthetic backbone maps of the encoder golden values (shared with the test)."""
-    rng = np.random.default_rng(7)
-    return [torch.from_numpy(rng.standard_normal((1, c, size // s, size // s)).astype(np.float32))
-            for c, s in zip(in_channels, feat_strides)]
-
-
 def encoders(provenance):
     from src.zoo.dfine.hybrid_encoder import HybridEncoder
 
-    golden = {k: provenance[k] for k in ("official_repo", "official_commit", "torch", "command")}
+    golden = {k: provenance[k] for k in ("official_repo", "official_commit", "torch", "command", "dtype")}
     golden["encoders"] = {}
     arrays = {}
     for key, kwargs in ENCODERS.items():
@@ -124,8 +123,8 @@ def encoders(provenance):
         shapes = {k: list(v.shape) for k, v in model.state_dict().items()}
         num_parameters = sum(p.numel() for p in model.parameters())
         model.load_state_dict(synth_state_dict(shapes, seed=1), strict=False)
-        model.eval()
-        feats = encoder_features(kwargs["in_channels"], kwargs["feat_strides"])
+        model.to(DTYPE).eval()
+        feats = encoder_features(kwargs["in_channels"], kwargs["feat_strides"], dtype=DTYPE)
         with torch.no_grad():
             outs = model(feats)
             for module in list(model.modules())[1:]:
@@ -137,7 +136,7 @@ def encoders(provenance):
             "state_dict": shapes,
             "num_parameters": num_parameters,
             "deploy_num_parameters": sum(p.numel() for p in model.parameters()),
-            "outputs": [{"shape": list(o.shape), "sum": o.double().sum().item(), "abs_sum": o.double().abs().sum().item()}
+            "outputs": [{"shape": list(o.shape), "sum": o.sum().item(), "abs_sum": o.abs().sum().item()}
                         for o in outs],
             "deploy_max_abs_change": max((a - b).abs().max().item() for a, b in zip(outs, deployed)),
         }
@@ -149,4 +148,4 @@ def encoders(provenance):
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

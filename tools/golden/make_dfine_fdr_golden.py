@@ -1,21 +1,23 @@
-"""Write ``dfine_fdr_golden.json``: D-FINE's FDR functions and FGL / DDF losses, computed by the
-official D-FINE implementation (Peterande/D-FINE, ``src/zoo/dfine/dfine_utils.py``,
+"""Write ``tests/golden/dfine_fdr_golden.json``: D-FINE's FDR functions and FGL / DDF losses, computed
+by the official D-FINE implementation (Peterande/D-FINE, ``src/zoo/dfine/dfine_utils.py``,
 ``dfine_decoder.Integral``, ``dfine_criterion.DFINECriterion``).
 
-The official code is imported from a work tree outside this repository; nothing of it is copied
-here. :func:`fdr_inputs` draws every input with NumPy from fixed seeds; ``tests/test_fdr.py`` calls
-it too (it needs neither the official code nor ``dfine``), and the JSON records a CRC-32 of the
-inputs so that a drifting generator cannot go unnoticed. How to rerun, from the repository root,
-with the official venv described in ``make_rtdetrv2_golden.py``::
+The official code is imported from a clone outside this repository; nothing of it is copied here,
+and the JSON records the clone's commit. ``golden.dfine_inputs.fdr_inputs`` (``tests/golden``)
+draws every input with NumPy from fixed seeds; ``tests/test_fdr.py`` calls it too, and the JSON
+records a CRC-32 of the inputs so that a drifting generator cannot go unnoticed. How to rerun, from
+the repository root::
 
-    mkdir -p /tmp/dfine_official
-    git -C /work/.mirror/Peterande+D-FINE/repo archive HEAD | tar -x -C /tmp/dfine_official
-    OFFICIAL_DFINE=/tmp/dfine_official \\
-    OFFICIAL_DFINE_COMMIT=$(git -C /work/.mirror/Peterande+D-FINE/repo log -1 --format=%H) \\
-    PYTHONDONTWRITEBYTECODE=1 /root/.cache/dfine/official-venv/bin/python tests/golden/make_dfine_fdr_golden.py
+    PYTHONDONTWRITEBYTECODE=1 python tools/golden/make_dfine_fdr_golden.py PATH/TO/D-FINE
 
-Every tensor is float32 on CPU; ``up`` and ``reg_scale`` are one-element tensors, as the official
-decoder's frozen parameters. Fields of the JSON:
+The inputs are drawn as float32 and handed to the official functions as float64 (exact), with
+``up`` and ``reg_scale`` float64 one-element tensors, as the official decoder's frozen parameters
+after ``model.double()``: every number is float64, so it holds on every CPU. The official
+``translate_gt`` and ``DFINECriterion.unimodal_distribution_focal_loss`` cast to float32; they are
+replaced at run time, in the imported modules only, as ``make_dfine_model_golden.py`` describes
+(checked equal to the official functions in float32); the JSON says so in ``float64_patch``.
+
+Fields of the JSON:
 
 * ``weighting``: ``W(n)`` for (reg_max, up, reg_scale) in ``WEIGHTING_CASES``, in the official
   training mode (``train``) and ``deploy=True`` mode (``deploy``).
@@ -40,115 +42,37 @@ decoder's frozen parameters. Fields of the JSON:
   all occur once (image 1, the tie order).
 """
 import json
-import os
 import sys
 import types
 from pathlib import Path
 
-import numpy as np
 import torch
 
-GOLDEN_DIR = Path(__file__).resolve().parent
-sys.path.insert(0, str(GOLDEN_DIR.parent))  # tests/, for golden.synth when run as a script
+REPO_ROOT = Path(__file__).resolve().parents[2]
+GOLDEN_DIR = REPO_ROOT / "tests" / "golden"
+sys.path.insert(0, str(GOLDEN_DIR.parent))  # tests/, for golden.synth and golden.dfine_inputs
+from golden.dfine_inputs import EDGE_OFFSETS, WEIGHTING_CASES, fdr_inputs  # noqa: E402
 from golden.synth import fingerprint  # noqa: E402
+from make_dfine_model_golden import CRITERIA, FLOAT64_PATCH, REPOS, patch_for_float64  # noqa: E402
+from make_rtdetrv2_golden import official_commit  # noqa: E402
 
-WEIGHTING_CASES = [(32, 0.5, 4.0), (32, 0.5, 8.0), (16, 0.5, 4.0)]
-EDGE_OFFSETS = [-5.0, -4.0, -1.9, 0.0, 0.3, 2.0, 3.99, 4.0, 5.0]
+DTYPE = torch.float64
 LOCAL_NUM_BOXES, LOCAL_DN_NUM_BOXES = 5.0, 10.0
-
-
-def _uniform(rng, low, high, shape):
-    return (low + (high - low) * rng.random(shape)).astype(np.float32)
-
-
-def _boxes_around(rng, ref, low, high):
-    """xyxy boxes whose edges lie ``u * size`` from the centre of ``ref`` (cxcywh), ``u`` in [low, high]."""
-    u = _uniform(rng, low, high, ref.shape)
-    cx, cy, w, h = ref.T
-    return np.stack([cx - u[:, 0] * w, cy - u[:, 1] * h, cx + u[:, 2] * w, cy + u[:, 3] * h], 1).astype(np.float32)
-
-
-def _ref_boxes(rng, shape):
-    return np.concatenate([_uniform(rng, 0.3, 0.7, shape + (2,)), _uniform(rng, 0.1, 0.4, shape + (2,))], -1)
-
-
-def fdr_inputs():
-    """All inputs, NumPy float32 / int64 arrays and Python numbers (shared with the test)."""
-    rng = np.random.default_rng(1)
-    integral_logits = _uniform(rng, -4, 4, (2, 5, 132))
-    rng = np.random.default_rng(2)
-    d2b_points = _ref_boxes(rng, (2, 3))
-    d2b_distance = _uniform(rng, -8, 8, (2, 3, 4))
-    rng = np.random.default_rng(3)
-    b2d_points = _ref_boxes(rng, (16,))
-    b2d_boxes = _boxes_around(rng, b2d_points, -0.7, 1.7)
-    edge_boxes = np.array([[-(v + 2), -(v + 2), v + 2, v + 2] for v in EDGE_OFFSETS], np.float32)
-    rng = np.random.default_rng(4)
-    udfl_logits = _uniform(rng, -3, 3, (64, 33))
-    udfl_weight = _uniform(rng, 0, 1, (64,))
-
-    rng = np.random.default_rng(5)
-    b, q, q_dn, c = 2, 6, 4, 3
-    local = {
-        "ref_points": _ref_boxes(rng, (b, q)),
-        "aux_corners": _uniform(rng, -3, 3, (b, q, 132)),
-        "final_corners": _uniform(rng, -3, 3, (b, q, 132)),
-        "final_logits": _uniform(rng, -4, 4, (b, q, c)),
-        "gt_boxes_0": _ref_boxes(rng, (2,)),
-        "gt_boxes_1": _ref_boxes(rng, (3,)),
-        "gt_labels_0": np.array([0, 2], np.int64),
-        "gt_labels_1": np.array([1, 1, 0], np.int64),
-        "query_idx_0": np.array([1, 4], np.int64),
-        "gt_idx_0": np.array([0, 1], np.int64),
-        "query_idx_1": np.array([0, 2, 5], np.int64),
-        "gt_idx_1": np.array([2, 0, 1], np.int64),
-        "dn_ref_points": _ref_boxes(rng, (b, q_dn)),
-        "dn_corners": _uniform(rng, -3, 3, (b, q_dn, 132)),
-        "dn_final_corners": _uniform(rng, -3, 3, (b, q_dn, 132)),
-        "dn_final_logits": _uniform(rng, -4, 4, (b, q_dn, c)),
-        "dn_query_idx_0": np.array([0, 2], np.int64),
-        "dn_gt_idx_0": np.array([0, 1], np.int64),
-        "dn_query_idx_1": np.array([1, 3], np.int64),
-        "dn_gt_idx_1": np.array([2, 0], np.int64),
-    }
-    # Predicted boxes near the reference boxes, so that matched IoUs spread over (0, 1).
-    for prefix, ref in (("aux", local["ref_points"]), ("final", local["ref_points"]), ("dn", local["dn_ref_points"])):
-        jitter = _uniform(rng, -0.3, 0.3, ref.shape)
-        local[prefix + "_boxes"] = (ref * (1 + jitter)).astype(np.float32)
-    local["dn_final_boxes"] = local["dn_boxes"]
-
-    union = {
-        "indices": [[[0, 1], [0, 1]], [[3, 0], [1, 0]]],  # per image (queries, gts)
-        "indices_aux": [
-            [[[0, 2], [0, 1]], [[3], [0]]],
-            [[[3, 2], [0, 1]], [[1], [1]]],
-            [[[0, 2], [1, 1]], [[0, 5], [2, 1]]],
-        ],
-    }
-    return {
-        "integral_logits": integral_logits,
-        "d2b_points": d2b_points,
-        "d2b_distance": d2b_distance,
-        "b2d_points": b2d_points,
-        "b2d_boxes": b2d_boxes,
-        "edge_boxes": edge_boxes,
-        "udfl_logits": udfl_logits,
-        "udfl_weight": udfl_weight,
-        "local": local,
-        "union": union,
-    }
-
 
 def official_values(inputs):
     from src.zoo.dfine.dfine_criterion import DFINECriterion
     from src.zoo.dfine.dfine_decoder import Integral
     from src.zoo.dfine.dfine_utils import bbox2distance, distance2bbox, weighting_function
 
-    t = torch.from_numpy
+    def t(array):
+        return torch.from_numpy(array).to(DTYPE)
+
+    def tensor(values):
+        return torch.tensor(values, dtype=DTYPE)
 
     def params(up, reg_scale):
-        return torch.nn.Parameter(torch.tensor([up]), requires_grad=False), torch.nn.Parameter(
-            torch.tensor([reg_scale]), requires_grad=False
+        return torch.nn.Parameter(tensor([up]), requires_grad=False), torch.nn.Parameter(
+            tensor([reg_scale]), requires_grad=False
         )
 
     out = {"weighting": []}
@@ -165,19 +89,19 @@ def official_values(inputs):
     project = weighting_function(32, up, scale4)
     out["integral"] = Integral(32)(t(inputs["integral_logits"]), project).tolist()
 
-    ref = torch.tensor([[0.5, 0.5, 0.2, 0.4]])
+    ref = tensor([[0.5, 0.5, 0.2, 0.4]])
     out["distance2bbox"] = {
-        "fixed_zero": distance2bbox(ref, torch.zeros(1, 4), scale4).tolist(),
-        "fixed": distance2bbox(ref, torch.tensor([[1.0, -1.0, 2.0, 0.5]]), scale4).tolist(),
+        "fixed_zero": distance2bbox(ref, torch.zeros(1, 4, dtype=DTYPE), scale4).tolist(),
+        "fixed": distance2bbox(ref, tensor([[1.0, -1.0, 2.0, 0.5]]), scale4).tolist(),
         "random": distance2bbox(t(inputs["d2b_points"]), t(inputs["d2b_distance"]), scale8).tolist(),
     }
 
     def b2d(points, boxes, scale):
         return [x.tolist() for x in bbox2distance(points, boxes, 32, scale, up)]
 
-    unit_edges = torch.tensor([[0.0, 0.0, 4.0, 4.0]]).expand(len(EDGE_OFFSETS), 4)  # w / reg_scale = 1
+    unit_edges = tensor([[0.0, 0.0, 4.0, 4.0]]).expand(len(EDGE_OFFSETS), 4)  # w / reg_scale = 1
     out["bbox2distance"] = {
-        "reference": b2d(ref, torch.tensor([[0.35, 0.25, 0.62, 0.71]]), scale4),
+        "reference": b2d(ref, tensor([[0.35, 0.25, 0.62, 0.71]]), scale4),
         "edges": b2d(unit_edges, t(inputs["edge_boxes"]), scale4),
         "random_s4": b2d(t(inputs["b2d_points"]), t(inputs["b2d_boxes"]), scale4),
         "random_s8": b2d(t(inputs["b2d_points"]), t(inputs["b2d_boxes"]), scale8),
@@ -198,13 +122,14 @@ def official_values(inputs):
         "none_weighted": udfl(logits, target, weight_right, weight_left, row_weight, reduction="none").tolist(),
     }
 
+    assert all(isinstance(v, float) or v.dtype == DTYPE for v in (project, target, weight_right, offsets))
     out["local"] = official_local(criterion, inputs["local"], up, scale4)
     out["union"] = official_union(criterion, inputs["union"])
     return out
 
 
 def official_local(criterion, arrays, up, reg_scale):
-    a = {k: torch.from_numpy(v) for k, v in arrays.items()}
+    a = {k: torch.from_numpy(v).to(DTYPE) if v.dtype.kind == "f" else torch.from_numpy(v) for k, v in arrays.items()}
     targets = [{"boxes": a[f"gt_boxes_{i}"], "labels": a[f"gt_labels_{i}"]} for i in range(2)]
     indices = [(a[f"query_idx_{i}"], a[f"gt_idx_{i}"]) for i in range(2)]
     dn_indices = [(a[f"dn_query_idx_{i}"], a[f"dn_gt_idx_{i}"]) for i in range(2)]
@@ -242,18 +167,24 @@ def official_union(criterion, union):
     return [[rows.tolist(), cols.tolist()] for rows, cols in results]
 
 
-def main():
-    official = os.environ.get("OFFICIAL_DFINE", "/tmp/dfine_official")
-    sys.path.insert(0, official)
+def main(argv):
+    if len(argv) != 1:
+        sys.exit(__doc__)
+    official = Path(argv[0]).resolve()
+    sys.path.insert(0, str(official))
     # src.misc imports calflops (FLOP counting), which these functions never use.
     sys.modules.setdefault("calflops", types.SimpleNamespace(calculate_flops=None))
+    import src  # noqa: F401  (the official modules)
+
+    patch_for_float64("dfine")
     inputs = fdr_inputs()
     golden = {
         "official_repo": "Peterande/D-FINE",
-        "official_commit": os.environ["OFFICIAL_DFINE_COMMIT"],
+        "official_commit": official_commit(official),
         "torch": torch.__version__,
-        "command": "OFFICIAL_DFINE=<official D-FINE> OFFICIAL_DFINE_COMMIT=<commit> PYTHONDONTWRITEBYTECODE=1 "
-        "python tests/golden/make_dfine_fdr_golden.py",
+        "command": "PYTHONDONTWRITEBYTECODE=1 python tools/golden/make_dfine_fdr_golden.py <D-FINE clone>",
+        "dtype": "float64 (inputs drawn as float32, converted exactly)",
+        "float64_patch": FLOAT64_PATCH.format(REPOS["dfine"]["utils"], ".".join(CRITERIA["dfine"])),
         "inputs_crc32": fingerprint({k: v for k, v in inputs.items() if k != "union"}),
         **official_values(inputs),
     }
@@ -262,4 +193,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

@@ -1,20 +1,33 @@
-"""Write ``dfine_model_golden.json`` / ``.npz``: whole D-FINE and DEIM-D-FINE models, run by the official code.
+"""Write ``tests/golden/dfine_model_golden.json`` / ``.npz``: whole D-FINE and DEIM-D-FINE models, run by
+the official code.
 
-The official D-FINE and DEIM trees are imported at run time from work trees outside this repository;
-nothing of them is copied here. Weights, images and targets come from ``synth.py``, so a test rebuilds
-them without the official code. How to rerun, from the repository root, with the official venv
-described in ``make_rtdetrv2_golden.py``::
+The official D-FINE and DEIM code is imported at run time from clones outside this repository;
+nothing of them is copied here, and the JSON records each clone's commit (``git rev-parse HEAD``).
+Weights, images and targets come from ``tests/golden/synth.py``, so a test rebuilds them without the
+official code. How to rerun, from the repository root, with a venv that holds torch, torchvision,
+scipy, PyYAML and faster-coco-eval::
 
-    mkdir -p /tmp/dfine_official /tmp/deim
-    git -C /work/.mirror/Peterande+D-FINE/repo archive HEAD | tar -x -C /tmp/dfine_official
-    git -C /work/.mirror/Intellindust-AI-Lab+DEIM/repo archive HEAD | tar -x -C /tmp/deim
-    OFFICIAL_DFINE=/tmp/dfine_official \\
-    OFFICIAL_DFINE_COMMIT=$(git -C /work/.mirror/Peterande+D-FINE/repo log -1 --format=%H) \\
-    OFFICIAL_DEIM=/tmp/deim \\
-    OFFICIAL_DEIM_COMMIT=$(git -C /work/.mirror/Intellindust-AI-Lab+DEIM/repo log -1 --format=%H) \\
-    PYTHONDONTWRITEBYTECODE=1 /root/.cache/dfine/official-venv/bin/python tests/golden/make_dfine_model_golden.py
+    PYTHONDONTWRITEBYTECODE=1 python tools/golden/make_dfine_model_golden.py PATH/TO/D-FINE PATH/TO/DEIM
 
-Without arguments every job of ``JOBS`` runs, each in its own subprocess (``JOB REPO SIZE OUT``, which
+The numbers (``eval`` and ``train``) are float64: the official model runs after ``model.double()``
+on float64 images and targets, so they hold on every CPU whatever its vector kernels (float32 losses
+move by up to about 7e-5 between AVX2 and AVX-512 kernels). Two official functions cast to float32 and
+are changed for that, at run time and in the imported modules only (:func:`patch_for_float64`):
+
+* ``translate_gt`` (``src/zoo/dfine/dfine_utils.py`` in D-FINE, ``engine/deim/dfine_utils.py`` in
+  DEIM) casts its bin indices with ``.float()``, which makes ``loss_fgl`` / ``loss_ddf`` fail in
+  float64 ("Index put requires the source and destination dtypes match"); it is replaced by
+  :func:`translate_gt_in_input_dtype`, written here, which computes the same bins and weights in the
+  dtype of its input;
+* the criterion's ``unimodal_distribution_focal_loss`` (``DFINECriterion``, ``DEIMCriterion``) casts
+  the FGL's IoU weights with ``.float()``, which would round them to float32 (a 1e-8 relative change
+  of ``loss_fgl``); :func:`udfl_weight_in_input_dtype` calls the official method without the weight
+  and applies it, in its own dtype, and the reduction.
+
+Before use, each replacement is checked to give exactly the official values in float32. The JSON
+records the change in ``float64_patch``.
+
+Without arguments every job of ``JOBS`` runs, each in its own subprocess (``D-FINE DEIM JOB REPO SIZE OUT``, which
 writes ``OUT.json`` and maybe ``OUT.npz``), and the parent merges their results into the two files.
 One official config is loaded per subprocess because the official ``load_config(path, cfg=dict())``
 keeps its mutable default dict: every config loaded in a process merges into the keys left by the
@@ -42,11 +55,13 @@ left out of the keys handed to it. No other key of any of the ten configs is uns
 JSON fields:
 
 * provenance: ``official`` ({repo: {"repo", "commit"}}), ``torch``, ``torchvision``, ``numpy``,
-  ``command``; the inputs: ``weight_seed`` (0), ``keep_own_leaves`` (``up``, ``reg_scale``),
+  ``command``, ``dtype`` and ``float64_patch``; the inputs: ``weight_seed`` (0), ``keep_own_leaves``
+  (``up``, ``reg_scale``),
   ``constructor_buffers``, ``eval_image`` / ``eval_image_crc32`` (``synth_image(640, 640, seed=0)``),
   ``train_images`` / ``train_images_crc32`` (``synth_image(640, 640, seed)`` for seeds 1 and 2),
-  ``train_targets`` / ``train_targets_crc32`` (``synth_targets([3, 5], 80, seed=3)``: int64 labels,
-  float32 normalised cxcywh boxes). CRC-32 values are ``synth.fingerprint``.
+  ``train_targets`` / ``train_targets_crc32`` (``golden.dfine_inputs.train_targets``: the int64 labels
+  and normalised cxcywh boxes of ``synth_targets([3, 5], 80, seed=3)``, whose CRC-32 this is, with the
+  boxes shrunk to a 1/256 grid and handed to the model as float64). CRC-32 values are ``synth.fingerprint``.
 * ``reference_num_parameters``: {repo: {size: count}}, the parameter counts that the project takes to
   be the published ones (D-FINE N-X, DEIM L and X), checked against ``counts`` and ``chained_counts``.
 * ``counts[repo][size]`` (one fresh subprocess per config): ``config`` (path in the official tree),
@@ -68,14 +83,13 @@ JSON fields:
   exists. ``leak_explains_reference`` (per repo): every reference count equals the chained count.
 * ``eval[size]`` (size n, s; D-FINE repo; fresh subprocess): ``config``, ``overrides``,
   ``weights_crc32``, ``kept_own_values`` (key -> list of the model's own values), ``eval_idx``,
-  ``num_parameters``; ``model.eval()`` on the eval image as RGB float / 255, 1x3x640x640.
+  ``num_parameters``; ``model.double().eval()`` on the eval image as RGB float64 / 255, 1x3x640x640.
   ``enc_topk_min_gap``, ``enc_topk_num_ties``, ``enc_topk_gap_at_cut``: among the 300 largest
   per-anchor max logits of ``decoder.enc_score_head`` (the official query selection), the smallest
   gap between neighbours, the number of exact ties and the gap between the 300th and 301st;
   ``enc_topk_index``: the 300 selected anchors in the official order (``topk``). Neighbouring
-  selected logits differ by as little as about 5e-7 (S), and the deployed model already swaps a few
-  of them (``deploy.enc_topk_same_order`` false for S): compare the eval outputs to these after
-  aligning the queries by their anchor index, not query by query.
+  selected logits differ by as little as about 5e-7 (S): a float32 run may swap a few of them, so
+  compare float32 outputs to these after pairing the queries, not query by query.
   ``deploy``: after the official ``model.deploy()``, the same input again: ``num_parameters``,
   ``max_abs_diff_logits`` / ``max_abs_diff_boxes`` (deployed vs not, query by query),
   ``enc_topk_same_set`` and ``enc_topk_same_order`` (deployed query selection vs not) and, when the
@@ -85,23 +99,21 @@ JSON fields:
 * ``train[name]`` (name ``n``, ``s``: D-FINE repo; ``deim_n``: DEIM repo, N config; fresh
   subprocess): ``config``, ``overrides`` (``DFINETransformer.num_denoising: 0``), ``weights_crc32``
   (of the train model's keys, which lack ``decoder.denoising_class_embed.weight``; the shared keys get
-  the same tensors as in ``eval``), ``kept_own_values``; ``model.train()`` (BatchNorm with batch
+  the same tensors as in ``eval``), ``kept_own_values``; ``model.double().train()`` (BatchNorm with batch
   statistics), ``outputs = model(images, targets=targets)``, ``loss_dict = criterion(outputs, targets,
   **metas)`` with the config's criterion (``criterion``: class name; ``criterion_args``: gamma, alpha,
   losses, ``weight_dict``, ``mal_alpha`` / ``use_uni_set`` (DEIM only, else null)) and ``metas``
   as the official training loop passes them for the first step (``{"epoch": 0, "step": 0,
   "global_step": 0, "epoch_step": 1}``; the criteria ignore them). ``losses``: every (weighted,
-  float32) entry of ``loss_dict``, written as float64; ``total``: their sum, summed in float64 in
-  the dict's order; ``total_float32``: ``sum(loss_dict.values())`` as the official loop
-  sums them; ``matcher_indices_last_layer``: per image ``[query indices, target indices]`` of the
+  float64) entry of ``loss_dict``; ``total``: their sum in the dict's order;
+  ``matcher_indices_last_layer``: per image ``[query indices, target indices]`` of the
   official ``HungarianMatcher`` on the final ``pred_logits`` / ``pred_boxes``.
 
-NPZ arrays (float32): ``{size}_eval_logits`` [1, 300, 80] and ``{size}_eval_boxes`` [1, 300, 4]
-(normalised cxcywh) for size n, s (not deployed); ``{name}_train_logits`` [2, 300, 80],
-``{name}_train_boxes`` [2, 300, 4] and ``{name}_train_corners`` [2, 300, 132] (``pred_corners``, 4 x 33
-bin logits) of the final decoder layer for name n, s, deim_n.
+NPZ arrays (float64): ``{size}_eval_logits`` [1, 300, 80] and ``{size}_eval_boxes`` [1, 300, 4]
+(normalised cxcywh) for size n, s (not deployed).
 """
 
+import importlib
 import json
 import os
 import subprocess
@@ -113,11 +125,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-GOLDEN_DIR = Path(__file__).resolve().parent
-REPO_ROOT = GOLDEN_DIR.parent.parent
-sys.path.insert(0, str(GOLDEN_DIR.parent))  # tests/, for golden.synth when run as a script
+REPO_ROOT = Path(__file__).resolve().parents[2]
+GOLDEN_DIR = REPO_ROOT / "tests" / "golden"
+sys.path.insert(0, str(GOLDEN_DIR.parent))  # tests/, for golden.synth
 
-from golden.make_rtdetrv2_golden import _image_tensor, _top_gaps  # noqa: E402
+from make_rtdetrv2_golden import DTYPE, _image_tensor, _top_gaps, official_commit  # noqa: E402
+from golden.dfine_inputs import train_targets  # noqa: E402
 from golden.synth import (  # noqa: E402
     CONSTRUCTOR_BUFFERS,
     fingerprint,
@@ -130,16 +143,14 @@ SIZES = ("n", "s", "m", "l", "x")
 REPOS = {
     "dfine": {
         "name": "Peterande/D-FINE",
-        "root_env": "OFFICIAL_DFINE",
-        "commit_env": "OFFICIAL_DFINE_COMMIT",
         "package": "src",
+        "utils": "src.zoo.dfine.dfine_utils",
         "config": "configs/dfine/dfine_hgnetv2_{}_coco.yml",
     },
     "deim": {
         "name": "Intellindust-AI-Lab/DEIM",
-        "root_env": "OFFICIAL_DEIM",
-        "commit_env": "OFFICIAL_DEIM_COMMIT",
         "package": "engine",
+        "utils": "engine.deim.dfine_utils",
         "config": "configs/deim_dfine/deim_hgnetv2_{}_coco.yml",
     },
 }
@@ -163,17 +174,89 @@ TRAIN_METAS = {"epoch": 0, "step": 0, "global_step": 0, "epoch_step": 1}
 BASE_OVERRIDES = {"HGNetv2": {"pretrained": False}}
 TRAIN_OVERRIDES = {"DFINETransformer": {"num_denoising": 0}}
 MODEL_SECTIONS = ("model", "criterion", "postprocessor", "HGNetv2", "HybridEncoder", "DFINETransformer")
-COMMAND = (
-    "OFFICIAL_DFINE=<official D-FINE> OFFICIAL_DFINE_COMMIT=<commit> OFFICIAL_DEIM=<official DEIM> "
-    "OFFICIAL_DEIM_COMMIT=<commit> PYTHONDONTWRITEBYTECODE=1 python tests/golden/make_dfine_model_golden.py"
+COMMAND = "PYTHONDONTWRITEBYTECODE=1 python tools/golden/make_dfine_model_golden.py <D-FINE clone> <DEIM clone>"
+ROOTS = {}  # repo -> the official clone, given on the command line
+FLOAT64_PATCH = (
+    "translate_gt of {} and unimodal_distribution_focal_loss of {} replaced at run time by "
+    "translate_gt_in_input_dtype and udfl_weight_in_input_dtype of tools/golden/make_dfine_model_golden.py: "
+    "the same values in the inputs' dtype instead of float32 (checked equal to the official functions in float32)"
 )
+CRITERIA = {"dfine": ("src.zoo.dfine.dfine_criterion", "DFINECriterion"),
+            "deim": ("engine.deim.deim_criterion", "DEIMCriterion")}
 
 
-def _required_env(name: str) -> str:
-    value = os.environ.get(name)
-    if not value:
-        sys.exit(f"set {name} (see this script's docstring)")
-    return value
+def translate_gt_in_input_dtype(weighting_function):
+    """A ``translate_gt`` whose outputs follow the dtype of ``gt``: for every value, the index ``k`` of
+    the last bin ``W(k) <= value`` with the linear interpolation weights towards ``W(k)`` (left) and
+    ``W(k + 1)`` (right); below ``W(0)`` index 0 with all weight left, at or above ``W(reg_max)``
+    index ``reg_max - 0.1`` with all weight right (the official conventions)."""
+
+    def translate(gt, reg_max, reg_scale, up):
+        gt = gt.reshape(-1)
+        bins = weighting_function(reg_max, up, reg_scale)
+        k = (bins[None, :] <= gt[:, None]).sum(1) - 1
+        below, above = k < 0, k >= reg_max
+        inside = ~(below | above)
+        lo, hi = bins[k.clamp(0, reg_max - 1)], bins[k.clamp(0, reg_max - 1) + 1]
+        to_lo, to_hi = (gt - lo).abs(), (hi - gt).abs()
+        right = torch.where(inside, to_lo / (to_lo + to_hi), above.to(gt.dtype))
+        left = torch.where(inside, 1.0 - right, below.to(gt.dtype))
+        index = torch.where(above, torch.full_like(gt, reg_max - 0.1), k.clamp(min=0).to(gt.dtype))
+        return index, right, left
+
+    return translate
+
+
+def patch_translate_gt(utils) -> None:
+    """Put :func:`translate_gt_in_input_dtype` in the official ``dfine_utils`` module ``utils``, after
+    checking that it gives the official float32 values bit for bit on values across and beyond the bins."""
+    replacement = translate_gt_in_input_dtype(utils.weighting_function)
+    up, reg_scale = torch.tensor([0.5]), torch.tensor([4.0])
+    bins = utils.weighting_function(32, up, reg_scale)
+    probe = torch.cat([torch.linspace(-20, 20, 4001), bins, bins + 1e-3, bins - 1e-3])
+    for official, ours in zip(utils.translate_gt(probe, 32, reg_scale, up), replacement(probe, 32, reg_scale, up)):
+        assert official.dtype == ours.dtype and torch.equal(official, ours)
+    utils.translate_gt = replacement
+
+
+def udfl_weight_in_input_dtype(official):
+    """A criterion's ``unimodal_distribution_focal_loss`` that applies the per-row ``weight`` in its own
+    dtype: the official method gives the unweighted per-row loss, then weight and reduction follow."""
+
+    def udfl(self, pred, label, weight_right, weight_left, weight=None, reduction="sum", avg_factor=None):
+        if weight is None:
+            return official(self, pred, label, weight_right, weight_left, None, reduction, avg_factor)
+        loss = official(self, pred, label, weight_right, weight_left, None, reduction="none") * weight
+        if avg_factor is not None:
+            return loss.sum() / avg_factor
+        return loss.mean() if reduction == "mean" else loss.sum() if reduction == "sum" else loss
+
+    return udfl
+
+
+def patch_udfl(criterion_class) -> None:
+    """Put :func:`udfl_weight_in_input_dtype` in ``criterion_class`` after checking, in float32, that it
+    gives the official values bit for bit for every reduction."""
+    official = criterion_class.unimodal_distribution_focal_loss
+    replacement = udfl_weight_in_input_dtype(official)
+    generator = torch.Generator().manual_seed(0)
+    pred = torch.randn(64, 33, generator=generator)
+    label = torch.rand(64, generator=generator) * 31.9
+    right = torch.rand(64, generator=generator)
+    weight = torch.rand(64, generator=generator)
+    for kwargs in ({}, {"reduction": "mean"}, {"reduction": "none"}, {"avg_factor": 5.0}):
+        for w in (None, weight):
+            a = official(None, pred, label, right, 1 - right, w, **kwargs)
+            b = replacement(None, pred, label, right, 1 - right, w, **kwargs)
+            assert a.dtype == b.dtype and torch.equal(a, b), kwargs
+    criterion_class.unimodal_distribution_focal_loss = replacement
+
+
+def patch_for_float64(repo: str) -> None:
+    """Both replacements in the official modules of ``repo`` (``dfine`` or ``deim``), imported already."""
+    patch_translate_gt(importlib.import_module(REPOS[repo]["utils"]))
+    module, name = CRITERIA[repo]
+    patch_udfl(getattr(importlib.import_module(module), name))
 
 
 def _config_path(repo: str, size: str) -> str:
@@ -190,7 +273,7 @@ def _overrides(train: bool) -> dict:
 def _build(repo: str, size: str, train: bool = False):
     """The official config object (imported lazily from the repo's package)."""
     yaml_config = sys.modules[REPOS[repo]["package"] + ".core"].YAMLConfig
-    root = Path(_required_env(REPOS[repo]["root_env"])).resolve()
+    root = ROOTS[repo]
     return yaml_config(str(root / _config_path(repo, size)), **_overrides(train))
 
 
@@ -294,7 +377,7 @@ def job_eval(repo: str, size: str) -> tuple:
     cfg = _build(repo, size)
     model = cfg.model
     weights_crc32, kept_values = _load_synth_weights(model)
-    model.eval()
+    model.to(DTYPE).eval()
     captured = {}
     model.decoder.enc_score_head.register_forward_hook(lambda m, i, o: captured.__setitem__("enc", o))
 
@@ -352,19 +435,17 @@ def job_train(repo: str, size: str) -> tuple:
     model, criterion = cfg.model, cfg.criterion
     assert model.decoder.num_denoising == 0
     weights_crc32, kept_values = _load_synth_weights(model)
-    model.train()
+    model.to(DTYPE).train()
     criterion.train()
 
     images = torch.stack([_image_tensor(s) for s in TRAIN_IMAGE_SEEDS])
-    targets = synth_targets(TRAIN_NUM_TARGETS, NUM_CLASSES, seed=TRAIN_TARGET_SEED)
+    targets = train_targets(DTYPE)
     torch.manual_seed(0)  # nothing random is expected in this forward (no dropout, no denoising)
     outputs = model(images, targets=targets)
     losses = criterion(outputs, targets, **TRAIN_METAS)
     matched = criterion.matcher({k: outputs[k] for k in ("pred_logits", "pred_boxes")}, targets)["indices"]
 
-    total = 0.0
-    for v in losses.values():
-        total += v.double().item()
+    assert all(v.dtype == DTYPE for v in losses.values())
     name = size if repo == "dfine" else f"{repo}_{size}"
     result = {
         "config": _config_path(repo, size),
@@ -383,30 +464,25 @@ def job_train(repo: str, size: str) -> tuple:
             "use_uni_set": getattr(criterion, "use_uni_set", None),
         },
         "metas": TRAIN_METAS,
-        "losses": {k: v.double().item() for k, v in losses.items()},
-        "total": total,
-        "total_float32": sum(losses.values()).item(),
+        "losses": {k: v.item() for k, v in losses.items()},
+        "total": sum(v.item() for v in losses.values()),
         "matcher_indices_last_layer": _indices_lists(matched),
     }
-    arrays = {
-        f"{name}_train_logits": outputs["pred_logits"].detach().numpy(),
-        f"{name}_train_boxes": outputs["pred_boxes"].detach().numpy(),
-        f"{name}_train_corners": outputs["pred_corners"].detach().numpy(),
-    }
-    return {"name": name, "result": result}, arrays
+    return {"name": name, "result": result}, {}
 
 
 def _run_job(job: str, repo: str, size: str, out: str) -> None:
-    sys.path.insert(0, str(Path(_required_env(REPOS[repo]["root_env"])).resolve()))
+    sys.path.insert(0, str(ROOTS[repo]))
     sys.modules.setdefault("calflops", types.SimpleNamespace(calculate_flops=None))  # imported, not used
     __import__(REPOS[repo]["package"])  # registers every official module
+    patch_for_float64(repo)
     torch.set_num_threads(1)  # one reduction order, whatever the machine
     result, arrays = {"counts": job_counts, "chained": job_chained, "eval": job_eval, "train": job_train}[job](
         repo, size
     )
     Path(out + ".json").write_text(json.dumps(result))
     if arrays:
-        np.savez(out + ".npz", **{k: v.astype(np.float32) for k, v in arrays.items()})
+        np.savez(out + ".npz", **arrays)
 
 
 def _leaked(chained: dict, fresh: dict) -> dict:
@@ -422,38 +498,45 @@ def _provenance() -> dict:
 
     return {
         "official": {
-            repo: {"repo": spec["name"], "commit": _required_env(spec["commit_env"])} for repo, spec in REPOS.items()
+            repo: {"repo": spec["name"], "commit": official_commit(ROOTS[repo])} for repo, spec in REPOS.items()
         },
         "torch": torch.__version__,
         "torchvision": torchvision.__version__,
         "numpy": np.__version__,
         "command": COMMAND,
+        "dtype": "float64 (eval and train; counts are of the models as built, in float32)",
+        "float64_patch": {
+            repo: FLOAT64_PATCH.format(spec["utils"], ".".join(CRITERIA[repo])) for repo, spec in REPOS.items()
+        },
         "weight_seed": WEIGHT_SEED,
         "keep_own_leaves": sorted(KEEP_OWN_LEAVES),
         "constructor_buffers": sorted(CONSTRUCTOR_BUFFERS),
-        "eval_image": f"synth_image(640, 640, seed={EVAL_IMAGE_SEED}) -> RGB float/255, 1x3x640x640",
+        "eval_image": f"synth_image(640, 640, seed={EVAL_IMAGE_SEED}) -> RGB float64/255, 1x3x640x640",
         "eval_image_crc32": fingerprint(synth_image(640, 640, EVAL_IMAGE_SEED)),
-        "train_images": f"synth_image(640, 640, seed) for seeds {list(TRAIN_IMAGE_SEEDS)} -> RGB float/255, "
+        "train_images": f"synth_image(640, 640, seed) for seeds {list(TRAIN_IMAGE_SEEDS)} -> RGB float64/255, "
         "stacked to 2x3x640x640",
         "train_images_crc32": fingerprint([synth_image(640, 640, s) for s in TRAIN_IMAGE_SEEDS]),
-        "train_targets": f"synth_targets({TRAIN_NUM_TARGETS}, {NUM_CLASSES}, seed={TRAIN_TARGET_SEED})",
+        "train_targets": f"golden.dfine_inputs.train_targets(float64): synth_targets({TRAIN_NUM_TARGETS}, "
+        f"{NUM_CLASSES}, seed={TRAIN_TARGET_SEED}) (train_targets_crc32) with the boxes shrunk to a 1/256 grid",
         "train_targets_crc32": fingerprint(synth_targets(TRAIN_NUM_TARGETS, NUM_CLASSES, seed=TRAIN_TARGET_SEED)),
     }
 
 
 def main(argv) -> None:
-    if argv:
-        _run_job(*argv)
+    if len(argv) < 2:
+        sys.exit(__doc__)
+    ROOTS.update(dfine=Path(argv[0]).resolve(), deim=Path(argv[1]).resolve())
+    if argv[2:]:
+        _run_job(*argv[2:])
         return
-    for spec in REPOS.values():
-        _required_env(spec["root_env"]), _required_env(spec["commit_env"])
 
     results, arrays = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         for job, repo, size in JOBS:
             out = os.path.join(tmp, f"{job}_{repo}_{size}")
             print("running", job, repo, size, flush=True)
-            subprocess.run([sys.executable, __file__, job, repo, size, out], check=True, cwd=REPO_ROOT)
+            cmd = [sys.executable, __file__, str(ROOTS["dfine"]), str(ROOTS["deim"]), job, repo, size, out]
+            subprocess.run(cmd, check=True, cwd=REPO_ROOT)
             results[(job, repo, size)] = json.loads(Path(out + ".json").read_text())
             if os.path.exists(out + ".npz"):
                 with np.load(out + ".npz") as npz:

@@ -1,22 +1,20 @@
-"""Write the RT-DETRv2 golden files of this folder by running the official implementation.
+"""Write the RT-DETRv2 golden files of ``tests/golden`` by running the official implementation.
 
-The official code is imported from a work tree outside this repository; nothing of it is copied here.
-The weights and inputs come from ``synth.py``, so a test rebuilds them without the official code.
+The official code is imported from a clone of lyuwenyu/RT-DETR outside this repository (its
+``rtdetrv2_pytorch`` folder); nothing of it is copied here, and the JSON files record the clone's
+commit (``git rev-parse HEAD``). The weights and inputs come from ``tests/golden/synth.py``, so a test
+rebuilds them without the official code.
 
-How to rerun (from the repository root; one official config is loaded per subprocess, because the
-official YAML loader leaks keys from one config into the next)::
+How to rerun, from the repository root, with a venv that holds torch, torchvision, scipy, PyYAML and
+faster-coco-eval (one official config is loaded per subprocess, because the official YAML loader leaks
+keys from one config into the next)::
 
-    mkdir -p /tmp/official
-    git -C /work/.mirror/lyuwenyu+RT-DETR/repo archive HEAD rtdetrv2_pytorch | tar -x -C /tmp/official
-    # a venv that reuses the project's torch/torchvision/scipy/pycocotools/yaml through a .pth file
-    python3 -m venv /root/.cache/dfine/official-venv
-    echo /root/.cache/dfine/venv/lib/python3.11/site-packages \
-        > /root/.cache/dfine/official-venv/lib/python3.11/site-packages/shared.pth
-    /root/.cache/dfine/official-venv/bin/python -m pip install faster-coco-eval
-    OFFICIAL_RTDETR=/tmp/official/rtdetrv2_pytorch \\
-    OFFICIAL_RTDETR_COMMIT=$(git -C /work/.mirror/lyuwenyu+RT-DETR/repo log -1 --format=%H) \\
-    PYTHONDONTWRITEBYTECODE=1 /root/.cache/dfine/official-venv/bin/python \\
-        tests/golden/make_rtdetrv2_golden.py [JOB [MODEL]]
+    PYTHONDONTWRITEBYTECODE=1 python tools/golden/make_rtdetrv2_golden.py PATH/TO/RT-DETR [JOB [MODEL]]
+
+Numbers are float64: the official model runs after ``model.double()`` on float64 images and targets,
+and the criterion case draws float64 inputs, so the goldens hold on every CPU whatever its vector
+kernels (a float32 run moves by a few 1e-5 between AVX2 and AVX-512 kernels). The JSON files say so in
+``dtype``. No official function needs a change for that in the RT-DETRv2 code.
 
 Without arguments every job below runs. Weights are always ``synth_state_dict(keys, seed=0)`` over the
 official state-dict keys, loaded strictly (the constructor buffers of ``synth.CONSTRUCTOR_BUFFERS`` keep
@@ -29,42 +27,40 @@ so a test can prove it rebuilt the very same tensors. Files:
   buffers), ``state_dict`` (key -> shape, in state-dict order, buffers included), ``dtypes`` (the
   entries that are not float32) and ``non_persistent_buffers``.
 * ``eval MODEL`` (r18, r50) -> ``rtdetrv2_MODEL_eval.npz`` + ``.json``. Input: ``synth_image(640, 640,
-  seed=0)`` as the official val pipeline gives it (RGB, float / 255, 1x3x640x640); ``model.eval()``
-  (not deployed), then the official ``RTDETRPostProcessor`` (80 classes, focal, top 300, no COCO id
-  remap) with ``orig_target_sizes = [[640, 640]]`` ([w, h]). npz arrays:
+  seed=0)`` as the official val pipeline gives it (RGB, float / 255, 1x3x640x640, here float64);
+  ``model.double().eval()`` (not deployed), then the official ``RTDETRPostProcessor`` (80 classes,
+  focal, top 300, no COCO id remap) with ``orig_target_sizes = [[640, 640]]`` ([w, h]). npz arrays
+  (float64):
 
   - ``labels`` [300] int64, ``boxes`` [300, 4] absolute xyxy, ``scores`` [300]: post-processor output;
-  - ``pred_logits`` [1, 300, 80], ``pred_boxes`` [1, 300, 4] (normalized cxcywh): decoder output of
-    the eval layer;
-  - ``enc_topk_index`` [1, 300] int64: the encoder queries the decoder starts from, in the official
-    order (``topk`` over the per-anchor max class logit of ``decoder.enc_score_head``);
   - for ``backbone_{i}`` and ``encoder_{i}`` (i = 0, 1, 2, strides 8/16/32): ``*_shape``, ``*_sum`` and
-    ``*_abs_sum`` (float64 sums of the float32 map) and ``*_slice`` = ``x[0, :16, ::H // 8, ::W // 8]``.
+    ``*_abs_sum`` (sums of the map) and ``*_slice`` = ``x[0, :16, ::H // 8, ::W // 8]``.
 
   The JSON adds tie diagnostics: ``scores_min_gap`` / ``scores_num_ties`` over the 300 sorted scores,
   ``score_gap_at_cut`` (300th minus 301st largest sigmoid score over all queries and classes) and the
   same for the encoder top-k (``enc_topk_min_gap``, ``enc_topk_num_ties``, ``enc_topk_gap_at_cut``, in
-  logits).
-* ``train r18`` -> ``rtdetrv2_r18_train_loss.json`` + ``rtdetrv2_r18_train_outputs.npz``: the R18
-  config with ``num_denoising: 0``, ``model.train()`` (BatchNorm uses batch statistics), images
-  ``synth_image(640, 640, seed=1)`` and ``seed=2`` batched, targets ``synth_targets([3, 5], 80,
-  seed=3)``; the official ``RTDETRCriterionv2`` built from the config. JSON: every weighted loss, their
-  ``total`` and the matcher indices of the last layer; npz: ``pred_logits`` [2, 300, 80] and
-  ``pred_boxes`` [2, 300, 4] of the last layer.
-* ``criterion`` -> ``rtdetrv2_criterion.npz`` + ``.json``: model-free inputs, drawn here with NumPy
-  and stored: B=2, Q=20, C=5; ``pred_logits``/``pred_boxes``, ``aux_{i}_*`` (i = 0, 1), ``enc_0_*``,
-  ``dn_{i}_*`` (i = 0, 1; 18 denoising queries); targets ``synth_targets([3, 2], 5, seed=11)`` stored
-  as ``target_{b}_labels`` / ``target_{b}_boxes``; ``dn_meta`` from the official
-  ``get_contrastive_denoising_training_group`` with ``num_denoising=10`` (``dn_positive_idx_{b}``,
-  ``dn_num_group``, ``dn_num_split``). The official ``HungarianMatcher`` (cost class 2 / bbox 5 /
-  giou 2, focal alpha 0.25, gamma 2) gives ``indices_main_{b}``, ``indices_aux_{i}_{b}`` and
+  logits; the encoder's query selection is the official ``topk`` over the per-anchor max class logit
+  of ``decoder.enc_score_head``).
+* ``train r18`` -> ``rtdetrv2_r18_train_loss.json``: the R18 config with ``num_denoising: 0``,
+  ``model.double().train()`` (BatchNorm uses batch statistics), images ``synth_image(640, 640,
+  seed=1)`` and ``seed=2`` batched (float64), targets ``golden.dfine_inputs.train_targets`` (float64:
+  ``synth_targets([3, 5], 80, seed=3)`` with the boxes on a 1/256 grid, which a Detectron2 model's
+  float32 ``Boxes`` hold exactly); the official ``RTDETRCriterionv2`` built from the config. JSON:
+  every weighted loss, their ``total`` (float64 sum in the dict's order) and the matcher indices of
+  the last layer.
+* ``criterion`` -> ``rtdetrv2_criterion.npz`` + ``.json``: model-free float64 inputs, drawn here with
+  NumPy and stored: B=2, Q=20, C=5; ``pred_logits``/``pred_boxes``, ``aux_{i}_*`` (i = 0, 1),
+  ``enc_0_*``, ``dn_{i}_*`` (i = 0, 1; 18 denoising queries); targets ``synth_targets([3, 2], 5,
+  seed=11)`` stored as ``target_{b}_labels`` / ``target_{b}_boxes`` (boxes as float64); ``dn_meta``
+  from the official ``get_contrastive_denoising_training_group`` with ``num_denoising=10``
+  (``dn_positive_idx_{b}``, ``dn_num_group``, ``dn_num_split``). The official ``HungarianMatcher``
+  (cost class 2 / bbox 5 / giou 2, focal alpha 0.25, gamma 2) gives ``indices_main_{b}``, ``indices_aux_{i}_{b}`` and
   ``indices_enc_0_{b}`` as [2, n] (row 0 query, row 1 target); the official ``RTDETRCriterionv2``
   (vfl + boxes, weights vfl 1 / bbox 5 / giou 2, alpha 0.75, gamma 2, 5 classes) gives the loss dict in
   the JSON.
 """
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -72,10 +68,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-GOLDEN_DIR = Path(__file__).resolve().parent
-REPO_ROOT = GOLDEN_DIR.parent.parent
-sys.path.insert(0, str(GOLDEN_DIR.parent))
+REPO_ROOT = Path(__file__).resolve().parents[2]
+GOLDEN_DIR = REPO_ROOT / "tests" / "golden"
+sys.path.insert(0, str(GOLDEN_DIR.parent))  # tests/, for golden.synth
 
+from golden.dfine_inputs import train_targets  # noqa: E402
 from golden.synth import (  # noqa: E402
     CONSTRUCTOR_BUFFERS,
     fingerprint,
@@ -100,17 +97,22 @@ TRAIN_TARGET_SEED = 3
 TRAIN_NUM_TARGETS = [3, 5]
 CRITERION_INPUT_SEED = 7
 CRITERION_TARGET_SEED = 11
+DTYPE = torch.float64
+OFFICIAL = {}  # "root": the official clone, given on the command line
 
 
-def _required_env(name: str) -> str:
-    value = os.environ.get(name)
-    if not value:
-        sys.exit(f"set {name} (see this script's docstring)")
-    return value
+def official_commit(root) -> str:
+    """The commit of the official clone at ``root`` (``git rev-parse HEAD``); a modified work tree is refused."""
+    def git(*args):
+        return subprocess.run(["git", "-C", str(root), *args], check=True, capture_output=True, text=True).stdout
+
+    if git("status", "--porcelain", "--untracked-files=no").strip():
+        sys.exit(f"{root} has local changes: the golden files must come from a clean official commit")
+    return git("rev-parse", "HEAD").strip()
 
 
 def _official_root() -> Path:
-    return Path(_required_env("OFFICIAL_RTDETR")).resolve()
+    return OFFICIAL["root"] / "rtdetrv2_pytorch"
 
 
 def _provenance(job: str, model: str = None) -> dict:
@@ -119,12 +121,12 @@ def _provenance(job: str, model: str = None) -> dict:
     args = " ".join(a for a in (job, model) if a)
     return {
         "official_repo": "lyuwenyu/RT-DETR (rtdetrv2_pytorch)",
-        "official_commit": _required_env("OFFICIAL_RTDETR_COMMIT"),
+        "official_commit": official_commit(OFFICIAL["root"]),
         "torch": torch.__version__,
         "torchvision": torchvision.__version__,
         "numpy": np.__version__,
-        "command": "OFFICIAL_RTDETR=<official rtdetrv2_pytorch> PYTHONDONTWRITEBYTECODE=1 python "
-        f"tests/golden/make_rtdetrv2_golden.py {args}",
+        "command": f"PYTHONDONTWRITEBYTECODE=1 python tools/golden/make_rtdetrv2_golden.py <RT-DETR clone> {args}",
+        "dtype": "float64" if job != "keys" else "float32 (the layout of the model as built)",
     }
 
 
@@ -147,9 +149,13 @@ def _load_synth_weights(module: torch.nn.Module) -> int:
     return fingerprint(weights)
 
 
-def _image_tensor(seed: int) -> torch.Tensor:
-    """[3, 640, 640] float in [0, 1], as the official ``ConvertPILImage(float32, scale=True)``."""
-    return torch.from_numpy(synth_image(640, 640, seed)).permute(2, 0, 1).float() / 255.0
+def _image_tensor(seed: int, dtype=DTYPE) -> torch.Tensor:
+    """[3, 640, 640] in [0, 1], as the official ``ConvertPILImage(float32, scale=True)`` but in ``dtype``."""
+    return torch.from_numpy(synth_image(640, 640, seed)).permute(2, 0, 1).to(dtype) / 255.0
+
+
+def _as_dtype(targets: list, dtype=DTYPE) -> list:
+    return [{**t, "boxes": t["boxes"].to(dtype)} for t in targets]
 
 
 def _write_json(name: str, data: dict) -> None:
@@ -205,7 +211,7 @@ def job_eval(model: str) -> None:
     assert postprocessor.use_focal_loss and postprocessor.num_top_queries == 300
     assert postprocessor.num_classes == 80 and not postprocessor.remap_mscoco_category
     weights_crc32 = _load_synth_weights(net)
-    net.eval()
+    net.to(DTYPE).eval()
 
     captured = {}
     net.backbone.register_forward_hook(lambda m, i, o: captured.__setitem__("backbone", o))
@@ -218,7 +224,6 @@ def job_eval(model: str) -> None:
         result = postprocessor(outputs, torch.tensor([[640, 640]]))[0]
 
     enc_max_logits = captured["enc_logits"].max(-1).values
-    enc_topk_index = torch.topk(enc_max_logits, net.decoder.num_queries, dim=-1).indices
     scores_min_gap, scores_num_ties, _ = _top_gaps(result["scores"], 300)
     _, _, score_gap_at_cut = _top_gaps(outputs["pred_logits"].sigmoid(), 300)
     enc_topk_min_gap, enc_topk_num_ties, enc_topk_gap_at_cut = _top_gaps(enc_max_logits, 300)
@@ -229,9 +234,6 @@ def job_eval(model: str) -> None:
             "labels": result["labels"].numpy(),
             "boxes": result["boxes"].numpy(),
             "scores": result["scores"].numpy(),
-            "pred_logits": outputs["pred_logits"].numpy(),
-            "pred_boxes": outputs["pred_boxes"].numpy(),
-            "enc_topk_index": enc_topk_index.numpy(),
             **_summaries("backbone", captured["backbone"]),
             **_summaries("encoder", captured["encoder"]),
         },
@@ -244,7 +246,7 @@ def job_eval(model: str) -> None:
             "overrides": {"PResNet.pretrained": False, "remap_mscoco_category": False},
             "weight_seed": WEIGHT_SEED,
             "weights_crc32": weights_crc32,
-            "image": f"synth_image(640, 640, seed={EVAL_IMAGE_SEED}) -> RGB float/255, 1x3x640x640",
+            "image": f"synth_image(640, 640, seed={EVAL_IMAGE_SEED}) -> RGB float64/255, 1x3x640x640",
             "image_crc32": fingerprint(synth_image(640, 640, EVAL_IMAGE_SEED)),
             "orig_target_sizes": [[640, 640]],
             "eval_idx": net.decoder.decoder.eval_idx,
@@ -268,20 +270,16 @@ def job_train(model: str) -> None:
     net, criterion = cfg.model, cfg.criterion
     assert net.decoder.num_denoising == 0 and criterion.matcher.use_focal_loss
     weights_crc32 = _load_synth_weights(net)
-    net.train()
+    net.to(DTYPE).train()
     criterion.train()
 
     images = torch.stack([_image_tensor(s) for s in TRAIN_IMAGE_SEEDS])
-    targets = synth_targets(TRAIN_NUM_TARGETS, 80, seed=TRAIN_TARGET_SEED)
-    targets_crc32 = fingerprint(targets)
+    targets_crc32 = fingerprint(synth_targets(TRAIN_NUM_TARGETS, 80, seed=TRAIN_TARGET_SEED))
+    targets = train_targets(DTYPE)
     outputs = net(images, targets=targets)
     losses = criterion(outputs, targets)
+    assert all(v.dtype == DTYPE for v in losses.values())
     matched = criterion.matcher({k: outputs[k] for k in ("pred_logits", "pred_boxes")}, targets)["indices"]
-
-    _write_npz(
-        f"rtdetrv2_{model}_train_outputs.npz",
-        {k: outputs[k].detach().numpy() for k in ("pred_logits", "pred_boxes")},
-    )
     _write_json(
         f"rtdetrv2_{model}_train_loss.json",
         {
@@ -292,13 +290,14 @@ def job_train(model: str) -> None:
             "weight_seed": WEIGHT_SEED,
             "weights_crc32": weights_crc32,
             "image_seeds": list(TRAIN_IMAGE_SEEDS),
-            "image": "synth_image(640, 640, seed) -> RGB float/255, stacked to 2x3x640x640",
+            "image": "synth_image(640, 640, seed) -> RGB float64/255, stacked to 2x3x640x640",
             "images_crc32": fingerprint([synth_image(640, 640, s) for s in TRAIN_IMAGE_SEEDS]),
-            "targets": f"synth_targets({TRAIN_NUM_TARGETS}, 80, seed={TRAIN_TARGET_SEED})",
+            "targets": f"golden.dfine_inputs.train_targets(float64): synth_targets({TRAIN_NUM_TARGETS}, 80, "
+            f"seed={TRAIN_TARGET_SEED}) (targets_crc32) with the boxes shrunk to a 1/256 grid",
             "targets_crc32": targets_crc32,
             "weight_dict": dict(criterion.weight_dict),
             "losses": {k: v.item() for k, v in losses.items()},
-            "total": sum(losses.values()).item(),
+            "total": sum(v.item() for v in losses.values()),
             "matcher_indices_last_layer": _indices_lists(matched),
         },
     )
@@ -309,8 +308,8 @@ def _random_outputs(rng: np.random.Generator, batch: int, queries: int, classes:
     centre = rng.uniform(0.1, 0.9, (batch, queries, 2))
     size = rng.uniform(0.05, 0.5, (batch, queries, 2))
     return {
-        "pred_logits": torch.from_numpy(logits.astype(np.float32)),
-        "pred_boxes": torch.from_numpy(np.concatenate([centre, size], -1).astype(np.float32)),
+        "pred_logits": torch.from_numpy(logits),
+        "pred_boxes": torch.from_numpy(np.concatenate([centre, size], -1)),
     }
 
 
@@ -320,7 +319,7 @@ def job_criterion() -> None:
     from src.zoo.rtdetr.rtdetrv2_criterion import RTDETRCriterionv2
 
     batch, queries, classes, num_denoising = 2, 20, 5, 10
-    targets = synth_targets([3, 2], classes, seed=CRITERION_TARGET_SEED)
+    targets = _as_dtype(synth_targets([3, 2], classes, seed=CRITERION_TARGET_SEED))
     torch.manual_seed(0)  # only the noised queries depend on it, and they are not used
     _, _, _, dn_meta = get_contrastive_denoising_training_group(
         targets,
@@ -355,6 +354,7 @@ def job_criterion() -> None:
     matcher = HungarianMatcher(**matcher_args)
     criterion = RTDETRCriterionv2(matcher, **criterion_args)
     losses = criterion(outputs, targets)
+    assert all(v.dtype == DTYPE for v in losses.values())
 
     arrays = {}
     named = [("", outputs)] + [(f"aux_{i}_", o) for i, o in enumerate(outputs["aux_outputs"])]
@@ -388,19 +388,23 @@ def job_criterion() -> None:
             "dn_num_group": dn_meta["dn_num_group"],
             "dn_num_split": dn_meta["dn_num_split"],
             "input_seed": CRITERION_INPUT_SEED,
-            "targets": f"synth_targets([3, 2], {classes}, seed={CRITERION_TARGET_SEED})",
+            "targets": f"synth_targets([3, 2], {classes}, seed={CRITERION_TARGET_SEED}), boxes as float64",
             "matcher": matcher_args,
             "criterion": criterion_args,
             "losses": {k: v.item() for k, v in losses.items()},
-            "total": sum(losses.values()).item(),
+            "total": sum(v.item() for v in losses.values()),
         },
     )
 
 
 def main(argv) -> None:
     if not argv:
+        sys.exit(__doc__)
+    OFFICIAL["root"] = Path(argv[0]).resolve()
+    argv = argv[1:]
+    if not argv:
         for job, model in JOBS:
-            cmd = [sys.executable, __file__, job] + ([model] if model else [])
+            cmd = [sys.executable, __file__, str(OFFICIAL["root"]), job] + ([model] if model else [])
             subprocess.run(cmd, check=True, cwd=REPO_ROOT)
         return
     sys.path.insert(0, str(_official_root()))

@@ -1,23 +1,23 @@
-"""Write the DEIM golden files of this folder by running the official DEIM implementation.
+"""Write the DEIM golden files ``tests/golden/deim_golden.{json,npz}`` by running the official DEIM
+implementation.
 
-The official code is imported from a work tree outside this repository; nothing of it is copied
-here. Inputs are drawn here with NumPy from fixed seeds (or read from ``rtdetrv2_criterion.npz``),
-so the tests rebuild them without the official code. How to rerun, from the repository root, with
-the official venv described in ``make_rtdetrv2_golden.py``::
+The official code is imported from a clone outside this repository; nothing of it is copied here,
+and the JSON records the clone's commit. Inputs are drawn with NumPy from fixed seeds by
+``golden.dfine_inputs`` (``tests/golden``), or read from ``rtdetrv2_criterion.npz``, so the tests
+rebuild them without the official code. How to rerun, from the repository root::
 
-    mkdir -p /tmp/deim
-    git -C /work/.mirror/Intellindust-AI-Lab+DEIM/repo archive HEAD | tar -x -C /tmp/deim
-    OFFICIAL_DEIM=/tmp/deim \\
-    OFFICIAL_DEIM_COMMIT=$(git -C /work/.mirror/Intellindust-AI-Lab+DEIM/repo log -1 --format=%H) \\
-    PYTHONDONTWRITEBYTECODE=1 /root/.cache/dfine/official-venv/bin/python tests/golden/make_deim_golden.py
+    PYTHONDONTWRITEBYTECODE=1 python tools/golden/make_deim_golden.py PATH/TO/DEIM
 
-Importing this module needs neither the official code nor ``dfine``: the tests take the inputs
-from :func:`mosaic_inputs` and :func:`mixup_inputs`. Outputs ``deim_golden.json`` (scalars and small lists) and ``deim_golden.npz`` (images):
+The criterion case is float64 (its inputs in ``rtdetrv2_criterion.npz`` are float64), so its
+losses hold on every CPU; the other parts are exact or per-pixel values (``dtype`` in the JSON).
+Outputs ``deim_golden.json`` (scalars and small lists), ``deim_golden.npz`` (images) and
+``deim_rtdetrv2_r18_train.json`` (the whole DEIM-RT-DETRv2-R18 model, last item below):
 
 * ``criterion``: the official ``DEIMCriterion`` (``losses ['mal', 'boxes']``, gamma 1.5, alpha
   0.75, ``use_uni_set False``, weights mal 1 / bbox 5 / giou 2, as ``configs/base/rt_deim.yml``)
   with the official ``HungarianMatcher`` (class 2 / bbox 5 / giou 2, focal 0.25 / 2) on the final,
-  auxiliary and encoder outputs of ``rtdetrv2_criterion.npz`` without the denoising outputs.
+  auxiliary and encoder outputs of ``rtdetrv2_criterion.npz`` without the denoising outputs
+  (``golden.dfine_inputs.criterion_case``), float64.
 * ``lr``: the learning rate of two parameter groups (base 2e-4 and 2e-5) at chosen iterations of
   the official training loop (``LinearWarmup(2000)`` built and never stepped again, then
   ``FlatCosineLRScheduler.step(iteration)`` after every iteration), with 100 iterations per
@@ -33,10 +33,18 @@ from :func:`mosaic_inputs` and :func:`mixup_inputs`. Outputs ``deim_golden.json`
   data set (``mosaic_image_{i}`` in the npz, with ``mosaic_boxes_{i}`` / ``mosaic_labels_{i}``),
   ``random.choices`` patched to ``[2, 1, 3]`` and the affine parameters fixed; output image
   (npz ``mosaic_output``) and boxes / labels.
+* ``deim_rtdetrv2_r18_train.json``: the official DEIM-RT-DETRv2-R18
+  (``configs/deim_rtdetrv2/deim_r18vd_120e_coco.yml`` with ``PResNet.pretrained: False`` and
+  ``RTDETRTransformerv2.num_denoising: 0``; loaded after the jobs above, the only config of the
+  process) in float64: weights ``synth_state_dict(keys, seed=0)`` over the model's own keys (the
+  constructor buffers of ``synth.CONSTRUCTOR_BUFFERS`` keep the model's values), ``model.double()
+  .train()``, images ``synth_image(640, 640, seed)`` for seeds 1 and 2 (RGB float64 / 255) and targets
+  ``golden.dfine_inputs.train_targets(float64)``, as the RT-DETRv2 and D-FINE training goldens; the
+  config's ``DEIMCriterion`` (MAL + boxes) with the first step's ``epoch``/``step`` metas. Fields:
+  ``state_dict`` (key -> shape, in order), ``weights_crc32``, ``losses``, ``total`` (float64 sum in
+  the dict's order) and ``matcher_indices_last_layer``.
 """
 import json
-import os
-import random
 import sys
 import types
 from pathlib import Path
@@ -45,51 +53,21 @@ from unittest import mock
 import numpy as np
 import torch
 
-GOLDEN_DIR = Path(__file__).resolve().parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
+GOLDEN_DIR = REPO_ROOT / "tests" / "golden"
+sys.path.insert(0, str(GOLDEN_DIR.parent))  # tests/, for golden.dfine_inputs
+from golden.dfine_inputs import (  # noqa: E402
+    MOSAIC_AFFINE,
+    MOSAIC_SIZES,
+    criterion_case,
+    mixup_inputs,
+    mosaic_inputs,
+    train_targets,
+)
+from make_rtdetrv2_golden import _image_tensor, _load_synth_weights, official_commit  # noqa: E402
 
 LR_ITERATIONS = [0, 1, 2, 1000, 1999, 2000, 2001, 3000, 3400, 3401, 4600, 5799, 5800, 5801, 5999]
 EMA_UPDATES = [1, 10, 100, 1000, 2000, 5000, 20000]
-MOSAIC_SIZES = [(40, 60), (50, 30), (64, 64), (30, 45)]  # (h, w) of the four images
-MOSAIC_AFFINE = {"angle": 7.5, "translate": (3, -2), "scale": 1.2, "shear": (0.0, 0.0)}
-
-
-def mosaic_inputs():
-    """Four uint8 RGB images and their XYXY boxes / labels (shared with the test)."""
-    images, boxes, labels = [], [], []
-    for i, (h, w) in enumerate(MOSAIC_SIZES):
-        rng = np.random.default_rng(100 + i)
-        images.append(rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8))
-        x0, y0 = rng.uniform(0, w / 2, 2), rng.uniform(0, h / 2, 2)
-        b = np.stack([x0, y0, x0 + rng.uniform(2, w / 2, 2), y0 + rng.uniform(2, h / 2, 2)], 1)
-        boxes.append(b.astype(np.float32))
-        labels.append(rng.integers(0, 5, size=2).astype(np.int64))
-    return images, boxes, labels
-
-
-def mixup_inputs():
-    """Three 2x8x6 uint8 images, with normalised cxcywh boxes and labels (shared with the test)."""
-    rng = np.random.default_rng(5)
-    images = rng.integers(0, 256, size=(3, 2, 8, 6), dtype=np.uint8)
-    counts = [2, 1, 3]
-    boxes = [rng.uniform(0.2, 0.6, size=(n, 4)).astype(np.float32) for n in counts]
-    labels = [rng.integers(0, 5, size=n).astype(np.int64) for n in counts]
-    return images, boxes, labels
-
-
-def criterion_case():
-    """``(outputs, targets)`` of ``rtdetrv2_criterion.npz`` without its denoising outputs: final, two
-    auxiliary and one encoder output (shared with the test)."""
-    arrays = np.load(GOLDEN_DIR / "rtdetrv2_criterion.npz")
-
-    def head(prefix):
-        return {k: torch.from_numpy(arrays[prefix + k]) for k in ("pred_logits", "pred_boxes")}
-
-    outputs = head("")
-    outputs["aux_outputs"] = [head("aux_0_"), head("aux_1_")]
-    outputs["enc_aux_outputs"] = [head("enc_0_")]
-    targets = [{"labels": torch.from_numpy(arrays[f"target_{b}_labels"]),
-                "boxes": torch.from_numpy(arrays[f"target_{b}_boxes"])} for b in range(2)]
-    return outputs, targets
 
 
 def job_criterion():
@@ -98,13 +76,16 @@ def job_criterion():
 
     out, targets = criterion_case()
     out["enc_meta"] = {"class_agnostic": False}
-    matcher = HungarianMatcher({"cost_class": 2, "cost_bbox": 5, "cost_giou": 2}, use_focal_loss=True, alpha=0.25, gamma=2.0)
+    matcher = HungarianMatcher({"cost_class": 2, "cost_bbox": 5, "cost_giou": 2}, use_focal_loss=True, alpha=0.25,
+                               gamma=2.0)
     criterion = DEIMCriterion(
         matcher, weight_dict={"loss_mal": 1, "loss_bbox": 5, "loss_giou": 2}, losses=["mal", "boxes"],
         alpha=0.75, gamma=1.5, num_classes=5, use_uni_set=False,
     )
     losses = criterion(out, targets)
-    return {"losses": {k: v.item() for k, v in losses.items()}, "total": sum(losses.values()).item()}
+    assert all(v.dtype == torch.float64 for v in losses.values())
+    return {"dtype": "float64", "losses": {k: v.item() for k, v in losses.items()},
+            "total": sum(v.item() for v in losses.values())}
 
 
 def job_lr():
@@ -115,7 +96,8 @@ def job_lr():
     optimizer = torch.optim.AdamW([{"params": [params[0]]}, {"params": [params[1]], "lr": 2e-5}], lr=2e-4)
     steps = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[1000], gamma=0.1)
     LinearWarmup(steps, warmup_duration=2000)  # its constructor sets the LR of the first iteration
-    scheduler = FlatCosineLRScheduler(optimizer, 0.5, 100, total_epochs=60, warmup_iter=2000, flat_epochs=34, no_aug_epochs=2)
+    scheduler = FlatCosineLRScheduler(optimizer, 0.5, 100, total_epochs=60, warmup_iter=2000, flat_epochs=34,
+                                      no_aug_epochs=2)
     used = {}
     for iteration in range(6000):
         used[iteration] = [g["lr"] for g in optimizer.param_groups]
@@ -149,7 +131,8 @@ def job_policy():
 
     policy = {"name": "stop_epoch", "epoch": [2, 6, 10], "ops": names[:4]}
     compose = Compose([recorder(n) for n in names], policy=policy, mosaic_prob=0.5)
-    collate = BatchImageCollateFunction(stop_epoch=10, base_size=64, base_size_repeat=1, mixup_prob=0.5, mixup_epochs=[2, 6])
+    collate = BatchImageCollateFunction(stop_epoch=10, base_size=64, base_size_repeat=1, mixup_prob=0.5,
+                                        mixup_epochs=[2, 6])
     table = []
     for epoch in range(12):
         row = {"epoch": epoch}
@@ -159,7 +142,8 @@ def job_policy():
                 compose(None, {}, types.SimpleNamespace(epoch=epoch))
             row[key] = list(ran)
         collate.set_epoch(epoch)
-        items = [(torch.zeros(3, 64, 64), {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0), "area": torch.zeros(0)})] * 2
+        empty = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0), "area": torch.zeros(0)}
+        items = [(torch.zeros(3, 64, 64), empty)] * 2
         with mock.patch("random.random", return_value=0.0), mock.patch("random.choice", return_value=32):
             images, targets = collate(items)
         row["mixup"] = "mixup" in targets[0]
@@ -174,8 +158,8 @@ def job_mixup():
     images, boxes, labels = mixup_inputs()
     collate = BatchImageCollateFunction(mixup_prob=0.5, mixup_epochs=[0, 5])
     collate.set_epoch(1)
-    targets = [{"boxes": torch.from_numpy(b), "labels": torch.from_numpy(l), "area": torch.ones(len(l))}
-               for b, l in zip(boxes, labels)]
+    targets = [{"boxes": torch.from_numpy(b), "labels": torch.from_numpy(c), "area": torch.ones(len(c))}
+               for b, c in zip(boxes, labels)]
     with mock.patch("random.random", return_value=0.1), mock.patch("random.uniform", return_value=0.4812345678):
         mixed, new_targets = collate.apply_mixup(torch.from_numpy(images).float() / 255, targets)
     return (
@@ -220,19 +204,59 @@ def job_mosaic():
     )
 
 
-def main():
+def job_rtdetrv2_r18(official):
+    import engine  # noqa: F401  (registers every official module)
+    from engine.core import YAMLConfig
+
+    config = "configs/deim_rtdetrv2/deim_r18vd_120e_coco.yml"
+    cfg = YAMLConfig(str(official / config), PResNet={"pretrained": False}, RTDETRTransformerv2={"num_denoising": 0})
+    model, criterion = cfg.model, cfg.criterion
+    assert model.decoder.num_denoising == 0 and type(criterion).__name__ == "DEIMCriterion"
+    state_dict = {k: list(v.shape) for k, v in model.state_dict().items()}
+    weights_crc32 = _load_synth_weights(model)
+    model.double().train()
+    criterion.train()
+    images = torch.stack([_image_tensor(seed, torch.float64) for seed in (1, 2)])
+    targets = train_targets(torch.float64)
+    outputs = model(images, targets=targets)
+    metas = {"epoch": 0, "step": 0, "global_step": 0, "epoch_step": 1}
+    losses = criterion(outputs, targets, **metas)
+    assert all(v.dtype == torch.float64 for v in losses.values())
+    matched = criterion.matcher({k: outputs[k] for k in ("pred_logits", "pred_boxes")}, targets)["indices"]
+    return {
+        "config": config,
+        "overrides": {"PResNet.pretrained": False, "RTDETRTransformerv2.num_denoising": 0},
+        "dtype": "float64",
+        "mode": "model.double().train() (BatchNorm with batch statistics), criterion from the config",
+        "weight_seed": 0,
+        "weights_crc32": weights_crc32,
+        "image_seeds": [1, 2],
+        "targets": "golden.dfine_inputs.train_targets(float64)",
+        "metas": metas,
+        "weight_dict": dict(criterion.weight_dict),
+        "losses": {k: v.item() for k, v in losses.items()},
+        "total": sum(v.item() for v in losses.values()),
+        "matcher_indices_last_layer": [[src.tolist(), tgt.tolist()] for src, tgt in matched],
+        "state_dict": state_dict,
+    }
+
+
+def main(argv):
     import torchvision
 
-    # The official code is only needed here: the tests import the input generators above.
-    sys.path.insert(0, os.environ["OFFICIAL_DEIM"])
+    if len(argv) != 1:
+        sys.exit(__doc__)
+    official = Path(argv[0]).resolve()
+    sys.path.insert(0, str(official))
     sys.modules.setdefault("calflops", types.SimpleNamespace(calculate_flops=None))  # imported, not used
 
     golden = {
         "official_repo": "Intellindust-AI-Lab/DEIM",
-        "official_commit": os.environ["OFFICIAL_DEIM_COMMIT"],
+        "official_commit": official_commit(official),
         "torch": torch.__version__,
         "torchvision": torchvision.__version__,
-        "command": "OFFICIAL_DEIM=<official DEIM> PYTHONDONTWRITEBYTECODE=1 python tests/golden/make_deim_golden.py",
+        "command": "PYTHONDONTWRITEBYTECODE=1 python tools/golden/make_deim_golden.py <DEIM clone>",
+        "dtype": "float64 (criterion); lr, ema and policy are Python numbers, mixup float32, mosaic uint8",
         "criterion": job_criterion(),
         "lr": job_lr(),
         "ema": job_ema(),
@@ -246,7 +270,11 @@ def main():
     (GOLDEN_DIR / "deim_golden.json").write_text(json.dumps(golden, indent=1) + "\n")
     np.savez_compressed(GOLDEN_DIR / "deim_golden.npz", **arrays)
     print("wrote deim_golden.json and deim_golden.npz")
+    provenance = {k: golden[k] for k in ("official_repo", "official_commit", "torch", "torchvision", "command")}
+    model = {**provenance, **job_rtdetrv2_r18(official)}
+    (GOLDEN_DIR / "deim_rtdetrv2_r18_train.json").write_text(json.dumps(model, indent=1) + "\n")
+    print("wrote deim_rtdetrv2_r18_train.json")
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])
