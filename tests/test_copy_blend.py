@@ -1,5 +1,5 @@
 """DEIMv2's Copy-Blend (:class:`dfine.data.CopyBlend`) and its place in the batch collate, against
-the official ``BatchImageCollateFunction`` of DEIMv2 (tests/golden/make_copyblend_golden.py wrote
+the official ``BatchImageCollateFunction`` of DEIMv2 (tools/golden/make_copyblend_golden.py wrote
 ``copyblend_golden.json`` / ``.npz``; its docstring says how and what each field is)."""
 import itertools
 import json
@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from detectron2.structures import Boxes, Instances
 
 from dfine.data import BatchCollate, CopyBlend, MixUp, generate_scales
-from golden.make_copyblend_golden import copyblend_inputs
+from golden.deimv2_synth import copyblend_inputs
 
 GOLDEN_DIR = Path(__file__).parent / "golden"
 GOLDEN = json.loads((GOLDEN_DIR / "copyblend_golden.json").read_text())

@@ -3,7 +3,7 @@
 ``fuse_op="sum"``, identity input projections) and the LiteEncoder.
 
 Every number compared here comes from ``tests/golden/deimv2_encoders_golden.{json,npz}``, written by
-``tests/golden/make_deimv2_encoders_golden.py`` from the official modules built with the resolved
+``tools/golden/make_deimv2_encoders_golden.py`` from the official modules built with the resolved
 arguments of the 12 official DEIMv2 COCO configs (``GOLDEN["configs"]``) and the synthetic weights
 and inputs of ``tests/golden/synth.py``.
 """
@@ -18,7 +18,7 @@ from torch import nn
 from dfine.modeling.backbone.hgnetv2 import HGNetv2
 from dfine.modeling.encoder.hybrid_encoder import HybridEncoder
 from dfine.modeling.encoder.lite_encoder import LiteEncoder
-from golden.make_deimv2_encoders_golden import BACKBONE_FORWARD, ENCODER_FORWARD, FORWARD_SIZE, encoder_features
+from golden.deimv2_synth import BACKBONE_FORWARD, ENCODER_FORWARD, FORWARD_SIZE, encoder_features
 from golden.synth import synth_image, synth_state_dict
 
 GOLDEN_DIR = Path(__file__).parent / "golden"
@@ -115,7 +115,7 @@ def test_encoder_outputs_equal_official_before_and_after_deploy(key):
     model = build_encoder(encoder["type"], kwargs)
     load_synthetic(model, seed=1)
     model.eval()
-    feats = encoder_features(kwargs["in_channels"], kwargs["feat_strides"], size=FORWARD_SIZE)
+    feats = [f.float() for f in encoder_features(kwargs["in_channels"], kwargs["feat_strides"], size=FORWARD_SIZE)]
     with torch.no_grad():
         outs = model(feats)
     assert model.out_channels == [o["shape"][1] for o in golden["outputs"]]
