@@ -196,7 +196,7 @@ def test_deim_dfine_official_recipe_values(name):
 
 
 # Resolved by the official YAML loader from configs/deimv2/deimv2_*_coco.yml (DEIMv2 commit 0fff8d4):
-# tests/golden/make_deimv2_recipes_golden.py.
+# tools/golden/make_deimv2_recipes_golden.py.
 DEIMV2_RECIPES = json.loads((ROOT / "tests" / "golden" / "deimv2_recipes.json").read_text())
 
 

@@ -9,7 +9,7 @@ described in ``make_rtdetrv2_golden.py``::
     git -C /work/.mirror/Intellindust-AI-Lab+DEIMv2/repo archive HEAD | tar -x -C /tmp/deimv2
     OFFICIAL_DEIMV2=/tmp/deimv2 \\
     OFFICIAL_DEIMV2_COMMIT=$(git -C /work/.mirror/Intellindust-AI-Lab+DEIMv2/repo log -1 --format=%H) \\
-    PYTHONDONTWRITEBYTECODE=1 /root/.cache/dfine/official-venv/bin/python tests/golden/make_copyblend_golden.py
+    PYTHONDONTWRITEBYTECODE=1 /root/.cache/dfine/official-venv/bin/python tools/golden/make_copyblend_golden.py
 
 Importing this module needs neither the official code nor ``dfine``: the test rebuilds the batch
 with :func:`copyblend_inputs` and reads the collate settings from the JSON.
@@ -55,8 +55,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-GOLDEN_DIR = Path(__file__).resolve().parent
-HEIGHT, WIDTH = 48, 64
+REPO_ROOT = Path(__file__).resolve().parents[2]
+GOLDEN_DIR = REPO_ROOT / "tests" / "golden"
+sys.path.insert(0, str(REPO_ROOT / "tests"))  # for golden.deimv2_synth
+from golden.deimv2_synth import COPYBLEND_HEIGHT as HEIGHT, COPYBLEND_WIDTH as WIDTH, copyblend_inputs  # noqa: E402
+
 COPY_BLEND = dict(area_threshold=100, num_objects=3, with_expand=True, expand_ratios=[0.1, 0.25])
 CASES = {
     "deimv2_s": dict(
@@ -80,21 +83,6 @@ CASES = {
                      copyblend_epochs=[40000, 15000], **COPY_BLEND),
         epoch=10, seeds=[0]),
 }
-
-
-def copyblend_inputs():
-    """Three (3, 48, 64) uint8 images, their (N, 4) float32 absolute XYXY boxes and (N,) int64
-    labels (shared with the test)."""
-    rng = np.random.default_rng(11)
-    images = rng.integers(0, 256, size=(3, 3, HEIGHT, WIDTH), dtype=np.uint8)
-    boxes = [
-        [[3.4, 5.6, 30.7, 28.3], [40.2, 30.5, 44.6, 36.3], [50.3, 2.7, 63.4, 20.6]],
-        np.zeros((0, 4)),
-        [[1.3, 1.6, 40.7, 35.4], [20.4, 10.3, 31.6, 19.8], [5.5, 30.2, 12.1, 36.9]],
-    ]
-    boxes = [np.asarray(b, dtype=np.float32).reshape(-1, 4) for b in boxes]
-    labels = [np.array([2, 0, 4]), np.zeros(0), np.array([1, 3, 2])]
-    return images, boxes, [l.astype(np.int64) for l in labels]
 
 
 def replay_kind(collate, epoch, seed, pool_size):
@@ -165,7 +153,7 @@ def main():
         "official_commit": os.environ.get("OFFICIAL_DEIMV2_COMMIT", "unknown"),
         "torch": torch.__version__,
         "torchvision": torchvision.__version__,
-        "command": "OFFICIAL_DEIMV2=<official DEIMv2> PYTHONDONTWRITEBYTECODE=1 python tests/golden/make_copyblend_golden.py",
+        "command": "OFFICIAL_DEIMV2=<official DEIMv2> PYTHONDONTWRITEBYTECODE=1 python tools/golden/make_copyblend_golden.py",
         "image_size": [HEIGHT, WIDTH],
         "cases": {},
     }

@@ -13,7 +13,7 @@ code. How to rerun, from the repository root, with the official venv described i
     git -C /work/.mirror/Intellindust-AI-Lab+DEIMv2/repo archive HEAD | tar -x -C /tmp/deimv2
     OFFICIAL_DEIMV2=/tmp/deimv2 \\
     OFFICIAL_DEIMV2_COMMIT=$(git -C /work/.mirror/Intellindust-AI-Lab+DEIMv2/repo log -1 --format=%H) \\
-    PYTHONDONTWRITEBYTECODE=1 /root/.cache/dfine/official-venv/bin/python tests/golden/make_deimv2_decoder_golden.py
+    PYTHONDONTWRITEBYTECODE=1 /root/.cache/dfine/official-venv/bin/python tools/golden/make_deimv2_decoder_golden.py
 
 The official ``engine`` package imports ``calflops`` (never used here), which is replaced by a stub.
 ``torch.set_num_threads(1)``; two runs give identical files.

@@ -8,7 +8,7 @@ official venv described in ``make_rtdetrv2_golden.py``::
     git -C /work/.mirror/Intellindust-AI-Lab+DEIMv2/repo archive HEAD | tar -x -C /tmp/deimv2
     OFFICIAL_DEIMV2=/tmp/deimv2 \\
     OFFICIAL_DEIMV2_COMMIT=$(git -C /work/.mirror/Intellindust-AI-Lab+DEIMv2/repo log -1 --format=%H) \\
-    PYTHONDONTWRITEBYTECODE=1 /root/.cache/dfine/official-venv/bin/python tests/golden/make_deimv2_encoders_golden.py
+    PYTHONDONTWRITEBYTECODE=1 /root/.cache/dfine/official-venv/bin/python tools/golden/make_deimv2_encoders_golden.py
 
 Fields of the json:
 
@@ -44,23 +44,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-try:  # imported by the tests as golden.make_deimv2_encoders_golden, run as a script otherwise
-    from .make_dfine_golden import encoder_features
-    from .synth import synth_image, synth_state_dict
-except ImportError:
-    from make_dfine_golden import encoder_features
-    from synth import synth_image, synth_state_dict
+REPO_ROOT = Path(__file__).resolve().parents[2]
+GOLDEN_DIR = REPO_ROOT / "tests" / "golden"
+sys.path.insert(0, str(REPO_ROOT / "tests"))  # for golden.synth / golden.deimv2_synth
+from golden.deimv2_synth import BACKBONE_FORWARD, ENCODER_FORWARD, FORWARD_SIZE, encoder_features  # noqa: E402
+from golden.synth import synth_image, synth_state_dict  # noqa: E402
 
-GOLDEN_DIR = Path(__file__).resolve().parent
 HGNETV2_SIZES = ["atto", "femto", "pico", "n", "s", "m", "l", "x"]
 DINOV3_SIZES = ["s", "m", "l", "x"]
 CONFIG_FILES = {
     **{size: f"configs/deimv2/deimv2_hgnetv2_{size}_coco.yml" for size in HGNETV2_SIZES},
     **{f"dinov3_{size}": f"configs/deimv2/deimv2_dinov3_{size}_coco.yml" for size in DINOV3_SIZES},
 }
-BACKBONE_FORWARD = ["atto", "femto", "pico"]
-ENCODER_FORWARD = ["atto", "n", "m", "dinov3_s"]
-FORWARD_SIZE = 96
 
 
 def count(model, trainable=False):
@@ -107,7 +102,7 @@ def main():
         "official_commit": os.environ["OFFICIAL_DEIMV2_COMMIT"],
         "torch": torch.__version__,
         "command": "OFFICIAL_DEIMV2=<official DEIMv2> PYTHONDONTWRITEBYTECODE=1 "
-                   "python tests/golden/make_deimv2_encoders_golden.py",
+                   "python tools/golden/make_deimv2_encoders_golden.py",
         "configs": resolve_configs(root),
         "backbones": {},
         "encoders": {},
@@ -138,7 +133,7 @@ def main():
             model = cls(**forward_kwargs)
             model.load_state_dict(synth_state_dict(entry["state_dict"], seed=1), strict=False)
             model.eval()
-            feats = encoder_features(kwargs["in_channels"], kwargs["feat_strides"], size=FORWARD_SIZE)
+            feats = [f.float() for f in encoder_features(kwargs["in_channels"], kwargs["feat_strides"])]
             with torch.no_grad():
                 outs = model(feats)
         for module in list(model.modules())[1:]:

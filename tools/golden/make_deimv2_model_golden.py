@@ -10,7 +10,7 @@ without the official code. How to rerun, from the repository root, with the offi
     git -C /work/.mirror/Intellindust-AI-Lab+DEIMv2/repo archive HEAD | tar -x -C /tmp/deimv2
     OFFICIAL_DEIMV2=/tmp/deimv2 \\
     OFFICIAL_DEIMV2_COMMIT=$(git -C /work/.mirror/Intellindust-AI-Lab+DEIMv2/repo log -1 --format=%H) \\
-    PYTHONDONTWRITEBYTECODE=1 /root/.cache/dfine/official-venv/bin/python tests/golden/make_deimv2_model_golden.py
+    PYTHONDONTWRITEBYTECODE=1 /root/.cache/dfine/official-venv/bin/python tools/golden/make_deimv2_model_golden.py
 
 Without arguments every job of ``JOBS`` runs, each in its own subprocess (``JOB NAME OUT``, which writes
 ``OUT.json`` and maybe ``OUT.npz``), and the parent merges the results into the two files. One official

@@ -9,7 +9,7 @@ mutable default dict that leaks keys from one config into the next. How to rerun
     mkdir -p /tmp/deimv2
     git -C /work/.mirror/Intellindust-AI-Lab+DEIMv2/repo archive HEAD | tar -x -C /tmp/deimv2
     OFFICIAL_DEIMV2=/tmp/deimv2 PYTHONDONTWRITEBYTECODE=1 \\
-        /root/.cache/dfine/official-venv/bin/python tests/golden/make_deimv2_recipes_golden.py
+        /root/.cache/dfine/official-venv/bin/python tools/golden/make_deimv2_recipes_golden.py
 
 Fields per config name (e.g. ``hgnetv2_atto``): ``epochs`` (``epoches``), ``policy`` (the
 augmentation policy epochs), ``mosaic_prob``, ``mosaic_size`` (Mosaic ``output_size``), ``min_box``

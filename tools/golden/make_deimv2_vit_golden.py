@@ -8,7 +8,7 @@ official venv described in ``make_rtdetrv2_golden.py``::
     git -C /work/.mirror/Intellindust-AI-Lab+DEIMv2/repo archive HEAD | tar -x -C /tmp/deimv2
     OFFICIAL_DEIMV2=/tmp/deimv2 \\
     OFFICIAL_DEIMV2_COMMIT=$(git -C /work/.mirror/Intellindust-AI-Lab+DEIMv2/repo log -1 --format=%H) \\
-    PYTHONDONTWRITEBYTECODE=1 /root/.cache/dfine/official-venv/bin/python tests/golden/make_deimv2_vit_golden.py
+    PYTHONDONTWRITEBYTECODE=1 /root/.cache/dfine/official-venv/bin/python tools/golden/make_deimv2_vit_golden.py
 
 Weights are :func:`synth_vit_state_dict` (``synth_state_dict`` plus the ViT-only tensors), loaded with
 ``strict=False`` (only the RoPE ``periods`` and BatchNorm ``num_batches_tracked`` stay the model's own).
