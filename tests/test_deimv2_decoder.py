@@ -42,7 +42,7 @@ ARRAYS = np.load(GOLDEN_DIR / "deimv2_decoder_golden.npz")
 # Official frozen W(n) hyper-parameter built from the YAML's integer 4: int64 there, float32 here
 # (loading casts; W(n) is the same).
 INT64_IN_OFFICIAL = {"reg_scale", "decoder.reg_scale"}
-MEASURED = None
+MEASURED = 9e-16  # max abs difference: 0 native AVX-512, 4.4e-16 avx2, 8.9e-16 default
 ATOL = 1e-10
 
 
