@@ -195,9 +195,16 @@ def test_deim_dfine_official_recipe_values(name):
         "loss_mal": 1, "loss_bbox": 5, "loss_giou": 2, "loss_fgl": 0.15, "loss_ddf": 1.5}
 
 
-# Resolved by the official YAML loader from configs/deimv2/deimv2_*_coco.yml (DEIMv2 commit 0fff8d4):
-# tools/golden/make_deimv2_recipes_golden.py.
-DEIMV2_RECIPES = json.loads((ROOT / "tests" / "golden" / "deimv2_recipes.json").read_text())
+# Resolved by the official YAML loader from configs/deimv2/deimv2_*_coco.yml (Intellindust-AI-Lab/DEIMv2 at
+# the JSON's official.commit) with tools/golden/make_deimv2_recipes_golden.py. YAML values, no arithmetic:
+# compared exactly.
+DEIMV2_RECIPES_GOLDEN = json.loads((ROOT / "tests" / "golden" / "deimv2_recipes.json").read_text())
+DEIMV2_RECIPES = DEIMV2_RECIPES_GOLDEN["recipes"]
+
+
+def test_deimv2_recipes_golden_names_its_official_commit():
+    official = DEIMV2_RECIPES_GOLDEN["official"]
+    assert official["repo"] == "Intellindust-AI-Lab/DEIMv2" and len(official["commit"]) == 40
 
 
 @pytest.mark.parametrize("name", sorted(DEIMV2_RECIPES))

@@ -3,13 +3,15 @@ SwiGLU FFN and its matcher switch, against the official DEIMv2 code.
 
 Reference numbers: ``tests/golden/deimv2_decoder_golden.{json,npz}``, written by
 ``tools/golden/make_deimv2_decoder_golden.py`` from the official DEIMv2 tree (Intellindust-AI-Lab/DEIMv2,
-commit in the JSON) in float64 (modules ``.double()``, float64 inputs), on the synthetic weights of
-``golden/synth.py`` and the inputs ``decoder_inputs`` / ``module_inputs`` / ``matcher_inputs`` of
-``golden/deimv2_synth.py``, which these tests rebuild. Our modules run in float64 too: the two sides
-differ only by the order of float64 operations, at most MEASURED (absolute; values of magnitude up
-to ~10) over native AVX-512, ``ATEN_CPU_CAPABILITY=avx2`` + ``ONEDNN_MAX_CPU_ISA=AVX2`` and
-``ATEN_CPU_CAPABILITY=default``. ATOL leaves a factor of about 100 over it and is far below any real
-difference (1e-4 or more). No float32 output is compared with the golden here.
+commit in the JSON's ``official``) in float64 (modules ``.to(torch.float64)``, float64 inputs), on the
+synthetic weights of ``golden/synth.py`` and the inputs ``decoder_inputs`` / ``module_inputs`` /
+``matcher_inputs`` of ``golden/deimv2_synth.py``, which these tests rebuild. The official RMSNorm takes
+its statistics in float32 whatever the input; for the golden it is patched to float64 on float64 inputs
+(JSON ``patches``), as ours does. Our modules run in float64 too: the two sides differ only by the
+order of float64 operations, at most MEASURED (absolute; values of magnitude up to ~10) over native
+AVX-512, ``ATEN_CPU_CAPABILITY=avx2`` + ``ONEDNN_MAX_CPU_ISA=AVX2`` and ``ATEN_CPU_CAPABILITY=default``.
+ATOL leaves a factor of about 1000 over it and is far below any real difference (1e-4 or more). The
+one reduced-precision check (RMSNorm on half inputs) has its own tolerance, stated where it is made.
 """
 import json
 from pathlib import Path
@@ -42,7 +44,7 @@ ARRAYS = np.load(GOLDEN_DIR / "deimv2_decoder_golden.npz")
 # Official frozen W(n) hyper-parameter built from the YAML's integer 4: int64 there, float32 here
 # (loading casts; W(n) is the same).
 INT64_IN_OFFICIAL = {"reg_scale", "decoder.reg_scale"}
-MEASURED = 9e-16  # max abs difference: 0 native AVX-512, 4.4e-16 avx2, 8.9e-16 default
+MEASURED = 1e-13  # max abs difference: 3.6e-14 native AVX-512, 3.7e-14 avx2, 9.4e-14 default
 ATOL = 1e-10
 
 

@@ -65,7 +65,8 @@ def test_state_dict_layout_and_parameter_count(size):
 
 def test_rope_tables_match_official():
     # Official rope_embed(H=4, W=6) of dinov3_vits16 and vit_tiny in eval, and dinov3_vits16's in train
-    # mode right after torch.manual_seed(ROPE_TRAIN_SEED): same RNG, same single draw.
+    # mode right after torch.manual_seed(ROPE_TRAIN_SEED): same RNG, same single (float64) draw. Both
+    # sides in float64, periods included (the official module patched to follow the dtype).
     h, w = GOLDEN["rope"]["grid"]
     dinov3 = build_vit("dinov3_vits16").rope_embed.eval().double()
     tiny = build_vit("vit_tiny")._model.rope_embed.eval().double()
@@ -79,6 +80,12 @@ def test_rope_tables_match_official():
     close(sin, ARRAYS["rope_train_sin"])
     close(cos, ARRAYS["rope_train_cos"])
     assert not np.allclose(ARRAYS["rope_train_sin"], ARRAYS["rope_dinov3_sin"], atol=1e-3)
+    # Unconverted, the tables are float32 as the official ones: within the float32 rounding of angles
+    # up to 2 pi (about 5e-7) of the float64 golden.
+    sin32, cos32 = build_vit("dinov3_vits16").rope_embed.eval()(h, w)
+    assert sin32.dtype == cos32.dtype == torch.float32
+    np.testing.assert_allclose(sin32.numpy(), ARRAYS["rope_dinov3_sin"], rtol=0, atol=2e-6)
+    np.testing.assert_allclose(cos32.numpy(), ARRAYS["rope_dinov3_cos"], rtol=0, atol=2e-6)
 
 
 def test_swiglu_layerscale_block_matches_official():

@@ -2,18 +2,18 @@
 and SwiGLU FFN and its matcher switch, computed by the official DEIMv2 code (Intellindust-AI-Lab/DEIMv2,
 ``engine/deim/deim_decoder.py``, ``deim_utils.py``, ``matcher.py``).
 
-The official tree is imported at run time, inside :func:`main`, from a work tree outside this
-repository; nothing of it is copied here. Every input comes from :func:`decoder_inputs`,
-:func:`module_inputs` and :func:`matcher_inputs` (NumPy, fixed seeds) and the weights from
-``synth.synth_state_dict``, so ``tests/test_deimv2_decoder.py`` rebuilds them without the official
-code. How to rerun, from the repository root, with the official venv described in
-``make_rtdetrv2_golden.py``::
+The official tree is imported at run time, inside :func:`main`, from the work tree given as the only
+argument (its ``git rev-parse HEAD`` is recorded); nothing of it is copied here. Every input comes from
+:func:`decoder_inputs`, :func:`module_inputs` and :func:`matcher_inputs` (NumPy, fixed seeds) and the
+weights from ``synth.synth_state_dict``, so ``tests/test_deimv2_decoder.py`` rebuilds them without the
+official code. Run from the repository root, with a Python environment that has the official
+requirements::
 
-    mkdir -p /tmp/deimv2
-    git -C /work/.mirror/Intellindust-AI-Lab+DEIMv2/repo archive HEAD | tar -x -C /tmp/deimv2
-    OFFICIAL_DEIMV2=/tmp/deimv2 \\
-    OFFICIAL_DEIMV2_COMMIT=$(git -C /work/.mirror/Intellindust-AI-Lab+DEIMv2/repo log -1 --format=%H) \\
-    PYTHONDONTWRITEBYTECODE=1 /root/.cache/dfine/official-venv/bin/python tools/golden/make_deimv2_decoder_golden.py
+    PYTHONDONTWRITEBYTECODE=1 python tools/golden/make_deimv2_decoder_golden.py PATH/TO/DEIMv2
+
+Everything runs in float64. The official RMSNorm computes its statistics in float32 whatever the input
+dtype; it is patched to use float64 for float64 inputs (tools/golden/deimv2_dtype_patches.py, recorded
+in the JSON's ``patches``; half inputs keep the official float32 statistics).
 
 The official ``engine`` package imports ``calflops`` (never used here), which is replaced by a stub.
 ``torch.set_num_threads(1)``; two runs give identical files.
@@ -82,12 +82,14 @@ from golden.deimv2_synth import (MATCHER_ARGS, MATCHER_EPOCHS, aliases, count_ca
                                  load_synth, matcher_inputs, module_inputs, stored_part)
 from golden.synth import fingerprint, synth_state_dict  # noqa: E402
 
+import deimv2_dtype_patches  # noqa: E402  (tools/golden, this script's directory)
+
 CONFIGS = {
     "atto": "configs/deimv2/deimv2_hgnetv2_atto_coco.yml",
     "s": "configs/deimv2/deimv2_dinov3_s_coco.yml",
 }
 EXTRA_ARGS = {"num_classes": 80, "eval_spatial_size": [320, 320]}
-DTYPE = torch.float64
+DTYPE = deimv2_dtype_patches.DTYPE
 
 
 def _state_shapes(state: dict) -> dict:
@@ -184,6 +186,7 @@ def main():
     sys.path.insert(0, str(root))
     sys.modules["calflops"] = types.SimpleNamespace(calculate_flops=None)
     torch.set_num_threads(1)
+    patches = deimv2_dtype_patches.install()
     from engine.core.yaml_utils import load_config
     from engine.deim.deim_decoder import DEIMTransformer
     from engine.deim.deim_utils import RMSNorm, SwiGLUFFN
@@ -193,6 +196,7 @@ def main():
     golden = {
         "official": {"repo": "Intellindust-AI-Lab/DEIMv2", "commit": commit},
         "dtype": str(DTYPE)[len("torch."):],
+        "patches": patches,
         "torch": torch.__version__,
         "numpy": np.__version__,
         "command": "PYTHONDONTWRITEBYTECODE=1 python tools/golden/make_deimv2_decoder_golden.py <official DEIMv2>",

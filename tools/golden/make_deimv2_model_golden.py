@@ -1,18 +1,18 @@
 """Write ``deimv2_model_golden.json`` / ``.npz``: the twelve whole DEIMv2 models, run by the official code.
 
-The official DEIMv2 tree (Intellindust-AI-Lab/DEIMv2) is imported at run time from a work tree outside
-this repository; nothing of it is copied here. Weights, images and targets come from ``synth.py`` (and
-``make_deimv2_vit_golden.synth_vit_state_dict`` for the ViT-only tensors), so a test rebuilds them
-without the official code. How to rerun, from the repository root, with the official venv described in
-``make_rtdetrv2_golden.py``::
+The official DEIMv2 tree (Intellindust-AI-Lab/DEIMv2) is imported at run time from the work tree given
+as the only argument (its ``git rev-parse HEAD`` is recorded); nothing of it is copied here. Weights,
+images and targets come from tests/golden/deimv2_synth.py, so a test rebuilds them without the official
+code. Run from the repository root, with a Python environment that has the official requirements::
 
-    mkdir -p /tmp/deimv2
-    git -C /work/.mirror/Intellindust-AI-Lab+DEIMv2/repo archive HEAD | tar -x -C /tmp/deimv2
-    OFFICIAL_DEIMV2=/tmp/deimv2 \\
-    OFFICIAL_DEIMV2_COMMIT=$(git -C /work/.mirror/Intellindust-AI-Lab+DEIMv2/repo log -1 --format=%H) \\
-    PYTHONDONTWRITEBYTECODE=1 /root/.cache/dfine/official-venv/bin/python tools/golden/make_deimv2_model_golden.py
+    PYTHONDONTWRITEBYTECODE=1 python tools/golden/make_deimv2_model_golden.py PATH/TO/DEIMv2
 
-Without arguments every job of ``JOBS`` runs, each in its own subprocess (``JOB NAME OUT``, which writes
+Everything runs in float64 (models ``.to(torch.float64)``, float64 images and targets). The official
+steps that compute in float32 whatever the model dtype (DINOv3 / ViT-Tiny RoPE, the decoder's RMSNorm,
+the encoder's sin-cos embedding, ``translate_gt``) are patched at run time to follow the dtype, see
+tools/golden/deimv2_dtype_patches.py and the JSON's ``patches``.
+
+Without ``--job`` every job of ``JOBS`` runs, each in its own subprocess (``JOB NAME OUT``, which writes
 ``OUT.json`` and maybe ``OUT.npz``), and the parent merges the results into the two files. One official
 config is loaded per subprocess because the official ``load_config(path, cfg=dict())`` keeps its mutable
 default dict: every config loaded in a process merges into the keys left by the previous ones. Only the
@@ -94,8 +94,9 @@ GOLDEN_DIR = REPO_ROOT / "tests" / "golden"
 sys.path.insert(0, str(REPO_ROOT / "tests"))  # for golden.synth / golden.deimv2_synth
 
 from golden.deimv2_synth import KEEP_OWN_LEAVES, aliases, image_tensor, synth_weights, train_targets  # noqa: E402
-from golden.make_dfine_model_golden import _flat_sections as flat_yaml_sections  # noqa: E402
 from golden.synth import CONSTRUCTOR_BUFFERS, fingerprint, synth_targets  # noqa: E402
+
+import deimv2_dtype_patches  # noqa: E402  (tools/golden, this script's directory)
 
 HGNETV2 = ("atto", "femto", "pico", "n", "s", "m", "l", "x")
 DINOV3 = ("s", "m", "l", "x")
@@ -113,7 +114,7 @@ RUNS = {  # name -> input size, ImageNet normalisation, epochs of the train loss
 JOBS = [("counts", name) for name in ORDER] + [("chained", "-")]
 JOBS += [(job, name) for job in ("eval", "train") for name in RUNS]
 
-DTYPE = torch.float64
+DTYPE = deimv2_dtype_patches.DTYPE
 WEIGHT_SEED = 0
 EVAL_IMAGE_SEED = 0
 TRAIN_IMAGE_SEEDS = (1, 2)
@@ -125,9 +126,6 @@ TRAIN_OVERRIDES = {"DEIMTransformer": {"num_denoising": 0}}
 SECTIONS = ("DEIM", "HGNetv2", "DINOv3STAs", "HybridEncoder", "LiteEncoder", "DEIMTransformer", "DEIMCriterion",
             "PostProcessor")
 COMMAND = "PYTHONDONTWRITEBYTECODE=1 python tools/golden/make_deimv2_model_golden.py <official DEIMv2>"
-PATCHES = ("engine.deim.dfine_utils.translate_gt replaced at run time (train job) by "
-           "tools/golden/make_deimv2_model_golden.py:translate_gt_in_input_dtype: the same bins and weights, "
-           "its indices and weights in gt's dtype instead of the official .float() (which fails in float64)")
 OFFICIAL = None  # the official tree, set by main() / _run_job()
 
 
@@ -170,7 +168,22 @@ def _resolved(model) -> dict:
 
 
 def _flat_sections(cfg) -> dict:
-    return flat_yaml_sections(cfg, SECTIONS)
+    """Dotted key -> value of the model / criterion / postprocessor sections of the resolved YAML and
+    of ``SECTIONS``, JSON-normalised."""
+    yaml_cfg = cfg.yaml_cfg
+    names = [yaml_cfg.get(k) for k in ("model", "criterion", "postprocessor")] + list(SECTIONS)
+    out = {}
+
+    def visit(prefix, value):
+        if isinstance(value, dict):
+            for k, v in value.items():
+                visit(f"{prefix}.{k}", v)
+        else:
+            out[prefix] = value
+
+    for name in dict.fromkeys(n for n in names if isinstance(n, str) and n in yaml_cfg):
+        visit(name, yaml_cfg[name])
+    return json.loads(json.dumps(out))
 
 
 def job_counts(name: str) -> tuple:
@@ -218,29 +231,12 @@ def _enc_capture(model):
     return captured
 
 
-def translate_gt_in_input_dtype(gt, reg_max, reg_scale, up):
-    """Stands in for the official ``dfine_utils.translate_gt``: for each target distance, the index
-    of the last W(n) value at or below it (clamped to [0, reg_max - 0.1]) and the weights of the
-    bins left and right of it, all in ``gt``'s dtype."""
-    from engine.deim.dfine_utils import weighting_function
-
-    gt = gt.reshape(-1)
-    values = weighting_function(reg_max, up, reg_scale).to(gt.dtype)
-    left = (values[None, :] <= gt[:, None]).sum(1) - 1
-    inside = (left >= 0) & (left < reg_max)
-    index = left.clamp(0, reg_max - 1)
-    to_left = (gt - values[index]).abs()
-    to_right = (values[index + 1] - gt).abs()
-    weight_right = torch.where(inside, to_left / (to_left + to_right), (left >= reg_max).to(gt.dtype))
-    indices = torch.where(left >= reg_max, torch.full_like(gt, reg_max - 0.1), left.clamp(min=0).to(gt.dtype))
-    return indices, weight_right, 1.0 - weight_right
-
-
 def job_eval(name: str) -> tuple:
     run = RUNS[name]
     model = _build(name).model
     weights_crc32, kept_values = _load_synth(model)
     model.eval().to(DTYPE)
+    deimv2_dtype_patches.rope_follow_dtype(model)
     captured = _enc_capture(model)
     size = run["size"]
     images = image_tensor(size, size, EVAL_IMAGE_SEED, run["imagenet"])[None]
@@ -281,10 +277,8 @@ def job_train(name: str) -> tuple:
     assert model.decoder.num_denoising == 0
     weights_crc32, kept_values = _load_synth(model)
     model.train().to(DTYPE)
+    deimv2_dtype_patches.rope_follow_dtype(model)
     criterion.train()
-    import engine.deim.dfine_utils as dfine_utils
-
-    dfine_utils.translate_gt = translate_gt_in_input_dtype  # see PATCHES
     size = run["size"]
     images = torch.stack([image_tensor(size, size, s, run["imagenet"]) for s in TRAIN_IMAGE_SEEDS])
     targets = []
@@ -336,6 +330,7 @@ def _run_job(job: str, name: str, out: str) -> None:
     sys.path.insert(0, str(OFFICIAL))
     sys.modules.setdefault("calflops", types.SimpleNamespace(calculate_flops=None))  # imported, not used
     __import__("engine")  # registers every official module
+    deimv2_dtype_patches.install()
     torch.set_num_threads(1)
     result, arrays = {"counts": job_counts, "chained": job_chained, "eval": job_eval, "train": job_train}[job](name)
     Path(out + ".json").write_text(json.dumps(result))
@@ -354,7 +349,7 @@ def _provenance(commit: str) -> dict:
     return {
         "official": {"repo": "Intellindust-AI-Lab/DEIMv2", "commit": commit},
         "dtype": str(DTYPE)[len("torch."):],
-        "patches": [PATCHES],
+        "patches": list(deimv2_dtype_patches.PATCHES.values()),
         "torch": torch.__version__,
         "torchvision": torchvision.__version__,
         "numpy": np.__version__,

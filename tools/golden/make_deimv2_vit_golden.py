@@ -1,14 +1,16 @@
 """Write ``deimv2_vit_golden.json`` / ``.npz`` by running the official DEIMv2 ViT trunks and
 ``DINOv3STAs`` (engine/backbone/dinov3_adapter.py, vit_tiny.py, dinov3/) on synthetic weights.
 
-Nothing of the official code is copied here. How to rerun, from the repository root, with the
-official venv described in ``make_rtdetrv2_golden.py``::
+The official tree is imported at run time from the work tree given as the only argument (its
+``git rev-parse HEAD`` is recorded); nothing of it is copied here. Run from the repository root, with a
+Python environment that has the official requirements::
 
-    mkdir -p /tmp/deimv2
-    git -C /work/.mirror/Intellindust-AI-Lab+DEIMv2/repo archive HEAD | tar -x -C /tmp/deimv2
-    OFFICIAL_DEIMV2=/tmp/deimv2 \\
-    OFFICIAL_DEIMV2_COMMIT=$(git -C /work/.mirror/Intellindust-AI-Lab+DEIMv2/repo log -1 --format=%H) \\
-    PYTHONDONTWRITEBYTECODE=1 /root/.cache/dfine/official-venv/bin/python tools/golden/make_deimv2_vit_golden.py
+    PYTHONDONTWRITEBYTECODE=1 python tools/golden/make_deimv2_vit_golden.py PATH/TO/DEIMv2
+
+Everything runs in float64 (modules ``.to(torch.float64)``, float64 inputs). The official RoPE modules
+compute in float32 whatever the model's dtype; after the cast each is set to float64 and re-initialised
+(tools/golden/deimv2_dtype_patches.py:rope_follow_dtype, recorded in the JSON's ``patches``), so the
+periods, coordinates, rescale draws and sin / cos are float64 too.
 
 Weights are :func:`synth_vit_state_dict` (``synth_state_dict`` plus the ViT-only tensors), loaded with
 ``strict=False`` (only the RoPE ``periods`` and BatchNorm ``num_batches_tracked`` stay the model's own).
@@ -55,7 +57,7 @@ from golden.deimv2_synth import (PRESETS, ROPE_GRID, ROPE_TRAIN_SEED, STA_CASES,
                                  block_input, sta_input, synth_vit_state_dict)
 from golden.synth import fingerprint  # noqa: E402
 
-DTYPE = torch.float64
+from deimv2_dtype_patches import DTYPE, PATCHES, rope_follow_dtype  # noqa: E402  (tools/golden)
 
 
 def _stats(t):
@@ -79,11 +81,14 @@ def main():
         keys = {k: list(v.shape) for k, v in model.state_dict().items()}
         missing, unexpected = model.load_state_dict(synth_vit_state_dict(keys, seed=seed), strict=False)
         assert not unexpected and all(k.endswith(("periods", "num_batches_tracked")) for k in missing), missing
-        return model.eval().to(DTYPE), keys
+        model.eval().to(DTYPE)
+        assert rope_follow_dtype(model) == 1
+        return model, keys
 
     golden = {
         "official": {"repo": "Intellindust-AI-Lab/DEIMv2", "commit": commit},
         "dtype": str(DTYPE)[len("torch."):],
+        "patches": [PATCHES["rope"]],
         "torch": torch.__version__,
         "command": "PYTHONDONTWRITEBYTECODE=1 python tools/golden/make_deimv2_vit_golden.py <official DEIMv2>",
         "presets": {}, "rope": {"grid": list(ROPE_GRID)}, "block": {}, "sta": {}, "trunk_train": {},
