@@ -209,6 +209,9 @@ def test_deimv2_recipes_golden_names_its_official_commit():
 
 @pytest.mark.parametrize("name", sorted(DEIMV2_RECIPES))
 def test_deimv2_official_recipe_values(name):
+    """Our configs/deimv2_{name}.py against the official recipe (golden ``deimv2_recipes.json``, read by
+    the official YAML loader at the JSON's ``official.commit``): YAML values, no float arithmetic, so
+    equal; the derived schedules (multi-scale sizes) are computed from them here."""
     from dfine.data import generate_scales
 
     official = DEIMV2_RECIPES[name]

@@ -8,8 +8,8 @@ them for the golden files' provenance. Our own modules follow the model's dtype 
 (float32 as the official code for float32 and lower precisions, float64 for a float64 model).
 
 Usage, inside a golden script, after the official ``engine`` package is importable:
-:func:`install` before building the models (class-level patches), :func:`rope_follow_dtype` on each
-model after it has been cast to float64.
+:func:`install` before building the models (class- and module-level patches, all or the named
+ones), :func:`rope_follow_dtype` on each model after it has been cast to float64.
 """
 import torch
 
@@ -24,6 +24,10 @@ PATCHES = {
     "sincos": "engine.deim.hybrid_encoder.HybridEncoder.build_2d_sincos_position_embedding replaced by "
               "tools/golden/deimv2_dtype_patches.py:sincos_position_embedding: the same embedding computed in "
               "float64 (officially float32)",
+    "dfl_weight": "engine.deim.deim_criterion.DEIMCriterion.unimodal_distribution_focal_loss wrapped by "
+                  "tools/golden/deimv2_dtype_patches.py:dfl_with_weight_in_input_dtype: the official unweighted "
+                  "per-edge loss (reduction='none'), then the IoU weights and the reduction in the weights' dtype "
+                  "(officially weight.float(), which rounds float64 IoUs to float32)",
     "translate_gt": "engine.deim.dfine_utils.translate_gt replaced by "
                     "tools/golden/deimv2_dtype_patches.py:translate_gt_in_input_dtype: the same bins and weights, "
                     "its indices and weights in gt's dtype instead of the official .float() (which fails in "
@@ -77,13 +81,37 @@ def translate_gt_in_input_dtype(gt, reg_max, reg_scale, up):
     return indices, weight_right, 1.0 - weight_right
 
 
-def install() -> list:
-    """Installs the class- and module-level patches; returns the :data:`PATCHES` entries they stand for."""
+def dfl_with_weight_in_input_dtype(official):
+    """The official ``unimodal_distribution_focal_loss`` with its ``weight`` kept in float64 (float32 for
+    lower precisions, as officially); the unweighted per-edge loss is the official one."""
+
+    def dfl(self, pred, label, weight_right, weight_left, weight=None, reduction="sum", avg_factor=None):
+        loss = official(self, pred, label, weight_right, weight_left, reduction="none")
+        if weight is not None:
+            loss = loss * weight.to(torch.promote_types(weight.dtype, torch.float32))
+        if avg_factor is not None:
+            return loss.sum() / avg_factor
+        return {"mean": loss.mean, "sum": loss.sum}.get(reduction, lambda: loss)()
+
+    return dfl
+
+
+def install(*names: str) -> list:
+    """Installs the named class- and module-level patches (all of them when none is named: ``rmsnorm``,
+    ``sincos``, ``dfl_weight``, ``translate_gt``); returns their :data:`PATCHES` entries."""
     import engine.deim.dfine_utils as dfine_utils
+    from engine.deim.deim_criterion import DEIMCriterion
     from engine.deim.deim_utils import RMSNorm
     from engine.deim.hybrid_encoder import HybridEncoder
 
-    RMSNorm.forward = rms_norm_in_input_dtype
-    HybridEncoder.build_2d_sincos_position_embedding = staticmethod(sincos_position_embedding)
-    dfine_utils.translate_gt = translate_gt_in_input_dtype
-    return [PATCHES[k] for k in ("rmsnorm", "sincos", "translate_gt")]
+    names = names or ("rmsnorm", "sincos", "dfl_weight", "translate_gt")
+    if "rmsnorm" in names:
+        RMSNorm.forward = rms_norm_in_input_dtype
+    if "sincos" in names:
+        HybridEncoder.build_2d_sincos_position_embedding = staticmethod(sincos_position_embedding)
+    if "dfl_weight" in names:
+        DEIMCriterion.unimodal_distribution_focal_loss = dfl_with_weight_in_input_dtype(
+            DEIMCriterion.unimodal_distribution_focal_loss)
+    if "translate_gt" in names:
+        dfine_utils.translate_gt = translate_gt_in_input_dtype
+    return [PATCHES[k] for k in names]

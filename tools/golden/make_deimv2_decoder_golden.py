@@ -186,7 +186,7 @@ def main():
     sys.path.insert(0, str(root))
     sys.modules["calflops"] = types.SimpleNamespace(calculate_flops=None)
     torch.set_num_threads(1)
-    patches = deimv2_dtype_patches.install()
+    patches = deimv2_dtype_patches.install("rmsnorm")
     from engine.core.yaml_utils import load_config
     from engine.deim.deim_decoder import DEIMTransformer
     from engine.deim.deim_utils import RMSNorm, SwiGLUFFN

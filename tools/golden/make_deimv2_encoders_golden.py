@@ -103,7 +103,7 @@ def main():
     sys.path.insert(0, str(root))
     sys.modules.setdefault("calflops", types.SimpleNamespace(calculate_flops=None))
     torch.set_num_threads(1)
-    patches = deimv2_dtype_patches.install()
+    patches = deimv2_dtype_patches.install("sincos")
     from engine.backbone.hgnetv2 import HGNetv2
     from engine.deim.hybrid_encoder import HybridEncoder
     from engine.deim.lite_encoder import LiteEncoder

@@ -9,8 +9,8 @@ code. Run from the repository root, with a Python environment that has the offic
 
 Everything runs in float64 (models ``.to(torch.float64)``, float64 images and targets). The official
 steps that compute in float32 whatever the model dtype (DINOv3 / ViT-Tiny RoPE, the decoder's RMSNorm,
-the encoder's sin-cos embedding, ``translate_gt``) are patched at run time to follow the dtype, see
-tools/golden/deimv2_dtype_patches.py and the JSON's ``patches``.
+the encoder's sin-cos embedding, the FGL's IoU weights, ``translate_gt``) are patched at run time to
+follow the dtype, see tools/golden/deimv2_dtype_patches.py and the JSON's ``patches``.
 
 Without ``--job`` every job of ``JOBS`` runs, each in its own subprocess (``JOB NAME OUT``, which writes
 ``OUT.json`` and maybe ``OUT.npz``), and the parent merges the results into the two files. One official
