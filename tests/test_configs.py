@@ -198,13 +198,23 @@ def test_deim_dfine_official_recipe_values(name):
         "loss_mal": 1, "loss_bbox": 5, "loss_giou": 2, "loss_fgl": 0.15, "loss_ddf": 1.5}
 
 
-# Resolved by the official YAML loader from configs/deimv2/deimv2_*_coco.yml (DEIMv2 commit 0fff8d4):
-# tests/golden/make_deimv2_recipes_golden.py.
-DEIMV2_RECIPES = json.loads((ROOT / "tests" / "golden" / "deimv2_recipes.json").read_text())
+# Resolved by the official YAML loader from configs/deimv2/deimv2_*_coco.yml (Intellindust-AI-Lab/DEIMv2 at
+# the JSON's official.commit) with tools/golden/make_deimv2_recipes_golden.py. YAML values, no arithmetic:
+# compared exactly.
+DEIMV2_RECIPES_GOLDEN = json.loads((ROOT / "tests" / "golden" / "deimv2_recipes.json").read_text())
+DEIMV2_RECIPES = DEIMV2_RECIPES_GOLDEN["recipes"]
+
+
+def test_deimv2_recipes_golden_names_its_official_commit():
+    official = DEIMV2_RECIPES_GOLDEN["official"]
+    assert official["repo"] == "Intellindust-AI-Lab/DEIMv2" and len(official["commit"]) == 40
 
 
 @pytest.mark.parametrize("name", sorted(DEIMV2_RECIPES))
 def test_deimv2_official_recipe_values(name):
+    """Our configs/deimv2_{name}.py against the official recipe (golden ``deimv2_recipes.json``, read by
+    the official YAML loader at the JSON's ``official.commit``): YAML values, no float arithmetic, so
+    equal; the derived schedules (multi-scale sizes) are computed from them here."""
     from dfine.data import generate_scales
 
     official = DEIMV2_RECIPES[name]

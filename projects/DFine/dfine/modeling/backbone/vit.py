@@ -56,7 +56,13 @@ class RopePositionEmbedding(nn.Module):
         base: periods are ``base ** (2 * k / (head_dim // 2))`` for ``k < head_dim // 4``.
         rescale_coords: if set, in training mode the coordinates are multiplied by one factor
             ``exp(U(-ln r, ln r))`` drawn from torch's global generator of the buffer's device, one
-            ``uniform_`` call on a 1-element float32 tensor per forward (DINOv3's scale augmentation).
+            ``uniform_`` call on a 1-element tensor of the compute dtype per forward (DINOv3's scale
+            augmentation).
+
+    Compute dtype: float32, as in both official trunks (DINOv3 fixes its RoPE dtype to float32, the
+    DEIMv2 ViT-Tiny uses the default dtype), with the ``periods`` buffer as it is (a checkpoint's
+    values). When the module has been cast to float64 everything is float64, the period ladder
+    included (recomputed: the buffer only holds float32 values cast up).
     """
 
     def __init__(self, head_dim: int, base: float = 100.0, rescale_coords: Optional[float] = None):
@@ -69,13 +75,17 @@ class RopePositionEmbedding(nn.Module):
         # Persistent: both official state dicts carry it, and loading must not be strict-incompatible.
         self.register_buffer("periods", self._periods(), persistent=True)
 
-    def _periods(self) -> Tensor:
-        exponents = 2 * torch.arange(self.head_dim // 4, dtype=torch.float32) / (self.head_dim // 2)
+    def _periods(self, dtype: torch.dtype = torch.float32) -> Tensor:
+        exponents = 2 * torch.arange(self.head_dim // 4, dtype=dtype) / (self.head_dim // 2)
         return self.base ** exponents
 
     def forward(self, h: int, w: int) -> Tuple[Tensor, Tensor]:
-        """Returns ``(sin, cos)``, each ``[h * w, head_dim]`` in float32, rows in (y, x) row-major order."""
-        dd = dict(device=self.periods.device, dtype=torch.float32)
+        """Returns ``(sin, cos)``, each ``[h * w, head_dim]`` in the compute dtype, rows in (y, x)
+        row-major order."""
+        periods = self.periods
+        if periods.dtype == torch.float64:
+            periods = self._periods(torch.float64).to(periods.device)
+        dd = dict(device=periods.device, dtype=torch.promote_types(periods.dtype, torch.float32))
         coords_y = torch.arange(0.5, h, **dd) / h
         coords_x = torch.arange(0.5, w, **dd) / w
         coords = torch.stack(torch.meshgrid(coords_y, coords_x, indexing="ij"), dim=-1).flatten(0, 1)
@@ -83,7 +93,7 @@ class RopePositionEmbedding(nn.Module):
         if self.training and self.rescale_coords is not None:
             log_r = math.log(self.rescale_coords)
             coords = coords * torch.empty(1, **dd).uniform_(-log_r, log_r).exp()
-        angles = 2 * math.pi * coords[:, :, None] / self.periods[None, None, :]  # [h*w, 2, head_dim/4]
+        angles = 2 * math.pi * coords[:, :, None] / periods[None, None, :]  # [h*w, 2, head_dim/4]
         angles = angles.flatten(1, 2).tile(2)  # [h*w, head_dim]: (y, x) angles, repeated for both halves
         return torch.sin(angles), torch.cos(angles)
 
@@ -92,7 +102,8 @@ def apply_rope(t: Tensor, sin: Tensor, cos: Tensor) -> Tensor:
     """Rotates the trailing ``sin.shape[0]`` tokens of ``t`` ``[B, heads, N, head_dim]``.
 
     The leading prefix tokens (class / storage) carry no position and pass unchanged. The rotation is
-    computed in the dtype of ``sin`` (float32) and cast back, so mixed precision keeps accurate angles.
+    computed in the dtype of ``sin`` (float32, or float64 in a float64 model) and cast back, so mixed
+    precision keeps accurate angles.
     """
     prefix = t.shape[-2] - sin.shape[-2]
     patches = t[..., prefix:, :].to(sin.dtype)

@@ -194,8 +194,10 @@ class TransformerEncoder(nn.Module):
         return src
 
 
-def build_2d_sincos_position_embedding(w: int, h: int, embed_dim: int = 256, temperature: float = 10000.0):
-    """2-D sin-cos embedding ``[1, w*h, embed_dim]`` in the official layout.
+def build_2d_sincos_position_embedding(w: int, h: int, embed_dim: int = 256, temperature: float = 10000.0,
+                                       dtype: torch.dtype = torch.float32):
+    """2-D sin-cos embedding ``[1, w*h, embed_dim]`` in the official layout, computed in ``dtype``
+    (the official models always use float32; :class:`HybridEncoder` asks for float64 in a float64 model).
 
     Rows are ordered w-major (row ``= x * h + y``) while the flattened feature map is h-major
     (``y * w + x``): on square maps the "x" channels therefore encode the row. The official
@@ -203,10 +205,10 @@ def build_2d_sincos_position_embedding(w: int, h: int, embed_dim: int = 256, tem
     """
     if embed_dim % 4:
         raise ValueError(f"embed_dim must be divisible by 4 for the 2-D sin-cos embedding, got {embed_dim}")
-    grid_w, grid_h = torch.meshgrid(torch.arange(int(w), dtype=torch.float32),
-                                    torch.arange(int(h), dtype=torch.float32), indexing="ij")
+    grid_w, grid_h = torch.meshgrid(torch.arange(int(w), dtype=dtype),
+                                    torch.arange(int(h), dtype=dtype), indexing="ij")
     pos_dim = embed_dim // 4
-    omega = 1.0 / temperature ** (torch.arange(pos_dim, dtype=torch.float32) / pos_dim)
+    omega = 1.0 / temperature ** (torch.arange(pos_dim, dtype=dtype) / pos_dim)
     out_w = grid_w.flatten()[:, None] @ omega[None]
     out_h = grid_h.flatten()[:, None] @ omega[None]
     return torch.cat([out_w.sin(), out_w.cos(), out_h.sin(), out_h.cos()], dim=1)[None]
@@ -371,12 +373,16 @@ class HybridEncoder(nn.Module):
         stride = self.feat_strides[idx]
         return self.eval_spatial_size[0] // stride, self.eval_spatial_size[1] // stride
 
-    def _position_embedding(self, idx, h, w, device):
-        # The precomputed embedding serves eval at eval_spatial_size; any other size (the official
-        # model would fail there) and training compute it for the actual grid.
+    def _position_embedding(self, idx, h, w, tokens):
+        # The precomputed float32 embedding serves eval at eval_spatial_size; any other size (the
+        # official model would fail there) and training compute it for the actual grid. A float64
+        # model computes it in float64 (the official one adds its float32 embedding whatever the dtype).
+        if tokens.dtype == torch.float64:
+            return build_2d_sincos_position_embedding(w, h, self.hidden_dim, self.pe_temperature,
+                                                      dtype=torch.float64).to(tokens.device)
         if not self.training and self.eval_spatial_size and self._eval_grid(idx) == (h, w):
             return getattr(self, f"pos_embed{idx}")
-        return build_2d_sincos_position_embedding(w, h, self.hidden_dim, self.pe_temperature).to(device)
+        return build_2d_sincos_position_embedding(w, h, self.hidden_dim, self.pe_temperature).to(tokens.device)
 
     def forward(self, feats: List[torch.Tensor]) -> List[torch.Tensor]:
         if len(feats) != len(self.in_channels):
@@ -386,7 +392,7 @@ class HybridEncoder(nn.Module):
             for encoder, idx in zip(self.encoder, self.use_encoder_idx):
                 h, w = proj[idx].shape[2:]
                 tokens = proj[idx].flatten(2).permute(0, 2, 1)  # [B, h*w, C], h-major
-                memory = encoder(tokens, pos_embed=self._position_embedding(idx, h, w, tokens.device))
+                memory = encoder(tokens, pos_embed=self._position_embedding(idx, h, w, tokens))
                 proj[idx] = memory.permute(0, 2, 1).reshape(-1, self.hidden_dim, h, w).contiguous()
 
         fuse = FUSE_OPS[self.fuse_op]

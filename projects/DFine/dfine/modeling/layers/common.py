@@ -57,8 +57,9 @@ class MLP(nn.Module):
 class RMSNorm(nn.Module):
     """Root-mean-square norm over the last dimension (Zhang & Sennrich, 2019): ``x / rms(x) * scale``.
 
-    The statistics are taken in float32 whatever the input dtype (as DEIMv2 does, so that half
-    precision cannot overflow the sum of squares); the result is cast back before the scale.
+    The statistics are taken in float32 for float32 and lower-precision inputs (as DEIMv2 does, so
+    that half precision cannot overflow the sum of squares) and in float64 for float64 inputs (the
+    official module would round those to float32); the result is cast back before the scale.
     No centring and no bias. Parameter name ``scale`` (init 1) as in the official DEIMv2 decoder.
     """
 
@@ -69,8 +70,8 @@ class RMSNorm(nn.Module):
         self.scale = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x32 = x.float()
-        normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        wide = x.to(torch.promote_types(x.dtype, torch.float32))
+        normed = wide * torch.rsqrt(wide.pow(2).mean(-1, keepdim=True) + self.eps)
         return normed.type_as(x) * self.scale
 
     def extra_repr(self) -> str:

@@ -1,14 +1,16 @@
 """Write ``deimv2_vit_golden.json`` / ``.npz`` by running the official DEIMv2 ViT trunks and
 ``DINOv3STAs`` (engine/backbone/dinov3_adapter.py, vit_tiny.py, dinov3/) on synthetic weights.
 
-Nothing of the official code is copied here. How to rerun, from the repository root, with the
-official venv described in ``make_rtdetrv2_golden.py``::
+The official tree is imported at run time from the work tree given as the only argument (its
+``git rev-parse HEAD`` is recorded); nothing of it is copied here. Run from the repository root, with a
+Python environment that has the official requirements::
 
-    mkdir -p /tmp/deimv2
-    git -C /work/.mirror/Intellindust-AI-Lab+DEIMv2/repo archive HEAD | tar -x -C /tmp/deimv2
-    OFFICIAL_DEIMV2=/tmp/deimv2 \\
-    OFFICIAL_DEIMV2_COMMIT=$(git -C /work/.mirror/Intellindust-AI-Lab+DEIMv2/repo log -1 --format=%H) \\
-    PYTHONDONTWRITEBYTECODE=1 /root/.cache/dfine/official-venv/bin/python tests/golden/make_deimv2_vit_golden.py
+    PYTHONDONTWRITEBYTECODE=1 python tools/golden/make_deimv2_vit_golden.py PATH/TO/DEIMv2
+
+Everything runs in float64 (modules ``.to(torch.float64)``, float64 inputs). The official RoPE modules
+compute in float32 whatever the model's dtype; after the cast each is set to float64 and re-initialised
+(tools/golden/deimv2_dtype_patches.py:rope_follow_dtype, recorded in the JSON's ``patches``), so the
+periods, coordinates, rescale draws and sin / cos are float64 too.
 
 Weights are :func:`synth_vit_state_dict` (``synth_state_dict`` plus the ViT-only tensors), loaded with
 ``strict=False`` (only the RoPE ``periods`` and BatchNorm ``num_batches_tracked`` stay the model's own).
@@ -37,8 +39,9 @@ JSON fields:
   (every block draws its own RoPE rescale factor); per tap ``sum`` / ``abs_sum`` of the patch tokens
   [2, 80, 384] and npz ``trunk_train_{i}`` = ``tokens[:, ::7, ::16]``.
 """
+import argparse
 import json
-import os
+import subprocess
 import sys
 import types
 from pathlib import Path
@@ -46,64 +49,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-try:  # imported by the tests as golden.make_deimv2_vit_golden, run as a script otherwise
-    from .synth import _rng, _uniform, synth_image, synth_state_dict
-except ImportError:
-    from synth import _rng, _uniform, synth_image, synth_state_dict
+REPO_ROOT = Path(__file__).resolve().parents[2]
+GOLDEN_DIR = REPO_ROOT / "tests" / "golden"
+sys.path.insert(0, str(REPO_ROOT / "tests"))  # for golden.deimv2_synth
 
-GOLDEN_DIR = Path(__file__).resolve().parent
+from golden.deimv2_synth import (PRESETS, ROPE_GRID, ROPE_TRAIN_SEED, STA_CASES, TRUNK_TRAIN_SEED,  # noqa: E402
+                                 block_input, sta_input, synth_vit_state_dict)
+from golden.synth import fingerprint  # noqa: E402
 
-PRESETS = {  # DEIMv2 configs/deimv2/deimv2_dinov3_{s,m,l,x}_coco.yml, DINOv3STAs section
-    "s": dict(name="vit_tiny", embed_dim=192, num_heads=3, interaction_indexes=[3, 7, 11]),
-    "m": dict(name="vit_tinyplus", embed_dim=256, num_heads=4, interaction_indexes=[3, 7, 11]),
-    "l": dict(name="dinov3_vits16", interaction_indexes=[5, 8, 11], finetune=True, conv_inplane=32, hidden_dim=224),
-    "x": dict(name="dinov3_vits16plus", interaction_indexes=[5, 8, 11], finetune=True, conv_inplane=64,
-              hidden_dim=256),
-}
-STA_CASES = {"s": PRESETS["s"], "s_single": dict(PRESETS["s"], interaction_indexes=[11]), "l": PRESETS["l"]}
-ROPE_GRID = (4, 6)
-ROPE_TRAIN_SEED = 11
-TRUNK_TRAIN_SEED = 12
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def synth_vit_state_dict(key_shapes: dict, seed: int = 0) -> dict:
-    """``synth_state_dict`` extended to the ViT tensors it does not know (drawn the same way, from a
-    generator seeded by (seed, key)): class / storage / mask tokens ~ U(+-sqrt(3)) (unit variance),
-    LayerScale ``gamma`` ~ U(0.5, 1) (so every block visibly contributes), the qkv ``bias_mask`` =
-    ones with a zero key third (the DINOv3 checkpoints' value), and no ``periods`` (the model keeps
-    its own, as for ``num_batches_tracked``)."""
-    standard, extra = {}, {}
-    for key, shape in key_shapes.items():
-        leaf = key.rpartition(".")[2]
-        shape = tuple(int(s) for s in shape)
-        if leaf in ("cls_token", "storage_tokens", "mask_token"):
-            extra[key] = _uniform(_rng(seed, key), -3 ** 0.5, 3 ** 0.5, shape)
-        elif leaf == "gamma":
-            extra[key] = _uniform(_rng(seed, key), 0.5, 1.0, shape)
-        elif leaf == "bias_mask":
-            mask = np.ones(shape)
-            mask[shape[0] // 3: 2 * shape[0] // 3] = 0
-            extra[key] = mask
-        elif leaf != "periods":
-            standard[key] = shape
-    out = synth_state_dict(standard, seed=seed)
-    out.update({k: torch.from_numpy(v.astype(np.float32)) for k, v in extra.items()})
-    return out
-
-
-def sta_input() -> torch.Tensor:
-    """The 2x3x128x160 normalised float32 image batch of the ``sta`` and ``trunk_train`` values."""
-    images = np.stack([synth_image(128, 160, seed=10 + i) for i in range(2)])
-    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
-    mean, std = torch.tensor(IMAGENET_MEAN)[:, None, None], torch.tensor(IMAGENET_STD)[:, None, None]
-    return (x - mean) / std
-
-
-def block_input() -> torch.Tensor:
-    return torch.from_numpy(np.random.default_rng(5).standard_normal((2, 5 + ROPE_GRID[0] * ROPE_GRID[1], 384))
-                            .astype(np.float32))
+from deimv2_dtype_patches import DTYPE, PATCHES, rope_follow_dtype  # noqa: E402  (tools/golden)
 
 
 def _stats(t):
@@ -111,23 +65,32 @@ def _stats(t):
 
 
 def main():
-    sys.path.insert(0, os.environ["OFFICIAL_DEIMV2"])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("official", type=Path, help="work tree of the official Intellindust-AI-Lab/DEIMv2")
+    official = parser.parse_args().official.resolve()
+    commit = subprocess.run(["git", "-C", str(official), "rev-parse", "HEAD"], check=True, capture_output=True,
+                            text=True).stdout.strip()
+    sys.path.insert(0, str(official))
     sys.modules.setdefault("calflops", types.SimpleNamespace(calculate_flops=None))
     from engine.backbone.dinov3_adapter import DINOv3STAs
+
+    torch.set_num_threads(1)
 
     def build(config, seed=0):
         model = DINOv3STAs(**config)
         keys = {k: list(v.shape) for k, v in model.state_dict().items()}
         missing, unexpected = model.load_state_dict(synth_vit_state_dict(keys, seed=seed), strict=False)
         assert not unexpected and all(k.endswith(("periods", "num_batches_tracked")) for k in missing), missing
-        return model.eval(), keys
+        model.eval().to(DTYPE)
+        assert rope_follow_dtype(model) == 1
+        return model, keys
 
     golden = {
-        "official_repo": "Intellindust-AI-Lab/DEIMv2",
-        "official_commit": os.environ["OFFICIAL_DEIMV2_COMMIT"],
+        "official": {"repo": "Intellindust-AI-Lab/DEIMv2", "commit": commit},
+        "dtype": str(DTYPE)[len("torch."):],
+        "patches": [PATCHES["rope"]],
         "torch": torch.__version__,
-        "command": "OFFICIAL_DEIMV2=<official DEIMv2> PYTHONDONTWRITEBYTECODE=1 python "
-                   "tests/golden/make_deimv2_vit_golden.py",
+        "command": "PYTHONDONTWRITEBYTECODE=1 python tools/golden/make_deimv2_vit_golden.py <official DEIMv2>",
         "presets": {}, "rope": {"grid": list(ROPE_GRID)}, "block": {}, "sta": {}, "trunk_train": {},
     }
     arrays = {}
@@ -155,9 +118,9 @@ def main():
         x_model, _ = build(PRESETS["x"])
         block = x_model.dinov3.blocks[0]
         tokens = block_input()
-        arrays["block_input"] = tokens.numpy()
         arrays["block_output"] = block(tokens, x_model.dinov3.rope_embed(H=h, W=w)).numpy()
-        golden["block"] = {"preset": "x", "block": 0, "output": _stats(torch.from_numpy(arrays["block_output"]))}
+        golden["block"] = {"preset": "x", "block": 0, "input_crc32": fingerprint(tokens),
+                           "output": _stats(torch.from_numpy(arrays["block_output"]))}
 
         x = sta_input()
         for case, config in STA_CASES.items():

@@ -1,14 +1,16 @@
 """Write ``deimv2_encoders_golden.json`` / ``.npz`` by running the official DEIMv2 HGNetv2,
 HybridEncoder and LiteEncoder with the constructor arguments of the official DEIMv2 COCO configs.
 
-Nothing of the official code is copied here. How to rerun, from the repository root, with the
-official venv described in ``make_rtdetrv2_golden.py``::
+The official tree is imported at run time from the work tree given as the only argument (its
+``git rev-parse HEAD`` is recorded as ``official.commit``); nothing of it is copied here. Run from the
+repository root, with a Python environment that has the official requirements::
 
-    mkdir -p /tmp/deimv2
-    git -C /work/.mirror/Intellindust-AI-Lab+DEIMv2/repo archive HEAD | tar -x -C /tmp/deimv2
-    OFFICIAL_DEIMV2=/tmp/deimv2 \\
-    OFFICIAL_DEIMV2_COMMIT=$(git -C /work/.mirror/Intellindust-AI-Lab+DEIMv2/repo log -1 --format=%H) \\
-    PYTHONDONTWRITEBYTECODE=1 /root/.cache/dfine/official-venv/bin/python tests/golden/make_deimv2_encoders_golden.py
+    PYTHONDONTWRITEBYTECODE=1 python tools/golden/make_deimv2_encoders_golden.py PATH/TO/DEIMv2
+
+The forward passes run in float64 (``dtype``): modules ``.to(torch.float64)`` after loading the
+synthetic weights, float64 image and feature maps. The official HybridEncoder's sin-cos position
+embedding is always float32; it is patched to float64 (tools/golden/deimv2_dtype_patches.py, recorded
+in ``patches``). ``torch.set_num_threads(1)``.
 
 Fields of the json:
 
@@ -22,7 +24,7 @@ Fields of the json:
 * ``backbones[size]`` (HGNetv2 sizes only): state-dict key -> shape (in order), ``num_parameters``
   and ``num_trainable`` (with the config's freezing); for ``atto``, ``femto``, ``pico`` also
   ``outputs``: weights ``synth_state_dict(keys, seed=0)`` loaded, ``eval()``, input
-  ``synth_image(98, 130, seed=4)`` as RGB float / 255 (1x3x98x130); per returned map its shape,
+  ``synth_image(98, 130, seed=4)`` as RGB float64 / 255 (1x3x98x130); per returned map its shape,
   float64 sum and abs-sum; the npz holds ``backbone_{size}_{i}`` = ``x[0, :8, ::2, ::2]``.
 * ``encoders[key]`` (all 12 configs): state-dict key -> shape (in order) and ``num_parameters``,
   and the same after ``convert_to_deploy`` of every submodule that has one, as the official
@@ -31,12 +33,13 @@ Fields of the json:
   input projections) also ``outputs``: the encoder rebuilt with ``eval_spatial_size=[96, 96]``
   (``forward_kwargs``; the config's size would not fit the small maps), weights
   ``synth_state_dict(keys, seed=1)``, ``eval()``, input
-  ``dfine_inputs.encoder_features(in_channels, feat_strides, size=96)``; per output its shape,
+  ``make_dfine_golden.encoder_features(in_channels, feat_strides, size=96)``; per output its shape,
   sum and abs-sum (npz ``encoder_{key}_{i}`` = ``x[0, :8, ::2, ::2]``), and
   ``deploy_max_abs_change``, the largest change of any output after deploy conversion.
 """
+import argparse
 import json
-import os
+import subprocess
 import sys
 import types
 from pathlib import Path
@@ -44,23 +47,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
-try:  # imported by the tests as golden.make_deimv2_encoders_golden, run as a script otherwise
-    from .dfine_inputs import encoder_features
-    from .synth import synth_image, synth_state_dict
-except ImportError:
-    from dfine_inputs import encoder_features
-    from synth import synth_image, synth_state_dict
+REPO_ROOT = Path(__file__).resolve().parents[2]
+GOLDEN_DIR = REPO_ROOT / "tests" / "golden"
+sys.path.insert(0, str(REPO_ROOT / "tests"))  # for golden.synth / golden.deimv2_synth
+from golden.deimv2_synth import BACKBONE_FORWARD, ENCODER_FORWARD, FORWARD_SIZE, encoder_features  # noqa: E402
+from golden.synth import synth_image, synth_state_dict  # noqa: E402
 
-GOLDEN_DIR = Path(__file__).resolve().parent
+import deimv2_dtype_patches  # noqa: E402  (tools/golden, this script's directory)
+from deimv2_dtype_patches import DTYPE  # noqa: E402
+
 HGNETV2_SIZES = ["atto", "femto", "pico", "n", "s", "m", "l", "x"]
 DINOV3_SIZES = ["s", "m", "l", "x"]
 CONFIG_FILES = {
     **{size: f"configs/deimv2/deimv2_hgnetv2_{size}_coco.yml" for size in HGNETV2_SIZES},
     **{f"dinov3_{size}": f"configs/deimv2/deimv2_dinov3_{size}_coco.yml" for size in DINOV3_SIZES},
 }
-BACKBONE_FORWARD = ["atto", "femto", "pico"]
-ENCODER_FORWARD = ["atto", "n", "m", "dinov3_s"]
-FORWARD_SIZE = 96
 
 
 def count(model, trainable=False):
@@ -94,33 +95,40 @@ def resolve_configs(root: Path) -> dict:
 
 
 def main():
-    root = Path(os.environ["OFFICIAL_DEIMV2"]).resolve()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("official", type=Path, help="work tree of the official Intellindust-AI-Lab/DEIMv2")
+    root = parser.parse_args().official.resolve()
+    commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], check=True, capture_output=True,
+                            text=True).stdout.strip()
     sys.path.insert(0, str(root))
     sys.modules.setdefault("calflops", types.SimpleNamespace(calculate_flops=None))
+    torch.set_num_threads(1)
+    patches = deimv2_dtype_patches.install("sincos")
     from engine.backbone.hgnetv2 import HGNetv2
     from engine.deim.hybrid_encoder import HybridEncoder
     from engine.deim.lite_encoder import LiteEncoder
 
     encoder_classes = {"HybridEncoder": HybridEncoder, "LiteEncoder": LiteEncoder}
     golden = {
-        "official_repo": "Intellindust-AI-Lab/DEIMv2",
-        "official_commit": os.environ["OFFICIAL_DEIMV2_COMMIT"],
+        "official": {"repo": "Intellindust-AI-Lab/DEIMv2", "commit": commit},
+        "dtype": str(DTYPE)[len("torch."):],
+        "patches": patches,
         "torch": torch.__version__,
-        "command": "OFFICIAL_DEIMV2=<official DEIMv2> PYTHONDONTWRITEBYTECODE=1 "
-                   "python tests/golden/make_deimv2_encoders_golden.py",
+        "command": "PYTHONDONTWRITEBYTECODE=1 python tools/golden/make_deimv2_encoders_golden.py <official DEIMv2>",
         "configs": resolve_configs(root),
         "backbones": {},
         "encoders": {},
     }
     arrays = {}
 
-    image = torch.from_numpy(synth_image(98, 130, seed=4)).permute(2, 0, 1)[None].float() / 255
+    image = torch.from_numpy(synth_image(98, 130, seed=4)).permute(2, 0, 1)[None].to(DTYPE) / 255
     for size in HGNETV2_SIZES:
         model = HGNetv2(**golden["configs"][size]["backbone"]["kwargs"])
         shapes = shapes_of(model)
         entry = {"state_dict": shapes, "num_parameters": count(model), "num_trainable": count(model, trainable=True)}
         if size in BACKBONE_FORWARD:
             model.load_state_dict(synth_state_dict(shapes, seed=0), strict=False)
+            model.to(DTYPE)
             with torch.no_grad():
                 outs = model.eval()(image)
             entry["outputs"] = summary(outs)
@@ -137,8 +145,8 @@ def main():
             forward_kwargs = {**kwargs, "eval_spatial_size": [FORWARD_SIZE, FORWARD_SIZE]}
             model = cls(**forward_kwargs)
             model.load_state_dict(synth_state_dict(entry["state_dict"], seed=1), strict=False)
-            model.eval()
-            feats = encoder_features(kwargs["in_channels"], kwargs["feat_strides"], size=FORWARD_SIZE)
+            model.eval().to(DTYPE)
+            feats = encoder_features(kwargs["in_channels"], kwargs["feat_strides"])
             with torch.no_grad():
                 outs = model(feats)
         for module in list(model.modules())[1:]:

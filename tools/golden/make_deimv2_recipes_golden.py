@@ -2,16 +2,17 @@
 YAML loader resolves it (Intellindust-AI-Lab/DEIMv2, ``configs/deimv2/deimv2_*_coco.yml`` with their
 ``__include__`` files). ``tests/test_configs.py`` checks our ``configs/deimv2_*.py`` against it.
 
-The official tree is imported from a work tree outside this repository; nothing of it is copied.
-Each config is resolved in its own subprocess, because the official ``load_config`` keeps a
-mutable default dict that leaks keys from one config into the next. How to rerun::
+The official tree is imported from the work tree given as the only argument; nothing of it is
+copied. Each config is resolved in its own subprocess, because the official ``load_config`` keeps a
+mutable default dict that leaks keys from one config into the next. Run from the repository root,
+with a Python environment that has the official requirements::
 
-    mkdir -p /tmp/deimv2
-    git -C /work/.mirror/Intellindust-AI-Lab+DEIMv2/repo archive HEAD | tar -x -C /tmp/deimv2
-    OFFICIAL_DEIMV2=/tmp/deimv2 PYTHONDONTWRITEBYTECODE=1 \\
-        /root/.cache/dfine/official-venv/bin/python tests/golden/make_deimv2_recipes_golden.py
+    PYTHONDONTWRITEBYTECODE=1 python tools/golden/make_deimv2_recipes_golden.py PATH/TO/DEIMv2
 
-Fields per config name (e.g. ``hgnetv2_atto``): ``epochs`` (``epoches``), ``policy`` (the
+Top-level fields: ``official`` (``repo``, ``commit``: ``git rev-parse HEAD`` of the given tree),
+``dtype`` (null: no tensor is computed, only YAML values are read) and ``recipes``.
+
+Fields of ``recipes[name]`` (e.g. ``hgnetv2_atto``): ``epochs`` (``epoches``), ``policy`` (the
 augmentation policy epochs), ``mosaic_prob``, ``mosaic_size`` (Mosaic ``output_size``), ``min_box``
 (``SanitizeBoundingBoxes.min_size``), ``size`` (``eval_spatial_size``), ``batch``
 (``total_batch_size``), ``mixup`` / ``copyblend`` (``[prob, epochs]`` of the collate),
@@ -21,6 +22,7 @@ augmentation policy epochs), ``mosaic_prob``, ``mosaic_size`` (Mosaic ``output_s
 default true), ``matcher_epoch`` (``matcher_change_epoch``), ``normalize`` (whether the train
 transforms have ImageNet ``Normalize``).
 """
+import argparse
 import json
 import os
 import subprocess
@@ -30,7 +32,7 @@ from pathlib import Path
 
 NAMES = ["hgnetv2_atto", "hgnetv2_femto", "hgnetv2_pico", "hgnetv2_n", "hgnetv2_s", "hgnetv2_m", "hgnetv2_l",
          "hgnetv2_x", "dinov3_s", "dinov3_m", "dinov3_l", "dinov3_x"]
-OUT = Path(__file__).resolve().parent / "deimv2_recipes.json"
+OUT = Path(__file__).resolve().parents[2] / "tests" / "golden" / "deimv2_recipes.json"
 
 
 def recipe(root: str, name: str) -> dict:
@@ -62,15 +64,23 @@ def recipe(root: str, name: str) -> dict:
 
 
 def main() -> None:
-    root = os.environ["OFFICIAL_DEIMV2"]
-    if len(sys.argv) == 2:  # child: one config
-        print(json.dumps(recipe(root, sys.argv[1])))
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("official", type=Path, help="work tree of the official Intellindust-AI-Lab/DEIMv2")
+    parser.add_argument("--name", help=argparse.SUPPRESS)  # child: print one config's recipe
+    args = parser.parse_args()
+    root = str(args.official.resolve())
+    if args.name:
+        print(json.dumps(recipe(root, args.name)))
         return
+    commit = subprocess.run(["git", "-C", root, "rev-parse", "HEAD"], check=True, capture_output=True,
+                            text=True).stdout.strip()
     rows = {}
     for name in NAMES:
-        out = subprocess.run([sys.executable, __file__, name], check=True, capture_output=True, text=True).stdout
+        out = subprocess.run([sys.executable, __file__, root, "--name", name], check=True, capture_output=True,
+                             text=True).stdout
         rows[name] = json.loads(out.strip().splitlines()[-1])
-    OUT.write_text(json.dumps(rows, indent=1) + "\n")
+    golden = {"official": {"repo": "Intellindust-AI-Lab/DEIMv2", "commit": commit}, "dtype": None, "recipes": rows}
+    OUT.write_text(json.dumps(golden, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -1,18 +1,18 @@
 """Write ``deimv2_model_golden.json`` / ``.npz``: the twelve whole DEIMv2 models, run by the official code.
 
-The official DEIMv2 tree (Intellindust-AI-Lab/DEIMv2) is imported at run time from a work tree outside
-this repository; nothing of it is copied here. Weights, images and targets come from ``synth.py`` (and
-``make_deimv2_vit_golden.synth_vit_state_dict`` for the ViT-only tensors), so a test rebuilds them
-without the official code. How to rerun, from the repository root, with the official venv described in
-``make_rtdetrv2_golden.py``::
+The official DEIMv2 tree (Intellindust-AI-Lab/DEIMv2) is imported at run time from the work tree given
+as the only argument (its ``git rev-parse HEAD`` is recorded); nothing of it is copied here. Weights,
+images and targets come from tests/golden/deimv2_synth.py, so a test rebuilds them without the official
+code. Run from the repository root, with a Python environment that has the official requirements::
 
-    mkdir -p /tmp/deimv2
-    git -C /work/.mirror/Intellindust-AI-Lab+DEIMv2/repo archive HEAD | tar -x -C /tmp/deimv2
-    OFFICIAL_DEIMV2=/tmp/deimv2 \\
-    OFFICIAL_DEIMV2_COMMIT=$(git -C /work/.mirror/Intellindust-AI-Lab+DEIMv2/repo log -1 --format=%H) \\
-    PYTHONDONTWRITEBYTECODE=1 /root/.cache/dfine/official-venv/bin/python tests/golden/make_deimv2_model_golden.py
+    PYTHONDONTWRITEBYTECODE=1 python tools/golden/make_deimv2_model_golden.py PATH/TO/DEIMv2
 
-Without arguments every job of ``JOBS`` runs, each in its own subprocess (``JOB NAME OUT``, which writes
+Everything runs in float64 (models ``.to(torch.float64)``, float64 images and targets). The official
+steps that compute in float32 whatever the model dtype (DINOv3 / ViT-Tiny RoPE, the decoder's RMSNorm,
+the encoder's sin-cos embedding, the FGL's IoU weights, ``translate_gt``) are patched at run time to
+follow the dtype, see tools/golden/deimv2_dtype_patches.py and the JSON's ``patches``.
+
+Without ``--job`` every job of ``JOBS`` runs, each in its own subprocess (``JOB NAME OUT``, which writes
 ``OUT.json`` and maybe ``OUT.npz``), and the parent merges the results into the two files. One official
 config is loaded per subprocess because the official ``load_config(path, cfg=dict())`` keeps its mutable
 default dict: every config loaded in a process merges into the keys left by the previous ones. Only the
@@ -77,6 +77,7 @@ JSON fields:
   ``matcher_indices_last_layer``. NPZ ``{name}_train_logits`` / ``{name}_train_boxes`` (final layer).
 """
 
+import argparse
 import json
 import os
 import subprocess
@@ -88,15 +89,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-GOLDEN_DIR = Path(__file__).resolve().parent
-REPO_ROOT = GOLDEN_DIR.parent.parent
-sys.path.insert(0, str(GOLDEN_DIR.parent))  # tests/, for golden.synth when run as a script
+REPO_ROOT = Path(__file__).resolve().parents[2]
+GOLDEN_DIR = REPO_ROOT / "tests" / "golden"
+sys.path.insert(0, str(REPO_ROOT / "tests"))  # for golden.synth / golden.deimv2_synth
 
-from golden.make_deimv2_vit_golden import synth_vit_state_dict  # noqa: E402
-sys.path.insert(0, str(REPO_ROOT / "tools" / "golden"))  # the D-FINE and RT-DETRv2 golden scripts
-from make_dfine_model_golden import _flat_sections as flat_yaml_sections  # noqa: E402
-from make_rtdetrv2_golden import _top_gaps  # noqa: E402
-from golden.synth import CONSTRUCTOR_BUFFERS, fingerprint, synth_image, synth_targets  # noqa: E402
+from golden.deimv2_synth import KEEP_OWN_LEAVES, aliases, image_tensor, synth_weights, train_targets  # noqa: E402
+from golden.synth import CONSTRUCTOR_BUFFERS, fingerprint, synth_targets  # noqa: E402
+
+import deimv2_dtype_patches  # noqa: E402  (tools/golden, this script's directory)
 
 HGNETV2 = ("atto", "femto", "pico", "n", "s", "m", "l", "x")
 DINOV3 = ("s", "m", "l", "x")
@@ -114,28 +114,19 @@ RUNS = {  # name -> input size, ImageNet normalisation, epochs of the train loss
 JOBS = [("counts", name) for name in ORDER] + [("chained", "-")]
 JOBS += [(job, name) for job in ("eval", "train") for name in RUNS]
 
-KEEP_OWN_LEAVES = frozenset({"up", "reg_scale", "periods"})
+DTYPE = deimv2_dtype_patches.DTYPE
 WEIGHT_SEED = 0
 EVAL_IMAGE_SEED = 0
 TRAIN_IMAGE_SEEDS = (1, 2)
 TRAIN_TARGET_SEED = 3
 TRAIN_NUM_TARGETS = [3, 5]
 NUM_CLASSES = 80
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 BASE_OVERRIDES = {"HGNetv2": {"pretrained": False}}
 TRAIN_OVERRIDES = {"DEIMTransformer": {"num_denoising": 0}}
 SECTIONS = ("DEIM", "HGNetv2", "DINOv3STAs", "HybridEncoder", "LiteEncoder", "DEIMTransformer", "DEIMCriterion",
             "PostProcessor")
-COMMAND = ("OFFICIAL_DEIMV2=<official DEIMv2> OFFICIAL_DEIMV2_COMMIT=<commit> PYTHONDONTWRITEBYTECODE=1 "
-           "python tests/golden/make_deimv2_model_golden.py")
-
-
-def _required_env(name: str) -> str:
-    value = os.environ.get(name)
-    if not value:
-        sys.exit(f"set {name} (see this script's docstring)")
-    return value
+COMMAND = "PYTHONDONTWRITEBYTECODE=1 python tools/golden/make_deimv2_model_golden.py <official DEIMv2>"
+OFFICIAL = None  # the official tree, set by main() / _run_job()
 
 
 def _build(name: str, train: bool = False):
@@ -144,39 +135,11 @@ def _build(name: str, train: bool = False):
     overrides = {k: dict(v) for k, v in BASE_OVERRIDES.items()}
     if train:
         overrides.update({k: dict(v) for k, v in TRAIN_OVERRIDES.items()})
-    return YAMLConfig(str(Path(_required_env("OFFICIAL_DEIMV2")).resolve() / CONFIGS[name]), **overrides)
+    return YAMLConfig(str(OFFICIAL / CONFIGS[name]), **overrides)
 
 
 def _count(module: torch.nn.Module, trainable: bool = False) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable)
-
-
-def aliases(state: dict) -> list:
-    """Groups (in state-dict order) of two or more keys whose tensors share storage."""
-    groups = {}
-    for key, value in state.items():
-        groups.setdefault((value.data_ptr(), value.dtype, tuple(value.shape)), []).append(key)
-    return [keys for keys in groups.values() if len(keys) > 1]
-
-
-def synth_weights(shapes: dict, alias_groups: list, seed: int = WEIGHT_SEED) -> dict:
-    """The synthetic tensors for ``shapes`` (key -> shape), see the module docstring; shared keys get
-    the tensor of the first key of their group. Used by the test on the official keys as well."""
-    weights = synth_vit_state_dict(
-        {k: v for k, v in shapes.items() if k.rpartition(".")[2] not in KEEP_OWN_LEAVES}, seed=seed)
-    for group in alias_groups:
-        if group[0] in weights:
-            for key in group[1:]:
-                weights[key] = weights[group[0]]
-    return weights
-
-
-def image_tensor(size: int, seed: int, imagenet: bool) -> torch.Tensor:
-    """[3, size, size]: ``synth_image`` as RGB float / 255, ImageNet-normalised if ``imagenet``."""
-    x = torch.from_numpy(synth_image(size, size, seed)).permute(2, 0, 1).float() / 255.0
-    if imagenet:
-        x = (x - torch.tensor(IMAGENET_MEAN)[:, None, None]) / torch.tensor(IMAGENET_STD)[:, None, None]
-    return x
 
 
 def _load_synth(model: torch.nn.Module):
@@ -205,7 +168,22 @@ def _resolved(model) -> dict:
 
 
 def _flat_sections(cfg) -> dict:
-    return flat_yaml_sections(cfg, SECTIONS)
+    """Dotted key -> value of the model / criterion / postprocessor sections of the resolved YAML and
+    of ``SECTIONS``, JSON-normalised."""
+    yaml_cfg = cfg.yaml_cfg
+    names = [yaml_cfg.get(k) for k in ("model", "criterion", "postprocessor")] + list(SECTIONS)
+    out = {}
+
+    def visit(prefix, value):
+        if isinstance(value, dict):
+            for k, v in value.items():
+                visit(f"{prefix}.{k}", v)
+        else:
+            out[prefix] = value
+
+    for name in dict.fromkeys(n for n in names if isinstance(n, str) and n in yaml_cfg):
+        visit(name, yaml_cfg[name])
+    return json.loads(json.dumps(out))
 
 
 def job_counts(name: str) -> tuple:
@@ -257,9 +235,11 @@ def job_eval(name: str) -> tuple:
     run = RUNS[name]
     model = _build(name).model
     weights_crc32, kept_values = _load_synth(model)
-    model.eval()
+    model.eval().to(DTYPE)
+    deimv2_dtype_patches.rope_follow_dtype(model)
     captured = _enc_capture(model)
-    images = image_tensor(run["size"], EVAL_IMAGE_SEED, run["imagenet"])[None]
+    size = run["size"]
+    images = image_tensor(size, size, EVAL_IMAGE_SEED, run["imagenet"])[None]
     k = model.decoder.num_queries
     with torch.no_grad():
         outputs = model(images)
@@ -268,7 +248,6 @@ def job_eval(name: str) -> tuple:
         num_parameters = _count(model)
         model.deploy()
         deployed = model(images)
-    min_gap, num_ties, gap_at_cut = _top_gaps(enc_max, k)
     result = {
         "config": CONFIGS[name],
         "overrides": {"HGNetv2.pretrained": False},
@@ -279,9 +258,6 @@ def job_eval(name: str) -> tuple:
         "kept_own_values": kept_values,
         "num_parameters": num_parameters,
         "eval_idx": model.decoder.eval_idx,
-        "enc_topk_min_gap": min_gap,
-        "enc_topk_num_ties": num_ties,
-        "enc_topk_gap_at_cut": gap_at_cut,
         "enc_topk_index": topk[0].tolist(),
         "deploy": {
             "num_parameters": _count(model),
@@ -300,10 +276,16 @@ def job_train(name: str) -> tuple:
     model, criterion = cfg.model, cfg.criterion
     assert model.decoder.num_denoising == 0
     weights_crc32, kept_values = _load_synth(model)
-    model.train()
+    model.train().to(DTYPE)
+    deimv2_dtype_patches.rope_follow_dtype(model)
     criterion.train()
-    images = torch.stack([image_tensor(run["size"], s, run["imagenet"]) for s in TRAIN_IMAGE_SEEDS])
-    targets = synth_targets(TRAIN_NUM_TARGETS, NUM_CLASSES, seed=TRAIN_TARGET_SEED)
+    size = run["size"]
+    images = torch.stack([image_tensor(size, size, s, run["imagenet"]) for s in TRAIN_IMAGE_SEEDS])
+    targets = []
+    for target in train_targets(size):  # float32 pixel XYXY -> normalised cxcywh in float64
+        xyxy = target["boxes"].to(DTYPE) / size
+        boxes = torch.cat([(xyxy[:, :2] + xyxy[:, 2:]) / 2, xyxy[:, 2:] - xyxy[:, :2]], 1)
+        targets.append({"labels": target["labels"], "boxes": boxes})
     matcher = criterion.matcher
     assert run["epochs"][-1] >= matcher.matcher_change_epoch and matcher.change_matcher
     result = {
@@ -327,7 +309,6 @@ def job_train(name: str) -> tuple:
         },
         "epochs": {},
     }
-    arrays = {}
     for epoch in run["epochs"]:
         metas = {"epoch": epoch, "step": 0, "global_step": 0, "epoch_step": 1}
         torch.manual_seed(0)  # nothing random is expected (no dropout, no denoising, no RoPE jitter)
@@ -335,30 +316,26 @@ def job_train(name: str) -> tuple:
         last = {k: outputs[k].detach() for k in ("pred_logits", "pred_boxes")}
         losses = criterion(outputs, targets, **metas)
         matched = matcher(last, targets, epoch=epoch)["indices"]
-        total = 0.0
-        for v in losses.values():
-            total += v.double().item()
+        assert all(v.dtype == DTYPE for v in losses.values())
         result["epochs"][str(epoch)] = {
             "metas": metas,
-            "losses": {k: v.double().item() for k, v in losses.items()},
-            "total": total,
-            "total_float32": sum(losses.values()).item(),
+            "losses": {k: v.item() for k, v in losses.items()},
+            "total": sum(losses.values()).item(),
             "matcher_indices_last_layer": [[s.tolist(), t.tolist()] for s, t in matched],
         }
-        arrays = {f"{name}_train_logits": last["pred_logits"].numpy(),  # the forward does not depend on the epoch
-                  f"{name}_train_boxes": last["pred_boxes"].numpy()}
-    return result, arrays
+    return result, {}
 
 
 def _run_job(job: str, name: str, out: str) -> None:
-    sys.path.insert(0, str(Path(_required_env("OFFICIAL_DEIMV2")).resolve()))
+    sys.path.insert(0, str(OFFICIAL))
     sys.modules.setdefault("calflops", types.SimpleNamespace(calculate_flops=None))  # imported, not used
     __import__("engine")  # registers every official module
+    deimv2_dtype_patches.install()
     torch.set_num_threads(1)
     result, arrays = {"counts": job_counts, "chained": job_chained, "eval": job_eval, "train": job_train}[job](name)
     Path(out + ".json").write_text(json.dumps(result))
     if arrays:
-        np.savez(out + ".npz", **{k: v.astype(np.float32) for k, v in arrays.items()})
+        np.savez(out + ".npz", **arrays)
 
 
 def _leaked(chained: dict, fresh: dict) -> dict:
@@ -366,11 +343,13 @@ def _leaked(chained: dict, fresh: dict) -> dict:
             for k in sorted(set(chained) | set(fresh)) if chained.get(k) != fresh.get(k)}
 
 
-def _provenance() -> dict:
+def _provenance(commit: str) -> dict:
     import torchvision
 
     return {
-        "official": {"repo": "Intellindust-AI-Lab/DEIMv2", "commit": _required_env("OFFICIAL_DEIMV2_COMMIT")},
+        "official": {"repo": "Intellindust-AI-Lab/DEIMv2", "commit": commit},
+        "dtype": str(DTYPE)[len("torch."):],
+        "patches": list(deimv2_dtype_patches.PATCHES.values()),
         "torch": torch.__version__,
         "torchvision": torchvision.__version__,
         "numpy": np.__version__,
@@ -385,22 +364,30 @@ def _provenance() -> dict:
 
 
 def main(argv) -> None:
-    if argv:
-        _run_job(*argv)
+    global OFFICIAL
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("official", type=Path, help="work tree of the official Intellindust-AI-Lab/DEIMv2")
+    parser.add_argument("--job", nargs=3, metavar=("JOB", "NAME", "OUT"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    OFFICIAL = args.official.resolve()
+    if args.job:
+        _run_job(*args.job)
         return
-    _required_env("OFFICIAL_DEIMV2"), _required_env("OFFICIAL_DEIMV2_COMMIT")
+    commit = subprocess.run(["git", "-C", str(OFFICIAL), "rev-parse", "HEAD"], check=True, capture_output=True,
+                            text=True).stdout.strip()
     results, arrays = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         for job, name in JOBS:
             out = os.path.join(tmp, f"{job}_{name}")
             print("running", job, name, flush=True)
-            subprocess.run([sys.executable, __file__, job, name, out], check=True, cwd=REPO_ROOT)
+            subprocess.run([sys.executable, __file__, str(OFFICIAL), "--job", job, name, out], check=True,
+                           cwd=REPO_ROOT)
             results[(job, name)] = json.loads(Path(out + ".json").read_text())
             if os.path.exists(out + ".npz"):
                 with np.load(out + ".npz") as npz:
                     arrays.update({k: npz[k] for k in npz.files})
 
-    golden = _provenance()
+    golden = _provenance(commit)
     golden["reference_num_parameters"] = REFERENCE_NUM_PARAMETERS
     golden["counts"] = {name: results[("counts", name)]["result"] for name in ORDER}
     chained = results[("chained", "-")]

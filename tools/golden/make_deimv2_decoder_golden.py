@@ -2,18 +2,18 @@
 and SwiGLU FFN and its matcher switch, computed by the official DEIMv2 code (Intellindust-AI-Lab/DEIMv2,
 ``engine/deim/deim_decoder.py``, ``deim_utils.py``, ``matcher.py``).
 
-The official tree is imported at run time, inside :func:`main`, from a work tree outside this
-repository; nothing of it is copied here. Every input comes from :func:`decoder_inputs`,
-:func:`module_inputs` and :func:`matcher_inputs` (NumPy, fixed seeds) and the weights from
-``synth.synth_state_dict``, so ``tests/test_deimv2_decoder.py`` rebuilds them without the official
-code. How to rerun, from the repository root, with the official venv described in
-``make_rtdetrv2_golden.py``::
+The official tree is imported at run time, inside :func:`main`, from the work tree given as the only
+argument (its ``git rev-parse HEAD`` is recorded); nothing of it is copied here. Every input comes from
+:func:`decoder_inputs`, :func:`module_inputs` and :func:`matcher_inputs` (NumPy, fixed seeds) and the
+weights from ``synth.synth_state_dict``, so ``tests/test_deimv2_decoder.py`` rebuilds them without the
+official code. Run from the repository root, with a Python environment that has the official
+requirements::
 
-    mkdir -p /tmp/deimv2
-    git -C /work/.mirror/Intellindust-AI-Lab+DEIMv2/repo archive HEAD | tar -x -C /tmp/deimv2
-    OFFICIAL_DEIMV2=/tmp/deimv2 \\
-    OFFICIAL_DEIMV2_COMMIT=$(git -C /work/.mirror/Intellindust-AI-Lab+DEIMv2/repo log -1 --format=%H) \\
-    PYTHONDONTWRITEBYTECODE=1 /root/.cache/dfine/official-venv/bin/python tests/golden/make_deimv2_decoder_golden.py
+    PYTHONDONTWRITEBYTECODE=1 python tools/golden/make_deimv2_decoder_golden.py PATH/TO/DEIMv2
+
+Everything runs in float64. The official RMSNorm computes its statistics in float32 whatever the input
+dtype; it is patched to use float64 for float64 inputs (tools/golden/deimv2_dtype_patches.py, recorded
+in the JSON's ``patches``; half inputs keep the official float32 statistics).
 
 The official ``engine`` package imports ``calflops`` (never used here), which is replaced by a stub.
 ``torch.set_num_threads(1)``; two runs give identical files.
@@ -65,8 +65,9 @@ JSON fields:
   target indices]`` for epochs 0, 449 (switch off) and 450, 500 (on); ``cost_on`` (NPZ
   ``matcher_cost_on`` [40, 8]): ``-(p * IoU^4)``, the switched cost before the per-image split.
 """
+import argparse
 import json
-import os
+import subprocess
 import sys
 import types
 from pathlib import Path
@@ -74,92 +75,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
-GOLDEN_DIR = Path(__file__).resolve().parent
-sys.path.insert(0, str(GOLDEN_DIR.parent))  # tests/, for golden.synth when run as a script
-from golden.synth import CONSTRUCTOR_BUFFERS, fingerprint, synth_state_dict  # noqa: E402
+REPO_ROOT = Path(__file__).resolve().parents[2]
+GOLDEN_DIR = REPO_ROOT / "tests" / "golden"
+sys.path.insert(0, str(REPO_ROOT / "tests"))  # for golden.synth / golden.deimv2_synth
+from golden.deimv2_synth import (MATCHER_ARGS, MATCHER_EPOCHS, aliases, count_calls, decoder_inputs,  # noqa: E402
+                                 load_synth, matcher_inputs, module_inputs, stored_part)
+from golden.synth import fingerprint, synth_state_dict  # noqa: E402
+
+import deimv2_dtype_patches  # noqa: E402  (tools/golden, this script's directory)
 
 CONFIGS = {
     "atto": "configs/deimv2/deimv2_hgnetv2_atto_coco.yml",
     "s": "configs/deimv2/deimv2_dinov3_s_coco.yml",
 }
 EXTRA_ARGS = {"num_classes": 80, "eval_spatial_size": [320, 320]}
-INPUT_SIZE = 320
-BATCH = 2
-KEEP_OWN_LEAVES = frozenset({"up", "reg_scale"})
-MATCHER_ARGS = dict(weight_dict={"cost_class": 2, "cost_bbox": 5, "cost_giou": 2}, use_focal_loss=True, alpha=0.25,
-                    gamma=2.0, change_matcher=True, iou_order_alpha=4.0, matcher_change_epoch=450)
-MATCHER_EPOCHS = (0, 449, 450, 500)
-
-
-def _uniform(rng, low, high, shape):
-    return (low + (high - low) * rng.random(shape)).astype(np.float32)
-
-
-def decoder_inputs(name: str, feat_channels, feat_strides) -> dict:
-    """``feats``: one float32 array ``[BATCH, C_l, INPUT_SIZE / s, INPUT_SIZE / s]`` per level, U(-2, 2)."""
-    rng = np.random.default_rng([7, len(name), sum(map(ord, name))])
-    shapes = [(BATCH, c, INPUT_SIZE // s, INPUT_SIZE // s) for c, s in zip(feat_channels, feat_strides)]
-    return {"feats": [_uniform(rng, -2, 2, shape) for shape in shapes]}
-
-
-def module_inputs() -> dict:
-    rng = np.random.default_rng(11)
-    return {
-        "rmsnorm_x": _uniform(rng, -3, 3, (3, 5, 64)),
-        "rmsnorm_scale": _uniform(rng, 0.5, 1.5, (64,)),
-        "swiglu_x": _uniform(rng, -2, 2, (3, 5, 64)),
-    }
-
-
-def matcher_inputs() -> dict:
-    """Two images of 20 queries over 10 classes; 3 and 5 ground truths (cxcywh)."""
-    rng = np.random.default_rng(13)
-    logits = _uniform(rng, -4, 2, (2, 20, 10))
-    centres, sizes = _uniform(rng, 0.25, 0.75, (2, 20, 2)), _uniform(rng, 0.1, 0.4, (2, 20, 2))
-    targets = []
-    for n in (3, 5):
-        gt = np.concatenate([_uniform(rng, 0.3, 0.7, (n, 2)), _uniform(rng, 0.1, 0.4, (n, 2))], 1)
-        targets.append({"labels": rng.integers(0, 10, n).astype(np.int64), "boxes": gt.astype(np.float32)})
-    return {"logits": logits, "boxes": np.concatenate([centres, sizes], -1), "targets": targets}
-
-
-def aliases(state: dict) -> list:
-    """Groups (in state-dict order) of two or more keys whose tensors share storage."""
-    groups = {}
-    for key, value in state.items():
-        groups.setdefault((value.data_ptr(), value.dtype, tuple(value.shape)), []).append(key)
-    return [keys for keys in groups.values() if len(keys) > 1]
-
-
-def synth_weights(state: dict, seed: int = 0) -> dict:
-    """Synthetic tensors for the keys of ``state`` (see the module docstring); aliased keys share one."""
-    shapes = {k: list(v.shape) for k, v in state.items() if k.rpartition(".")[2] not in KEEP_OWN_LEAVES}
-    weights = synth_state_dict(shapes, seed=seed)
-    for group in aliases(state):
-        if group[0] in weights:
-            for key in group[1:]:
-                weights[key] = weights[group[0]]
-    return weights
-
-
-def load_synth(model, seed: int = 0) -> dict:
-    """Load the synthetic weights, keeping the model's own values for the other keys; returns them."""
-    state = model.state_dict()
-    weights = synth_weights(state, seed)
-    full = {k: weights.get(k, v) for k, v in state.items()}
-    model.load_state_dict(full, strict=True)
-    return weights
-
-
-def count_calls(module):
-    """Attach a forward-call counter; returns a one-element list holding the count."""
-    calls = [0]
-
-    def hook(*_):
-        calls[0] += 1
-
-    module.register_forward_hook(hook)
-    return calls
+DTYPE = deimv2_dtype_patches.DTYPE
 
 
 def _state_shapes(state: dict) -> dict:
@@ -182,7 +112,8 @@ def _decoder_case(name, DEIMTransformer, load_config, root, npz, train: bool) ->
     model = DEIMTransformer(**args)
     state = model.state_dict()
     weights = load_synth(model)
-    feats = [torch.from_numpy(f) for f in decoder_inputs(name, args["feat_channels"], args["feat_strides"])["feats"]]
+    model.to(DTYPE)
+    feats = decoder_inputs(name, args["feat_channels"], args["feat_strides"])
     out = {
         "config": CONFIGS[name],
         "args": args,
@@ -247,10 +178,15 @@ def _decoder_case(name, DEIMTransformer, load_config, root, npz, train: bool) ->
 
 
 def main():
-    root = Path(os.environ["OFFICIAL_DEIMV2"]).resolve()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("official", type=Path, help="work tree of the official Intellindust-AI-Lab/DEIMv2")
+    root = parser.parse_args().official.resolve()
+    commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], check=True, capture_output=True,
+                            text=True).stdout.strip()
     sys.path.insert(0, str(root))
     sys.modules["calflops"] = types.SimpleNamespace(calculate_flops=None)
     torch.set_num_threads(1)
+    patches = deimv2_dtype_patches.install("rmsnorm")
     from engine.core.yaml_utils import load_config
     from engine.deim.deim_decoder import DEIMTransformer
     from engine.deim.deim_utils import RMSNorm, SwiGLUFFN
@@ -258,24 +194,29 @@ def main():
 
     npz = {}
     golden = {
-        "official": {"repo": "Intellindust-AI-Lab/DEIMv2", "commit": os.environ.get("OFFICIAL_DEIMV2_COMMIT")},
+        "official": {"repo": "Intellindust-AI-Lab/DEIMv2", "commit": commit},
+        "dtype": str(DTYPE)[len("torch."):],
+        "patches": patches,
         "torch": torch.__version__,
         "numpy": np.__version__,
-        "command": "OFFICIAL_DEIMV2=... python tests/golden/make_deimv2_decoder_golden.py",
+        "command": "PYTHONDONTWRITEBYTECODE=1 python tools/golden/make_deimv2_decoder_golden.py <official DEIMv2>",
     }
 
     inputs = module_inputs()
-    norm = RMSNorm(64)
+    norm = RMSNorm(64).to(DTYPE)
     with torch.no_grad():
         norm.scale.copy_(torch.from_numpy(inputs["rmsnorm_scale"]))
         x = torch.from_numpy(inputs["rmsnorm_x"])
         npz["rmsnorm_out"] = norm(x).numpy()
-        npz["rmsnorm_out_half"] = norm(x.half()).float().numpy()
-    golden["rmsnorm"] = {"dim": 64, "eps": norm.eps, "half_output_dtype": str(norm(x.half()).dtype)}
+        half = RMSNorm(64)
+        half.scale.copy_(torch.from_numpy(inputs["rmsnorm_scale"]))
+        half_dtype = str(half(x.half()).dtype)
+    golden["rmsnorm"] = {"dim": 64, "eps": norm.eps, "half_output_dtype_with_float32_scale": half_dtype}
 
     ffn = SwiGLUFFN(64, 80, 64)
     ffn_state = ffn.state_dict()
     ffn.load_state_dict(synth_state_dict(_state_shapes(ffn_state), seed=0), strict=True)
+    ffn.to(DTYPE)
     with torch.no_grad():
         npz["swiglu_out"] = ffn(torch.from_numpy(inputs["swiglu_x"])).numpy()
     golden["swiglu"] = {"in_features": 64, "hidden_features": 80, "out_features": 64,
@@ -304,7 +245,7 @@ def main():
                          "inputs_crc32": fingerprint([m["logits"], m["boxes"], m["targets"]])}
 
     (GOLDEN_DIR / "deimv2_decoder_golden.json").write_text(json.dumps(golden, indent=1) + "\n")
-    np.savez_compressed(GOLDEN_DIR / "deimv2_decoder_golden.npz", **{k: v.astype(np.float32) for k, v in npz.items()})
+    np.savez_compressed(GOLDEN_DIR / "deimv2_decoder_golden.npz", **{k: stored_part(k, v) for k, v in npz.items()})
     print("wrote deimv2_decoder_golden.{json,npz}", (GOLDEN_DIR / "deimv2_decoder_golden.npz").stat().st_size, "bytes")
 
 

@@ -1,15 +1,15 @@
 """Write ``copyblend_golden.{json,npz}`` by running DEIMv2's official batch collate
 (``BatchImageCollateFunction`` in ``engine/data/dataloader.py``: MixUp, Copy-Blend, multi-scale).
 
-The official code is imported, only in :func:`main`, from a work tree outside this repository;
-nothing of it is copied here. How to rerun, from the repository root, with the official venv
-described in ``make_rtdetrv2_golden.py``::
+The official code is imported, only in :func:`main`, from the work tree given as the only argument
+(its ``git rev-parse HEAD`` is recorded); nothing of it is copied here. Run from the repository root,
+with a Python environment that has the official requirements::
 
-    mkdir -p /tmp/deimv2
-    git -C /work/.mirror/Intellindust-AI-Lab+DEIMv2/repo archive HEAD | tar -x -C /tmp/deimv2
-    OFFICIAL_DEIMV2=/tmp/deimv2 \\
-    OFFICIAL_DEIMV2_COMMIT=$(git -C /work/.mirror/Intellindust-AI-Lab+DEIMv2/repo log -1 --format=%H) \\
-    PYTHONDONTWRITEBYTECODE=1 /root/.cache/dfine/official-venv/bin/python tests/golden/make_copyblend_golden.py
+    PYTHONDONTWRITEBYTECODE=1 python tools/golden/make_copyblend_golden.py PATH/TO/DEIMv2
+
+Dtype: float32, the dtype of the official data pipeline (its images are ``uint8 / 255`` float32 and
+its boxes float32); the collate only adds, multiplies, resizes with nearest interpolation and
+truncates, so its results do not depend on the CPU kernel ISA.
 
 Importing this module needs neither the official code nor ``dfine``: the test rebuilds the batch
 with :func:`copyblend_inputs` and reads the collate settings from the JSON.
@@ -24,7 +24,7 @@ set to the box area in pixels (so the official pool is the pool our code builds 
 
 ``copyblend_golden.json``:
 
-* ``official_repo``, ``official_commit``, ``torch``, ``torchvision``, ``command``: provenance.
+* ``official`` (``repo``, ``commit``), ``dtype``, ``torch``, ``torchvision``, ``command``: provenance.
 * ``image_size``: ``[H, W]`` of the inputs.
 * ``cases``: one entry per case name, with ``collate`` (the keyword arguments of the official
   ``BatchImageCollateFunction``), ``epoch`` (given to ``set_epoch``) and ``runs``: one per seed,
@@ -44,9 +44,10 @@ set to the box area in pixels (so the official pool is the pool our code builds 
 to the output size with nearest interpolation, as the official multi-scale does), in the
 official [0, 1] scale, float32 ``(3, 3, h, w)``.
 """
+import argparse
 import json
-import os
 import random
+import subprocess
 import sys
 import tempfile
 import types
@@ -55,8 +56,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-GOLDEN_DIR = Path(__file__).resolve().parent
-HEIGHT, WIDTH = 48, 64
+REPO_ROOT = Path(__file__).resolve().parents[2]
+GOLDEN_DIR = REPO_ROOT / "tests" / "golden"
+sys.path.insert(0, str(REPO_ROOT / "tests"))  # for golden.deimv2_synth
+from golden.deimv2_synth import COPYBLEND_HEIGHT as HEIGHT, COPYBLEND_WIDTH as WIDTH, copyblend_inputs  # noqa: E402
+
 COPY_BLEND = dict(area_threshold=100, num_objects=3, with_expand=True, expand_ratios=[0.1, 0.25])
 CASES = {
     "deimv2_s": dict(
@@ -80,21 +84,6 @@ CASES = {
                      copyblend_epochs=[40000, 15000], **COPY_BLEND),
         epoch=10, seeds=[0]),
 }
-
-
-def copyblend_inputs():
-    """Three (3, 48, 64) uint8 images, their (N, 4) float32 absolute XYXY boxes and (N,) int64
-    labels (shared with the test)."""
-    rng = np.random.default_rng(11)
-    images = rng.integers(0, 256, size=(3, 3, HEIGHT, WIDTH), dtype=np.uint8)
-    boxes = [
-        [[3.4, 5.6, 30.7, 28.3], [40.2, 30.5, 44.6, 36.3], [50.3, 2.7, 63.4, 20.6]],
-        np.zeros((0, 4)),
-        [[1.3, 1.6, 40.7, 35.4], [20.4, 10.3, 31.6, 19.8], [5.5, 30.2, 12.1, 36.9]],
-    ]
-    boxes = [np.asarray(b, dtype=np.float32).reshape(-1, 4) for b in boxes]
-    labels = [np.array([2, 0, 4]), np.zeros(0), np.array([1, 3, 2])]
-    return images, boxes, [l.astype(np.int64) for l in labels]
 
 
 def replay_kind(collate, epoch, seed, pool_size):
@@ -155,17 +144,22 @@ def run_case(collate_class, name, case):
 def main():
     import torchvision
 
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("official", type=Path, help="work tree of the official Intellindust-AI-Lab/DEIMv2")
+    root = parser.parse_args().official.resolve()
+    commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], check=True, capture_output=True,
+                            text=True).stdout.strip()
     # The official code is only needed here: the test imports the inputs above.
-    sys.path.insert(0, os.environ["OFFICIAL_DEIMV2"])
+    sys.path.insert(0, str(root))
     sys.modules.setdefault("calflops", types.SimpleNamespace(calculate_flops=None))  # imported, not used
     from engine.data.dataloader import BatchImageCollateFunction
 
     golden = {
-        "official_repo": "Intellindust-AI-Lab/DEIMv2",
-        "official_commit": os.environ.get("OFFICIAL_DEIMV2_COMMIT", "unknown"),
+        "official": {"repo": "Intellindust-AI-Lab/DEIMv2", "commit": commit},
+        "dtype": "float32",
         "torch": torch.__version__,
         "torchvision": torchvision.__version__,
-        "command": "OFFICIAL_DEIMV2=<official DEIMv2> PYTHONDONTWRITEBYTECODE=1 python tests/golden/make_copyblend_golden.py",
+        "command": "PYTHONDONTWRITEBYTECODE=1 python tools/golden/make_copyblend_golden.py <official DEIMv2>",
         "image_size": [HEIGHT, WIDTH],
         "cases": {},
     }
