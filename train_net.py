@@ -36,9 +36,23 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 from omegaconf import OmegaConf
 
-from dfine.checkpoint import AtomicCheckpointer, find_resume_checkpoint, load_ema_or_model_weights, load_finetune_weights
+from dfine.checkpoint import (
+    AtomicCheckpointer,
+    find_resume_checkpoint,
+    load_ema_or_model_weights,
+    load_finetune_weights,
+)
 from dfine.config import ConfigError, check_training_values, load_config
-from dfine.engine import EMAHook, ModelEMA, RNGStateHook, StageSwitchHook, Trainer, resolve_device, training_writers, unwrap_model
+from dfine.engine import (
+    EMAHook,
+    ModelEMA,
+    RNGStateHook,
+    StageSwitchHook,
+    Trainer,
+    resolve_device,
+    training_writers,
+    unwrap_model,
+)
 from dfine.engine.launch import describe_processes, launch
 
 logger = logging.getLogger("dfine.train_net")
@@ -212,7 +226,9 @@ def do_train(args, cfg):
             # than never.
             hooks.EvalHook(cfg.train.eval_period, lambda: do_test(cfg, eval_model)),
             stage_switch,
-            hooks.PeriodicWriter(training_writers(cfg.train.output_dir, cfg.train.max_iter, loss_group), period=cfg.train.log_period)
+            hooks.PeriodicWriter(
+                training_writers(cfg.train.output_dir, cfg.train.max_iter, loss_group), period=cfg.train.log_period
+            )
             if comm.is_main_process()
             else None,
             hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if comm.is_main_process() else None,

@@ -1,9 +1,9 @@
 """DEIMv2-Atto (official configs/deimv2/deimv2_hgnetv2_atto_coco.yml): 500 epochs on COCO at 320.
 README: 23.8 AP, 0.5M parameters, 0.8 GFLOPs.
 
-The Femto model and recipe (configs/deimv2_hgnetv2_femto.py) with HGNetv2-Atto (a 256-channel last stage with 3x3 kernels), a
-64-channel encoder and decoder, 100 queries, Mosaic at 0.3, boxes thinner than 12 px dropped, and
-LRs 2e-3 (backbone 1e-3).
+The Femto model and recipe (configs/deimv2_hgnetv2_femto.py) with HGNetv2-Atto (a 256-channel last
+stage with 3x3 kernels), a 64-channel encoder and decoder, 100 queries, Mosaic at 0.3, boxes thinner
+than 12 px dropped, and LRs 2e-3 (backbone 1e-3).
 """
 from detectron2.config import LazyCall as L
 

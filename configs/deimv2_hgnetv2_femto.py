@@ -1,8 +1,8 @@
 """DEIMv2-Femto (official configs/deimv2/deimv2_hgnetv2_femto_coco.yml): 500 epochs on COCO at 416.
 README: 31.0 AP, 1.0M parameters, 1.7 GFLOPs.
 
-The Pico model and recipe (configs/deimv2_hgnetv2_pico.py) with HGNetv2-Femto (one HG block in the last stage), a 96-channel
-encoder and decoder, 150 queries, and boxes thinner than 10 px dropped.
+The Pico model and recipe (configs/deimv2_hgnetv2_pico.py) with HGNetv2-Femto (one HG block in the
+last stage), a 96-channel encoder and decoder, 150 queries, and boxes thinner than 10 px dropped.
 """
 from detectron2.config import LazyCall as L
 

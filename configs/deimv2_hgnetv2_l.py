@@ -17,7 +17,16 @@ from .common.optim import AdamW as optimizer
 from .common.train import train
 
 apply_deimv2_recipe(dataloader, optimizer, train)
-set_deimv2_stages(dataloader, train, lr_multiplier, model, epochs=58, policy=[4, 29, 50], flat_epochs=29, no_aug_epochs=8,
-                  matcher_change_epoch=45)
+set_deimv2_stages(
+    dataloader,
+    train,
+    lr_multiplier,
+    model,
+    epochs=58,
+    policy=[4, 29, 50],
+    flat_epochs=29,
+    no_aug_epochs=8,
+    matcher_change_epoch=45,
+)
 dataloader.train.multi_scale = generate_scales(640, 4)
 train.output_dir = "./output/deimv2_hgnetv2_l"

@@ -17,8 +17,17 @@ model.encoder.update(hidden_dim=384, dim_feedforward=2048)
 model.decoder.input_proj.in_channels = [384, 384, 384]
 model.decoder.box_head.reg_scale = 8.0
 
-set_deimv2_stages(dataloader, train, lr_multiplier, model, epochs=58, policy=[4, 29, 50], flat_epochs=29, no_aug_epochs=8,
-                  matcher_change_epoch=45)
+set_deimv2_stages(
+    dataloader,
+    train,
+    lr_multiplier,
+    model,
+    epochs=58,
+    policy=[4, 29, 50],
+    flat_epochs=29,
+    no_aug_epochs=8,
+    matcher_change_epoch=45,
+)
 dataloader.train.multi_scale = generate_scales(640, 3)
 train.stage_switch.ema_restart_decay = 0.9998
 train.output_dir = "./output/deimv2_hgnetv2_x"

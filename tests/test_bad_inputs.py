@@ -297,7 +297,9 @@ def test_config_with_unknown_key(tmp_path):
     assert "'train.max_iters=5': 'train' has no key 'max_iters'" in message
     assert "hidden_dim=32" not in message
     # A default argument the config does not list may be set.
-    cfg = load_config(TOY_CONFIG, ["dataloader.evaluator.output_dir=eval_out", "model.decoder.query_selection.eps=0.01"])
+    cfg = load_config(
+        TOY_CONFIG, ["dataloader.evaluator.output_dir=eval_out", "model.decoder.query_selection.eps=0.01"]
+    )
     assert cfg.dataloader.evaluator.output_dir == "eval_out" and cfg.model.decoder.query_selection.eps == 0.01
 
     # An unknown key in a config file, and train_net stops before it builds anything.

@@ -166,7 +166,9 @@ def _randomised(state):
     return {k: torch.rand(v.shape, generator=generator) if v.is_floating_point() else v for k, v in state.items()}
 
 
-@pytest.mark.parametrize("name, prefix", [("vit_tiny", "backbone.dinov3._model."), ("dinov3_vits16", "backbone.dinov3.")])
+@pytest.mark.parametrize(
+    "name, prefix", [("vit_tiny", "backbone.dinov3._model."), ("dinov3_vits16", "backbone.dinov3.")]
+)
 def test_pretrained_vit_weights_go_to_the_trunk(name, prefix):
     """DEIMv2's ViT-Tiny file (vitt_distill.pt) holds the trunk without the ``_model.`` wrapper, the
     DINOv3 file the DinoVisionTransformer itself: each lands on its trunk, the rest keeps its values."""

@@ -120,7 +120,11 @@ def test_deim_official_recipe_values(name):
     assert [r["lr"] for r in backbone_rules] == ([backbone_lr] if backbone_lr else [])
     assert cfg.model.backbone.freeze_at == -1 and not cfg.model.backbone.freeze_norm
     decoder = cfg.model.decoder
-    assert (decoder.query_pos_head.method, decoder.layer.activation, decoder.query_pos_head.act) == ("as_reg", "silu", "silu")
+    assert (decoder.query_pos_head.method, decoder.layer.activation, decoder.query_pos_head.act) == (
+        "as_reg",
+        "silu",
+        "silu",
+    )
     assert decoder.box_head.act == decoder.query_selection.mlp_act == "silu"
     criterion = cfg.model.criterion
     assert list(criterion.losses) == ["mal", "boxes"] and _term(criterion, "mal").gamma == 1.5
@@ -155,7 +159,11 @@ def test_dfine_official_recipe_values(name):
     assert cfg.optimizer.lr == lr and cfg.optimizer.weight_decay == weight_decay
     assert cfg.optimizer.params.rules.backbone.lr == backbone_lr
     criterion = cfg.model.criterion
-    assert list(criterion.losses) == ["vfl", "boxes", "local"] and criterion.go_lsd and _term(criterion, "vfl").gamma == 2.0
+    assert (
+        list(criterion.losses) == ["vfl", "boxes", "local"]
+        and criterion.go_lsd
+        and _term(criterion, "vfl").gamma == 2.0
+    )
     assert dict(criterion.weight_dict) == {"loss_vfl": 1, "loss_bbox": 5, "loss_giou": 2, "loss_fgl": 0.15,
                                            "loss_ddf": 1.5}
     box_head = cfg.model.decoder.box_head
@@ -193,7 +201,11 @@ def test_deim_dfine_official_recipe_values(name):
     assert (decoder.layer.activation, decoder.box_head.act, decoder.box_head.lqe_act) == ("silu", "silu", "silu")
     assert decoder.query_pos_head.act == decoder.query_selection.mlp_act == "silu"
     criterion = cfg.model.criterion
-    assert list(criterion.losses) == ["mal", "boxes", "local"] and _term(criterion, "mal").gamma == 1.5 and criterion.go_lsd
+    assert (
+        list(criterion.losses) == ["mal", "boxes", "local"]
+        and _term(criterion, "mal").gamma == 1.5
+        and criterion.go_lsd
+    )
     assert {k: criterion.weight_dict[k] for k in ("loss_mal", "loss_bbox", "loss_giou", "loss_fgl", "loss_ddf")} == {
         "loss_mal": 1, "loss_bbox": 5, "loss_giou": 2, "loss_fgl": 0.15, "loss_ddf": 1.5}
 
@@ -229,8 +241,12 @@ def test_deimv2_official_recipe_values(name):
     assert [loader.mixup_prob, list(loader.mixup_epochs)] == official["mixup"]
     copy_blend = loader.copy_blend
     assert [copy_blend.prob, list(copy_blend.epochs)] == official["copyblend"]
-    assert (copy_blend.area_threshold, copy_blend.num_objects, copy_blend.with_expand, list(copy_blend.expand_ratios)) == (
-        100, 3, True, [0.1, 0.25])
+    assert (
+        copy_blend.area_threshold,
+        copy_blend.num_objects,
+        copy_blend.with_expand,
+        list(copy_blend.expand_ratios),
+    ) == (100, 3, True, [0.1, 0.25])
     assert loader.multi_scale == (generate_scales(size, official["repeat"]) if official["repeat"] else None)
     assert loader.multi_scale_stop_epoch == official["stop_epoch"] == cfg.train.stage_switch.epoch
     assert cfg.train.stage_switch.ema_restart_decay == official["restart"] and cfg.train.ema.warmups == 1000
@@ -239,7 +255,9 @@ def test_deimv2_official_recipe_values(name):
         official["flat"], official["no_aug"], official["lr_gamma"], official["warmup"])
     assert schedule.initial_factor == 1 / 500  # LinearWarmup(500) of optimizer.yml, iteration 0
     assert (cfg.optimizer.lr, cfg.optimizer.weight_decay) == (official["lr"], official["wd"])
-    assert [[r["pattern"], r.get("lr"), r.get("weight_decay")] for r in cfg.optimizer.params.rules.values()] == official["rules"]
+    assert [
+        [r["pattern"], r.get("lr"), r.get("weight_decay")] for r in cfg.optimizer.params.rules.values()
+    ] == official["rules"]
     criterion = cfg.model.criterion
     assert list(criterion.losses) == official["losses"] and criterion.go_lsd == official["uni"]
     assert criterion.matcher.change_matcher and criterion.matcher.iou_order_alpha == 4.0
@@ -249,12 +267,21 @@ def test_deimv2_official_recipe_values(name):
 
 
 def test_deimv2_ablations_are_one_override_each():
-    cfg = LazyConfig.apply_overrides(_load("deimv2_hgnetv2_n.py"), [
-        "model.decoder.layer.norm_type=layer", "model.decoder.layer.ffn_type=mlp", "model.decoder.query_pos_head.shared=False",
-        "model.criterion.matcher.change_matcher=False", "dataloader.train.copy_blend.prob=0"])
+    cfg = LazyConfig.apply_overrides(
+        _load("deimv2_hgnetv2_n.py"),
+        [
+            "model.decoder.layer.norm_type=layer",
+            "model.decoder.layer.ffn_type=mlp",
+            "model.decoder.query_pos_head.shared=False",
+            "model.criterion.matcher.change_matcher=False",
+            "dataloader.train.copy_blend.prob=0",
+        ],
+    )
     decoder = instantiate(cfg.model.decoder)
     layer = decoder.layers[0]
-    assert isinstance(layer.norm1, torch.nn.LayerNorm) and hasattr(layer, "linear1") and not decoder.query_pos_head.shared
+    assert (
+        isinstance(layer.norm1, torch.nn.LayerNorm) and hasattr(layer, "linear1") and not decoder.query_pos_head.shared
+    )
     assert not instantiate(cfg.model.criterion).matcher.change_matcher
     assert instantiate(cfg.dataloader.train.copy_blend).prob == 0
 
@@ -277,7 +304,11 @@ def test_deim_ablations_are_one_override_each():
     # MAL -> VFL, with RT-DETRv2's gamma 2.0 and a weight for loss_vfl.
     cfg = LazyConfig.apply_overrides(_load("deim_rtdetrv2_r50.py"), ["model.criterion.losses=[vfl,boxes]"])
     criterion = instantiate(cfg.model.criterion)
-    assert criterion.losses == ("vfl", "boxes") and criterion.terms["vfl"].gamma == 2.0 and criterion.weight_dict["loss_vfl"] == 1
+    assert (
+        criterion.losses == ("vfl", "boxes")
+        and criterion.terms["vfl"].gamma == 2.0
+        and criterion.weight_dict["loss_vfl"] == 1
+    )
     # RT-DETRv2's schedule: constant after the warm-up.
     cfg = LazyConfig.apply_overrides(_load("deim_rtdetrv2_r50.py"), ["lr_multiplier.lr_gamma=1.0"])
     cfg.train.update(max_iter=6000, iters_per_epoch=100)
@@ -363,14 +394,30 @@ def test_an_override_names_the_rule_it_changes():
     assert groups["no_decay"]["weight_decay"] == 0.0 and groups["default"]["lr"] == cfg.optimizer.lr
 
 
-@pytest.mark.parametrize("override, message", [
-    ("model.encoder.in_channels=[128,256,1024]", r"backbone outputs maps with channels \[128, 256, 512\].*encoder expects \[128, 256, 1024\]"),
-    ("model.decoder.input_proj.in_channels=[64,64,64]", r"encoder outputs maps with channels \[256, 256, 256\].*decoder.input_proj expects \[64, 64, 64\]"),
-    ("model.encoder.feat_strides=[8,16,64]", r"backbone outputs maps with strides \[8, 16, 32\].*encoder expects \[8, 16, 64\]"),
-    ("model.decoder.num_levels=4", r"num_points \[4, 4, 4\] must give one count per level of num_levels=4"),
-    ("model.decoder.input_proj.in_strides=[8,16]", r"in_channels \[256, 256, 256\] and in_strides \[8, 16\]"),
-    ("model.decoder.query_selection.in_strides=[16,32,64]", r"query_selection anchors levels of strides \[16, 32, 64\].*input_proj makes levels of strides \[8, 16, 32\]"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        (
+            "model.encoder.in_channels=[128,256,1024]",
+            r"backbone outputs maps with channels \[128, 256, 512\].*encoder expects \[128, 256, 1024\]",
+        ),
+        (
+            "model.decoder.input_proj.in_channels=[64,64,64]",
+            r"encoder outputs maps with channels \[256, 256, 256\].*decoder.input_proj expects \[64, 64, 64\]",
+        ),
+        (
+            "model.encoder.feat_strides=[8,16,64]",
+            r"backbone outputs maps with strides \[8, 16, 32\].*encoder expects \[8, 16, 64\]",
+        ),
+        ("model.decoder.num_levels=4", r"num_points \[4, 4, 4\] must give one count per level of num_levels=4"),
+        ("model.decoder.input_proj.in_strides=[8,16]", r"in_channels \[256, 256, 256\] and in_strides \[8, 16\]"),
+        (
+            "model.decoder.query_selection.in_strides=[16,32,64]",
+            r"query_selection anchors levels of strides \[16, 32, 64\]"
+            r".*input_proj makes levels of strides \[8, 16, 32\]",
+        ),
+    ],
+)
 def test_parts_that_do_not_fit_are_an_error_naming_both_sides(override, message):
     from dfine.config import load_config
 

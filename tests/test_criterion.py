@@ -567,7 +567,9 @@ def test_matchability_aware_loss_structure():
     p = torch.sigmoid(torch.tensor(-1.0))
     negative = p**1.5 * -torch.log(1 - p)
     expected = torch.log(torch.tensor(2.0)) + negative
-    assert matchability_aware_loss(logits, one_hot, quality, 1.0, gamma=1.5).item() == pytest.approx(expected.item(), rel=1e-6)
+    assert matchability_aware_loss(logits, one_hot, quality, 1.0, gamma=1.5).item() == pytest.approx(
+        expected.item(), rel=1e-6
+    )
     expected_alpha = torch.log(torch.tensor(2.0)) + 0.5 * negative
     assert matchability_aware_loss(logits, one_hot, quality, 1.0, gamma=1.5, alpha=0.5).item() == pytest.approx(
         expected_alpha.item(), rel=1e-6)
@@ -612,7 +614,9 @@ def test_fragile_steps_run_in_float32_under_autocast():
         return losses
 
     model.criterion.forward = spy
-    instances = Instances((64, 64), gt_boxes=Boxes(torch.tensor([[4.0, 6.0, 40.0, 50.0]])), gt_classes=torch.tensor([2]))
+    instances = Instances(
+        (64, 64), gt_boxes=Boxes(torch.tensor([[4.0, 6.0, 40.0, 50.0]])), gt_classes=torch.tensor([2])
+    )
     batch = [{"image": torch.randint(0, 256, (3, 64, 64), dtype=torch.uint8, generator=generator), "height": 64,
               "width": 64, "instances": instances}]
     with torch.autocast("cpu", dtype=torch.bfloat16):

@@ -14,7 +14,12 @@ import torch
 from torch import nn
 
 from decoders import family_decoder
-from dfine.modeling.decoder import MSDeformableAttention, contrastive_denoising_group, deformable_attention_core, generate_anchors
+from dfine.modeling.decoder import (
+    MSDeformableAttention,
+    contrastive_denoising_group,
+    deformable_attention_core,
+    generate_anchors,
+)
 from dfine.modeling.layers.box_ops import box_cxcywh_to_xyxy
 from dfine.modeling.layers.common import inverse_sigmoid
 
@@ -192,13 +197,21 @@ def test_anchors_two_levels_reference():
 
 
 def test_decoder_anchor_buffers_for_eval_size():
-    small = {"input_proj.in_channels": [8, 8, 8], "hidden_dim": 16, "layer.n_head": 2, "num_layers": 1, "num_classes": 2}
+    small = {
+        "input_proj.in_channels": [8, 8, 8],
+        "hidden_dim": 16,
+        "layer.n_head": 2,
+        "num_layers": 1,
+        "num_classes": 2,
+    }
     decoder = family_decoder("rtdetrv2", {**small, "query_selection.eval_spatial_size": [640, 640]})
     expected_anchors, expected_valid = generate_anchors([[80, 80], [40, 40], [20, 20]])
     selection = decoder.query_selection
     assert torch.equal(selection.anchors, expected_anchors) and torch.equal(selection.valid_mask, expected_valid)
     assert "anchors" in decoder.state_dict() and "valid_mask" in decoder.state_dict()
-    assert "anchors" not in family_decoder("rtdetrv2", {**small, "query_selection.eval_spatial_size": None}).state_dict()
+    assert (
+        "anchors" not in family_decoder("rtdetrv2", {**small, "query_selection.eval_spatial_size": None}).state_dict()
+    )
 
 
 # ---------------------------------------------------------------- deformable attention
@@ -348,7 +361,10 @@ def test_decoder_zero_gt_batch_gives_the_same_keys():
     decoder = _tiny_decoder().train()
     with_gt = decoder(_feats(), _targets([2, 1]))
     without_gt = decoder(_feats(), _targets([0, 0]))
-    assert (without_gt.proposals is None, without_gt.denoising is None) == (with_gt.proposals is None, with_gt.denoising is None)
+    assert (without_gt.proposals is None, without_gt.denoising is None) == (
+        with_gt.proposals is None,
+        with_gt.denoising is None,
+    )
     assert without_gt.denoising.branch.final.logits.shape[1] == 2 and without_gt.final.logits.shape[1] == 10
     assert len(without_gt.denoising.branch.layers) == len(with_gt.denoising.branch.layers)
 
@@ -461,7 +477,9 @@ def test_deim_query_position_head():
     decoder = _tiny_decoder({"query_pos_head.method": "as_reg", "query_pos_head.act": "silu", "box_head.act": "silu",
                              "query_selection.mlp_act": "silu", "layer.activation": "silu"})
     assert [tuple(layer.weight.shape) for layer in decoder.query_pos_head.layers] == [(32, 4), (32, 32), (32, 32)]
-    assert isinstance(decoder.query_pos_head.act, nn.SiLU) and isinstance(decoder.box_head.dec_bbox_head[0].act, nn.SiLU)
+    assert isinstance(decoder.query_pos_head.act, nn.SiLU) and isinstance(
+        decoder.box_head.dec_bbox_head[0].act, nn.SiLU
+    )
     assert isinstance(decoder.layers[0].activation, nn.SiLU)
     default = _tiny_decoder()
     assert [tuple(layer.weight.shape) for layer in default.query_pos_head.layers] == [(64, 4), (32, 64)]
@@ -498,7 +516,9 @@ def test_state_dict_is_in_the_official_layout_while_modules_keep_their_parts():
     state = decoder.state_dict()
     assert {"enc_score_head.weight", "decoder.layers.0.cross_attn.sampling_offsets.weight", "anchors",
             "dec_bbox_head.1.layers.2.bias", "denoising_class_embed.weight"} <= set(state)
-    assert not any(k.split(".")[0] in ("query_selection", "box_head", "class_head", "denoising", "layers") for k in state)
+    assert not any(
+        k.split(".")[0] in ("query_selection", "box_head", "class_head", "denoising", "layers") for k in state
+    )
     names = dict(decoder.named_parameters())
     assert "query_selection.enc_score_head.weight" in names and "layers.0.norm1.weight" in names
     other = _perturb(_tiny_decoder())

@@ -191,9 +191,15 @@ def test_flat_cosine_lr_of_the_training_loop_matches_official():
 
     golden = GOLDEN["lr"]
     max_iter = golden["iters_per_epoch"] * golden["epochs"]
-    schedule = FlatCosine(max_iter=max_iter, iters_per_epoch=golden["iters_per_epoch"], flat_epochs=golden["flat_epochs"],
-                          no_aug_epochs=golden["no_aug_epochs"], warmup_iters=golden["warmup_iters"],
-                          lr_gamma=golden["lr_gamma"], initial_factor=1 / 2000)
+    schedule = FlatCosine(
+        max_iter=max_iter,
+        iters_per_epoch=golden["iters_per_epoch"],
+        flat_epochs=golden["flat_epochs"],
+        no_aug_epochs=golden["no_aug_epochs"],
+        warmup_iters=golden["warmup_iters"],
+        lr_gamma=golden["lr_gamma"],
+        initial_factor=1 / 2000,
+    )
     params = [torch.nn.Parameter(torch.zeros(1)) for _ in range(2)]
     optimizer = torch.optim.AdamW([{"params": [params[0]]}, {"params": [params[1]], "lr": 2e-5}], lr=2e-4)
     scheduler = LRMultiplier(optimizer, schedule, max_iter)
@@ -263,7 +269,10 @@ def _run_stage_switch(tmp_path, aps, max_iter=14, switch_iter=6, resume=False):
 
     class Spy(HookBase):
         def before_step(self):
-            seen[("before", self.trainer.iter)] = (model.linear.weight.detach().clone(), optimizer.param_groups[0]["lr"])
+            seen[("before", self.trainer.iter)] = (
+                model.linear.weight.detach().clone(),
+                optimizer.param_groups[0]["lr"],
+            )
 
         def after_step(self):
             seen[("after", self.trainer.iter)] = model.linear.weight.detach().clone()

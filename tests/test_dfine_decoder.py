@@ -13,10 +13,20 @@ from dfine.modeling.decoder import LQE
 def _decoder(overrides=None):
     """A small D-FINE decoder (configs/common/models/dfine.py)."""
     torch.manual_seed(0)
-    args = {"num_classes": 5, "hidden_dim": 32, "num_queries": 12, "input_proj.in_channels": [32, 32],
-            "input_proj.in_strides": [16, 32], "num_levels": 2, "layer.cross_attn.num_points": [3, 2], "layer.n_head": 4,
-            "num_layers": 3, "layer.dim_feedforward": 64, "denoising.num_denoising": 6,
-            "query_selection.eval_spatial_size": None}
+    args = {
+        "num_classes": 5,
+        "hidden_dim": 32,
+        "num_queries": 12,
+        "input_proj.in_channels": [32, 32],
+        "input_proj.in_strides": [16, 32],
+        "num_levels": 2,
+        "layer.cross_attn.num_points": [3, 2],
+        "layer.n_head": 4,
+        "num_layers": 3,
+        "layer.dim_feedforward": 64,
+        "denoising.num_denoising": 6,
+        "query_selection.eval_spatial_size": None,
+    }
     return family_decoder("dfine", {**args, **(overrides or {})})
 
 

@@ -595,7 +595,9 @@ train.seed = 0
 
 
 def _run(train_net, config, output_dir, *extra):
-    args = default_argument_parser().parse_args(["--config-file", str(config), *extra, f"train.output_dir={output_dir}"])
+    args = default_argument_parser().parse_args(
+        ["--config-file", str(config), *extra, f"train.output_dir={output_dir}"]
+    )
     return train_net.main(args)
 
 
@@ -649,7 +651,9 @@ def test_train_net_resume_continues_exactly_and_eval_only_uses_ema(train_net, tm
     # Evaluation during training used the EMA weights; --eval-only does too.
     with open(full / "metrics.json") as f:
         logged_ap = [json.loads(line)["bbox/AP"] for line in f if "bbox/AP" in line]
-    results = _run(train_net, config, tmp_path / "eval", "--eval-only", f"train.init_checkpoint={full / 'model_final.pth'}")
+    results = _run(
+        train_net, config, tmp_path / "eval", "--eval-only", f"train.init_checkpoint={full / 'model_final.pth'}"
+    )
     assert results["bbox"]["AP"] == pytest.approx(logged_ap[-1], rel=1e-6)
     # A checkpoint with plain weights only is evaluated as it is: other numbers.
     torch.save({"model": a["model"]}, tmp_path / "plain.pth")
@@ -729,7 +733,9 @@ def test_nonfinite_loss_stops_with_the_term_the_iteration_and_a_dump(tmp_path):
     batches = [[{"image_id": 7, "file_name": "a.jpg"}, {"image_id": 9, "file_name": "b.jpg"}]] * 3
     trainer = Trainer(model=model, data_loader=batches, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
                       dump_dir=str(tmp_path))
-    with pytest.raises(FloatingPointError, match=r"Non-finite loss at iteration 1: loss_giou=nan\. The step was not applied"):
+    with pytest.raises(
+        FloatingPointError, match=r"Non-finite loss at iteration 1: loss_giou=nan\. The step was not applied"
+    ):
         trainer.train(0, 3)
     assert torch.equal(model.weight.detach(), torch.tensor([0.8]))  # only the first step was applied
     dump = json.loads((tmp_path / "nonfinite_loss_iter_1.json").read_text())

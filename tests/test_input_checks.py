@@ -2,28 +2,28 @@
 entry point a user calls (train_net.py, the data set loader, the predictor and the tools), which
 either stops before training with a message naming the culprit, or trains and logs what it dropped.
 
-| fault                                        | entry point                 | result                                   |
-|----------------------------------------------|-----------------------------|------------------------------------------|
-| COCO json cut in the middle                  | train_net                   | stops: file, line, column, "cut short"   |
-| two images with the same id                  | train_net                   | stops: the id and both positions         |
-| annotation whose image_id is in no image     | train_net                   | trains; dropped, counted, with examples  |
-| bbox of three numbers                        | train_net                   | stops: annotation id, image id, 'bbox'   |
-| missing / mistyped image and annotation keys | loader                      | stops: the id and the field              |
-| duplicate annotation or category ids         | loader                      | stops: the id                            |
-| json that is not an object, not UTF-8        | loader                      | stops: the file                          |
-| zero-size or non-finite box                  | loader                      | dropped, counted, with examples          |
-| YOLO label file without an image             | loader                      | dropped, counted, with examples          |
-| YOLO label file that is not text, bad yaml   | loader                      | stops: the file                          |
-| loader dicts: bbox, bbox_mode, duplicate ids | loader                      | stops: the image, annotation and field   |
-| total_batch_size=four (and other types)      | train_net (a subprocess)    | stops: key, value, expected type         |
-| batch 0 / not divisible, lr < 0, epochs 0    | train_net                   | stops: the key and its domain            |
-| text file as train.init_checkpoint           | train_net                   | stops: the path, "a text file"           |
-| empty, folder, truncated, damaged, ONNX,     | train_net --eval-only       | stops: the path and what it looks like   |
-| safetensors, LFS pointer, HTML, missing      |                             |                                          |
-| --resume: last_checkpoint unreadable         | train_net --resume          | warns naming both, resumes from an older |
-| --resume: nothing readable / nothing at all  | train_net --resume          | stops / warns that it starts over        |
-| bad image path, checkpoint, config, override | Predictor, demo, export,    | the same error and message everywhere    |
-|                                              | convert_official            |                                          |
+| fault                                        | entry point                | result                                   |
+|----------------------------------------------|----------------------------|------------------------------------------|
+| COCO json cut in the middle                  | train_net                  | stops: file, line, column, "cut short"   |
+| two images with the same id                  | train_net                  | stops: the id and both positions         |
+| annotation whose image_id is in no image     | train_net                  | trains; dropped, counted, with examples  |
+| bbox of three numbers                        | train_net                  | stops: annotation id, image id, 'bbox'   |
+| missing / mistyped image and annotation keys | loader                     | stops: the id and the field              |
+| duplicate annotation or category ids         | loader                     | stops: the id                            |
+| json that is not an object, not UTF-8        | loader                     | stops: the file                          |
+| zero-size or non-finite box                  | loader                     | dropped, counted, with examples          |
+| YOLO label file without an image             | loader                     | dropped, counted, with examples          |
+| YOLO label file that is not text, bad yaml   | loader                     | stops: the file                          |
+| loader dicts: bbox, bbox_mode, duplicate ids | loader                     | stops: the image, annotation and field   |
+| total_batch_size=four (and other types)      | train_net (a subprocess)   | stops: key, value, expected type         |
+| batch 0 / not divisible, lr < 0, epochs 0    | train_net                  | stops: the key and its domain            |
+| text file as train.init_checkpoint           | train_net                  | stops: the path, "a text file"           |
+| empty, folder, truncated, damaged, ONNX,     | train_net --eval-only      | stops: the path and what it looks like   |
+| safetensors, LFS pointer, HTML, missing      |                            |                                          |
+| --resume: last_checkpoint unreadable         | train_net --resume         | warns naming both, resumes from an older |
+| --resume: nothing readable / nothing at all  | train_net --resume         | stops / warns that it starts over        |
+| bad image path, checkpoint, config, override | Predictor, demo, export,   | the same error and message everywhere    |
+|                                              | convert_official           |                                          |
 
 The valid inputs next to these faults (configs with their defaults, interpolations, LazyCall nodes
 replaced by an override, fractional epochs) are accepted.
@@ -494,24 +494,48 @@ def test_every_config_loads_and_passes_the_checks_with_its_defaults(name):
     check_training_values(cfg, world_size=1)
 
 
-@pytest.mark.parametrize("config, override, key, value", [
-    ("quickstart/rtdetrv2_r18_toy.py", "model.decoder.num_classes=${model.num_top_queries}",
-     "model.decoder.num_classes", 100),  # an interpolation as the value
-    ("quickstart/rtdetrv2_r18_toy.py", "model.criterion.num_classes=3", "model.criterion.num_classes", 3),  # replaces one
-    ("quickstart/rtdetrv2_r18_toy.py", "dataloader.train.dataset=toy_shapes_val", "dataloader.train.dataset",
-     "toy_shapes_val"),  # a LazyCall node replaced by a value its function takes
-    ("quickstart/rtdetrv2_r18_toy.py", "optimizer.lr=1", "optimizer.lr", 1),  # an int for a float
-    ("quickstart/rtdetrv2_r18_toy.py", "train.epochs=null", "train.epochs", None),
-    ("quickstart/rtdetrv2_r18_toy.py", "dataloader.train.multi_scale_stop_epoch=3",
-     "dataloader.train.multi_scale_stop_epoch", 3),  # None in the config, int in the signature
-    ("deim_rtdetrv2_r50.py", "train.epochs=0.5", "train.epochs", 0.5),  # a fraction of the config's 60 epochs
-    ("deim_rtdetrv2_r50.py", "dataloader.train.mapper.policy_epoch=6", "dataloader.train.mapper.policy_epoch", 6),
-    ("deim_rtdetrv2_r50.py", "model.criterion.losses=[vfl,boxes]", "model.criterion.losses", ["vfl", "boxes"]),
-    ("deim_rtdetrv2_r50.py", "dataloader.train.mixup_prob=0.25", "dataloader.train.mixup_prob", 0.25),
-    ("deimv2_dinov3_s.py", "dataloader.train.copy_blend=null", "dataloader.train.copy_blend", None),
-    ("quickstart/rtdetrv2_r18_toy.py", "dataloader.train.dataset.names=[a,b]", "dataloader.train.dataset.names",
-     ["a", "b"]),
-])
+@pytest.mark.parametrize(
+    "config, override, key, value",
+    [
+        (
+            "quickstart/rtdetrv2_r18_toy.py",
+            "model.decoder.num_classes=${model.num_top_queries}",
+            "model.decoder.num_classes",
+            100,
+        ),  # an interpolation as the value
+        (
+            "quickstart/rtdetrv2_r18_toy.py",
+            "model.criterion.num_classes=3",
+            "model.criterion.num_classes",
+            3,
+        ),  # replaces one
+        (
+            "quickstart/rtdetrv2_r18_toy.py",
+            "dataloader.train.dataset=toy_shapes_val",
+            "dataloader.train.dataset",
+            "toy_shapes_val",
+        ),  # a LazyCall node replaced by a value its function takes
+        ("quickstart/rtdetrv2_r18_toy.py", "optimizer.lr=1", "optimizer.lr", 1),  # an int for a float
+        ("quickstart/rtdetrv2_r18_toy.py", "train.epochs=null", "train.epochs", None),
+        (
+            "quickstart/rtdetrv2_r18_toy.py",
+            "dataloader.train.multi_scale_stop_epoch=3",
+            "dataloader.train.multi_scale_stop_epoch",
+            3,
+        ),  # None in the config, int in the signature
+        ("deim_rtdetrv2_r50.py", "train.epochs=0.5", "train.epochs", 0.5),  # a fraction of the config's 60 epochs
+        ("deim_rtdetrv2_r50.py", "dataloader.train.mapper.policy_epoch=6", "dataloader.train.mapper.policy_epoch", 6),
+        ("deim_rtdetrv2_r50.py", "model.criterion.losses=[vfl,boxes]", "model.criterion.losses", ["vfl", "boxes"]),
+        ("deim_rtdetrv2_r50.py", "dataloader.train.mixup_prob=0.25", "dataloader.train.mixup_prob", 0.25),
+        ("deimv2_dinov3_s.py", "dataloader.train.copy_blend=null", "dataloader.train.copy_blend", None),
+        (
+            "quickstart/rtdetrv2_r18_toy.py",
+            "dataloader.train.dataset.names=[a,b]",
+            "dataloader.train.dataset.names",
+            ["a", "b"],
+        ),
+    ],
+)
 def test_valid_overrides_are_accepted(config, override, key, value):
     cfg = load_config(str(ROOT / "configs" / config), [override])
     got = OmegaConf.select(cfg, key)

@@ -330,8 +330,11 @@ def test_the_collate_decides_by_the_batch_epoch():
 
 
 def test_a_total_batch_that_the_processes_cannot_share_is_a_clear_error():
-    with pytest.raises(ValueError, match=r"total_batch_size=6 must be a positive multiple of world_size=4: each of the 4 "
-                                         r"processes .*dataloader.train.total_batch_size"):
+    with pytest.raises(
+        ValueError,
+        match=r"total_batch_size=6 must be a positive multiple of world_size=4: each of the 4 "
+        r"processes .*dataloader.train.total_batch_size",
+    ):
         EpochAwareSampler(10, 6, seed=0, rank=0, world_size=4)
 
 

@@ -9,10 +9,17 @@ from detectron2.utils.events import EventStorage
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [
-    "model.encoder.hidden_dim=32", "model.encoder.dim_feedforward=64", "model.encoder.eval_spatial_size=[64,64]",
-    "model.decoder.input_proj.in_channels=[32,32,32]", "model.decoder.hidden_dim=32", "model.decoder.layer.dim_feedforward=64",
-    "model.decoder.num_layers=2", "model.decoder.num_queries=20", "model.decoder.denoising.num_denoising=10",
-    "model.decoder.query_selection.eval_spatial_size=[64,64]", "model.num_top_queries=20",
+    "model.encoder.hidden_dim=32",
+    "model.encoder.dim_feedforward=64",
+    "model.encoder.eval_spatial_size=[64,64]",
+    "model.decoder.input_proj.in_channels=[32,32,32]",
+    "model.decoder.hidden_dim=32",
+    "model.decoder.layer.dim_feedforward=64",
+    "model.decoder.num_layers=2",
+    "model.decoder.num_queries=20",
+    "model.decoder.denoising.num_denoising=10",
+    "model.decoder.query_selection.eval_spatial_size=[64,64]",
+    "model.num_top_queries=20",
 ]
 
 

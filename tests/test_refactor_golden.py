@@ -84,4 +84,6 @@ def test_family_outputs_losses_and_gradients_are_unchanged(name):
             if key == "labels":
                 np.testing.assert_array_equal(value.numpy(), expected, err_msg=f"{name} {form} {key}")
             else:
-                np.testing.assert_allclose(value.numpy(), expected, rtol=RTOL, atol=1e-12, err_msg=f"{name} {form} {key}")
+                np.testing.assert_allclose(
+                    value.numpy(), expected, rtol=RTOL, atol=1e-12, err_msg=f"{name} {form} {key}"
+                )

@@ -13,19 +13,33 @@ sys.path.insert(0, str(ROOT))
 import train_net  # noqa: E402
 
 TINY_MODEL = [
-    "model.encoder.hidden_dim=32", "model.encoder.dim_feedforward=64", "model.encoder.eval_spatial_size=[64,64]",
-    "model.decoder.input_proj.in_channels=[32,32,32]", "model.decoder.hidden_dim=32", "model.decoder.layer.dim_feedforward=64",
-    "model.decoder.num_layers=2", "model.decoder.num_queries=20", "model.decoder.denoising.num_denoising=10",
-    "model.decoder.query_selection.eval_spatial_size=[64,64]", "model.num_top_queries=20",
+    "model.encoder.hidden_dim=32",
+    "model.encoder.dim_feedforward=64",
+    "model.encoder.eval_spatial_size=[64,64]",
+    "model.decoder.input_proj.in_channels=[32,32,32]",
+    "model.decoder.hidden_dim=32",
+    "model.decoder.layer.dim_feedforward=64",
+    "model.decoder.num_layers=2",
+    "model.decoder.num_queries=20",
+    "model.decoder.denoising.num_denoising=10",
+    "model.decoder.query_selection.eval_spatial_size=[64,64]",
+    "model.num_top_queries=20",
 ]
 
 
 # D-FINE-N's two levels (strides 16 and 32) give 4x4 + 2x2 memory tokens at 64x64.
 TINY_DFINE = [
-    "model.encoder.hidden_dim=32", "model.encoder.dim_feedforward=64", "model.encoder.eval_spatial_size=[64,64]",
-    "model.decoder.input_proj.in_channels=[32,32]", "model.decoder.hidden_dim=32", "model.decoder.layer.dim_feedforward=64",
-    "model.decoder.num_queries=16", "model.decoder.denoising.num_denoising=10", "model.decoder.query_selection.eval_spatial_size=[64,64]",
-    "model.num_top_queries=16", "model.decoder.num_classes=6",
+    "model.encoder.hidden_dim=32",
+    "model.encoder.dim_feedforward=64",
+    "model.encoder.eval_spatial_size=[64,64]",
+    "model.decoder.input_proj.in_channels=[32,32]",
+    "model.decoder.hidden_dim=32",
+    "model.decoder.layer.dim_feedforward=64",
+    "model.decoder.num_queries=16",
+    "model.decoder.denoising.num_denoising=10",
+    "model.decoder.query_selection.eval_spatial_size=[64,64]",
+    "model.num_top_queries=16",
+    "model.decoder.num_classes=6",
 ]
 
 
@@ -43,11 +57,23 @@ def _not_given_in(extra, defaults):
 def _args(tiny_coco, output_dir, *extra, resume=False, eval_only=False, config="quickstart/rtdetrv2_r18_toy.py",
           model=TINY_MODEL):
     defaults = [
-        f"train.output_dir={output_dir}", "train.device=cpu", "train.epochs=null", "train.eval_epochs=null", "train.checkpoint_epochs=null", "train.max_iter=10",
-        "train.checkpointer.period=5", "train.eval_period=10", "train.log_period=5", "train.seed=0",
-        f"dataloader.train.dataset.names={tiny_coco.train}", f"dataloader.test.dataset.names={tiny_coco.val}",
-        "dataloader.train.total_batch_size=2", "dataloader.train.num_workers=0", "dataloader.test.num_workers=0",
-        "dataloader.train.mapper.image_size=64", "dataloader.test.mapper.image_size=64",
+        f"train.output_dir={output_dir}",
+        "train.device=cpu",
+        "train.epochs=null",
+        "train.eval_epochs=null",
+        "train.checkpoint_epochs=null",
+        "train.max_iter=10",
+        "train.checkpointer.period=5",
+        "train.eval_period=10",
+        "train.log_period=5",
+        "train.seed=0",
+        f"dataloader.train.dataset.names={tiny_coco.train}",
+        f"dataloader.test.dataset.names={tiny_coco.val}",
+        "dataloader.train.total_batch_size=2",
+        "dataloader.train.num_workers=0",
+        "dataloader.test.num_workers=0",
+        "dataloader.train.mapper.image_size=64",
+        "dataloader.test.mapper.image_size=64",
         "dataloader.train.seed=0",
     ]
     opts = list(model) + _not_given_in(extra, defaults) + list(extra)

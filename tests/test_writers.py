@@ -46,5 +46,8 @@ def test_the_line_prints_the_total_and_the_group_medians(caplog):
     # Medians of the per-iteration sums: classification 2, 3, 5 -> 3; boxes 1, 0.75, 1 -> 1;
     # distribution 0.1, 0.2, 0.4 -> 0.2; denoising 4, 5, 3 -> 4; total 7.1, 8.95, 9.4 -> 8.95.
     expected_total = statistics.median([sum(v[i] for v in terms.values()) for i in range(3)])
-    assert f"iter: 2/10  total_loss: {expected_total:.4g} (classification 3, boxes 1, distribution 0.2, denoising 4)" in line
+    assert (
+        f"iter: 2/10  total_loss: {expected_total:.4g} (classification 3, boxes 1, distribution 0.2, denoising 4)"
+        in line
+    )
     assert "lr: 0.0003" in line and "loss_vfl" not in line

@@ -191,7 +191,9 @@ class _TensorOutputs(nn.Module):
         self.model = model
 
     def forward(self, image):
-        instances = self.model([{"image": image[0], "height": image.shape[-2], "width": image.shape[-1]}])[0]["instances"]
+        instances = self.model([{"image": image[0], "height": image.shape[-2], "width": image.shape[-1]}])[0][
+            "instances"
+        ]
         return instances.pred_boxes.tensor, instances.scores, instances.pred_classes
 
 
@@ -344,7 +346,9 @@ def main(argv=None) -> None:
     parser.add_argument("--warmup", type=int, default=2, help="untimed runs (loader: batches) first")
     parser.add_argument("--batch-size", type=int, default=4, help="latency: the batch size besides 1; train: the batch")
     parser.add_argument("--variants", nargs="+", choices=sorted(LOADER_VARIANTS), default=list(LOADER_VARIANTS))
-    parser.add_argument("--batches", type=int, default=20, help="loader: timed batches per repeat; loader_memory: batches of the run")
+    parser.add_argument(
+        "--batches", type=int, default=20, help="loader: timed batches per repeat; loader_memory: batches of the run"
+    )
     parser.add_argument("--num-workers", type=int, default=None, help="loader: default the config's")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides key=value")
     args = parser.parse_args(argv)

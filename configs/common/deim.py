@@ -192,6 +192,10 @@ def use_dinov3_backbone(model, optimizer, backbone, backbone_lr, width):
     set_width(model, width)
     optimizer.params.rules = {
         "vit": {"pattern": r"^(?=.*.dinov3)(?!.*(?:norm|bn|bias)).*$", "lr": backbone_lr},
-        "vit_norm_bias": {"pattern": r"^(?=.*.dinov3)(?=.*(?:norm|bn|bias)).*$", "lr": backbone_lr, "weight_decay": 0.0},
+        "vit_norm_bias": {
+            "pattern": r"^(?=.*.dinov3)(?=.*(?:norm|bn|bias)).*$",
+            "lr": backbone_lr,
+            "weight_decay": 0.0,
+        },
         "no_decay": {"pattern": r"^(?=.*(?:sta|encoder|decoder))(?=.*(?:norm|bn|bias)).*$", "weight_decay": 0.0},
     }

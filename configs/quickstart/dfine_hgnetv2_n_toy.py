@@ -5,7 +5,8 @@ shapes at their own 256x256 size for 6 epochs on CPU, then evaluated with Detect
 
 The FDR / GO-LSD ablation at equal iterations (projects/DFine/README.md has the results):
 
-    ... model.decoder.box_head.reg_max=null model.criterion.go_lsd=False train.output_dir=./output/quickstart_dfine_n_toy_off
+    ... model.decoder.box_head.reg_max=null model.criterion.go_lsd=False \\
+        train.output_dir=./output/quickstart_dfine_n_toy_off
 
 The data and schedule (batch 8, flips only, linear warm-up over 100 iterations) are those of the
 RT-DETRv2 quick start (configs/common/quickstart.py); the LRs and parameter groups those of

@@ -11,8 +11,9 @@ Contents:
 
 * ``configs``: for every file of ``configs/`` (quick starts included), the model's parameter count,
   trainable count, ``state_dict_sha256`` (SHA-256 of the ``[key, shape, dtype]`` list of its state
-  dict, sorted by key: the order in which modules register their tensors is not part of the layout) and ``param_groups`` (per optimizer group, in order: lr, weight decay, number of
-  tensors, number of elements) of the config's optimizer.
+  dict, sorted by key: the order in which modules register their tensors is not part of the layout)
+  and ``param_groups`` (per optimizer group, in order: lr, weight decay, number of tensors, number of
+  elements) of the config's optimizer.
 * ``runs``: one config per family (RT-DETRv2, DEIM-RT-DETRv2, D-FINE, DEIM-D-FINE, DEIMv2 HGNetv2,
   DEIMv2 DINOv3), float64 with the deterministic weights of :func:`fill_state_dict`, on a padded
   batch of two images (320x320 and 256x288, :func:`batch`):
@@ -59,7 +60,9 @@ RUNS = {
 IMAGE_SIZES = [(320, 320), (256, 288)]  # (height, width): the second image is padded in the batch
 # State-dict leaves computed by the constructor from the config (anchor grids, sampling-point
 # scales, RoPE periods, W(n)'s hyper-parameters) or counting steps: the model keeps its own.
-OWN_LEAVES = frozenset({"anchors", "valid_mask", "num_points_scale", "periods", "up", "reg_scale", "num_batches_tracked"})
+OWN_LEAVES = frozenset(
+    {"anchors", "valid_mask", "num_points_scale", "periods", "up", "reg_scale", "num_batches_tracked"}
+)
 
 
 def config_files():

@@ -32,8 +32,9 @@ from dfine.modeling.encoder import HybridEncoder
 
 model = L(RealTimeDETR)(
     # Trainable HGNetv2-B4 with BatchNorm (DEIM's "unfrozen BN").
-    backbone=L(HGNetv2)(name="B4", use_lab=False, return_idx=[1, 2, 3], freeze_at=-1, freeze_stem_only=True,
-                        freeze_norm=False),
+    backbone=L(HGNetv2)(
+        name="B4", use_lab=False, return_idx=[1, 2, 3], freeze_at=-1, freeze_stem_only=True, freeze_norm=False
+    ),
     encoder=L(HybridEncoder)(
         in_channels=[512, 1024, 2048],
         feat_strides=[8, 16, 32],
@@ -64,8 +65,12 @@ model = L(RealTimeDETR)(
         eval_idx=-1,
         # The encoder's maps as they are when they have the decoder's width.
         input_proj=L(InputProjection)(
-            in_channels=[256, 256, 256], in_strides=[8, 16, 32], hidden_dim="${..hidden_dim}", num_levels="${..num_levels}",
-            identity_when_equal=True),
+            in_channels=[256, 256, 256],
+            in_strides=[8, 16, 32],
+            hidden_dim="${..hidden_dim}",
+            num_levels="${..num_levels}",
+            identity_when_equal=True,
+        ),
         query_selection=L(EncoderTopK)(
             hidden_dim="${..hidden_dim}",
             num_classes="${..num_classes}",
@@ -89,30 +94,59 @@ model = L(RealTimeDETR)(
             norm_type="rms",
             ffn_type="swiglu",
             cross_attn=L(MSDeformableAttention)(
-                embed_dim="${..d_model}", num_heads="${..n_head}", num_levels="${...num_levels}", num_points=[3, 6, 3],
-                method="default", projections=False),
+                embed_dim="${..d_model}",
+                num_heads="${..n_head}",
+                num_levels="${...num_levels}",
+                num_points=[3, 6, 3],
+                method="default",
+                projections=False,
+            ),
         ),
         # One query position embedding of the initial boxes, shared by every layer.
         query_pos_head=L(BoxPositionEmbedding)(
-            hidden_dim="${..hidden_dim}", method="as_reg", act="silu", clamp=10.0, shared=True, xavier_last=True),
+            hidden_dim="${..hidden_dim}", method="as_reg", act="silu", clamp=10.0, shared=True, xavier_last=True
+        ),
         # Per-layer heads that start as copies of one head.
         class_head=L(ClassHead)(
-            hidden_dim="${..hidden_dim}", num_classes="${..num_classes}", num_layers="${..num_layers}",
-            eval_idx="${..eval_idx}", clone=True),
+            hidden_dim="${..hidden_dim}",
+            num_classes="${..num_classes}",
+            num_layers="${..num_layers}",
+            eval_idx="${..eval_idx}",
+            clone=True,
+        ),
         # Fine-grained Distribution Refinement over reg_max + 1 bins (`box_head.reg_max=null` is the
         # ablation with box deltas).
         box_head=L(BoxHead)(
-            hidden_dim="${..hidden_dim}", num_layers="${..num_layers}", eval_idx="${..eval_idx}", reg_max=32,
-            reg_scale=4.0, act="silu", lqe_act="silu", clone=True, share=False),
+            hidden_dim="${..hidden_dim}",
+            num_layers="${..num_layers}",
+            eval_idx="${..eval_idx}",
+            reg_max=32,
+            reg_scale=4.0,
+            act="silu",
+            lqe_act="silu",
+            clone=True,
+            share=False,
+        ),
         denoising=L(ContrastiveDenoising)(
-            num_classes="${..num_classes}", hidden_dim="${..hidden_dim}", num_denoising=100, label_noise_ratio=0.5,
-            box_noise_scale=1.0, abs_box_size=True),
+            num_classes="${..num_classes}",
+            hidden_dim="${..hidden_dim}",
+            num_denoising=100,
+            label_noise_ratio=0.5,
+            box_noise_scale=1.0,
+            abs_box_size=True,
+        ),
     ),
     criterion=L(SetCriterion)(
         num_classes="${..decoder.num_classes}",
         # From `matcher_change_epoch` on the matcher ranks by -p * IoU^4 (the per-size configs set the epoch).
-        matcher=L(HungarianMatcher)(weight_dict={"cost_class": 2, "cost_bbox": 5, "cost_giou": 2}, alpha=0.25, gamma=2.0,
-                                    change_matcher=True, iou_order_alpha=4.0, matcher_change_epoch=45),
+        matcher=L(HungarianMatcher)(
+            weight_dict={"cost_class": 2, "cost_bbox": 5, "cost_giou": 2},
+            alpha=0.25,
+            gamma=2.0,
+            change_matcher=True,
+            iou_order_alpha=4.0,
+            matcher_change_epoch=45,
+        ),
         terms=[L(MatchabilityAwareLoss)(gamma=1.5), L(BoxLoss)(), L(DistributionLoss)(temperature=5.0)],
         # DEIM's MAL (gamma 1.5) with FGL + DDF over the GO-LSD union set; `go_lsd=False` is the official
         # `use_uni_set: False`.

@@ -25,8 +25,9 @@ from dfine.modeling.encoder import HybridEncoder
 
 model = L(RealTimeDETR)(
     # Stem frozen; every BatchNorm frozen (FrozenBatchNorm2d).
-    backbone=L(HGNetv2)(name="B4", use_lab=False, return_idx=[1, 2, 3], freeze_at=0, freeze_stem_only=True,
-                        freeze_norm=True),
+    backbone=L(HGNetv2)(
+        name="B4", use_lab=False, return_idx=[1, 2, 3], freeze_at=0, freeze_stem_only=True, freeze_norm=True
+    ),
     encoder=L(HybridEncoder)(
         in_channels=[512, 1024, 2048],
         feat_strides=[8, 16, 32],
@@ -53,8 +54,12 @@ model = L(RealTimeDETR)(
         eval_idx=-1,
         # The encoder's maps as they are when they have the decoder's width.
         input_proj=L(InputProjection)(
-            in_channels=[256, 256, 256], in_strides=[8, 16, 32], hidden_dim="${..hidden_dim}", num_levels="${..num_levels}",
-            identity_when_equal=True),
+            in_channels=[256, 256, 256],
+            in_strides=[8, 16, 32],
+            hidden_dim="${..hidden_dim}",
+            num_levels="${..num_levels}",
+            identity_when_equal=True,
+        ),
         query_selection=L(EncoderTopK)(
             hidden_dim="${..hidden_dim}",
             num_classes="${..num_classes}",
@@ -73,25 +78,46 @@ model = L(RealTimeDETR)(
             activation="relu",
             target_gate=True,
             cross_attn=L(MSDeformableAttention)(
-                embed_dim="${..d_model}", num_heads="${..n_head}", num_levels="${...num_levels}", num_points=[3, 6, 3],
-                method="default", projections=False),
+                embed_dim="${..d_model}",
+                num_heads="${..n_head}",
+                num_levels="${...num_levels}",
+                num_points=[3, 6, 3],
+                method="default",
+                projections=False,
+            ),
         ),
         query_pos_head=L(BoxPositionEmbedding)(hidden_dim="${..hidden_dim}", method="default", act="relu", clamp=10.0),
         class_head=L(ClassHead)(
-            hidden_dim="${..hidden_dim}", num_classes="${..num_classes}", num_layers="${..num_layers}",
-            eval_idx="${..eval_idx}"),
+            hidden_dim="${..hidden_dim}",
+            num_classes="${..num_classes}",
+            num_layers="${..num_layers}",
+            eval_idx="${..eval_idx}",
+        ),
         # Fine-grained Distribution Refinement over reg_max + 1 bins (`box_head.reg_max=null` is the
         # ablation with box deltas).
         box_head=L(BoxHead)(
-            hidden_dim="${..hidden_dim}", num_layers="${..num_layers}", eval_idx="${..eval_idx}", reg_max=32,
-            reg_scale=4.0, act="relu", lqe_act="relu"),
+            hidden_dim="${..hidden_dim}",
+            num_layers="${..num_layers}",
+            eval_idx="${..eval_idx}",
+            reg_max=32,
+            reg_scale=4.0,
+            act="relu",
+            lqe_act="relu",
+        ),
         denoising=L(ContrastiveDenoising)(
-            num_classes="${..num_classes}", hidden_dim="${..hidden_dim}", num_denoising=100, label_noise_ratio=0.5,
-            box_noise_scale=1.0, abs_box_size=True),
+            num_classes="${..num_classes}",
+            hidden_dim="${..hidden_dim}",
+            num_denoising=100,
+            label_noise_ratio=0.5,
+            box_noise_scale=1.0,
+            abs_box_size=True,
+        ),
     ),
     criterion=L(SetCriterion)(
         num_classes="${..decoder.num_classes}",
-        matcher=L(HungarianMatcher)(weight_dict={"cost_class": 2, "cost_bbox": 5, "cost_giou": 2}, alpha=0.25, gamma=2.0),
+        matcher=L(HungarianMatcher)(
+            weight_dict={"cost_class": 2, "cost_bbox": 5, "cost_giou": 2}, alpha=0.25, gamma=2.0
+        ),
         # `losses` selects among the `terms` by name; "local": FGL, plus DDF with GO-LSD.
         terms=[L(VarifocalLoss)(alpha=0.75, gamma=2.0), L(BoxLoss)(), L(DistributionLoss)(temperature=5.0)],
         losses=["vfl", "boxes", "local"],

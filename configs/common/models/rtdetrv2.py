@@ -48,7 +48,11 @@ model = L(RealTimeDETR)(
         eval_idx=-1,
         # The encoder's maps, each through a 1x1 conv + BN.
         input_proj=L(InputProjection)(
-            in_channels=[256, 256, 256], in_strides=[8, 16, 32], hidden_dim="${..hidden_dim}", num_levels="${..num_levels}"),
+            in_channels=[256, 256, 256],
+            in_strides=[8, 16, 32],
+            hidden_dim="${..hidden_dim}",
+            num_levels="${..num_levels}",
+        ),
         query_selection=L(EncoderTopK)(
             hidden_dim="${..hidden_dim}",
             num_classes="${..num_classes}",
@@ -65,23 +69,40 @@ model = L(RealTimeDETR)(
             dropout=0.0,
             activation="relu",
             cross_attn=L(MSDeformableAttention)(
-                embed_dim="${..d_model}", num_heads="${..n_head}", num_levels="${...num_levels}", num_points=[4, 4, 4],
-                method="default"),
+                embed_dim="${..d_model}",
+                num_heads="${..n_head}",
+                num_levels="${...num_levels}",
+                num_points=[4, 4, 4],
+                method="default",
+            ),
         ),
         query_pos_head=L(BoxPositionEmbedding)(hidden_dim="${..hidden_dim}", method="default", act="relu"),
         class_head=L(ClassHead)(
-            hidden_dim="${..hidden_dim}", num_classes="${..num_classes}", num_layers="${..num_layers}",
-            eval_idx="${..eval_idx}"),
+            hidden_dim="${..hidden_dim}",
+            num_classes="${..num_classes}",
+            num_layers="${..num_layers}",
+            eval_idx="${..eval_idx}",
+        ),
         box_head=L(BoxHead)(
-            hidden_dim="${..hidden_dim}", num_layers="${..num_layers}", eval_idx="${..eval_idx}",
-            refinement="look_forward_twice", act="relu"),
+            hidden_dim="${..hidden_dim}",
+            num_layers="${..num_layers}",
+            eval_idx="${..eval_idx}",
+            refinement="look_forward_twice",
+            act="relu",
+        ),
         denoising=L(ContrastiveDenoising)(
-            num_classes="${..num_classes}", hidden_dim="${..hidden_dim}", num_denoising=100, label_noise_ratio=0.5,
-            box_noise_scale=1.0),
+            num_classes="${..num_classes}",
+            hidden_dim="${..hidden_dim}",
+            num_denoising=100,
+            label_noise_ratio=0.5,
+            box_noise_scale=1.0,
+        ),
     ),
     criterion=L(SetCriterion)(
         num_classes="${..decoder.num_classes}",
-        matcher=L(HungarianMatcher)(weight_dict={"cost_class": 2, "cost_bbox": 5, "cost_giou": 2}, alpha=0.25, gamma=2.0),
+        matcher=L(HungarianMatcher)(
+            weight_dict={"cost_class": 2, "cost_bbox": 5, "cost_giou": 2}, alpha=0.25, gamma=2.0
+        ),
         # `losses` selects among the `terms` by name.
         terms=[L(VarifocalLoss)(alpha=0.75, gamma=2.0), L(BoxLoss)()],
         losses=["vfl", "boxes"],

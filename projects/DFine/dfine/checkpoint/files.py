@@ -70,7 +70,9 @@ def check_checkpoint_file(path: str, verify_data: bool = False) -> str:
     with open(path, "rb") as f:
         head = f.read(HEAD_SIZE)
     if not head:
-        raise CheckpointFileError(path, "is an empty file (0 bytes): an interrupted download or copy, or a failed save?")
+        raise CheckpointFileError(
+            path, "is an empty file (0 bytes): an interrupted download or copy, or a failed save?"
+        )
     foreign = _foreign_format(head, path)
     if foreign:
         raise CheckpointFileError(path, f"is not a checkpoint but {foreign}.")

@@ -11,8 +11,13 @@ from typing import Dict, List, Mapping, Optional, Pattern, Tuple
 import torch
 from torch import nn
 
-__all__ = ["extract_official_state_dict", "convert_official_state_dict", "convert_backbone_state_dict", "fit_state_dict",
-           "CheckpointMismatchError"]
+__all__ = [
+    "extract_official_state_dict",
+    "convert_official_state_dict",
+    "convert_backbone_state_dict",
+    "fit_state_dict",
+    "CheckpointMismatchError",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -80,7 +85,9 @@ def fit_state_dict(
         if ours == theirs:
             load[key] = checkpoint[key]
         elif _is_derived(key) and (theirs is None or rebuild_mismatched_buffers):
-            rebuilt.append(f"{key}: " + ("not in the checkpoint" if theirs is None else f"checkpoint {theirs} -> model {ours}"))
+            rebuilt.append(
+                f"{key}: " + ("not in the checkpoint" if theirs is None else f"checkpoint {theirs} -> model {ours}")
+            )
         elif theirs is None:
             missing.append(key)
         elif reinitialisable is not None and reinitialisable.search(key) and ours[1:] == theirs[1:]:
@@ -149,7 +156,9 @@ def convert_backbone_state_dict(
     prefix = _backbone_prefix(official, ours)
     sub = {key[len(prefix):]: value for key, value in ours.items() if key.startswith(prefix)}
     if partial:
-        load = {key: value for key, value in official.items() if key in sub and tuple(value.shape) == tuple(sub[key].shape)}
+        load = {
+            key: value for key, value in official.items() if key in sub and tuple(value.shape) == tuple(sub[key].shape)
+        }
         skipped = [f"{key}: not in the model" if key not in sub else
                    f"{key}: file {tuple(value.shape)} vs model {tuple(sub[key].shape)}"
                    for key, value in official.items() if key not in load]

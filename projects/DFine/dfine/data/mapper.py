@@ -42,9 +42,9 @@ def policy_for_epoch(
     * Three epochs ``[e0, e1, e2]`` (DEIM's four stages, official ``Compose.stop_epoch_forward``):
       before ``e0`` every policy op is skipped; in ``[e0, e1)`` a sample uses Mosaic when
       ``draw() < mosaic_prob`` (one U(0, 1) draw per sample, made only in this stage, as
-      officially; default: NumPy's global RNG, which the training loader seeds per sample), and then skips zoom-out and IoU crop, else it gets the RT-DETR ops without
-      Mosaic; in ``[e1, e2)`` the RT-DETR ops run without Mosaic; from ``e2`` on every policy op is
-      skipped.
+      officially; default: NumPy's global RNG, which the training loader seeds per sample), and
+      then skips zoom-out and IoU crop, else it gets the RT-DETR ops without Mosaic; in
+      ``[e1, e2)`` the RT-DETR ops run without Mosaic; from ``e2`` on every policy op is skipped.
     """
     everything = frozenset(policy_ops) | {"Mosaic"}
     if policy_epoch is None:

@@ -135,7 +135,9 @@ def check_coco_json(json_file: str, dataset_name: str) -> Dropped:
     data = read_json(json_file)
     problems = _Problems(f"Dataset '{dataset_name}' (file {json_file})")
     if not isinstance(data, dict):
-        problems.add(f"expected a json object with 'images', 'annotations' and 'categories', got a {type(data).__name__}")
+        problems.add(
+            f"expected a json object with 'images', 'annotations' and 'categories', got a {type(data).__name__}"
+        )
         problems.raise_if_any()
     for key in ("images", "annotations", "categories"):
         if not isinstance(data.get(key, []), list) or (key != "annotations" and key not in data):

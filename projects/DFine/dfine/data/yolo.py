@@ -101,7 +101,9 @@ def read_class_names(path: str) -> List[str]:
             names = content.get("names") if isinstance(content, dict) else None
             if isinstance(names, dict):
                 if sorted(names) != list(range(len(names))):
-                    raise DatasetError(f"{path}: the keys of 'names' must be the class ids 0..K-1, got {sorted(names)}.")
+                    raise DatasetError(
+                        f"{path}: the keys of 'names' must be the class ids 0..K-1, got {sorted(names)}."
+                    )
                 names = [names[i] for i in range(len(names))]
     if not isinstance(names, list) or not names:
         raise DatasetError(f"{path} holds no class names (a yaml file needs a non-empty 'names' list or dict).")

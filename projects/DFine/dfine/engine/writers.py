@@ -14,11 +14,13 @@ __all__ = ["LossGroupPrinter", "training_writers"]
 class LossGroupPrinter(CommonMetricPrinter):
     """Detectron2's terminal line with the ~20 loss terms of a DETR summed into their groups::
 
-        eta: 0:01:02  iter: 39/60  total_loss: 41.2 (classification 6.1, boxes 9.8, denoising 25.3)  time: 0.21  data_time: 0.01  lr: 0.0004
+        eta: 0:01:02  iter: 39/60  total_loss: 41.2 (classification 6.1, boxes 9.8, denoising 25.3)
+        time: 0.21  data_time: 0.01  lr: 0.0004       (one line)
 
     ``group_of(key)`` names the group of a loss key (``SetCriterion.loss_group``: classification,
-    boxes, distribution, denoising); without it (a model with no criterion) every term is its own group. Each value is the median over the last ``window_size``
-    iterations of the per-iteration sum, as detectron2 smooths its losses. The terms themselves
+    boxes, distribution, denoising); without it (a model with no criterion) every term is its own
+    group. Each value is the median over the last ``window_size`` iterations of the per-iteration
+    sum, as detectron2 smooths its losses. The terms themselves
     stay in ``metrics.json`` and TensorBoard (the other writers of :func:`training_writers`).
     """
 
@@ -72,7 +74,9 @@ class LossGroupPrinter(CommonMetricPrinter):
 _GROUP_ORDER = {"classification": 0, "boxes": 1, "distribution": 2, "denoising": 3}
 
 
-def training_writers(output_dir: str, max_iter: int, group_of: Optional[Callable[[str], str]] = None) -> List[EventWriter]:
+def training_writers(
+    output_dir: str, max_iter: int, group_of: Optional[Callable[[str], str]] = None
+) -> List[EventWriter]:
     """Detectron2's default writers with :class:`LossGroupPrinter` for the terminal: every scalar,
     each loss term included, goes to ``output_dir/metrics.json`` and TensorBoard."""
     return [

@@ -22,8 +22,24 @@ def check_connections(backbone: nn.Module, encoder: nn.Module, decoder: nn.Modul
         # (what, producer, its attribute, consumer, its attribute)
         ("channels", "backbone", backbone, "out_channels", "encoder", encoder, "in_channels"),
         ("strides", "backbone", backbone, "out_strides", "encoder", encoder, "feat_strides"),
-        ("channels", "encoder", encoder, "out_channels", "decoder.input_proj", getattr(decoder, "input_proj", None), "in_channels"),
-        ("strides", "encoder", encoder, "out_strides", "decoder.input_proj", getattr(decoder, "input_proj", None), "in_strides"),
+        (
+            "channels",
+            "encoder",
+            encoder,
+            "out_channels",
+            "decoder.input_proj",
+            getattr(decoder, "input_proj", None),
+            "in_channels",
+        ),
+        (
+            "strides",
+            "encoder",
+            encoder,
+            "out_strides",
+            "decoder.input_proj",
+            getattr(decoder, "input_proj", None),
+            "in_strides",
+        ),
     )
     errors = []
     for what, producer, source, produced_attr, consumer, target, expected_attr in links:
@@ -158,11 +174,17 @@ class RealTimeDETR(nn.Module):
             classes = x["instances"].gt_classes
             # Checked where the loader left them (the CPU, no device synchronisation): on the
             # device an out-of-range class would be an opaque assert deep in the criterion.
-            if classes.device.type == "cpu" and len(classes) and not 0 <= int(classes.min()) <= int(classes.max()) < num_classes:
+            if (
+                classes.device.type == "cpu"
+                and len(classes)
+                and not 0 <= int(classes.min()) <= int(classes.max()) < num_classes
+            ):
+                name = x.get("file_name", x.get("image_id", "?"))
                 raise ValueError(
-                    f"Image {x.get('file_name', x.get('image_id', '?'))!r} has class ids {sorted(set(classes.tolist()))}, "
+                    f"Image {name!r} has class ids {sorted(set(classes.tolist()))}, "
                     f"outside the model's {num_classes} classes 0..{num_classes - 1}: map the data set's category "
-                    "ids to contiguous classes (register it with dfine.data) and set model.decoder.num_classes.")
+                    "ids to contiguous classes (register it with dfine.data) and set model.decoder.num_classes."
+                )
             instances = x["instances"].to(self.device)
             boxes = instances.gt_boxes.tensor.to(dtype) / scale
             targets.append({"labels": instances.gt_classes.long(), "boxes": box_xyxy_to_cxcywh(boxes)})

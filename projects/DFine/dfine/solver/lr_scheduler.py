@@ -101,8 +101,10 @@ class FlatCosine(ParamScheduler):
                                             ("lr_multiplier.flat_epochs", flat_epochs),
                                             ("lr_multiplier.no_aug_epochs", no_aug_epochs)) if value is None]
         if missing:
-            raise ValueError(f"FlatCosine places its flat and no-augmentation phases in epochs; set {', '.join(missing)} "
-                             "(train_net.py sets train.iters_per_epoch from the training set).")
+            raise ValueError(
+                f"FlatCosine places its flat and no-augmentation phases in epochs; set {', '.join(missing)} "
+                "(train_net.py sets train.iters_per_epoch from the training set)."
+            )
         if max_iter <= 0 or iters_per_epoch <= 0:
             raise ValueError(f"Need max_iter > 0 and iters_per_epoch > 0, got {max_iter} and {iters_per_epoch}")
         self.max_iter = int(max_iter)

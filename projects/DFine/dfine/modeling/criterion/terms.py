@@ -164,7 +164,10 @@ class BoxLoss(LossTerm):
 
     def forward(self, predictions, targets, pairs, num_boxes, context):
         boxes, gt_boxes = matched_boxes(predictions, targets, pairs)
-        return {"loss_bbox": l1_box_loss(boxes, gt_boxes, num_boxes), "loss_giou": giou_box_loss(boxes, gt_boxes, num_boxes)}
+        return {
+            "loss_bbox": l1_box_loss(boxes, gt_boxes, num_boxes),
+            "loss_giou": giou_box_loss(boxes, gt_boxes, num_boxes),
+        }
 
 
 class DistributionLoss(LossTerm):

@@ -68,7 +68,9 @@ def _save_in_official_layout(module, state_dict, prefix, local_metadata):
 
 
 def _load_from_official_layout(module, state_dict, prefix, *args):
-    paths = itertools.chain(module.named_parameters(remove_duplicate=False), module.named_buffers(remove_duplicate=False))
+    paths = itertools.chain(
+        module.named_parameters(remove_duplicate=False), module.named_buffers(remove_duplicate=False)
+    )
     ours = {_official_key(path): path for path, _ in paths}
     for alias in OFFICIAL_ALIASES:
         state_dict.pop(prefix + alias, None)

@@ -8,7 +8,15 @@ import torch
 
 from .common import in_float32
 
-__all__ = ["box_cxcywh_to_xyxy", "box_cxcywh_to_pixel_xyxy", "box_xyxy_to_cxcywh", "box_area", "box_iou", "generalized_box_iou", "elementwise_box_iou"]
+__all__ = [
+    "box_cxcywh_to_xyxy",
+    "box_cxcywh_to_pixel_xyxy",
+    "box_xyxy_to_cxcywh",
+    "box_area",
+    "box_iou",
+    "generalized_box_iou",
+    "elementwise_box_iou",
+]
 
 
 def box_cxcywh_to_xyxy(boxes: torch.Tensor) -> torch.Tensor:

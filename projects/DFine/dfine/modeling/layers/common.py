@@ -7,7 +7,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["in_float32", "to_float32", "map_tensors", "get_activation", "MLP", "RMSNorm", "SwiGLUFFN", "ConvNormLayer", "inverse_sigmoid", "bias_init_with_prob"]
+__all__ = [
+    "in_float32",
+    "to_float32",
+    "map_tensors",
+    "get_activation",
+    "MLP",
+    "RMSNorm",
+    "SwiGLUFFN",
+    "ConvNormLayer",
+    "inverse_sigmoid",
+    "bias_init_with_prob",
+]
 
 _ACTIVATIONS = {
     "relu": nn.ReLU,
