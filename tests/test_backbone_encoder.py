@@ -9,7 +9,7 @@ the official D-FINE code (tools/golden/make_dfine_golden.py, float64 as well).
 
 Map comparisons run in float64 with ``RTOL64 = 1e-9`` (sums relative; slices relative to the map's
 largest magnitude): ours and the official modules differ only by the order of float64 operations,
-measured at most 6.3e-15 (RT-DETRv2 R18/R50 maps) and 4.8e-15 (D-FINE encoder, deploy included)
+measured at most 5.8e-15 (RT-DETRv2 R18/R50 maps) and 2.8e-15 (D-FINE encoder, deploy included)
 natively on AVX-512, with ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 and with
 ATEN_CPU_CAPABILITY=default; the margin is above 10^5, where float32 maps move by about 1e-6.
 """

@@ -12,8 +12,8 @@ runs in float64 too.
 
 Tolerances. In float64 our model and the official one differ only by the order of operations: the
 largest difference measured (natively on AVX-512, with ATEN_CPU_CAPABILITY=avx2
-ONEDNN_MAX_CPU_ISA=AVX2 and with ATEN_CPU_CAPABILITY=default) is 3.8e-14 relative for the losses,
-5.6e-16 for the scores and 2.0e-15 x 640 for the boxes, so ``RTOL64 = 1e-9`` leaves a margin of
+ONEDNN_MAX_CPU_ISA=AVX2 and with ATEN_CPU_CAPABILITY=default) is 6.5e-14 relative for the losses,
+5.6e-16 for the scores and 2.3e-15 x 640 for the boxes, so ``RTOL64 = 1e-9`` leaves a margin of
 10^4 and more and still catches any real change. In float32 the same model moves with the
 vector kernels: float32 losses differ by up to 7e-5 between AVX2 and AVX-512 machines, more than a
 useful tolerance. So only one float32 comparison is kept, the R18 top-300 against the float64 golden,
@@ -142,7 +142,7 @@ def test_training_loss_without_denoising_equals_official():
 def test_deim_training_loss_without_denoising_equals_official():
     """Float64 DEIM-RT-DETRv2-R18 (SiLU, ``as_reg`` query positions, MAL) training losses, denoising
     off, against the official DEIM float64 ones, every term and the total to ``RTOL64`` (measured at
-    most 3.8e-14 relative, natively on AVX-512 and with avx2 or default kernels)."""
+    most 4.2e-14 relative, natively on AVX-512 and with avx2 or default kernels)."""
     golden = json.loads((GOLDEN / "deim_rtdetrv2_r18_train.json").read_text())
     assert golden["dtype"] == "float64"
     cfg = LazyConfig.load(str(ROOT / "configs" / "deim_rtdetrv2_r18.py"))

@@ -40,7 +40,11 @@ Outputs ``deim_golden.json`` (scalars and small lists), ``deim_golden.npz`` (ima
   constructor buffers of ``synth.CONSTRUCTOR_BUFFERS`` keep the model's values), ``model.double()
   .train()``, images ``synth_image(640, 640, seed)`` for seeds 1 and 2 (RGB float64 / 255) and targets
   ``golden.dfine_inputs.train_targets(float64)``, as the RT-DETRv2 and D-FINE training goldens; the
-  config's ``DEIMCriterion`` (MAL + boxes) with the first step's ``epoch``/``step`` metas. Fields:
+  config's ``DEIMCriterion`` (MAL + boxes) with the first step's ``epoch``/``step`` metas. The official
+  hybrid encoder builds its 2-D sin-cos position embedding in float32 whatever the dtype (and float32
+  sin / cos differ by an ulp between CPU kernel ISAs); for this job only it is computed in float64
+  (``float64_patches.install("engine.deim", "sincos")``, tools/golden/float64_patches.py, installed
+  after the other jobs and before the model is built), recorded in ``patches``. Fields:
   ``state_dict`` (key -> shape, in order), ``weights_crc32``, ``losses``, ``total`` (float64 sum in
   the dict's order) and ``matcher_indices_last_layer``.
 """
@@ -64,6 +68,7 @@ from golden.dfine_inputs import (  # noqa: E402
     mosaic_inputs,
     train_targets,
 )
+import float64_patches  # noqa: E402  (tools/golden, this script's directory)
 from make_rtdetrv2_golden import _image_tensor, _load_synth_weights, official_commit  # noqa: E402
 
 LR_ITERATIONS = [0, 1, 2, 1000, 1999, 2000, 2001, 3000, 3400, 3401, 4600, 5799, 5800, 5801, 5999]
@@ -208,6 +213,7 @@ def job_rtdetrv2_r18(official):
     import engine  # noqa: F401  (registers every official module)
     from engine.core import YAMLConfig
 
+    patches = float64_patches.install("engine.deim", "sincos")
     config = "configs/deim_rtdetrv2/deim_r18vd_120e_coco.yml"
     cfg = YAMLConfig(str(official / config), PResNet={"pretrained": False}, RTDETRTransformerv2={"num_denoising": 0})
     model, criterion = cfg.model, cfg.criterion
@@ -227,6 +233,7 @@ def job_rtdetrv2_r18(official):
         "config": config,
         "overrides": {"PResNet.pretrained": False, "RTDETRTransformerv2.num_denoising": 0},
         "dtype": "float64",
+        "patches": patches,
         "mode": "model.double().train() (BatchNorm with batch statistics), criterion from the config",
         "weight_seed": 0,
         "weights_crc32": weights_crc32,

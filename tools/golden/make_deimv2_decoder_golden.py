@@ -12,7 +12,7 @@ requirements::
     PYTHONDONTWRITEBYTECODE=1 python tools/golden/make_deimv2_decoder_golden.py PATH/TO/DEIMv2
 
 Everything runs in float64. The official RMSNorm computes its statistics in float32 whatever the input
-dtype; it is patched to use float64 for float64 inputs (tools/golden/deimv2_dtype_patches.py, recorded
+dtype; it is patched to use float64 for float64 inputs (tools/golden/float64_patches.py, recorded
 in the JSON's ``patches``; half inputs keep the official float32 statistics).
 
 The official ``engine`` package imports ``calflops`` (never used here), which is replaced by a stub.
@@ -82,14 +82,14 @@ from golden.deimv2_synth import (MATCHER_ARGS, MATCHER_EPOCHS, aliases, count_ca
                                  load_synth, matcher_inputs, module_inputs, stored_part)
 from golden.synth import fingerprint, synth_state_dict  # noqa: E402
 
-import deimv2_dtype_patches  # noqa: E402  (tools/golden, this script's directory)
+import float64_patches  # noqa: E402  (tools/golden, this script's directory)
 
 CONFIGS = {
     "atto": "configs/deimv2/deimv2_hgnetv2_atto_coco.yml",
     "s": "configs/deimv2/deimv2_dinov3_s_coco.yml",
 }
 EXTRA_ARGS = {"num_classes": 80, "eval_spatial_size": [320, 320]}
-DTYPE = deimv2_dtype_patches.DTYPE
+DTYPE = float64_patches.DTYPE
 
 
 def _state_shapes(state: dict) -> dict:
@@ -186,7 +186,7 @@ def main():
     sys.path.insert(0, str(root))
     sys.modules["calflops"] = types.SimpleNamespace(calculate_flops=None)
     torch.set_num_threads(1)
-    patches = deimv2_dtype_patches.install("rmsnorm")
+    patches = float64_patches.install("engine.deim", "rmsnorm")
     from engine.core.yaml_utils import load_config
     from engine.deim.deim_decoder import DEIMTransformer
     from engine.deim.deim_utils import RMSNorm, SwiGLUFFN

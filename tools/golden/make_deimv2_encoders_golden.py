@@ -9,7 +9,7 @@ repository root, with a Python environment that has the official requirements::
 
 The forward passes run in float64 (``dtype``): modules ``.to(torch.float64)`` after loading the
 synthetic weights, float64 image and feature maps. The official HybridEncoder's sin-cos position
-embedding is always float32; it is patched to float64 (tools/golden/deimv2_dtype_patches.py, recorded
+embedding is always float32; it is patched to float64 (tools/golden/float64_patches.py, recorded
 in ``patches``). ``torch.set_num_threads(1)``.
 
 Fields of the json:
@@ -53,8 +53,8 @@ sys.path.insert(0, str(REPO_ROOT / "tests"))  # for golden.synth / golden.deimv2
 from golden.deimv2_synth import BACKBONE_FORWARD, ENCODER_FORWARD, FORWARD_SIZE, encoder_features  # noqa: E402
 from golden.synth import synth_image, synth_state_dict  # noqa: E402
 
-import deimv2_dtype_patches  # noqa: E402  (tools/golden, this script's directory)
-from deimv2_dtype_patches import DTYPE  # noqa: E402
+import float64_patches  # noqa: E402  (tools/golden, this script's directory)
+from float64_patches import DTYPE  # noqa: E402
 
 HGNETV2_SIZES = ["atto", "femto", "pico", "n", "s", "m", "l", "x"]
 DINOV3_SIZES = ["s", "m", "l", "x"]
@@ -103,7 +103,7 @@ def main():
     sys.path.insert(0, str(root))
     sys.modules.setdefault("calflops", types.SimpleNamespace(calculate_flops=None))
     torch.set_num_threads(1)
-    patches = deimv2_dtype_patches.install("sincos")
+    patches = float64_patches.install("engine.deim", "sincos")
     from engine.backbone.hgnetv2 import HGNetv2
     from engine.deim.hybrid_encoder import HybridEncoder
     from engine.deim.lite_encoder import LiteEncoder

@@ -10,7 +10,7 @@ code. Run from the repository root, with a Python environment that has the offic
 Everything runs in float64 (models ``.to(torch.float64)``, float64 images and targets). The official
 steps that compute in float32 whatever the model dtype (DINOv3 / ViT-Tiny RoPE, the decoder's RMSNorm,
 the encoder's sin-cos embedding, the FGL's IoU weights, ``translate_gt``) are patched at run time to
-follow the dtype, see tools/golden/deimv2_dtype_patches.py and the JSON's ``patches``.
+follow the dtype, see tools/golden/float64_patches.py and the JSON's ``patches``.
 
 Without ``--job`` every job of ``JOBS`` runs, each in its own subprocess (``JOB NAME OUT``, which writes
 ``OUT.json`` and maybe ``OUT.npz``), and the parent merges the results into the two files. One official
@@ -96,7 +96,7 @@ sys.path.insert(0, str(REPO_ROOT / "tests"))  # for golden.synth / golden.deimv2
 from golden.deimv2_synth import KEEP_OWN_LEAVES, aliases, image_tensor, synth_weights, train_targets  # noqa: E402
 from golden.synth import CONSTRUCTOR_BUFFERS, fingerprint, synth_targets  # noqa: E402
 
-import deimv2_dtype_patches  # noqa: E402  (tools/golden, this script's directory)
+import float64_patches  # noqa: E402  (tools/golden, this script's directory)
 
 HGNETV2 = ("atto", "femto", "pico", "n", "s", "m", "l", "x")
 DINOV3 = ("s", "m", "l", "x")
@@ -114,7 +114,8 @@ RUNS = {  # name -> input size, ImageNet normalisation, epochs of the train loss
 JOBS = [("counts", name) for name in ORDER] + [("chained", "-")]
 JOBS += [(job, name) for job in ("eval", "train") for name in RUNS]
 
-DTYPE = deimv2_dtype_patches.DTYPE
+DTYPE = float64_patches.DTYPE
+PACKAGE = "engine.deim"  # the official DEIMv2 package (tools/golden/float64_patches.py)
 WEIGHT_SEED = 0
 EVAL_IMAGE_SEED = 0
 TRAIN_IMAGE_SEEDS = (1, 2)
@@ -236,7 +237,7 @@ def job_eval(name: str) -> tuple:
     model = _build(name).model
     weights_crc32, kept_values = _load_synth(model)
     model.eval().to(DTYPE)
-    deimv2_dtype_patches.rope_follow_dtype(model)
+    float64_patches.rope_follow_dtype(model)
     captured = _enc_capture(model)
     size = run["size"]
     images = image_tensor(size, size, EVAL_IMAGE_SEED, run["imagenet"])[None]
@@ -277,7 +278,7 @@ def job_train(name: str) -> tuple:
     assert model.decoder.num_denoising == 0
     weights_crc32, kept_values = _load_synth(model)
     model.train().to(DTYPE)
-    deimv2_dtype_patches.rope_follow_dtype(model)
+    float64_patches.rope_follow_dtype(model)
     criterion.train()
     size = run["size"]
     images = torch.stack([image_tensor(size, size, s, run["imagenet"]) for s in TRAIN_IMAGE_SEEDS])
@@ -330,7 +331,7 @@ def _run_job(job: str, name: str, out: str) -> None:
     sys.path.insert(0, str(OFFICIAL))
     sys.modules.setdefault("calflops", types.SimpleNamespace(calculate_flops=None))  # imported, not used
     __import__("engine")  # registers every official module
-    deimv2_dtype_patches.install()
+    float64_patches.install(PACKAGE)
     torch.set_num_threads(1)
     result, arrays = {"counts": job_counts, "chained": job_chained, "eval": job_eval, "train": job_train}[job](name)
     Path(out + ".json").write_text(json.dumps(result))
@@ -349,7 +350,8 @@ def _provenance(commit: str) -> dict:
     return {
         "official": {"repo": "Intellindust-AI-Lab/DEIMv2", "commit": commit},
         "dtype": str(DTYPE)[len("torch."):],
-        "patches": list(deimv2_dtype_patches.PATCHES.values()),
+        "patches": [float64_patches.PATCHES["rope"]] + [float64_patches.describe(PACKAGE, k)
+                                                             for k in float64_patches.PACKAGES[PACKAGE]["patches"]],
         "torch": torch.__version__,
         "torchvision": torchvision.__version__,
         "numpy": np.__version__,

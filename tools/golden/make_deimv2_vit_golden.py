@@ -9,7 +9,7 @@ Python environment that has the official requirements::
 
 Everything runs in float64 (modules ``.to(torch.float64)``, float64 inputs). The official RoPE modules
 compute in float32 whatever the model's dtype; after the cast each is set to float64 and re-initialised
-(tools/golden/deimv2_dtype_patches.py:rope_follow_dtype, recorded in the JSON's ``patches``), so the
+(tools/golden/float64_patches.py:rope_follow_dtype, recorded in the JSON's ``patches``), so the
 periods, coordinates, rescale draws and sin / cos are float64 too.
 
 Weights are :func:`synth_vit_state_dict` (``synth_state_dict`` plus the ViT-only tensors), loaded with
@@ -57,7 +57,7 @@ from golden.deimv2_synth import (PRESETS, ROPE_GRID, ROPE_TRAIN_SEED, STA_CASES,
                                  block_input, sta_input, synth_vit_state_dict)
 from golden.synth import fingerprint  # noqa: E402
 
-from deimv2_dtype_patches import DTYPE, PATCHES, rope_follow_dtype  # noqa: E402  (tools/golden)
+from float64_patches import DTYPE, PATCHES, rope_follow_dtype  # noqa: E402  (tools/golden)
 
 
 def _stats(t):

@@ -14,8 +14,9 @@ The inputs are drawn as float32 and handed to the official functions as float64 
 ``up`` and ``reg_scale`` float64 one-element tensors, as the official decoder's frozen parameters
 after ``model.double()``: every number is float64, so it holds on every CPU. The official
 ``translate_gt`` and ``DFINECriterion.unimodal_distribution_focal_loss`` cast to float32; they are
-replaced at run time, in the imported modules only, as ``make_dfine_model_golden.py`` describes
-(checked equal to the official functions in float32); the JSON says so in ``float64_patch``.
+replaced at run time, in the imported modules only, by ``tools/golden/float64_patches.py``
+(``translate_gt`` and ``dfl_weight``, checked equal to the official functions in float32); the JSON
+lists them in ``patches``.
 
 Fields of the JSON:
 
@@ -53,7 +54,7 @@ GOLDEN_DIR = REPO_ROOT / "tests" / "golden"
 sys.path.insert(0, str(GOLDEN_DIR.parent))  # tests/, for golden.synth and golden.dfine_inputs
 from golden.dfine_inputs import EDGE_OFFSETS, WEIGHTING_CASES, fdr_inputs  # noqa: E402
 from golden.synth import fingerprint  # noqa: E402
-from make_dfine_model_golden import CRITERIA, FLOAT64_PATCH, REPOS, patch_for_float64  # noqa: E402
+from make_dfine_model_golden import patch_for_float64  # noqa: E402
 from make_rtdetrv2_golden import official_commit  # noqa: E402
 
 DTYPE = torch.float64
@@ -176,7 +177,7 @@ def main(argv):
     sys.modules.setdefault("calflops", types.SimpleNamespace(calculate_flops=None))
     import src  # noqa: F401  (the official modules)
 
-    patch_for_float64("dfine")
+    patches = patch_for_float64("dfine", "translate_gt", "dfl_weight")
     inputs = fdr_inputs()
     golden = {
         "official_repo": "Peterande/D-FINE",
@@ -184,7 +185,7 @@ def main(argv):
         "torch": torch.__version__,
         "command": "PYTHONDONTWRITEBYTECODE=1 python tools/golden/make_dfine_fdr_golden.py <D-FINE clone>",
         "dtype": "float64 (inputs drawn as float32, converted exactly)",
-        "float64_patch": FLOAT64_PATCH.format(REPOS["dfine"]["utils"], ".".join(CRITERIA["dfine"])),
+        "patches": patches,
         "inputs_crc32": fingerprint({k: v for k, v in inputs.items() if k != "union"}),
         **official_values(inputs),
     }

@@ -9,7 +9,12 @@ and the JSON records the clone's commit. How to rerun, from the repository root:
 
 Layouts and counts are of the modules as built (float32). Every forward value is float64: the
 module runs after ``.double()`` on float64 inputs, so the values hold on every CPU whatever its
-vector kernels (``dtype`` in the JSON). No official function needs a change for that.
+vector kernels (``dtype`` in the JSON). One official step is float32 whatever the dtype: the hybrid
+encoder's 2-D sin-cos position embedding (built at construction for ``eval_spatial_size``), whose
+float32 sin / cos differ by an ulp between CPU kernel ISAs. For ``dfine_encoder_golden`` it is computed
+in float64 (``float64_patches.install("src.zoo.dfine", "sincos")``, tools/golden/float64_patches.py, at
+run time, before the encoders are built), recorded in that JSON's ``patches``; the backbone runs
+unchanged.
 
 ``hgnetv2_golden``:
 
@@ -45,6 +50,7 @@ GOLDEN_DIR = REPO_ROOT / "tests" / "golden"
 sys.path.insert(0, str(GOLDEN_DIR.parent))  # tests/, for golden.synth and golden.dfine_inputs
 from golden.dfine_inputs import encoder_features  # noqa: E402
 from golden.synth import synth_image, synth_state_dict  # noqa: E402
+import float64_patches  # noqa: E402  (tools/golden, this script's directory)
 from make_rtdetrv2_golden import official_commit  # noqa: E402
 
 DTYPE = torch.float64
@@ -116,6 +122,7 @@ def encoders(provenance):
     from src.zoo.dfine.hybrid_encoder import HybridEncoder
 
     golden = {k: provenance[k] for k in ("official_repo", "official_commit", "torch", "command", "dtype")}
+    golden["patches"] = float64_patches.install("src.zoo.dfine", "sincos")
     golden["encoders"] = {}
     arrays = {}
     for key, kwargs in ENCODERS.items():

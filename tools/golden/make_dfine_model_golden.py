@@ -11,21 +11,25 @@ scipy, PyYAML and faster-coco-eval::
 
 The numbers (``eval`` and ``train``) are float64: the official model runs after ``model.double()``
 on float64 images and targets, so they hold on every CPU whatever its vector kernels (float32 losses
-move by up to about 7e-5 between AVX2 and AVX-512 kernels). Two official functions cast to float32 and
-are changed for that, at run time and in the imported modules only (:func:`patch_for_float64`):
+move by up to about 7e-5 between AVX2 and AVX-512 kernels). Three official steps compute in float32
+whatever the dtype; they are changed at run time, in the imported modules only, by the shared
+``tools/golden/float64_patches.py`` (:func:`patch_for_float64`, names in :data:`PATCHES`):
 
-* ``translate_gt`` (``src/zoo/dfine/dfine_utils.py`` in D-FINE, ``engine/deim/dfine_utils.py`` in
-  DEIM) casts its bin indices with ``.float()``, which makes ``loss_fgl`` / ``loss_ddf`` fail in
-  float64 ("Index put requires the source and destination dtypes match"); it is replaced by
-  :func:`translate_gt_in_input_dtype`, written here, which computes the same bins and weights in the
+* ``sincos``: the hybrid encoder's 2-D sin-cos position embedding (built in the training forward and,
+  for ``eval_spatial_size``, at construction) is float32, and float32 sin / cos differ by an ulp
+  between CPU kernel ISAs; it is computed in float64;
+* ``translate_gt`` (``dfine_utils`` of ``src.zoo.dfine`` / ``engine.deim``) casts its bin indices
+  with ``.float()``, which makes ``loss_fgl`` / ``loss_ddf`` fail in float64 ("Index put requires the
+  source and destination dtypes match"); the replacement computes the same bins and weights in the
   dtype of its input;
-* the criterion's ``unimodal_distribution_focal_loss`` (``DFINECriterion``, ``DEIMCriterion``) casts
-  the FGL's IoU weights with ``.float()``, which would round them to float32 (a 1e-8 relative change
-  of ``loss_fgl``); :func:`udfl_weight_in_input_dtype` calls the official method without the weight
+* ``dfl_weight``: the criterion's ``unimodal_distribution_focal_loss`` (``DFINECriterion``,
+  ``DEIMCriterion``) casts the FGL's IoU weights with ``.float()``, which would round them to float32
+  (a 1e-8 relative change of ``loss_fgl``); the wrapper calls the official method without the weight
   and applies it, in its own dtype, and the reduction.
 
-Before use, each replacement is checked to give exactly the official values in float32. The JSON
-records the change in ``float64_patch``.
+Before use, the ``translate_gt`` and focal-loss replacements are checked to give exactly the official
+values in float32 (the embedding: equal to float32 rounding). The JSON lists the patches per repo in
+``patches``.
 
 Without arguments every job of ``JOBS`` runs, each in its own subprocess (``D-FINE DEIM JOB REPO SIZE OUT``, which
 writes ``OUT.json`` and maybe ``OUT.npz``), and the parent merges their results into the two files.
@@ -55,7 +59,7 @@ left out of the keys handed to it. No other key of any of the ten configs is uns
 JSON fields:
 
 * provenance: ``official`` ({repo: {"repo", "commit"}}), ``torch``, ``torchvision``, ``numpy``,
-  ``command``, ``dtype`` and ``float64_patch``; the inputs: ``weight_seed`` (0), ``keep_own_leaves``
+  ``command``, ``dtype`` and ``patches``; the inputs: ``weight_seed`` (0), ``keep_own_leaves``
   (``up``, ``reg_scale``),
   ``constructor_buffers``, ``eval_image`` / ``eval_image_crc32`` (``synth_image(640, 640, seed=0)``),
   ``train_images`` / ``train_images_crc32`` (``synth_image(640, 640, seed)`` for seeds 1 and 2),
@@ -113,7 +117,6 @@ NPZ arrays (float64): ``{size}_eval_logits`` [1, 300, 80] and ``{size}_eval_boxe
 (normalised cxcywh) for size n, s (not deployed).
 """
 
-import importlib
 import json
 import os
 import subprocess
@@ -129,6 +132,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 GOLDEN_DIR = REPO_ROOT / "tests" / "golden"
 sys.path.insert(0, str(GOLDEN_DIR.parent))  # tests/, for golden.synth
 
+import float64_patches  # noqa: E402  (tools/golden, this script's directory)
 from make_rtdetrv2_golden import DTYPE, _image_tensor, _top_gaps, official_commit  # noqa: E402
 from golden.dfine_inputs import train_targets  # noqa: E402
 from golden.synth import (  # noqa: E402
@@ -144,13 +148,13 @@ REPOS = {
     "dfine": {
         "name": "Peterande/D-FINE",
         "package": "src",
-        "utils": "src.zoo.dfine.dfine_utils",
+        "zoo": "src.zoo.dfine",
         "config": "configs/dfine/dfine_hgnetv2_{}_coco.yml",
     },
     "deim": {
         "name": "Intellindust-AI-Lab/DEIM",
         "package": "engine",
-        "utils": "engine.deim.dfine_utils",
+        "zoo": "engine.deim",
         "config": "configs/deim_dfine/deim_hgnetv2_{}_coco.yml",
     },
 }
@@ -176,87 +180,12 @@ TRAIN_OVERRIDES = {"DFINETransformer": {"num_denoising": 0}}
 MODEL_SECTIONS = ("model", "criterion", "postprocessor", "HGNetv2", "HybridEncoder", "DFINETransformer")
 COMMAND = "PYTHONDONTWRITEBYTECODE=1 python tools/golden/make_dfine_model_golden.py <D-FINE clone> <DEIM clone>"
 ROOTS = {}  # repo -> the official clone, given on the command line
-FLOAT64_PATCH = (
-    "translate_gt of {} and unimodal_distribution_focal_loss of {} replaced at run time by "
-    "translate_gt_in_input_dtype and udfl_weight_in_input_dtype of tools/golden/make_dfine_model_golden.py: "
-    "the same values in the inputs' dtype instead of float32 (checked equal to the official functions in float32)"
-)
-CRITERIA = {"dfine": ("src.zoo.dfine.dfine_criterion", "DFINECriterion"),
-            "deim": ("engine.deim.deim_criterion", "DEIMCriterion")}
-
-
-def translate_gt_in_input_dtype(weighting_function):
-    """A ``translate_gt`` whose outputs follow the dtype of ``gt``: for every value, the index ``k`` of
-    the last bin ``W(k) <= value`` with the linear interpolation weights towards ``W(k)`` (left) and
-    ``W(k + 1)`` (right); below ``W(0)`` index 0 with all weight left, at or above ``W(reg_max)``
-    index ``reg_max - 0.1`` with all weight right (the official conventions)."""
-
-    def translate(gt, reg_max, reg_scale, up):
-        gt = gt.reshape(-1)
-        bins = weighting_function(reg_max, up, reg_scale)
-        k = (bins[None, :] <= gt[:, None]).sum(1) - 1
-        below, above = k < 0, k >= reg_max
-        inside = ~(below | above)
-        lo, hi = bins[k.clamp(0, reg_max - 1)], bins[k.clamp(0, reg_max - 1) + 1]
-        to_lo, to_hi = (gt - lo).abs(), (hi - gt).abs()
-        right = torch.where(inside, to_lo / (to_lo + to_hi), above.to(gt.dtype))
-        left = torch.where(inside, 1.0 - right, below.to(gt.dtype))
-        index = torch.where(above, torch.full_like(gt, reg_max - 0.1), k.clamp(min=0).to(gt.dtype))
-        return index, right, left
-
-    return translate
-
-
-def patch_translate_gt(utils) -> None:
-    """Put :func:`translate_gt_in_input_dtype` in the official ``dfine_utils`` module ``utils``, after
-    checking that it gives the official float32 values bit for bit on values across and beyond the bins."""
-    replacement = translate_gt_in_input_dtype(utils.weighting_function)
-    up, reg_scale = torch.tensor([0.5]), torch.tensor([4.0])
-    bins = utils.weighting_function(32, up, reg_scale)
-    probe = torch.cat([torch.linspace(-20, 20, 4001), bins, bins + 1e-3, bins - 1e-3])
-    for official, ours in zip(utils.translate_gt(probe, 32, reg_scale, up), replacement(probe, 32, reg_scale, up)):
-        assert official.dtype == ours.dtype and torch.equal(official, ours)
-    utils.translate_gt = replacement
-
-
-def udfl_weight_in_input_dtype(official):
-    """A criterion's ``unimodal_distribution_focal_loss`` that applies the per-row ``weight`` in its own
-    dtype: the official method gives the unweighted per-row loss, then weight and reduction follow."""
-
-    def udfl(self, pred, label, weight_right, weight_left, weight=None, reduction="sum", avg_factor=None):
-        if weight is None:
-            return official(self, pred, label, weight_right, weight_left, None, reduction, avg_factor)
-        loss = official(self, pred, label, weight_right, weight_left, None, reduction="none") * weight
-        if avg_factor is not None:
-            return loss.sum() / avg_factor
-        return loss.mean() if reduction == "mean" else loss.sum() if reduction == "sum" else loss
-
-    return udfl
-
-
-def patch_udfl(criterion_class) -> None:
-    """Put :func:`udfl_weight_in_input_dtype` in ``criterion_class`` after checking, in float32, that it
-    gives the official values bit for bit for every reduction."""
-    official = criterion_class.unimodal_distribution_focal_loss
-    replacement = udfl_weight_in_input_dtype(official)
-    generator = torch.Generator().manual_seed(0)
-    pred = torch.randn(64, 33, generator=generator)
-    label = torch.rand(64, generator=generator) * 31.9
-    right = torch.rand(64, generator=generator)
-    weight = torch.rand(64, generator=generator)
-    for kwargs in ({}, {"reduction": "mean"}, {"reduction": "none"}, {"avg_factor": 5.0}):
-        for w in (None, weight):
-            a = official(None, pred, label, right, 1 - right, w, **kwargs)
-            b = replacement(None, pred, label, right, 1 - right, w, **kwargs)
-            assert a.dtype == b.dtype and torch.equal(a, b), kwargs
-    criterion_class.unimodal_distribution_focal_loss = replacement
-
-
-def patch_for_float64(repo: str) -> None:
-    """Both replacements in the official modules of ``repo`` (``dfine`` or ``deim``), imported already."""
-    patch_translate_gt(importlib.import_module(REPOS[repo]["utils"]))
-    module, name = CRITERIA[repo]
-    patch_udfl(getattr(importlib.import_module(module), name))
+PATCHES = ("sincos", "dfl_weight", "translate_gt")  # float64_patches names, for eval and train
+def patch_for_float64(repo: str, *names: str) -> list:
+    """The float64 patches of ``tools/golden/float64_patches.py`` (all of :data:`PATCHES`, or the named
+    ones) in the official package of ``repo`` (``dfine`` or ``deim``), imported already; returns their
+    provenance texts."""
+    return float64_patches.install(REPOS[repo]["zoo"], *(names or PATCHES))
 
 
 def _config_path(repo: str, size: str) -> str:
@@ -505,8 +434,8 @@ def _provenance() -> dict:
         "numpy": np.__version__,
         "command": COMMAND,
         "dtype": "float64 (eval and train; counts are of the models as built, in float32)",
-        "float64_patch": {
-            repo: FLOAT64_PATCH.format(spec["utils"], ".".join(CRITERIA[repo])) for repo, spec in REPOS.items()
+        "patches": {
+            repo: [float64_patches.describe(spec["zoo"], k) for k in PATCHES] for repo, spec in REPOS.items()
         },
         "weight_seed": WEIGHT_SEED,
         "keep_own_leaves": sorted(KEEP_OWN_LEAVES),

@@ -14,7 +14,12 @@ keys from one config into the next)::
 Numbers are float64: the official model runs after ``model.double()`` on float64 images and targets,
 and the criterion case draws float64 inputs, so the goldens hold on every CPU whatever its vector
 kernels (a float32 run moves by a few 1e-5 between AVX2 and AVX-512 kernels). The JSON files say so in
-``dtype``. No official function needs a change for that in the RT-DETRv2 code.
+``dtype``. One official step is float32 whatever the model's dtype: the hybrid encoder's 2-D sin-cos
+position embedding (the ``eval_spatial_size`` buffer built at construction, and the one built in the
+training forward), whose float32 sin / cos differ by an ulp between CPU kernel ISAs. For the ``eval``
+and ``train`` jobs it is computed in float64 (``float64_patches.install("src.zoo.rtdetr", "sincos")``,
+tools/golden/float64_patches.py, at run time, before the model is built), and their JSON files list
+the patch in ``patches``; the ``keys`` and ``criterion`` jobs run the official code unchanged.
 
 Without arguments every job below runs. Weights are always ``synth_state_dict(keys, seed=0)`` over the
 official state-dict keys, loaded strictly (the constructor buffers of ``synth.CONSTRUCTOR_BUFFERS`` keep
@@ -72,6 +77,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 GOLDEN_DIR = REPO_ROOT / "tests" / "golden"
 sys.path.insert(0, str(GOLDEN_DIR.parent))  # tests/, for golden.synth
 
+import float64_patches  # noqa: E402  (tools/golden, this script's directory)
 from golden.dfine_inputs import train_targets  # noqa: E402
 from golden.synth import (  # noqa: E402
     CONSTRUCTOR_BUFFERS,
@@ -99,6 +105,9 @@ CRITERION_INPUT_SEED = 7
 CRITERION_TARGET_SEED = 11
 DTYPE = torch.float64
 OFFICIAL = {}  # "root": the official clone, given on the command line
+PACKAGE = "src.zoo.rtdetr"  # the official package that float64_patches patches
+PATCHED_JOBS = ("eval", "train")  # the jobs run with float64_patches.install(PACKAGE, "sincos")
+APPLIED = []  # the provenance texts of the patches installed in this process
 
 
 def official_commit(root) -> str:
@@ -127,6 +136,7 @@ def _provenance(job: str, model: str = None) -> dict:
         "numpy": np.__version__,
         "command": f"PYTHONDONTWRITEBYTECODE=1 python tools/golden/make_rtdetrv2_golden.py <RT-DETR clone> {args}",
         "dtype": "float64" if job != "keys" else "float32 (the layout of the model as built)",
+        **({"patches": list(APPLIED)} if APPLIED else {}),
     }
 
 
@@ -412,6 +422,8 @@ def main(argv) -> None:
 
     torch.set_num_threads(1)  # one reduction order, whatever the machine
     job, model = argv[0], (argv[1] if len(argv) > 1 else None)
+    if job in PATCHED_JOBS:
+        APPLIED.extend(float64_patches.install(PACKAGE, "sincos"))
     if job == "criterion":
         job_criterion()
     else:
