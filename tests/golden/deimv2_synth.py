@@ -137,7 +137,8 @@ def backbone_image() -> torch.Tensor:
 def encoder_features(in_channels, feat_strides, size=FORWARD_SIZE) -> list:
     """Float64 standard normal maps [1, C, size / s, size / s] per level, all from rng(7) in order."""
     rng = np.random.default_rng(7)
-    return [torch.from_numpy(rng.standard_normal((1, c, size // s, size // s))) for c, s in zip(in_channels, feat_strides)]
+    shapes = [(1, c, size // s, size // s) for c, s in zip(in_channels, feat_strides)]
+    return [torch.from_numpy(rng.standard_normal(shape)) for shape in shapes]
 
 
 # --- decoder, RMSNorm, SwiGLU, matcher (make_deimv2_decoder_golden.py) ----------------------------
@@ -205,7 +206,7 @@ def copyblend_inputs():
     ]
     boxes = [np.asarray(b, dtype=np.float32).reshape(-1, 4) for b in boxes]
     labels = [np.array([2, 0, 4]), np.zeros(0), np.array([1, 3, 2])]
-    return images, boxes, [l.astype(np.int64) for l in labels]
+    return images, boxes, [classes.astype(np.int64) for classes in labels]
 
 
 # --- whole models (make_deimv2_model_golden.py) ----------------------------------------------------
