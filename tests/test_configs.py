@@ -18,8 +18,8 @@ OFFICIAL_PARAMETERS = {
     "rtdetrv2_r34.py": 31_441_668,
     "rtdetrv2_r50.py": 42_891_372,
     "rtdetrv2_r101.py": 76_556_268,
-    "rtdetrv2_r50_m.py": 36_593_772,  # official-implementations.md §1.1: 36.59M
-    # DEIM-RT-DETRv2 (the issue; official-implementations.md §1.3 measured 20.18M ... 76.66M).
+    "rtdetrv2_r50_m.py": 36_593_772,  # official RT-DETRv2 model zoo: 36.59M
+    # DEIM-RT-DETRv2 (the official models built here measured 20.18M ... 76.66M).
     "deim_rtdetrv2_r18.py": 20_183_440,
     "deim_rtdetrv2_r34.py": 31_440_644,
     "deim_rtdetrv2_r50.py": 42_943_596,

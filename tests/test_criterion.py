@@ -43,8 +43,8 @@ def _decoder_output(final, aux=(), enc=None, dn=None, dn_positive_idx=None, dn_n
         denoising = DenoisingPart(Branch([_head(h) for h in dn]), list(dn_positive_idx), dn_num_group)
     return DecoderOutput(Branch([*(_head(h) for h in aux), _head(final)]), proposals, denoising)
 
-# Toy problem of official-implementations.md §8 items 15 and 17: two queries, three classes, one
-# ground truth (class 1), matched to query 0.
+# A toy problem run through the official criteria: two queries, three classes, one ground truth
+# (class 1), matched to query 0.
 TOY_LOGITS = [[[0.0, 1.0, -1.0], [2.0, -2.0, 0.5]]]
 TOY_BOXES = [[[0.5, 0.5, 0.2, 0.2], [0.3, 0.3, 0.1, 0.2]]]
 TOY_GT_BOX = [[0.52, 0.5, 0.2, 0.25]]
@@ -130,8 +130,8 @@ def _expected_keys(num_aux, num_dn, num_enc):
 
 
 def test_varifocal_and_box_losses_match_official_toy_values():
-    """Reference values from official-implementations.md §8 items 15 and 17 (official
-    ``loss_labels_vfl`` / ``loss_boxes`` of RT-DETRv2, alpha 0.75, gamma 2, num_boxes 1)."""
+    """Reference values of the official ``loss_labels_vfl`` / ``loss_boxes`` of RT-DETRv2
+    (``src/zoo/rtdetr/rtdetrv2_criterion.py``; alpha 0.75, gamma 2, num_boxes 1) on the toy."""
     logits = torch.tensor(TOY_LOGITS)
     boxes, gt_boxes = torch.tensor(TOY_BOXES)[0, :1], torch.tensor(TOY_GT_BOX)
     one_hot = torch.zeros_like(logits)
@@ -538,8 +538,8 @@ def test_distributed_num_boxes_and_empty_rank(tmp_path):
 
 
 def test_matchability_aware_loss_matches_official_toy_value():
-    """official-implementations.md §8 item 16: the §8 toy (IoU 2/3 for the matched query) through
-    the official DEIM ``loss_labels_mal`` with gamma 1.5 gives 3.299469."""
+    """The toy (IoU 2/3 for the matched query) through the official DEIM ``loss_labels_mal``
+    (``engine/deim/deim_criterion.py``) with gamma 1.5 gives 3.299469."""
     from dfine.modeling.criterion.losses import matchability_aware_loss
 
     logits = torch.tensor(TOY_LOGITS)

@@ -132,7 +132,7 @@ def test_missing_files_error_names_paths_and_env(tmp_path):
 
 
 def test_category_id_out_of_range_names_the_annotation():
-    # detectron2 0.6 silently skips this check (detectron2-and-detrex.md §4.5: category_id=7, 2 classes)
+    # detectron2 0.6 silently skips this check (tried there: category_id=7 with 2 classes loads)
     record = {"file_name": "img_42.jpg", "image_id": 42, "height": 8, "width": 8, "annotations": [
         {"bbox": [0, 0, 4, 4], "bbox_mode": BoxMode.XYWH_ABS, "category_id": 1},
         {"bbox": [1, 1, 4, 4], "bbox_mode": BoxMode.XYWH_ABS, "category_id": 7},

@@ -1,8 +1,8 @@
 """RT-DETRv2's decoder: contrastive denoising, anchors, multi-scale deformable attention, and the
 composed decoder of configs/common/models/rtdetrv2.py.
 
-Reference values are those of official-implementations.md §8 (items 9, 10, 13), computed there by
-running the official lyuwenyu/RT-DETR code; the official key lists and shapes come from
+Reference values were computed by running the official lyuwenyu/RT-DETR code (rtdetrv2_pytorch,
+``src/zoo/rtdetr/denoising.py``, ``rtdetrv2_decoder.py``); the official key lists and shapes come from
 tests/golden/rtdetrv2_*_keys.json (official commit 068dfde, see tests/golden/README.md).
 """
 import json

@@ -480,7 +480,7 @@ def test_mosaic_boxes_keep_their_class(tmp_path):
 
 
 def test_generate_scales_matches_official():
-    """official-implementations.md §8 item 23, the official ``generate_scales``."""
+    """The official ``generate_scales`` (DEIM ``engine/data/dataloader.py``), values computed with it."""
     from dfine.data import generate_scales
 
     assert generate_scales(640, 3) == [480, 512, 544, 576, 608, 640, 640, 640, 800, 768, 736, 704, 672]

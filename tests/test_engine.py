@@ -1,8 +1,9 @@
 """Training engine: EMA, LR warm-up, parameter groups, the trainer, and train_net.py end to end.
 
 Everything runs on small stand-ins defined here (a tiny "detector", an infinite batch
-stream, a mean-score evaluator), not on the real model or data. Official reference values are
-from official-implementations.md §8 (items 25-27) and §6.2-6.6.
+stream, a mean-score evaluator), not on the real model or data. Official reference values were
+computed with the official functions (DEIM ``engine/optim/{ema,warmup,lr_scheduler}.py``,
+``engine/core/yaml_config.py``).
 """
 import copy
 import importlib.util
@@ -131,7 +132,7 @@ def _tiny_trainer(loader=None, optimizer=None, **kwargs):
 
 
 def test_ema_decay_matches_official_reference_values():
-    # official-implementations.md §8 item 25: d(u) = 0.9999 (1 - exp(-u / w)).
+    # The official ModelEMA (DEIM engine/optim/ema.py): d(u) = 0.9999 (1 - exp(-u / w)).
     ema = ModelEMA(nn.Linear(1, 1), decay=0.9999, warmups=1000)
     assert ema.decay_at(1) == pytest.approx(9.994e-4, abs=5e-8)
     assert ema.decay_at(1) == 0.9999 * (1 - math.exp(-1 / 1000))
@@ -267,7 +268,7 @@ def _lr_curve(scheduler, base_lrs, max_iter):
 
 
 def test_linear_warmup_matches_official_formula_exactly():
-    # official-implementations.md §8 item 26: iteration k uses min(1, (k + 1) / N) of the base
+    # The official LinearWarmup (engine/optim/warmup.py): iteration k uses min(1, (k + 1) / N) of the base
     # LR (the official LinearWarmup computes `factor * base`). N = 7, 40 iterations.
     base_lrs = [1e-4, 1e-5]
     curve = _lr_curve(LinearWarmup(ConstantSchedule(1.0), warmup_iters=7, max_iter=40), base_lrs, 40)
@@ -339,7 +340,7 @@ def _membership(groups, model):
 
 
 def test_param_groups_rtdetrv2_default_rules():
-    # configs/rtdetrv2/include/optimizer.yml (official-implementations.md §6.2, §8 item 27).
+    # configs/rtdetrv2/include/optimizer.yml (official YAMLConfig.get_optim_params).
     model = _named_params_model()
     groups = param_groups(model, {
         "backbone": {"pattern": r"^(?=.*backbone)(?!.*norm).*$", "lr": 1e-5},
@@ -358,7 +359,7 @@ def test_param_groups_rtdetrv2_default_rules():
 def test_param_groups_keep_the_official_regex_quirk():
     # rtdetrv2_r34vd_120e_coco.yml: `(?!.*norm|bn)` only excludes names containing "norm" (or
     # starting with "bn"), so HGNetv2-style `bn` weights stay in the backbone group with weight
-    # decay, and `(?=.*norm|bn)` does not catch them either (official-implementations.md §6.2).
+    # decay, and `(?=.*norm|bn)` does not catch them either (official YAMLConfig.get_optim_params).
     model = _named_params_model()
     groups = param_groups(model, {
         "backbone": {"pattern": r"^(?=.*backbone)(?!.*norm|bn).*$", "lr": 5e-5},
@@ -666,7 +667,7 @@ def test_train_net_resume_continues_exactly_and_eval_only_uses_ema(train_net, tm
 
 
 def test_flat_cosine_matches_official_values():
-    """official-implementations.md §8 item 24, computed with the official ``flat_cosine_schedule``
+    """Computed with the official ``flat_cosine_schedule``
     (DEIM engine/optim/lr_scheduler.py): T=58000, W=2000, F=29000, N=8000, base 5e-4, gamma 0.5 ->
     lr(1000)=1.25e-4, lr(2000)=5e-4, lr(40000)=3.65659e-4, lr(>=50000)=2.5e-4."""
     from dfine.solver import FlatCosine
