@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["Memory", "InputProjection", "memory_valid_mask", "level_strides"]
+__all__ = ["Memory", "InputProjection", "memory_valid_mask", "level_padding_masks", "valid_ratios", "level_strides"]
 
 
 def level_strides(in_strides: Sequence[int], num_levels: int) -> List[int]:
@@ -31,14 +31,35 @@ class Memory(NamedTuple):
     valid: Optional[torch.Tensor]
 
 
+def level_padding_masks(padding_mask: torch.Tensor, spatial_shapes) -> List[torch.Tensor]:
+    """The input's ``[B, H, W]`` padding mask (True on the padding) nearest-resized to every level
+    ``(H_l, W_l)``, as DETR resizes it: ``[B, H_l, W_l]`` bool per level."""
+    padded = padding_mask[:, None].float()
+    return [F.interpolate(padded, size=(h, w), mode="nearest")[:, 0] > 0.5 for h, w in spatial_shapes]
+
+
 def memory_valid_mask(padding_mask: Optional[torch.Tensor], spatial_shapes) -> Optional[torch.Tensor]:
     """``[B, sum(H_l*W_l)]`` validity of the memory tokens from the input's ``[B, H, W]`` padding
     mask (True on the padding), nearest-resized to every level; None when ``padding_mask`` is None."""
     if padding_mask is None:
         return None
-    padded = padding_mask[:, None].float()
-    levels = [F.interpolate(padded, size=(h, w), mode="nearest")[:, 0] < 0.5 for h, w in spatial_shapes]
-    return torch.cat([level.flatten(1) for level in levels], 1)
+    return torch.cat([(~level).flatten(1) for level in level_padding_masks(padding_mask, spatial_shapes)], 1)
+
+
+def valid_ratios(valid: Optional[torch.Tensor], spatial_shapes, batch: int, dtype=torch.float32,
+                 device=None) -> torch.Tensor:
+    """``[B, L, 2]``: per image and level, the (x, y) fraction of the map that lies on the image
+    (Deformable-DETR's valid ratios: the valid columns of the first row and the valid rows of the
+    first column, over the map's width and height). ``valid`` is :attr:`Memory.valid`; None
+    (no padding) gives ones."""
+    if valid is None:
+        return torch.ones(batch, len(spatial_shapes), 2, dtype=dtype, device=device)
+    ratios, start = [], 0
+    for h, w in spatial_shapes:
+        level = valid[:, start:start + h * w].reshape(-1, h, w)
+        start += h * w
+        ratios.append(torch.stack([level[:, 0, :].sum(1).to(dtype) / w, level[:, :, 0].sum(1).to(dtype) / h], -1))
+    return torch.stack(ratios, 1)
 
 
 class InputProjection(nn.ModuleList):

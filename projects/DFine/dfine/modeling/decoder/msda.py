@@ -203,7 +203,10 @@ class MSDeformableAttention(nn.Module):
         """
         Args:
             query: ``[B, Q, C]``.
-            reference_points: ``[B, Q, 1, 4]`` normalized cxcywh boxes, shared by all levels.
+            reference_points: normalized cxcywh boxes ``[B, Q, 1, 4]`` shared by all levels (RT-DETR)
+                or ``[B, Q, L, 4]`` one per level (DINO, scaled by each level's valid ratio); or
+                normalized (x, y) points ``[B, Q, L, 2]`` (the Deformable-DETR encoder), around which
+                offsets are in pixels of the level.
             value: ``[B, sum(H_l*W_l), C]``, levels flattened as ``deformable_attention_core`` expects.
             spatial_shapes: ``[(H_l, W_l)]``.
             value_mask: optional ``[B, sum(H_l*W_l)]``, True where the memory is valid.
@@ -211,10 +214,10 @@ class MSDeformableAttention(nn.Module):
         Returns:
             ``[B, Q, C]``.
         """
-        if reference_points.shape[-1] != 4:
-            # The official module also has a branch for 2-d points, but its shapes do not broadcast
-            # with per-level point lists; RT-DETRv2 only ever passes boxes.
-            raise ValueError(f"reference_points must be boxes (cx, cy, w, h), got {reference_points.shape[-1]} values")
+        dims, levels = reference_points.shape[-1], reference_points.shape[2]
+        if dims not in (2, 4) or levels not in (1, self.num_levels) or (dims == 2 and levels != self.num_levels):
+            raise ValueError(f"reference_points must be [B, Q, 1 or {self.num_levels}, 4] boxes or "
+                             f"[B, Q, {self.num_levels}, 2] points, got {list(reference_points.shape)}")
         batch, num_queries = query.shape[:2]
         value = self.value_proj(value)
         if value_mask is not None:
@@ -223,9 +226,20 @@ class MSDeformableAttention(nn.Module):
         total = sum(self.num_points_list)
         offsets = self.sampling_offsets(query).reshape(batch, num_queries, self.num_heads, total, 2)
         weights = self.attention_weights(query).reshape(batch, num_queries, self.num_heads, total).softmax(-1)
-        scale = self.num_points_scale.to(query.dtype).unsqueeze(-1)
-        # Product order as in the official code, so results agree bit for bit.
-        offsets = offsets * scale * reference_points[:, :, None, :, 2:] * self.offset_scale
-        locations = reference_points[:, :, None, :, :2] + offsets
+        if levels > 1:
+            # One reference per sampling point: that of the point's level.
+            point_level = torch.repeat_interleave(torch.arange(levels, device=query.device),
+                                                  torch.tensor(self.num_points_list, device=query.device))
+            reference_points = reference_points[:, :, point_level]
+        reference_points = reference_points[:, :, None]
+        if dims == 2:
+            sizes = torch.tensor([[w, h] for h, w in spatial_shapes], dtype=query.dtype, device=query.device)
+            locations = reference_points + offsets / torch.repeat_interleave(
+                sizes, torch.tensor(self.num_points_list, device=query.device), dim=0)
+        else:
+            scale = self.num_points_scale.to(query.dtype).unsqueeze(-1)
+            # Product order as in the official code, so results agree bit for bit.
+            offsets = offsets * scale * reference_points[..., 2:] * self.offset_scale
+            locations = reference_points[..., :2] + offsets
         output = deformable_attention_core(value, spatial_shapes, locations, weights, self.num_points_list, self.method)
         return self.output_proj(output)
