@@ -1,4 +1,4 @@
-"""The Detectron2 meta-architecture shared by RT-DETRv2, D-FINE, DEIM and DEIMv2."""
+"""The Detectron2 meta-architecture shared by RT-DETRv2, D-FINE, DEIM, DEIMv2 and DINO."""
 from typing import Dict, List
 
 import torch
@@ -129,17 +129,31 @@ class RealTimeDETR(nn.Module):
         """RGB float pixels ``[..., 3, H, W]`` -> the backbone's input (``pixel_mean``, ``pixel_std``)."""
         return (images - self.pixel_mean) / self.pixel_std
 
+    @property
+    def image_relative_boxes(self) -> bool:
+        """Whether the decoder's boxes are normalised by each image's own size (DINO and the DETRs
+        before it) rather than by the padded batch's (the RT-DETR family)."""
+        return bool(getattr(self.decoder, "image_relative_boxes", False))
+
     def detections(self, predictions: Predictions, height: int, width: int):
         """The ``num_top_queries`` best (query, class) pairs of the decoder's final ``predictions``
         (``DecoderOutput.final``): ``(scores [B, k], labels [B, k], boxes [B, k, 4])``, boxes in
-        absolute XYXY pixels of the ``height x width`` (padded) input."""
+        absolute XYXY pixels of the ``height x width`` frame the boxes are normalised in (the
+        padded input, or the image for image-relative boxes)."""
         scores, labels, boxes = topk_detections(predictions.logits, predictions.boxes, self.num_top_queries)
         return scores, labels, box_cxcywh_to_pixel_xyxy(boxes, height, width)
 
+    def features(self, images: ImageList):
+        """The encoder's maps of a batch and its padding mask (None without padding)."""
+        padding_mask = self.padding_mask(images)
+        feats = self.backbone(images.tensor)
+        if getattr(self.encoder, "uses_padding_mask", False):
+            return self.encoder(feats, padding_mask=padding_mask), padding_mask
+        return self.encoder(feats), padding_mask
+
     def forward(self, batched_inputs: List[Dict]):
         images = self.preprocess_image(batched_inputs)
-        feats = self.encoder(self.backbone(images.tensor))
-        padding_mask = self.padding_mask(images)
+        feats, padding_mask = self.features(images)
         if self.training:
             targets = self.prepare_targets(batched_inputs, images)
             outputs = self.decoder(feats, targets, padding_mask=padding_mask)
@@ -163,14 +177,14 @@ class RealTimeDETR(nn.Module):
 
     def prepare_targets(self, batched_inputs: List[Dict], images: ImageList) -> List[Dict]:
         """Ground truth as the decoder and criterion expect it: labels and cxcywh boxes
-        normalised by the padded batch size (the frame in which the decoder predicts)."""
-        height, width = images.tensor.shape[-2:]
+        normalised by the frame in which the decoder predicts (the padded batch, or each image)."""
         # In the model's dtype (float64 for the parity tests).
         dtype = self.pixel_mean.dtype
-        scale = torch.tensor([width, height, width, height], dtype=dtype, device=self.device)
         targets = []
         num_classes = self.decoder.num_classes
-        for x in batched_inputs:
+        for x, image_size in zip(batched_inputs, images.image_sizes):
+            height, width = image_size if self.image_relative_boxes else images.tensor.shape[-2:]
+            scale = torch.tensor([width, height, width, height], dtype=dtype, device=self.device)
             classes = x["instances"].gt_classes
             # Checked where the loader left them (the CPU, no device synchronisation): on the
             # device an out-of-range class would be an opaque assert deep in the criterion.
@@ -191,11 +205,15 @@ class RealTimeDETR(nn.Module):
         return targets
 
     def postprocess(self, outputs: DecoderOutput, batched_inputs: List[Dict], images: ImageList) -> List[Dict]:
-        scores, labels, boxes = self.detections(outputs.final, *images.tensor.shape[-2:])
+        relative = self.image_relative_boxes
+        # Image-relative boxes scale straight to the output size (as the official post-processors).
+        scores, labels, boxes = self.detections(outputs.final, 1, 1) if relative else \
+            self.detections(outputs.final, *images.tensor.shape[-2:])
         results = []
         for i, (x, (input_h, input_w)) in enumerate(zip(batched_inputs, images.image_sizes)):
             out_h, out_w = x.get("height", input_h), x.get("width", input_w)
-            image_boxes = boxes[i] * boxes.new_tensor([out_w / input_w, out_h / input_h] * 2)
+            scale = [out_w, out_h] if relative else [out_w / input_w, out_h / input_h]
+            image_boxes = boxes[i] * boxes.new_tensor(scale * 2)
             instances = Instances((out_h, out_w))
             instances.pred_boxes = Boxes(image_boxes)
             instances.scores = scores[i]

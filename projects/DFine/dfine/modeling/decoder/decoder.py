@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from .denoising import DenoisingQueries
+from .input_projection import valid_ratios
 from .outputs import Branch, DecoderOutput, DenoisingPart, Predictions
 
 __all__ = ["DetrDecoder", "OFFICIAL_LAYOUT"]
@@ -27,6 +28,7 @@ __all__ = ["DetrDecoder", "OFFICIAL_LAYOUT"]
 # Module path prefix -> state-dict key prefix (first match wins).
 OFFICIAL_LAYOUT = (
     ("layers.", "decoder.layers."),
+    ("norm.", "decoder.norm."),
     ("box_head.lqe_layers.", "decoder.lqe_layers."),
     ("query_selection.", ""),
     ("class_head.", ""),
@@ -37,8 +39,9 @@ OFFICIAL_LAYOUT = (
 OFFICIAL_ALIASES = {"decoder.up": "up", "decoder.reg_scale": "reg_scale"}
 # The order of the official modules' tensors in a state dict (the official registration order).
 OFFICIAL_ORDER = ("up", "reg_scale", "anchors", "valid_mask", "input_proj", "decoder.up", "decoder.reg_scale",
-                  "decoder.layers", "decoder.lqe_layers", "denoising_class_embed", "tgt_embed", "query_pos_head",
-                  "enc_output", "enc_score_head", "enc_bbox_head", "dec_score_head", "dec_bbox_head", "pre_bbox_head")
+                  "decoder.layers", "decoder.norm", "decoder.lqe_layers", "denoising_class_embed", "tgt_embed",
+                  "query_pos_head", "enc_output", "enc_score_head", "enc_bbox_head", "dec_score_head", "dec_bbox_head",
+                  "pre_bbox_head")
 
 
 def _official_key(path: str) -> str:
@@ -101,12 +104,19 @@ class DetrDecoder(nn.Module):
         class_head: per-layer class logits (:class:`~.heads.ClassHead`).
         box_head: per-layer boxes and the refinement rule (:class:`~.heads.BoxHead`).
         denoising: denoising queries in training (:class:`~.denoising.ContrastiveDenoising`), or None.
+        output_norm: a LayerNorm on every layer's output before the class and box heads (DINO's
+            ``decoder.norm``; the next layer still gets the output itself), or none.
+        image_relative_boxes: boxes in the frame of each unpadded image, as DETR, Deformable-DETR and
+            DINO predict them (targets are normalised by each image's size, and reference boxes
+            are scaled by each level's valid ratio where the decoder samples the memory and embeds
+            their position); else in the frame of the padded batch (the RT-DETR family, which
+            officially never pads). The two agree on unpadded batches.
     """
 
     def __init__(self, *, num_classes: int, hidden_dim: int, num_queries: int, num_layers: int, num_levels: int,
                  input_proj: nn.Module, query_selection: nn.Module, layer: nn.Module, query_pos_head: nn.Module,
                  class_head: nn.Module, box_head: nn.Module, denoising: Optional[nn.Module] = None, eval_idx: int = -1,
-                 aux_loss: bool = True):
+                 aux_loss: bool = True, output_norm: bool = False, image_relative_boxes: bool = False):
         super().__init__()
         if not -num_layers <= eval_idx < num_layers:
             raise ValueError(f"eval_idx {eval_idx} is not a layer of a {num_layers}-layer decoder")
@@ -131,6 +141,8 @@ class DetrDecoder(nn.Module):
         self.class_head = class_head
         self.box_head = box_head
         self.denoising = denoising
+        self.norm = nn.LayerNorm(hidden_dim) if output_norm else None
+        self.image_relative_boxes = image_relative_boxes
         self._register_state_dict_hook(_save_in_official_layout)
         self._register_load_state_dict_pre_hook(_load_from_official_layout, with_module=True)
 
@@ -160,7 +172,7 @@ class DetrDecoder(nn.Module):
                 of images smaller than the batch; padded memory is neither proposed nor attended to.
         """
         memory = self.input_proj(feats, padding_mask)
-        selection = self.query_selection(memory)
+        selection = self.query_selection(memory, image_relative=self.image_relative_boxes)
         content, reference_unact, attn_mask = selection.content, selection.reference_unact, None
         denoising = self.denoising(targets, self.num_queries) if self.training and self.denoising is not None else None
         if denoising is not None:
@@ -168,7 +180,7 @@ class DetrDecoder(nn.Module):
             content = torch.cat([denoising.content, content], 1)
             reference_unact = torch.cat([denoising.reference_unact, reference_unact], 1)
             attn_mask = denoising.attn_mask
-        layers, pre = self._decode(content, reference_unact, memory, attn_mask)
+        layers, pre = self._decode(content, reference_unact, memory, attn_mask, self._level_scale(memory))
         geometry = self.box_head.geometry
         if not self.training:
             return DecoderOutput(Branch(layers), geometry=geometry)
@@ -183,7 +195,17 @@ class DetrDecoder(nn.Module):
         dn = DenoisingPart(Branch(list(dn_layers), dn_pre), denoising.positive_idx, denoising.num_groups)
         return DecoderOutput(Branch(list(layers), pre), selection.proposals, dn, geometry)
 
-    def _decode(self, content, reference_unact, memory, attn_mask):
+    def _level_scale(self, memory) -> Optional[torch.Tensor]:
+        """``[B, 1, L, 4]``: what turns an image-relative box into each level's frame (the valid
+        ratios, :func:`~.input_projection.valid_ratios`, in float32 as the official code computes
+        them), or None where boxes are in the frame of the batch or no image is padded."""
+        if not self.image_relative_boxes or memory.valid is None:
+            return None
+        ratios = valid_ratios(memory.valid, memory.spatial_shapes, memory.tokens.shape[0],
+                              device=memory.tokens.device)
+        return torch.cat([ratios, ratios], -1)[:, None]
+
+    def _decode(self, content, reference_unact, memory, attn_mask, level_scale=None):
         """Every layer's predictions in training (only layer ``eval_idx``'s in eval), and the first
         layer's initial boxes (distribution heads, training) as ``(layers, pre)``."""
         flow = self.box_head.begin(reference_unact.sigmoid())
@@ -191,15 +213,21 @@ class DetrDecoder(nn.Module):
         last = self.num_layers - 1 if self.training else self.eval_idx
         layers, pre = [], None
         for i in range(last + 1):
-            query_pos = shared_pos if shared_pos is not None else self.query_pos_head(flow.reference)
-            content = self.layers[i](content, flow.reference, memory.tokens, memory.spatial_shapes, attn_mask,
+            reference = flow.reference if level_scale is None else flow.reference[:, :, None] * level_scale
+            if shared_pos is not None:
+                query_pos = shared_pos
+            else:
+                query_pos = self.query_pos_head(reference if level_scale is None else reference[:, :, 0])
+            content = self.layers[i](content, reference, memory.tokens, memory.spatial_shapes, attn_mask,
                                      memory.valid, query_pos)
-            boxes, flow = self.box_head(i, content, flow)
+            output = None if self.norm is None else self.norm(content)
+            boxes, flow = self.box_head(i, content, flow, output)
+            output = content if output is None else output
             if self.training or i == last:
-                logits = self.box_head.quality(i, self.class_head(i, content), boxes)
+                logits = self.box_head.quality(i, self.class_head(i, output), boxes)
                 layers.append(Predictions(logits, boxes.boxes, boxes.corners, boxes.reference))
             if self.training and boxes.pre is not None:
-                pre = Predictions(self.class_head(i, content), boxes.pre)
+                pre = Predictions(self.class_head(i, output), boxes.pre)
         return layers, pre
 
 

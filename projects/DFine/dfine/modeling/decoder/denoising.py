@@ -2,7 +2,8 @@
 
 :class:`ContrastiveDenoising` is the contrastive denoising of DINO (Zhang et al. 2023) as RT-DETRv2,
 D-FINE, DEIM and DEIMv2 build it (positive and negative groups, built by
-:func:`contrastive_denoising_group`).
+:func:`contrastive_denoising_group`); :class:`DinoContrastiveDenoising` is the official DINO's own
+(``prepare_for_cdn``), which differs in its random draws, its padding queries and its logit clipping.
 """
 from typing import Dict, List, NamedTuple, Optional, Tuple
 
@@ -12,7 +13,8 @@ from torch import nn
 from ..layers.box_ops import box_cxcywh_to_xyxy, box_xyxy_to_cxcywh
 from ..layers.common import inverse_sigmoid
 
-__all__ = ["contrastive_denoising_group", "ContrastiveDenoising", "DenoisingQueries"]
+__all__ = ["contrastive_denoising_group", "ContrastiveDenoising", "DinoContrastiveDenoising", "DenoisingQueries",
+           "denoising_attention_mask"]
 
 
 class DenoisingQueries(NamedTuple):
@@ -71,6 +73,19 @@ class ContrastiveDenoising(nn.Module):
             targets, self.num_classes, num_queries, self.denoising_class_embed, self.num_denoising,
             self.label_noise_ratio, self.box_noise_scale, self.abs_box_size)
         return DenoisingQueries(content, boxes_unact, attn_mask, list(meta["dn_positive_idx"]), meta["dn_num_group"])
+
+
+def denoising_attention_mask(num_dn: int, group_size: int, num_queries: int, device) -> torch.Tensor:
+    """``[T + K, T + K]`` bool self-attention mask, True = blocked, for ``T = num_dn`` denoising
+    queries in groups of ``group_size`` followed by ``K`` matching queries: the matching queries
+    must not see the (noised) answers, and each group only sees itself."""
+    size = num_dn + num_queries
+    attn_mask = torch.zeros([size, size], dtype=torch.bool, device=device)
+    attn_mask[num_dn:, :num_dn] = True
+    if num_dn:
+        group = torch.arange(num_dn, device=device) // group_size
+        attn_mask[:num_dn, :num_dn] = group[:, None] != group[None, :]
+    return attn_mask
 
 
 def contrastive_denoising_group(
@@ -163,11 +178,86 @@ def contrastive_denoising_group(
     boxes_unact = inverse_sigmoid(boxes)
     content = class_embed(labels)
 
-    size = num_dn + num_queries
-    attn_mask = torch.zeros([size, size], dtype=torch.bool, device=device)
-    # Matching queries must not see the (noised) answers, and each group only sees itself.
-    attn_mask[num_dn:, :num_dn] = True
-    group = torch.arange(num_dn, device=device) // (2 * max_gt)
-    attn_mask[:num_dn, :num_dn] = group[:, None] != group[None, :]
+    attn_mask = denoising_attention_mask(num_dn, 2 * max_gt, num_queries, device)
     dn_meta = {"dn_positive_idx": dn_positive_idx, "dn_num_group": num_group, "dn_num_split": [num_dn, num_queries]}
     return content, boxes_unact, attn_mask, dn_meta
+
+
+class DinoContrastiveDenoising(nn.Module):
+    """Contrastive denoising as the official DINO builds it (``models/dino/dn_components.py``).
+
+    ``G = num_denoising // max_gt`` groups (one when the batch has no ground truth, which then has
+    no denoising query at all), each ``max_gt`` positives then ``max_gt`` negatives, image by image
+    padded to ``max_gt``. Compared with :func:`contrastive_denoising_group`:
+
+    * labels flip with probability ``label_noise_ratio / 2`` to a uniform class, drawn over the
+      batch's real ground truths only (group-major, images in order), as the official draws;
+    * the padding queries have zero content and a zero box logit (a centred box of side 0.5), not
+      the embedding of a padding class;
+    * box logits are clipped at ``eps`` 1e-3 (the official ``inverse_sigmoid``).
+
+    The label embedding ``label_enc`` has ``num_classes + 1`` rows (the official ``dn_labelbook_size
+    + 1``); the last one is never used.
+
+    Args:
+        num_classes, hidden_dim: classes and query width.
+        num_denoising: budget of positive queries per image (the official ``dn_number`` 100).
+        label_noise_ratio: twice the label-flip probability (``dn_label_noise_ratio`` 0.5).
+        box_noise_scale: corner noise in units of half the box size (``dn_box_noise_scale`` 1.0 in
+            the R50 configs).
+        eps: clipping of ``inverse_sigmoid``.
+    """
+
+    def __init__(self, num_classes: int, hidden_dim: int, num_denoising: int = 100, label_noise_ratio: float = 0.5,
+                 box_noise_scale: float = 1.0, eps: float = 1e-3):
+        super().__init__()
+        self.num_classes = num_classes
+        self.num_denoising = num_denoising
+        self.label_noise_ratio = label_noise_ratio
+        self.box_noise_scale = box_noise_scale
+        self.eps = eps
+        self.label_enc = nn.Embedding(num_classes + 1, hidden_dim)
+
+    def forward(self, targets: List[Dict[str, torch.Tensor]], num_queries: int) -> Optional[DenoisingQueries]:
+        if self.num_denoising <= 0:
+            return None
+        if targets is None:
+            raise ValueError("Training with denoising needs the targets")
+        num_gts = [len(t["labels"]) for t in targets]
+        max_gt = max(num_gts)
+        weight = self.label_enc.weight
+        batch, device = len(targets), weight.device
+        num_group = max(self.num_denoising // max_gt, 1) if max_gt else 1
+        labels = torch.cat([t["labels"] for t in targets]).repeat(2 * num_group)
+        boxes = torch.cat([t["boxes"] for t in targets]).repeat(2 * num_group, 1)
+        total = sum(num_gts)
+        if self.label_noise_ratio > 0:
+            flip = torch.nonzero(torch.rand_like(labels.float()) < self.label_noise_ratio * 0.5).view(-1)
+            labels = labels.scatter(0, flip, torch.randint_like(flip, 0, self.num_classes))
+        if self.box_noise_scale > 0:
+            half_size = boxes[:, 2:].repeat(1, 2) / 2
+            corners = torch.cat([boxes[:, :2] - boxes[:, 2:] / 2, boxes[:, :2] + boxes[:, 2:] / 2], -1)
+            sign = torch.randint_like(boxes, low=0, high=2, dtype=torch.float32) * 2.0 - 1.0
+            magnitude = torch.rand_like(boxes)
+            # Group g holds the positives [2g * total, (2g + 1) * total), then its negatives.
+            negative = (torch.arange(len(boxes), device=device) // total) % 2 == 1 if total else None
+            if negative is not None:
+                magnitude = magnitude + negative[:, None].to(magnitude.dtype)
+            corners = (corners + magnitude * sign * half_size * self.box_noise_scale).clamp(min=0.0, max=1.0)
+            boxes = torch.cat([(corners[:, :2] + corners[:, 2:]) / 2, corners[:, 2:] - corners[:, :2]], -1)
+
+        num_dn = 2 * max_gt * num_group
+        content = weight.new_zeros(batch, num_dn, weight.shape[1])
+        boxes_unact = boxes.new_zeros(batch, num_dn, 4)
+        image = torch.cat([torch.full((n,), i, dtype=torch.int64, device=device) for i, n in enumerate(num_gts)])
+        slot = torch.cat([torch.arange(n, device=device) for n in num_gts])
+        copies = torch.arange(2 * num_group, device=device).repeat_interleave(total)
+        image, slot = image.repeat(2 * num_group), slot.repeat(2 * num_group) + copies * max_gt
+        content[image, slot] = self.label_enc(labels)
+        boxes_unact[image, slot] = inverse_sigmoid(boxes, self.eps)
+        attn_mask = denoising_attention_mask(num_dn, 2 * max_gt, num_queries, device)
+        positive_idx = [
+            (torch.arange(n, device=device)[None] + 2 * max_gt * torch.arange(num_group, device=device)[:, None]).flatten()
+            for n in num_gts
+        ]
+        return DenoisingQueries(content, boxes_unact, attn_mask, positive_idx, num_group)

@@ -28,10 +28,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..layers.common import MLP, bias_init_with_prob, inverse_sigmoid
+from ..layers.position_encoding import sine_box_embedding
 from .fdr import distance2bbox, integral, weighting_function
 from .outputs import DistributionGeometry
 
-__all__ = ["BoxPositionEmbedding", "ClassHead", "BoxHead", "LQE", "LayerBoxes", "REFINEMENTS"]
+__all__ = ["BoxPositionEmbedding", "SineBoxPositionEmbedding", "ClassHead", "BoxHead", "LQE", "LayerBoxes", "REFINEMENTS"]
 
 # How the supervised box of a delta head builds on the previous layer (see the module docstring).
 REFINEMENTS = ("look_forward_twice", "detached")
@@ -92,6 +93,27 @@ class BoxPositionEmbedding(MLP):
         """``[B, Q, 4]`` cxcywh -> ``[B, Q, C]``."""
         pos = super().forward(boxes)
         return pos if self.clamp is None else pos.clamp(-self.clamp, self.clamp)
+
+
+class SineBoxPositionEmbedding(MLP):
+    """The query position embedding of DINO and the DAB-DETR family (``ref_point_head``): the sine
+    embedding of the reference box (:func:`~dfine.modeling.layers.position_encoding.sine_box_embedding`,
+    ``C / 2`` features per coordinate) through ``MLP(2C, C, C, 2)``.
+
+    The boxes are those of the first memory level's frame (scaled by its valid ratio), as the
+    official decoders embed them."""
+
+    shared = False
+    clamp = None
+
+    def __init__(self, hidden_dim: int, temperature: float = 10000, act: str = "relu"):
+        super().__init__(2 * hidden_dim, hidden_dim, hidden_dim, 2, act=act)
+        self.num_pos_feats = hidden_dim // 2
+        self.temperature = temperature
+
+    def forward(self, boxes: torch.Tensor) -> torch.Tensor:
+        """``[B, Q, 4]`` cxcywh -> ``[B, Q, C]``."""
+        return super().forward(sine_box_embedding(boxes, self.num_pos_feats, self.temperature))
 
 
 class ClassHead(nn.Module):
@@ -188,13 +210,16 @@ class BoxHead(nn.Module):
         refinement: ``"look_forward_twice"`` or ``"detached"`` (see the module docstring).
         act: activation of the box MLPs.
         lqe_act: activation of the LQE MLPs (ReLU in D-FINE; DEIM's and DEIMv2's decoder activation).
-        share, clone: see :func:`layer_heads` (DEIMv2 Atto/Femto/Pico share; DEIMv2 clones).
+        share, clone: see :func:`layer_heads` (DEIMv2 Atto/Femto/Pico share; DINO shares; DEIMv2 clones).
+        eps: the clipping of ``inverse_sigmoid`` on the reference boxes (1e-5 in the RT-DETR family,
+            1e-3 in DINO and the Deformable-DETR family).
     """
 
     def __init__(self, hidden_dim: int, num_layers: int, eval_idx: int = -1, reg_max: Optional[int] = None,
                  reg_scale: float = 4.0, up: float = 0.5, refinement: str = "look_forward_twice", act: str = "relu",
-                 lqe_act: str = "relu", share: bool = False, clone: bool = False):
+                 lqe_act: str = "relu", share: bool = False, clone: bool = False, eps: float = 1e-5):
         super().__init__()
+        self.eps = eps
         if refinement not in REFINEMENTS:
             raise ValueError(f"Unknown refinement {refinement!r}; choose one of {REFINEMENTS}")
         self.eval_idx = _eval_index(eval_idx, num_layers)
@@ -232,23 +257,34 @@ class BoxHead(nn.Module):
         project = weighting_function(self.reg_max, self.up, self.reg_scale) if self.distributions else None
         return _Flow(reference=reference, project=project)
 
-    def forward(self, i: int, content: torch.Tensor, flow: _Flow):
+    def forward(self, i: int, content: torch.Tensor, flow: _Flow, output_content: Optional[torch.Tensor] = None):
         """Layer ``i``'s boxes from its output content ``[B, Q, C]``; returns ``(LayerBoxes, flow
-        into layer i + 1)``."""
+        into layer i + 1)``.
+
+        ``output_content``: the content the layer's predictions are read from when it differs from
+        what the next layer receives (DINO normalises every layer's output for its heads): the next
+        reference box is then refined from ``content`` and the layer's box from ``output_content``,
+        on the same reference (the previous layer's undetached box with look-forward-twice)."""
         if self.distributions:
+            if output_content is not None:
+                raise ValueError("Edge distributions read the layer's content itself (no output_content)")
             return self._distributions(i, content, flow)
-        refined = (self.dec_bbox_head[i](content) + inverse_sigmoid(flow.reference)).sigmoid()
+        refined = (self.dec_bbox_head[i](content) + inverse_sigmoid(flow.reference, self.eps)).sigmoid()
         boxes = refined
-        if self.training and self.refinement == "look_forward_twice" and flow.previous is not None:
+        look_forward_twice = self.refinement == "look_forward_twice" and flow.previous is not None
+        if output_content is not None:
+            base = flow.previous if look_forward_twice else flow.reference
+            boxes = (self.dec_bbox_head[i](output_content) + inverse_sigmoid(base, self.eps)).sigmoid()
+        elif self.training and look_forward_twice:
             # The head runs a second time instead of reusing its output, as in the official graph:
             # summing the two branches' gradients before the head would round differently.
-            boxes = (self.dec_bbox_head[i](content) + inverse_sigmoid(flow.previous)).sigmoid()
+            boxes = (self.dec_bbox_head[i](content) + inverse_sigmoid(flow.previous, self.eps)).sigmoid()
         return LayerBoxes(boxes), _Flow(reference=refined.detach(), previous=refined)
 
     def _distributions(self, i: int, content: torch.Tensor, flow: _Flow):
         pre = anchor = flow.anchor
         if i == 0:
-            pre = (self.pre_bbox_head(content) + inverse_sigmoid(flow.reference)).sigmoid()
+            pre = (self.pre_bbox_head(content) + inverse_sigmoid(flow.reference, self.eps)).sigmoid()
             anchor = pre.detach()
         previous = flow.corners
         if self.refinement == "detached" and torch.is_tensor(previous):

@@ -102,7 +102,8 @@ class DeformableDecoderLayer(nn.Module):
         """
         Args:
             target: ``[B, Q, C]`` query content.
-            reference: ``[B, Q, 4]`` normalized cxcywh reference boxes (detached).
+            reference: ``[B, Q, 4]`` normalized cxcywh reference boxes (detached), or ``[B, Q, L, 4]``
+                one per memory level.
             memory: ``[B, sum(H_l*W_l), C]``.
             spatial_shapes: ``[(H_l, W_l)]``.
             attn_mask: optional ``[Q, Q]`` bool, True = query may not attend.
@@ -112,7 +113,9 @@ class DeformableDecoderLayer(nn.Module):
         q = k = target + query_pos
         attn = self.self_attn(q, k, value=target, attn_mask=attn_mask, need_weights=False)[0]
         target = self.norm1(target + self.dropout1(attn))
-        cross = self.cross_attn(target + query_pos, reference.unsqueeze(2), memory, spatial_shapes, memory_valid)
+        if reference.dim() == 3:
+            reference = reference.unsqueeze(2)
+        cross = self.cross_attn(target + query_pos, reference, memory, spatial_shapes, memory_valid)
         cross = self.dropout2(cross)
         target = self.gateway(target, cross) if self.target_gate else self.norm2(target + cross)
         ffn = self._ffn(target)

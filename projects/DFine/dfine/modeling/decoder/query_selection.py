@@ -18,24 +18,33 @@ from .outputs import Proposals
 __all__ = ["EncoderTopK", "QuerySelection", "generate_anchors"]
 
 
-def generate_anchors(spatial_shapes, grid_size=0.05, eps=1e-2, dtype=torch.float32, device="cpu"):
+def generate_anchors(spatial_shapes, grid_size=0.05, eps=1e-2, dtype=torch.float32, device="cpu", valid=None):
     """One anchor box per memory token: the cell centre, side ``grid_size * 2**level``.
 
     Args:
         spatial_shapes: ``[(H_l, W_l)]`` per level, finest first.
+        valid: optional ``[B, sum(H_l*W_l)]`` validity of the tokens (:attr:`Memory.valid`): the
+            anchors are then per image, relative to the image's valid part of each level (its valid
+            rows and columns), as DINO proposes boxes in the frame of each unpadded image.
+        dtype: of the computation (float32 in every official model, whatever the model's dtype).
 
     Returns:
-        ``(anchors [1, sum(H_l*W_l), 4], valid_mask [1, sum(H_l*W_l), 1])``. Anchors are logits of
-        normalized cxcywh; an anchor with any coordinate outside ``(eps, 1 - eps)`` is invalid and
-        its logits are ``+inf`` (the official convention).
+        ``(anchors [1 or B, sum(H_l*W_l), 4], valid_mask [1 or B, sum(H_l*W_l), 1])``. Anchors are
+        logits of normalized cxcywh; an anchor with any coordinate outside ``(eps, 1 - eps)`` is
+        invalid and its logits are ``+inf`` (the official convention).
     """
-    anchors = []
+    anchors, start = [], 0
     for level, (h, w) in enumerate(spatial_shapes):
-        grid_y, grid_x = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
-        xy = (torch.stack([grid_x, grid_y], -1).to(dtype) + 0.5) / torch.tensor([w, h], dtype=dtype)
+        grid_y, grid_x = torch.meshgrid(torch.arange(h, device=device), torch.arange(w, device=device), indexing="ij")
+        size = torch.tensor([[w, h]], device=device)
+        if valid is not None:
+            level_valid = valid[:, start:start + h * w].reshape(-1, h, w)
+            size = torch.stack([level_valid[:, 0, :].sum(1), level_valid[:, :, 0].sum(1)], -1)
+        xy = (torch.stack([grid_x, grid_y], -1).to(dtype) + 0.5) / size.to(dtype)[:, None, None]
         wh = torch.full_like(xy, grid_size * 2.0 ** level)
-        anchors.append(torch.cat([xy, wh], -1).reshape(1, h * w, 4))
-    anchors = torch.cat(anchors, 1).to(device)
+        anchors.append(torch.cat([xy, wh], -1).reshape(len(size), h * w, 4))
+        start += h * w
+    anchors = torch.cat(anchors, 1)
     valid_mask = ((anchors > eps) & (anchors < 1 - eps)).all(-1, keepdim=True)
     anchors = torch.log(anchors / (1 - anchors))
     return torch.where(valid_mask, anchors, torch.inf), valid_mask
@@ -74,11 +83,16 @@ class EncoderTopK(nn.Module):
         learn_content: learned query content ``tgt_embed`` instead of the selected memory (DINO's
             mixed query selection).
         mlp_act: activation of the box MLP.
+        content_init: initialisation of ``tgt_embed``: ``"xavier"`` (RT-DETR) or ``"normal"`` (DINO).
+        propose_padding: let padding tokens compete in the top-K like any other (DINO: their memory
+            is zeroed and their boxes are +inf, but their scores are not masked); by default they
+            are never proposed.
     """
 
     def __init__(self, hidden_dim: int, num_classes: int, num_queries: int, in_strides, num_levels: int,
                  method: str = "default", eval_spatial_size=None, eps: float = 1e-2, output_proj: bool = True,
-                 learn_content: bool = False, mlp_act: str = "relu"):
+                 learn_content: bool = False, mlp_act: str = "relu", content_init: str = "xavier",
+                 propose_padding: bool = False):
         super().__init__()
         if method not in ("default", "one2many", "agnostic"):
             raise ValueError(f"Unknown query selection method {method!r}; choose 'default', 'one2many' or 'agnostic'")
@@ -88,9 +102,12 @@ class EncoderTopK(nn.Module):
         self.method = method
         self.eval_spatial_size = eval_spatial_size
         self.eps = eps
+        if content_init not in ("xavier", "normal"):
+            raise ValueError(f"Unknown content_init {content_init!r}; choose 'xavier' or 'normal'")
         if learn_content:
             self.tgt_embed = nn.Embedding(num_queries, hidden_dim)
-            nn.init.xavier_uniform_(self.tgt_embed.weight)
+            if content_init == "xavier":
+                nn.init.xavier_uniform_(self.tgt_embed.weight)
         if output_proj:
             self.enc_output = nn.Sequential(OrderedDict([("proj", nn.Linear(hidden_dim, hidden_dim)),
                                                          ("norm", nn.LayerNorm(hidden_dim))]))
@@ -103,6 +120,7 @@ class EncoderTopK(nn.Module):
         nn.init.constant_(self.enc_bbox_head.layers[-1].bias, 0)
         self.learn_content = learn_content
         self.output_proj = output_proj
+        self.propose_padding = propose_padding
         if eval_spatial_size:
             anchors, valid_mask = generate_anchors(self._eval_spatial_shapes(), eps=eps)
             self.register_buffer("anchors", anchors)
@@ -112,7 +130,10 @@ class EncoderTopK(nn.Module):
         h, w = self.eval_spatial_size
         return [[int(h / s), int(w / s)] for s in self.feat_strides]
 
-    def _anchors(self, memory: Memory):
+    def _anchors(self, memory: Memory, image_relative: bool):
+        if image_relative and memory.valid is not None:
+            return generate_anchors(memory.spatial_shapes, eps=self.eps, device=memory.tokens.device,
+                                    valid=memory.valid)
         if self.training or not self.eval_spatial_size or memory.spatial_shapes != self._eval_spatial_shapes():
             return generate_anchors(memory.spatial_shapes, eps=self.eps, device=memory.tokens.device)
         return self.anchors, self.valid_mask
@@ -125,8 +146,10 @@ class EncoderTopK(nn.Module):
             return logits.flatten(1).topk(self.num_queries, dim=-1).indices // self.num_classes
         return logits.squeeze(-1).topk(self.num_queries, dim=-1).indices
 
-    def forward(self, memory: Memory) -> QuerySelection:
-        anchors, valid_mask = self._anchors(memory)
+    def forward(self, memory: Memory, image_relative: bool = False) -> QuerySelection:
+        """``image_relative``: boxes in the frame of each unpadded image (DINO), else of the padded
+        batch."""
+        anchors, valid_mask = self._anchors(memory, image_relative)
         # Tokens of invalid anchors (and of the padding) are zeroed; their boxes stay +inf.
         if memory.valid is not None:
             valid_mask = valid_mask & memory.valid.unsqueeze(-1)
@@ -134,7 +157,7 @@ class EncoderTopK(nn.Module):
         if self.output_proj:
             tokens = self.enc_output(tokens)
         logits = self.enc_score_head(tokens)
-        if memory.valid is not None:
+        if memory.valid is not None and not self.propose_padding:
             # Padding is never proposed (unless the images have fewer tokens than queries).
             logits = logits.masked_fill(~memory.valid.unsqueeze(-1), torch.finfo(logits.dtype).min)
         boxes_unact = self.enc_bbox_head(tokens) + anchors

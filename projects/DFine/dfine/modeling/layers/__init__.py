@@ -1,3 +1,3 @@
 from .box_ops import *  # noqa: F401,F403
 from .common import *  # noqa: F401,F403
-from .position_encoding import SinePositionEncoding  # noqa: F401
+from .position_encoding import SinePositionEncoding, sine_box_embedding  # noqa: F401
