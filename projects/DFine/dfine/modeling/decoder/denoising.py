@@ -256,8 +256,6 @@ class DinoContrastiveDenoising(nn.Module):
         content[image, slot] = self.label_enc(labels)
         boxes_unact[image, slot] = inverse_sigmoid(boxes, self.eps)
         attn_mask = denoising_attention_mask(num_dn, 2 * max_gt, num_queries, device)
-        positive_idx = [
-            (torch.arange(n, device=device)[None] + 2 * max_gt * torch.arange(num_group, device=device)[:, None]).flatten()
-            for n in num_gts
-        ]
+        group_start = 2 * max_gt * torch.arange(num_group, device=device)[:, None]
+        positive_idx = [(torch.arange(n, device=device)[None] + group_start).flatten() for n in num_gts]
         return DenoisingQueries(content, boxes_unact, attn_mask, positive_idx, num_group)

@@ -32,7 +32,8 @@ from ..layers.position_encoding import sine_box_embedding
 from .fdr import distance2bbox, integral, weighting_function
 from .outputs import DistributionGeometry
 
-__all__ = ["BoxPositionEmbedding", "SineBoxPositionEmbedding", "ClassHead", "BoxHead", "LQE", "LayerBoxes", "REFINEMENTS"]
+__all__ = ["BoxPositionEmbedding", "SineBoxPositionEmbedding", "ClassHead", "BoxHead", "LQE", "LayerBoxes",
+           "REFINEMENTS"]
 
 # How the supervised box of a delta head builds on the previous layer (see the module docstring).
 REFINEMENTS = ("look_forward_twice", "detached")
