@@ -60,6 +60,8 @@ def _synth_tensor(key: str, shape: tuple, rng: np.random.Generator) -> np.ndarra
             return _uniform(rng, -math.sqrt(3.0), math.sqrt(3.0), shape)
         bound = math.sqrt(WEIGHT_GAIN / math.prod(shape[1:]))
         return _uniform(rng, -bound, bound, shape)
+    if leaf.endswith("embed"):  # a bare embedding parameter (DINO's level_embed): unit variance
+        return _uniform(rng, -math.sqrt(3.0), math.sqrt(3.0), shape)
     raise ValueError(f"synth_state_dict does not know how to fill {key!r} of shape {list(shape)}")
 
 
@@ -74,8 +76,8 @@ def synth_state_dict(key_shapes: dict, seed: int = 0) -> dict:
     Returns:
         dict key -> float32 tensor, without the keys whose last component is in ``CONSTRUCTOR_BUFFERS``.
         Conv/linear weights ~ U(+-sqrt(WEIGHT_GAIN / fan_in)); biases ~ U(+-0.1); norm scales ~ U(0.9, 1.1);
-        running_mean ~ U(+-0.1); running_var ~ U(0.5, 1.5); embeddings (modules named ``*embed``)
-        ~ U(+-sqrt(3)) (unit variance).
+        running_mean ~ U(+-0.1); running_var ~ U(0.5, 1.5); embeddings (modules named ``*embed``, and
+        parameters named ``*embed``) ~ U(+-sqrt(3)) (unit variance).
     """
     out = {}
     for key, shape in key_shapes.items():
