@@ -1,5 +1,5 @@
 """Data: dataset registration (COCO json, YOLO folders) and loading with checks (validation), RT-DETR
-augmentations, DEIM Dense O2O (Mosaic, MixUp, DEIMv2's CopyBlend), epoch-aware mapper and loaders.
+and DETR/DINO augmentations, DEIM Dense O2O (Mosaic, MixUp, DEIMv2's CopyBlend), epoch-aware mapper and loaders.
 
 Importing this package registers the generated toy data set as ``toy_shapes_train`` and
 ``toy_shapes_val`` (files are generated on first load).
@@ -18,10 +18,16 @@ from .loader import (
 from .mapper import DetrDatasetMapper, policy_for_epoch
 from .toy_shapes import TOY_SHAPES_CLASSES, prepare_toy_shapes, register_toy_shapes
 from .transforms import (
+    DetrRandomFlip,
+    DetrRandomResize,
     RandomIoUCrop,
     RandomPhotometricDistort,
     RandomZoomOut,
+    RandomSelect,
+    RandomSizeCrop,
     SanitizeBoxes,
+    detr_test_augmentations,
+    detr_train_augmentations,
     rtdetr_train_augmentations,
 )
 from .validation import DatasetError, check_coco_json, check_dataset_dicts
@@ -58,4 +64,10 @@ __all__ = [
     "RandomZoomOut",
     "SanitizeBoxes",
     "rtdetr_train_augmentations",
+    "DetrRandomFlip",
+    "DetrRandomResize",
+    "RandomSelect",
+    "RandomSizeCrop",
+    "detr_train_augmentations",
+    "detr_test_augmentations",
 ]

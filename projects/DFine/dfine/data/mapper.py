@@ -1,5 +1,5 @@
-"""Dataset mapper for the real-time DETR family: RT-DETR augmentations, DEIM's Mosaic, fixed-size
-resize, and the epoch-dependent augmentation policy."""
+"""Dataset mapper for the DETR family: RT-DETR augmentations, DEIM's Mosaic, fixed-size resize (or the
+aspect-ratio-keeping sizes of the DETR/DINO augmentation), and the epoch-dependent augmentation policy."""
 import logging
 import numbers
 from typing import Callable, Dict, FrozenSet, List, Optional, Sequence, Tuple, Union
@@ -66,7 +66,15 @@ class DetrDatasetMapper:
     :class:`~dfine.data.dense_o2o.Mosaic`, run the augmentations (default:
     :func:`~dfine.data.transforms.rtdetr_train_augmentations`), resize to ``image_size`` without
     keeping the aspect ratio (PIL bilinear, as the official ``Resize``) and drop boxes with a side
-    below ``min_box_size``. Inference: read and resize only.
+    below ``min_box_size`` or an area below ``min_box_area``. Inference: read and resize only.
+
+    ``image_size=None`` (DETR/DINO, with e.g. :func:`~dfine.data.transforms.detr_train_augmentations`)
+    leaves the size to the augmentations, in training and at inference (where ``augmentations``,
+    e.g. :func:`~dfine.data.transforms.detr_test_augmentations`, are applied to the image): no final
+    resize and no final clipping of the boxes, so the boxes are bit for bit the official ones; the
+    images of a batch then differ in size and the model pads them. ``min_box_size=0,
+    min_box_area=0`` keeps exactly the boxes the official DETR/DINO pipeline keeps (positive width
+    and height after its crop).
 
     The augmentation policy is a pure function of the sample's ``epoch`` (see
     :func:`policy_for_epoch`): a scalar ``policy_epoch`` is the RT-DETRv2/D-FINE ``stop_epoch``
@@ -76,14 +84,15 @@ class DetrDatasetMapper:
 
     Output dict:
 
-    * ``"image"``: ``(3, H, W)`` uint8 tensor of size ``image_size``, channels in ``image_format``;
+    * ``"image"``: ``(3, H, W)`` uint8 tensor of size ``image_size`` (or the augmentations' size),
+      channels in ``image_format``;
     * ``"height"``, ``"width"``: size of the image on disk, where predictions are mapped back to;
     * ``"image_id"``, ``"file_name"``: copied from the input;
     * training only: ``"instances"``: :class:`Instances` of image size ``(H, W)`` with
       ``gt_boxes`` (:class:`Boxes`, absolute XYXY in the resized image) and ``gt_classes``
       (int64), possibly empty; ``"num_dropped_boxes"``: how many non-crowd annotations (of the
       four images, after a Mosaic) did not survive (degenerate, cropped out, or thinner than
-      ``min_box_size`` after resizing).
+      ``min_box_size`` or smaller than ``min_box_area`` after resizing).
 
     Never returns ``None`` (detectron2 0.6's retry path breaks on Python >= 3.11).
     """
@@ -91,7 +100,7 @@ class DetrDatasetMapper:
     def __init__(
         self,
         is_train: bool,
-        image_size: Union[int, Tuple[int, int]] = 640,
+        image_size: Union[None, int, Tuple[int, int]] = 640,
         augmentations: Optional[Sequence[T.Augmentation]] = None,
         policy_ops: Sequence[str] = RTDETR_POLICY_OPS,
         policy_epoch: Union[None, int, Sequence[int]] = None,
@@ -99,13 +108,16 @@ class DetrDatasetMapper:
         mosaic_prob: float = 0.0,
         image_format: str = "RGB",
         min_box_size: float = 1,
+        min_box_area: float = 1,
     ):
         """
         Args:
             is_train: training (augment, return instances) or inference mode.
-            image_size: output size, ``int`` for a square or ``(height, width)``.
+            image_size: output size, ``int`` for a square or ``(height, width)``; ``None``: no final
+                resize, the augmentations decide the size (in training and at inference).
             augmentations: applied in order before the resize, on RGB images. ``None`` means the
-                RT-DETR training list in training and nothing in inference.
+                RT-DETR training list in training and nothing in inference. At inference they are
+                applied only with ``image_size=None``.
             policy_ops: class names of the augmentations that the policy switches off
                 (``"Mosaic"`` for the mosaic).
             policy_epoch: ``None`` (no policy), the first epoch without ``policy_ops``, or
@@ -114,6 +126,9 @@ class DetrDatasetMapper:
             mosaic_prob: chance of Mosaic per sample in ``[e0, e1)`` of a three-epoch policy.
             image_format: "RGB" or "BGR", the channel order of the output image.
             min_box_size: boxes with a side below this many pixels are dropped.
+            min_box_area: boxes with an area below this many square pixels are dropped (torchvision
+                ``SanitizeBoundingBoxes``' ``min_area``). Boxes without a positive width and height
+                are always dropped.
         """
         if image_format not in ("RGB", "BGR"):
             raise ValueError(f"image_format must be 'RGB' or 'BGR', got {image_format!r}")
@@ -123,12 +138,12 @@ class DetrDatasetMapper:
                 raise ValueError(f"policy_epoch must be an int or three ascending epochs, got {policy_epoch}")
         if not 0.0 <= mosaic_prob <= 1.0:
             raise ValueError(f"mosaic_prob must be in [0, 1], got {mosaic_prob}")
-        if isinstance(image_size, int):
-            image_size = (image_size, image_size)
+        if isinstance(image_size, numbers.Integral):
+            image_size = (int(image_size), int(image_size))
         if augmentations is None:
             augmentations = rtdetr_train_augmentations(min_box_size) if is_train else []
         self.is_train = is_train
-        self.image_size = tuple(image_size)
+        self.image_size = None if image_size is None else tuple(image_size)
         self.augmentations = list(augmentations)
         self.policy_ops = tuple(policy_ops)
         self.policy_epoch = policy_epoch
@@ -136,19 +151,22 @@ class DetrDatasetMapper:
         self.mosaic_prob = float(mosaic_prob)
         self.image_format = image_format
         self.min_box_size = min_box_size
-        self.resize = T.Resize(self.image_size, interp=Image.BILINEAR)
+        self.min_box_area = min_box_area
+        self.resize = None if self.image_size is None else T.Resize(self.image_size, interp=Image.BILINEAR)
         logger.info(
-            f"[DetrDatasetMapper] is_train={is_train}, augmentations: {self.augmentations}, policy_epoch="
-            f"{policy_epoch}, mosaic: {mosaic} at mosaic_prob={mosaic_prob}"
+            f"[DetrDatasetMapper] is_train={is_train}, image_size={self.image_size}, augmentations: "
+            f"{self.augmentations}, policy_epoch={policy_epoch}, mosaic: {mosaic} at mosaic_prob={mosaic_prob}"
         )
 
     def plan(self, epoch: int) -> Tuple[bool, List[T.Augmentation]]:
         """Draw this sample's policy: whether it gets Mosaic, and the augmentations that run after
         it (policy applied), followed by the resize and a box sanitising step (which also clips
-        the float rounding of the resize)."""
+        the float rounding of the resize); without ``image_size``, by nothing."""
         use_mosaic, skipped = policy_for_epoch(epoch, self.policy_epoch, self.policy_ops, self.mosaic_prob)
         kept = [a for a in self.augmentations if type(a).__name__ not in skipped]
-        return use_mosaic and self.mosaic is not None, kept + [self.resize, SanitizeBoxes(self.min_box_size)]
+        if self.resize is not None:
+            kept += [self.resize, SanitizeBoxes(self.min_box_size, self.min_box_area)]
+        return use_mosaic and self.mosaic is not None, kept
 
     def __call__(self, dataset_dict: Dict, epoch: int = 0, dataset: Optional[Sequence[Dict]] = None) -> Dict:
         """
@@ -167,7 +185,7 @@ class DetrDatasetMapper:
             aug_input = T.AugInput(sample.image, boxes=sample.boxes)
             T.AugmentationList(augmentations)(aug_input)
             image = aug_input.image
-            keep = valid_boxes(aug_input.boxes, self.min_box_size)
+            keep = valid_boxes(aug_input.boxes, self.min_box_size, self.min_box_area)
             boxes, classes = aug_input.boxes[keep], sample.classes[keep]
         else:
             return {**self.inference_input(read_checked_image(dataset_dict)),
@@ -194,9 +212,14 @@ class DetrDatasetMapper:
     def inference_input(self, image: np.ndarray) -> Dict:
         """The model input of an ``(H, W, 3)`` uint8 RGB image at inference: ``"image"`` (resized,
         CHW uint8 in ``image_format``), ``"height"`` and ``"width"`` (the original size, where the
-        predicted boxes are mapped back to)."""
+        predicted boxes are mapped back to). Without ``image_size``, the augmentations resize it."""
         height, width = image.shape[:2]
-        resized = self.resize.get_transform(image).apply_image(image)
+        if self.resize is None:
+            aug_input = T.AugInput(image)
+            T.AugmentationList(self.augmentations)(aug_input)
+            resized = aug_input.image
+        else:
+            resized = self.resize.get_transform(image).apply_image(image)
         return {"image": self._model_image(resized), "height": height, "width": width}
 
     def _model_image(self, image: np.ndarray) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""RT-DETR training augmentations as Detectron2 ``Augmentation``/``Transform`` classes.
+"""RT-DETR and DETR/DINO training augmentations as Detectron2 ``Augmentation``/``Transform`` classes.
 
 Conventions: images are ``HWC`` uint8 RGB numpy arrays; boxes are ``(N, 4)`` float arrays in
 absolute XYXY pixels of the current image. Parameters are drawn from numpy's global RNG
@@ -13,15 +13,28 @@ crop, ``SanitizeBoundingBoxes`` for a box thinner than ``min_size``), the transf
 it to the zero box ``[0, 0, 0, 0]``. A collapsed box stays degenerate under every later transform,
 so the final filter of :class:`~dfine.data.mapper.DetrDatasetMapper` drops exactly the boxes the
 official pipeline drops, while ``Transform.apply_box`` keeps its one-box-in, one-box-out contract.
+
+The DETR/DINO augmentation (:func:`detr_train_augmentations`, :func:`detr_test_augmentations`) is
+the exception to "NumPy's RNG": it draws from Python's ``random`` and torch's CPU RNG, the
+generators the official code (DINO ``datasets/transforms.py``) draws from, in the same order and
+with the same calls, so that a sample drawn after the same seeds equals the official one.
 """
-from typing import List, Optional, Sequence, Tuple
+import random
+from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
-from fvcore.transforms.transform import CropTransform, PadTransform
+from fvcore.transforms.transform import CropTransform, HFlipTransform, PadTransform
 from PIL import Image, ImageEnhance
 
-from detectron2.data.transforms import Augmentation, NoOpTransform, RandomFlip, Transform
+from detectron2.data.transforms import (
+    Augmentation,
+    AugmentationList,
+    NoOpTransform,
+    RandomFlip,
+    ResizeTransform,
+    Transform,
+)
 
 from ..modeling.layers.box_ops import box_iou
 
@@ -36,6 +49,14 @@ __all__ = [
     "clip_boxes",
     "valid_boxes",
     "rtdetr_train_augmentations",
+    "detr_resize_shape",
+    "DetrRandomResize",
+    "DetrCropTransform",
+    "RandomSizeCrop",
+    "DetrRandomFlip",
+    "RandomSelect",
+    "detr_train_augmentations",
+    "detr_test_augmentations",
 ]
 
 
@@ -216,7 +237,7 @@ class BoxSanitizeTransform(Transform):
     """Clip boxes to the ``height x width`` image and collapse those with a side below
     ``min_size`` to the zero box (torchvision ``SanitizeBoundingBoxes``). The image is unchanged."""
 
-    def __init__(self, height: int, width: int, min_size: float = 1.0):
+    def __init__(self, height: int, width: int, min_size: float = 1.0, min_area: float = 1.0):
         super().__init__()
         self._set_attributes(locals())
 
@@ -228,7 +249,7 @@ class BoxSanitizeTransform(Transform):
 
     def apply_box(self, box: np.ndarray) -> np.ndarray:
         out = clip_boxes(np.asarray(box, dtype=np.float32).reshape(-1, 4), self.height, self.width)
-        out[~valid_boxes(out, self.min_size)] = 0
+        out[~valid_boxes(out, self.min_size, self.min_area)] = 0
         return out
 
     def apply_segmentation(self, segmentation: np.ndarray) -> np.ndarray:
@@ -240,22 +261,27 @@ def clip_boxes(boxes: np.ndarray, height: float, width: float) -> np.ndarray:
     return boxes.clip(0, np.array([width, height, width, height], dtype=boxes.dtype))
 
 
-def valid_boxes(boxes: np.ndarray, min_size: float) -> np.ndarray:
-    """``(N,)`` bool: XYXY boxes with both sides >= ``min_size`` and an area >= 1 pixel
-    (torchvision ``SanitizeBoundingBoxes`` with its default ``min_area=1``)."""
+def valid_boxes(boxes: np.ndarray, min_size: float, min_area: float = 1.0) -> np.ndarray:
+    """``(N,)`` bool: XYXY boxes with both sides positive and >= ``min_size``, and an area >=
+    ``min_area`` (torchvision ``SanitizeBoundingBoxes``, whose default ``min_area`` is 1 pixel).
+
+    With ``min_size=0, min_area=0`` this is the keep rule of the official DETR/DINO pipeline
+    (``ConvertCocoPolysToMask`` and ``crop`` in ``datasets/``): width > 0 and height > 0. A positive
+    ``min_area`` implies positive sides, so the positivity test changes nothing for it."""
     widths, heights = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
-    return (widths >= min_size) & (heights >= min_size) & (widths * heights >= 1.0)
+    positive = (widths > 0) & (heights > 0)
+    return positive & (widths >= min_size) & (heights >= min_size) & (widths * heights >= min_area)
 
 
 class SanitizeBoxes(Augmentation):
     """Deterministic :class:`BoxSanitizeTransform` for the current image size."""
 
-    def __init__(self, min_size: float = 1.0):
+    def __init__(self, min_size: float = 1.0, min_area: float = 1.0):
         super().__init__()
         self._init(locals())
 
     def get_transform(self, image: np.ndarray) -> Transform:
-        return BoxSanitizeTransform(image.shape[0], image.shape[1], self.min_size)
+        return BoxSanitizeTransform(image.shape[0], image.shape[1], self.min_size, self.min_area)
 
 
 def rtdetr_train_augmentations(min_size: float = 1.0) -> List[Augmentation]:
@@ -268,3 +294,167 @@ def rtdetr_train_augmentations(min_size: float = 1.0) -> List[Augmentation]:
         SanitizeBoxes(min_size=min_size),
         RandomFlip(prob=0.5, horizontal=True, vertical=False),
     ]
+
+
+# ---------------------------------------------------------------------------------------------
+# DETR / DINO: resizes that keep the aspect ratio, random size crop, flip, two-branch choice
+
+
+def detr_resize_shape(height: int, width: int, short_side: int, max_size: Optional[int] = None) -> Tuple[int, int]:
+    """``(new_height, new_width)`` of the official DETR resize (``get_size_with_aspect_ratio`` in
+    DINO ``datasets/transforms.py``): the shorter side becomes ``short_side``, lowered first to
+    ``round(max_size * shorter / longer)`` (Python's round, half to even) where the longer side
+    would exceed ``max_size``; the longer side is then truncated, not rounded.
+
+    Detectron2's ``ResizeShortestEdge.get_output_shape`` rounds half up and scales both sides by
+    ``max_size / longer`` instead, which differs by a pixel for many shapes (e.g. 480x640 at 800:
+    it gives width 1067 where the official gives 1066), hence this function.
+
+    The comparison and the truncation use exact integer arithmetic; for image sides below 2**20 they
+    equal the official float expressions (``longer / shorter * short_side > max_size`` and
+    ``int(short_side * longer / shorter)``), whose exact values lie either on an integer or at least
+    ``1 / shorter`` away from one, much further than float64 rounding can move them.
+    """
+    shorter, longer = min(height, width), max(height, width)
+    if max_size is not None and longer * short_side > max_size * shorter:
+        short_side = int(round(max_size * shorter / longer))
+    if width < height:
+        return short_side * height // width, short_side
+    return short_side, short_side * width // height
+
+
+class DetrRandomResize(Augmentation):
+    """The official DETR ``RandomResize``: shorter side ``random.choice(sizes)``, longer side capped
+    by ``max_size`` (see :func:`detr_resize_shape`), PIL bilinear interpolation (what torchvision's
+    ``resize`` runs on a PIL image). Boxes are scaled by ``new_w / w`` and ``new_h / h`` in float32,
+    as the official scales its float32 box tensor.
+
+    One size (the validation resize) draws nothing, unlike the official ``random.choice`` of a
+    one-element list, so that evaluation leaves the trainer's Python RNG alone.
+    """
+
+    def __init__(self, sizes: Sequence[int], max_size: Optional[int] = None):
+        super().__init__()
+        if not sizes:
+            raise ValueError("DetrRandomResize needs at least one size.")
+        sizes = [int(s) for s in sizes]
+        self._init(locals())
+
+    def get_transform(self, image: np.ndarray) -> Transform:
+        height, width = image.shape[:2]
+        short_side = self.sizes[0] if len(self.sizes) == 1 else random.choice(self.sizes)
+        new_h, new_w = detr_resize_shape(height, width, short_side, self.max_size)
+        if (new_h, new_w) == (height, width):
+            return NoOpTransform()  # torchvision returns the image itself then; the boxes scale by 1
+        return ResizeTransform(height, width, new_h, new_w, Image.BILINEAR)
+
+
+class DetrCropTransform(CropTransform):
+    """Crop ``[x0, x0 + w) x [y0, y0 + h)`` with the box rule of the official ``crop``: boxes are
+    shifted, clipped to the crop, and those left without a positive width and height become the
+    zero box (dropped at the end, see the module docstring)."""
+
+    def apply_box(self, box: np.ndarray) -> np.ndarray:
+        box = np.asarray(box, dtype=np.float32).reshape(-1, 4)
+        offset = np.array([self.x0, self.y0, self.x0, self.y0], dtype=np.float32)
+        out = clip_boxes(box - offset, self.h, self.w)
+        out[~((out[:, 2] > out[:, 0]) & (out[:, 3] > out[:, 1]))] = 0
+        return out
+
+
+class RandomSizeCrop(Augmentation):
+    """The official ``RandomSizeCrop(min_size, max_size)``: crop width
+    ``random.randint(min_size, min(W, max_size))``, then height likewise, then the top and left
+    offsets with ``torch.randint`` as torchvision's ``RandomCrop.get_params`` (no offset draw when
+    the crop is the whole image)."""
+
+    def __init__(self, min_size: int, max_size: int):
+        super().__init__()
+        if not 0 < min_size <= max_size:
+            raise ValueError(f"RandomSizeCrop needs 0 < min_size <= max_size, got {min_size}, {max_size}.")
+        self._init(locals())
+
+    def get_transform(self, image: np.ndarray) -> Transform:
+        height, width = image.shape[:2]
+        if min(height, width) < self.min_size:
+            # The official draw fails here too (random.randint of an empty range); in its pipeline a
+            # resize to a shorter side of at least min_size always comes first.
+            raise ValueError(
+                f"RandomSizeCrop(min_size={self.min_size}) got an image of {height}x{width}, smaller than min_size."
+            )
+        crop_w = random.randint(self.min_size, min(width, self.max_size))
+        crop_h = random.randint(self.min_size, min(height, self.max_size))
+        top = left = 0
+        if (crop_h, crop_w) != (height, width):
+            top = int(torch.randint(0, height - crop_h + 1, size=(1,)).item())
+            left = int(torch.randint(0, width - crop_w + 1, size=(1,)).item())
+        return DetrCropTransform(left, top, crop_w, crop_h, orig_w=width, orig_h=height)
+
+
+class DetrRandomFlip(Augmentation):
+    """Horizontal flip with probability ``prob``, drawn as the official ``RandomHorizontalFlip``
+    (``random.random() < prob``). Detectron2's ``HFlipTransform`` does the flipping: its box rule,
+    ``x -> W - x`` with the corners swapped, is the official one. (``T.RandomFlip`` draws from NumPy
+    and would break the official order of draws.)"""
+
+    def __init__(self, prob: float = 0.5):
+        super().__init__()
+        self._init(locals())
+
+    def get_transform(self, image: np.ndarray) -> Transform:
+        if random.random() < self.prob:
+            return HFlipTransform(image.shape[1])
+        return NoOpTransform()
+
+
+AugmentationsOrOne = Union[Augmentation, Sequence[Augmentation]]
+
+
+class RandomSelect(Augmentation):
+    """The official ``RandomSelect``: ``first`` if ``random.random() < p``, else ``second``. Each
+    branch is an augmentation or a list of them, run in order (``T.AugmentationList``).
+    (``T.RandomApply`` chooses between one augmentation and nothing, with a NumPy draw.)"""
+
+    def __init__(self, first: AugmentationsOrOne, second: AugmentationsOrOne, p: float = 0.5):
+        super().__init__()
+        first, second = (AugmentationList(list(b) if isinstance(b, (list, tuple)) else [b]) for b in (first, second))
+        self._init(locals())
+
+    def __call__(self, aug_input) -> Transform:
+        branch = self.first if random.random() < self.p else self.second
+        return branch(aug_input)
+
+
+DETR_SCALES = (480, 512, 544, 576, 608, 640, 672, 704, 736, 768, 800)
+
+
+def detr_train_augmentations(
+    scales: Sequence[int] = DETR_SCALES,
+    max_size: int = 1333,
+    crop_resize_scales: Sequence[int] = (400, 500, 600),
+    crop_size: Tuple[int, int] = (384, 600),
+) -> List[Augmentation]:
+    """The DETR/DINO training augmentation (DINO ``datasets/coco.py::make_coco_transforms('train')``
+    with the ``data_aug_*`` values of ``config/DINO/coco_transformer.py`` as defaults): flip with
+    p=0.5, then with p=0.5 either a resize to a shorter side in ``scales`` (longer side <=
+    ``max_size``), or a resize to a shorter side in ``crop_resize_scales``, a random crop of sides
+    in ``crop_size`` and the resize of the first branch. The images keep their aspect ratio and
+    differ in size: use them with ``DetrDatasetMapper(image_size=None)``."""
+    return [
+        DetrRandomFlip(prob=0.5),
+        RandomSelect(
+            [DetrRandomResize(scales, max_size=max_size)],
+            [
+                DetrRandomResize(crop_resize_scales),
+                RandomSizeCrop(*crop_size),
+                DetrRandomResize(scales, max_size=max_size),
+            ],
+            p=0.5,
+        ),
+    ]
+
+
+def detr_test_augmentations(size: int = 800, max_size: int = 1333) -> List[Augmentation]:
+    """The DETR/DINO evaluation resize (``make_coco_transforms('val')``: ``RandomResize([max(scales)],
+    max_size)``): shorter side ``size``, longer side at most ``max_size``."""
+    return [DetrRandomResize([size], max_size=max_size)]
