@@ -20,11 +20,11 @@ officially), so an image's memory depends on how much it is padded; the encoder 
 
 dtype. The official code computes three things in float32 whatever the model dtype: the sine
 position encoding, the valid ratios (``.float()``) and the reference-point grid
-(``linspace(dtype=float32)``). This module computes the encoding in float32 for float32 and lower
-precisions (as officially) and in float64 for a float64 model, and the valid ratios and reference
-points in the model dtype. The grid values (pixel centres ``i + 0.5``) are exact in every float dtype,
-so only the encoding and the valid ratios differ from the official code, and only in a float64 model;
-the float64 goldens patch those two official steps to compute in float64 too
+(``linspace(dtype=float32)``). This module computes all three in float32 for float32 and lower
+precisions (as officially; also under autocast, where the projected maps are half precision) and in
+float64 for a float64 model. The grid values (pixel centres ``i + 0.5``) are exact in every float
+dtype, so only the encoding and the valid ratios differ from the official code, and only in a float64
+model; the float64 goldens patch those two official steps to compute in float64 too
 (``tools/golden/make_dino_encoder_golden.py``, recorded in the golden's provenance).
 
 State dict. The parameters are named so that an official DINO checkpoint maps by prefix renames
@@ -225,11 +225,11 @@ class DeformableEncoder(nn.Module):
         else:
             masks = level_padding_masks(padding_mask.to(device), spatial_shapes)
             valid = torch.cat([(~m).flatten(1) for m in masks], 1)
-        pe_dtype = torch.promote_types(dtype, torch.float32)
-        pos = torch.cat([(self.position_encoding(m, pe_dtype).to(dtype).flatten(2) + embed[:, None]).transpose(1, 2)
+        exact_dtype = torch.promote_types(dtype, torch.float32)  # float32, or float64 for a float64 model
+        pos = torch.cat([(self.position_encoding(m, exact_dtype).to(dtype).flatten(2) + embed[:, None]).transpose(1, 2)
                          for m, embed in zip(masks, self.level_embed)], 1)
         memory = torch.cat([m.flatten(2).transpose(1, 2) for m in maps], 1)
-        ratios = valid_ratios(valid, spatial_shapes, batch, dtype=dtype, device=device)
+        ratios = valid_ratios(valid, spatial_shapes, batch, dtype=exact_dtype, device=device)
         reference_points = encoder_reference_points(spatial_shapes, ratios)
         for layer in self.layers:
             memory = layer(memory, pos, reference_points, spatial_shapes, valid)
