@@ -53,6 +53,8 @@ def _synth_tensor(key: str, shape: tuple, rng: np.random.Generator) -> np.ndarra
         return _uniform(rng, 0.9, 1.1, shape)
     if leaf.endswith("bias"):  # bias, in_proj_bias
         return _uniform(rng, -0.1, 0.1, shape)
+    if leaf.endswith("embed") and len(shape) == 2:  # a bare embedding table (DINO's level_embed): unit variance
+        return _uniform(rng, -math.sqrt(3.0), math.sqrt(3.0), shape)
     if leaf.endswith("weight"):  # weight, in_proj_weight
         if len(shape) == 1:  # BatchNorm / FrozenBatchNorm / LayerNorm scale
             return _uniform(rng, 0.9, 1.1, shape)
@@ -60,8 +62,6 @@ def _synth_tensor(key: str, shape: tuple, rng: np.random.Generator) -> np.ndarra
             return _uniform(rng, -math.sqrt(3.0), math.sqrt(3.0), shape)
         bound = math.sqrt(WEIGHT_GAIN / math.prod(shape[1:]))
         return _uniform(rng, -bound, bound, shape)
-    if leaf.endswith("embed"):  # a bare embedding parameter (DINO's level_embed): unit variance
-        return _uniform(rng, -math.sqrt(3.0), math.sqrt(3.0), shape)
     raise ValueError(f"synth_state_dict does not know how to fill {key!r} of shape {list(shape)}")
 
 
@@ -76,8 +76,8 @@ def synth_state_dict(key_shapes: dict, seed: int = 0) -> dict:
     Returns:
         dict key -> float32 tensor, without the keys whose last component is in ``CONSTRUCTOR_BUFFERS``.
         Conv/linear weights ~ U(+-sqrt(WEIGHT_GAIN / fan_in)); biases ~ U(+-0.1); norm scales ~ U(0.9, 1.1);
-        running_mean ~ U(+-0.1); running_var ~ U(0.5, 1.5); embeddings (modules named ``*embed``, and
-        parameters named ``*embed``) ~ U(+-sqrt(3)) (unit variance).
+        running_mean ~ U(+-0.1); running_var ~ U(0.5, 1.5); embeddings (modules named ``*embed``, and 2-d
+        parameters named ``*embed`` such as ``level_embed``) ~ U(+-sqrt(3)) (unit variance).
     """
     out = {}
     for key, shape in key_shapes.items():

@@ -1,5 +1,5 @@
-"""Run-time patches that let the official RT-DETRv2, D-FINE, DEIM and DEIMv2 code compute in the dtype
-it is run in.
+"""Run-time patches that let the official RT-DETRv2, D-FINE, DEIM, DEIMv2 and DINO code compute in the
+dtype it is run in.
 
 A few official steps compute in float32 whatever the model's dtype. In a float64 golden they would be
 float32 roundings, and their float32 sin / cos / exp / reductions differ by an ulp between CPU kernel
@@ -12,7 +12,9 @@ precisions, float64 for a float64 model).
 The official packages (:data:`PACKAGES`): ``src.zoo.rtdetr`` (lyuwenyu/RT-DETR, rtdetrv2_pytorch),
 ``src.zoo.dfine`` (Peterande/D-FINE) and ``engine.deim`` (Intellindust-AI-Lab/DEIM and DEIMv2). Each
 has ``hybrid_encoder.HybridEncoder``; D-FINE and DEIM(v2) also ``dfine_utils.translate_gt`` and a
-criterion with ``unimodal_distribution_focal_loss``; DEIMv2 alone ``deim_utils.RMSNorm``.
+criterion with ``unimodal_distribution_focal_loss``; DEIMv2 alone ``deim_utils.RMSNorm``. DINO
+(IDEA-Research/DINO) is ``models.dino``, with ``position_encoding.PositionEmbeddingSineHW`` and
+``deformable_transformer.DeformableTransformer.get_valid_ratio``.
 
 Usage, inside a golden script, after the official package is importable: :func:`install` (package,
 then all or the named class- and module-level patches) before building the models, and
@@ -32,6 +34,7 @@ PACKAGES = {
                       "criterion": "dfine_criterion.DFINECriterion"},
     "engine.deim": {"patches": ("rmsnorm", "sincos", "dfl_weight", "translate_gt"),
                     "criterion": "deim_criterion.DEIMCriterion"},
+    "models.dino": {"patches": ("sine_hw", "valid_ratio")},
 }
 PATCHES = {
     "rope": SELF + ":rope_follow_dtype: after the cast to float64, every official RopePositionEmbedding "
@@ -52,6 +55,15 @@ PATCHES = {
     "translate_gt": "{package}.dfine_utils.translate_gt replaced by " + SELF + ":translate_gt_in_input_dtype: "
                     "the same bins and weights, its indices and weights in gt's dtype instead of the official "
                     ".float() (which fails in float64; checked equal to the official function in float32)",
+    "sine_hw": "{package}.position_encoding.PositionEmbeddingSineHW.forward replaced by " + SELF
+               + ":sine_hw_position_embedding: the same encoding computed in float64 (officially float32 cumsums "
+               "and frequencies, which the backbone joiner and the extra levels then cast to the features' dtype; "
+               "checked equal to the official one in float32 to float32 rounding)",
+    "valid_ratio": "{package}.deformable_transformer.DeformableTransformer.get_valid_ratio replaced by " + SELF
+                   + ":valid_ratio_in_float64: the same ratios in float64 (officially valid counts .float() / size); "
+                   "with them the encoder's reference points are float64 too (their official float32 linspace "
+                   "grid holds half-integers, exact in float32; checked equal to the official ratios in float32 "
+                   "to float32 rounding)",
 }
 
 
@@ -85,6 +97,67 @@ def sincos_position_embedding(w, h, embed_dim=256, temperature=10000.0):
     angle_x = xs.reshape(-1, 1) * inv_freq[None]
     angle_y = ys.reshape(-1, 1) * inv_freq[None]
     return torch.cat([angle_x.sin(), angle_x.cos(), angle_y.sin(), angle_y.cos()], dim=1)[None]
+
+
+def sine_hw_position_embedding(self, tensor_list):
+    """DINO's ``PositionEmbeddingSineHW.forward`` (attributes ``num_pos_feats``, ``temperatureH``,
+    ``temperatureW``, ``normalize``, ``scale``) in :data:`DTYPE`: ``[B, 2 * num_pos_feats, H, W]``, the y
+    features first, sines and cosines interleaved, from ``tensor_list.mask`` (True on the padding)."""
+    valid = ~tensor_list.mask
+    y_pos = valid.cumsum(1, dtype=DTYPE)
+    x_pos = valid.cumsum(2, dtype=DTYPE)
+    if self.normalize:
+        y_pos = y_pos / (y_pos[:, -1:, :] + 1e-6) * self.scale
+        x_pos = x_pos / (x_pos[:, :, -1:] + 1e-6) * self.scale
+
+    def encode(positions, temperature):
+        index = torch.arange(self.num_pos_feats, dtype=DTYPE, device=positions.device)
+        angles = positions[..., None] / temperature ** (2 * (index // 2) / self.num_pos_feats)
+        return torch.stack((angles[..., 0::2].sin(), angles[..., 1::2].cos()), dim=4).flatten(3)
+
+    features = torch.cat((encode(y_pos, self.temperatureH), encode(x_pos, self.temperatureW)), dim=3)
+    return features.permute(0, 3, 1, 2)
+
+
+def valid_ratio_in_float64(self, mask):
+    """DINO's ``DeformableTransformer.get_valid_ratio`` in :data:`DTYPE`: ``[B, 2]`` (x, y), the valid
+    columns of the first row over the width and the valid rows of the first column over the height."""
+    _, height, width = mask.shape
+    rows = (~mask[:, :, 0]).sum(1).to(DTYPE)
+    cols = (~mask[:, 0, :]).sum(1).to(DTYPE)
+    return torch.stack([cols / width, rows / height], -1)
+
+
+def _dino_masks() -> list:
+    """Padding masks of assorted shapes and valid sizes (one image unpadded) for the DINO checks."""
+    masks = []
+    for (h, w), valid in (((8, 10), [(8, 10), (4, 7)]), ((5, 3), [(1, 1), (5, 2)]), ((1, 2), [(1, 1), (1, 2)])):
+        mask = torch.ones(len(valid), h, w, dtype=torch.bool)
+        for i, (vh, vw) in enumerate(valid):
+            mask[i, :vh, :vw] = False
+        masks.append(mask)
+    return masks
+
+
+def check_sine_hw(cls) -> None:
+    """:func:`sine_hw_position_embedding` is the official float32 encoding (DINO's settings: 128
+    features per axis, temperatures 20, normalized) to float32 rounding."""
+    from types import SimpleNamespace
+
+    module = cls(128, temperatureH=20, temperatureW=20, normalize=True)
+    for mask in _dino_masks():
+        tensors = torch.zeros(mask.shape[0], 1, *mask.shape[1:])
+        a = module(SimpleNamespace(tensors=tensors, mask=mask))
+        b = sine_hw_position_embedding(module, SimpleNamespace(tensors=tensors, mask=mask))
+        assert a.dtype == torch.float32 and b.dtype == DTYPE and a.shape == b.shape
+        assert (a.double() - b).abs().max().item() < 1e-5, list(mask.shape)
+
+
+def check_valid_ratio(official) -> None:
+    """:func:`valid_ratio_in_float64`, rounded to float32, is the official float32 ``get_valid_ratio``."""
+    for mask in _dino_masks():
+        a, b = official(None, mask), valid_ratio_in_float64(None, mask)
+        assert a.dtype == torch.float32 and b.dtype == DTYPE and torch.equal(a, b.float())
 
 
 def translate_gt_in_input_dtype(weighting_function):
@@ -183,4 +256,12 @@ def install(package: str, *names: str) -> list:
         replacement = translate_gt_in_input_dtype(utils.weighting_function)
         check_translate_gt(utils.translate_gt, replacement, utils.weighting_function)
         utils.translate_gt = replacement
+    if "sine_hw" in names:
+        encoding = _attr(package, "position_encoding.PositionEmbeddingSineHW")
+        check_sine_hw(encoding)
+        encoding.forward = sine_hw_position_embedding
+    if "valid_ratio" in names:
+        transformer = _attr(package, "deformable_transformer.DeformableTransformer")
+        check_valid_ratio(transformer.get_valid_ratio)
+        transformer.get_valid_ratio = valid_ratio_in_float64
     return [describe(package, k) for k in names]

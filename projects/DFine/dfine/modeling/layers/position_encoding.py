@@ -19,7 +19,9 @@ class SinePositionEncoding(nn.Module):
 
     The variants: DINO and DN-DAB-DETR ``temperature_h = temperature_w = 20``, no offset; Deformable-DETR
     (and DN-DAB-Deformable-DETR) ``temperature 10000``, ``offset -0.5``. The official code computes in
-    float32 whatever the model's dtype; so does this module.
+    float32 whatever the model's dtype; so does this module by default. ``forward``'s ``dtype`` picks
+    another compute dtype: float64 models pass float64 (the golden scripts patch the official encoding
+    to do the same, see ``tools/golden/float64_patches.py``).
 
     Args:
         num_pos_feats: features per axis (half the model width).
@@ -40,16 +42,17 @@ class SinePositionEncoding(nn.Module):
         self.offset = offset
 
     def _axis(self, embed: torch.Tensor, temperature: float) -> torch.Tensor:
-        dim_t = torch.arange(self.num_pos_feats, dtype=torch.float32, device=embed.device)
+        dim_t = torch.arange(self.num_pos_feats, dtype=embed.dtype, device=embed.device)
         dim_t = temperature ** (2 * (dim_t // 2) / self.num_pos_feats)
         pos = embed[..., None] / dim_t
         return torch.stack((pos[..., 0::2].sin(), pos[..., 1::2].cos()), dim=4).flatten(3)
 
-    def forward(self, mask: torch.Tensor) -> torch.Tensor:
-        """``mask [B, H, W]`` bool, True on the padding -> ``[B, 2 * num_pos_feats, H, W]`` float32."""
+    def forward(self, mask: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """``mask [B, H, W]`` bool, True on the padding -> ``[B, 2 * num_pos_feats, H, W]`` computed in
+        (and of) ``dtype``, float32 unless given."""
         valid = ~mask
-        y_embed = valid.cumsum(1, dtype=torch.float32)
-        x_embed = valid.cumsum(2, dtype=torch.float32)
+        y_embed = valid.cumsum(1, dtype=dtype)
+        x_embed = valid.cumsum(2, dtype=dtype)
         if self.normalize:
             eps = 1e-6
             y_embed = (y_embed + self.offset) / (y_embed[:, -1:, :] + eps) * self.scale
