@@ -1,12 +1,16 @@
 #!/usr/bin/env python
-"""Convert an official RT-DETRv2 / D-FINE / DEIM / DEIMv2 checkpoint for one of our configs.
+"""Convert an official RT-DETRv2 / D-FINE / DEIM / DEIMv2 / DINO checkpoint for one of our configs.
 
     python tools/convert_official.py --config-file configs/rtdetrv2_r50.py rtdetrv2_r50vd_6x_coco_ema.pth out.pth
     python train_net.py --config-file configs/rtdetrv2_r50.py --eval-only train.init_checkpoint=out.pth
 
 The weights are taken from ``ema.module`` (else ``model``) of the official file. The model built
 from the config must match the checkpoint key for key and shape for shape; otherwise the script
-stops and lists every difference (for example a checkpoint of another model size).
+stops and lists every difference (for example a checkpoint of another model size). Official DINO
+checkpoints are renamed into our layout first; their 91 class rows (COCO category ids) map onto
+the 80 Detectron2 classes of our COCO configs::
+
+    python tools/convert_official.py --config-file configs/dino_r50_4scale_12ep.py checkpoint0011_4scale.pth out.pth
 
 ``--backbone`` converts pretrained backbone weights instead (HGNetv2 ``PPHGNetV2_B0_stage1.pth``,
 DINOv3 ``dinov3_vits16_pretrain_lvd1689m-08c60483.pth``, DEIMv2 ``vitt_distill.pt``) into a whole
@@ -31,8 +35,10 @@ from dfine.checkpoint import CheckpointFileError, read_checkpoint_file
 from dfine.checkpoint.official import (
     CheckpointMismatchError,
     convert_backbone_state_dict,
+    convert_dino_state_dict,
     convert_official_state_dict,
     extract_official_state_dict,
+    is_dino_state_dict,
 )
 from dfine.config import load_config
 
@@ -74,7 +80,9 @@ def main(argv=None):
             print(f"Backbone weights loaded under {prefix!r}; {len(skipped)} tensor(s) not taken"
                   + "".join(f"\n  {line}" for line in skipped))
         else:
-            state_dict = convert_official_state_dict(extract_official_state_dict(checkpoint), model)
+            official = extract_official_state_dict(checkpoint)
+            convert = convert_dino_state_dict if is_dino_state_dict(official) else convert_official_state_dict
+            state_dict = convert(official, model)
     except CheckpointMismatchError as e:
         sys.exit(f"{args.official} does not fit {args.config_file}:\n{e}")
     model.load_state_dict(state_dict, strict=True)

@@ -8,7 +8,7 @@ included, see ``dfine.solver.param_groups``).
 import torch
 from detectron2.config import LazyCall as L
 
-from dfine.solver import ConstantSchedule, LinearWarmup, param_groups
+from dfine.solver import ConstantSchedule, LinearWarmup, StepDecay, param_groups
 
 # Official configs/rtdetrv2/include/optimizer.yml: the backbone at 1e-5 except parameters whose
 # name contains "norm" (those train at the base LR with weight decay, as officially); no weight
@@ -32,4 +32,22 @@ rtdetrv2_lr_multiplier = L(LinearWarmup)(
     scheduler=L(ConstantSchedule)(value=1.0),
     warmup_iters=2000,
     max_iter="${train.max_iter}",
+)
+
+# Official DINO (main.py, util/get_param_dicts.py 'default', config/DINO/DINO_4scale.py): AdamW with
+# lr 1e-4, parameters with "backbone" in their name at 1e-5, weight decay 1e-4 on every parameter.
+DinoAdamW = L(torch.optim.AdamW)(
+    params=L(param_groups)(rules={"backbone": {"pattern": r"backbone", "lr": 1e-5}}),
+    lr=1e-4,
+    betas=(0.9, 0.999),
+    weight_decay=1e-4,
+)
+
+# Official DINO StepLR(lr_drop), stepped per epoch: one drop by 10 at `drop_epochs` (12 epochs: 11;
+# 24: 20; 36: 33), no warm-up.
+dino_lr_multiplier = L(StepDecay)(
+    max_iter="${train.max_iter}",
+    iters_per_epoch="${train.iters_per_epoch}",
+    drop_epochs=[11],
+    gamma=0.1,
 )

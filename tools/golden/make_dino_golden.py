@@ -27,16 +27,20 @@ What runs, for ``config/DINO/DINO_4scale.py`` and ``DINO_5scale.py`` (both with 
 Weights are ``tests/golden/synth.py::synth_state_dict`` over the official keys, one draw per tensor:
 keys that alias one tensor (``bbox_embed.{l}``, ``class_embed.{l}``, ``transformer.decoder.bbox_embed.{l}``,
 ``transformer.decoder.class_embed.{l}``) all get the values drawn for the first of them
-(:data:`ALIASES` in the JSON). Images are ``synth_image``; targets ``synth_targets`` (91 classes).
+(``aliases`` in the JSON): ``tests/golden/dino_inputs.py::official_weights``. Images are
+``synth_image``, targets ``synth_targets`` (91 classes): ``dino_inputs.synth_batch``.
 
 Runtime stand-ins, none of them numeric: the compiled deformable-attention op is replaced by the
 official pure-PyTorch ``ms_deform_attn_core_pytorch``; ``Tensor.cuda()`` and ``.to('cuda')`` keep
 tensors on the CPU; torchvision's ``resnet50`` gets ``weights=None`` instead of ``pretrained=``; a
 missing ``timm`` is stubbed (only the Swin / ConvNeXt files import it). The model runs in float64
 (``torch.set_default_dtype(torch.float64)`` before it is built, so that the official denoising buffers
-made with ``torch.zeros`` are float64 too). No dtype patch: the steps the official code computes in
-float32 whatever the dtype (the image sine encoding, valid ratios, encoder reference points,
-proposals, the query sine embedding's frequencies, the label-flip draws) are float32 in ours too.
+made with ``torch.zeros`` are float64 too). Two official steps compute in float32 whatever the
+dtype; the shared ``tools/golden/float64_patches.py`` makes them follow the input's dtype, as ours
+do (``install("models.dino")``: ``sine_hw``, the image sine encoding; ``valid_ratio``, the valid
+ratios). The others stay float32 on both sides, as ours compute them: the proposals' anchors and the
+query sine embedding's frequencies (both exact grids up to one float32 rounding), and the label-flip
+draws.
 """
 import argparse
 import json
@@ -51,7 +55,10 @@ import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT / "tests"))
-from golden.synth import fingerprint, synth_image, synth_state_dict, synth_targets  # noqa: E402
+from golden.dino_inputs import official_weights, synth_batch  # noqa: E402
+from golden.synth import fingerprint  # noqa: E402
+
+import float64_patches  # noqa: E402  (tools/golden, this script's directory)
 
 GOLDEN = REPO_ROOT / "tests" / "golden" / "dino_golden"
 COMMAND = "PYTHONDONTWRITEBYTECODE=1 python tools/golden/make_dino_golden.py <DINO clone>"
@@ -127,7 +134,9 @@ def _build(config: str):
     from models.dino.dino import build_dino
 
     torch.manual_seed(0)
-    return build_dino(_config(config))
+    model, criterion, postprocessors = build_dino(_config(config))
+    # The deformable attention's offset bias is made from a float32 grid whatever the default dtype.
+    return model.double(), criterion, postprocessors
 
 
 def alias_groups(model: torch.nn.Module) -> dict:
@@ -140,23 +149,15 @@ def alias_groups(model: torch.nn.Module) -> dict:
     return aliases
 
 
-def official_weights(key_shapes: dict, aliases: dict) -> dict:
-    """The synthetic official state dict: one draw per tensor, copied to its alias keys."""
-    drawn = synth_state_dict({k: s for k, s in key_shapes.items() if k not in aliases}, seed=WEIGHT_SEED)
-    return {**drawn, **{k: drawn[owner] for k, owner in aliases.items()}}
-
-
 def batch():
     """The official inputs: a padded NestedTensor of the two normalised float64 images, and targets
     (labels, cxcywh boxes normalised by each image's size)."""
     from util.misc import nested_tensor_from_tensor_list
 
     mean, std = torch.tensor(PIXEL_MEAN)[:, None, None], torch.tensor(PIXEL_STD)[:, None, None]
-    images = [torch.from_numpy(synth_image(h, w, seed)).permute(2, 0, 1).double() for (h, w), seed in
-              zip(IMAGE_SIZES, IMAGE_SEEDS)]
+    images, targets = synth_batch(IMAGE_SIZES, IMAGE_SEEDS, NUM_TARGETS, NUM_CLASSES, TARGET_SEED)
+    images = [torch.from_numpy(image).permute(2, 0, 1).double() for image in images]
     samples = nested_tensor_from_tensor_list([(image / 255 - mean) / std for image in images])
-    targets = [{"labels": t["labels"], "boxes": t["boxes"].double()}
-               for t in synth_targets(list(NUM_TARGETS), NUM_CLASSES, TARGET_SEED)]
     return samples, targets
 
 
@@ -173,7 +174,7 @@ def job_counts(config: str) -> dict:
 
 
 def _load(model, counts):
-    weights = official_weights(counts["state_dict"], counts["aliases"])
+    weights = official_weights(counts["state_dict"], counts["aliases"], WEIGHT_SEED)
     model.load_state_dict(weights, strict=True)
     return fingerprint({k: v for k, v in weights.items() if k not in counts["aliases"]})
 
@@ -256,8 +257,10 @@ def main():
     torch.set_num_threads(1)
     torch.set_default_dtype(torch.float64)
     _stub_runtime(root)
+    patches = float64_patches.install("models.dino")
     golden = {"source": "IDEA-Research/DINO", "commit": commit, "command": COMMAND, "torch": torch.__version__,
-              "dtype": "float64", "num_classes": NUM_CLASSES, "image_sizes": IMAGE_SIZES, "image_seeds": IMAGE_SEEDS,
+              "dtype": "float64", "patches": patches,
+              "num_classes": NUM_CLASSES, "image_sizes": IMAGE_SIZES, "image_seeds": IMAGE_SEEDS,
               "num_targets": NUM_TARGETS, "target_seed": TARGET_SEED, "weight_seed": WEIGHT_SEED,
               "train_noise_seed": TRAIN_NOISE_SEED, "lr_drop_after": LR_DROP_AFTER,
               "pixel_mean": PIXEL_MEAN, "pixel_std": PIXEL_STD, "models": {}}

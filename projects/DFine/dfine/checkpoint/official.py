@@ -1,10 +1,12 @@
 """Conversion of checkpoints of the official repositories into checkpoints of our models.
 
-Our modules use the official state-dict names, so the conversion is a strict check: every key
-of our model must come from the official state dict with the same shape, and every official
-key must be used. The only exceptions are listed in ``DERIVED_BUFFERS``: buffers that a model
-rebuilds from its constructor arguments, which may be absent on either side.
+Our RT-DETR-family modules use the official state-dict names, so the conversion is a strict check:
+every key of our model must come from the official state dict with the same shape, and every
+official key must be used. The only exceptions are listed in ``DERIVED_BUFFERS``: buffers that a
+model rebuilds from its constructor arguments, which may be absent on either side. Official DINO
+checkpoints are first renamed into our layout (:func:`dino_to_ours`), then checked the same way.
 """
+import re
 import logging
 from typing import Dict, List, Mapping, Optional, Pattern, Tuple
 
@@ -13,6 +15,9 @@ from torch import nn
 
 __all__ = [
     "extract_official_state_dict",
+    "dino_to_ours",
+    "convert_dino_state_dict",
+    "is_dino_state_dict",
     "convert_official_state_dict",
     "convert_backbone_state_dict",
     "fit_state_dict",
@@ -47,6 +52,100 @@ def extract_official_state_dict(checkpoint: Mapping) -> Dict[str, torch.Tensor]:
         "Not an official checkpoint: expected a state dict under 'ema.module' or 'model'; "
         f"found top-level keys {sorted(checkpoint)[:10]}"
     )
+
+
+# Official DINO key -> ours (first match wins; regex, then the replacement). The decoder layers' norms
+# swap names: DINO's norm2 follows the self-attention and norm1 the cross-attention, ours the reverse.
+DINO_KEYS = (
+    (r"^backbone\.0\.body\.", "backbone.body."),
+    (r"^backbone\.0\.", "backbone."),  # Swin
+    (r"^input_proj\.", "encoder.input_proj."),
+    (r"^transformer\.level_embed$", "encoder.level_embed"),
+    (r"^transformer\.encoder\.layers\.", "encoder.layers."),
+    (r"^transformer\.decoder\.layers\.(\d+)\.norm1\.", r"decoder.decoder.layers.\1.norm2."),
+    (r"^transformer\.decoder\.layers\.(\d+)\.norm2\.", r"decoder.decoder.layers.\1.norm1."),
+    (r"^transformer\.decoder\.layers\.", "decoder.decoder.layers."),
+    (r"^transformer\.decoder\.norm\.", "decoder.decoder.norm."),
+    (r"^transformer\.decoder\.ref_point_head\.", "decoder.query_pos_head."),
+    (r"^transformer\.tgt_embed\.", "decoder.tgt_embed."),
+    (r"^transformer\.enc_output\.", "decoder.enc_output.proj."),
+    (r"^transformer\.enc_output_norm\.", "decoder.enc_output.norm."),
+    (r"^transformer\.enc_out_class_embed\.", "decoder.enc_score_head."),
+    (r"^transformer\.enc_out_bbox_embed\.", "decoder.enc_bbox_head."),
+    (r"^label_enc\.", "decoder.label_enc."),
+    (r"^class_embed\.", "decoder.dec_score_head."),
+    (r"^bbox_embed\.", "decoder.dec_bbox_head."),
+)
+# The official DINO model holds its shared decoder heads a second time under these keys.
+DINO_ALIASES = re.compile(r"^transformer\.decoder\.(class_embed|bbox_embed)\.")
+# Ours whose rows are classes, and whether a last extra row follows them (DINO's label_enc).
+DINO_CLASS_ROWS = {"decoder.enc_score_head.": False, "decoder.dec_score_head.": False, "decoder.label_enc.": True}
+
+
+def is_dino_state_dict(state_dict: Mapping[str, torch.Tensor]) -> bool:
+    """Whether a state dict is an official DINO model's (``transformer.tgt_embed`` and ``label_enc``)."""
+    return "transformer.tgt_embed.weight" in state_dict and "label_enc.weight" in state_dict
+
+
+def dino_to_ours(official: Mapping[str, torch.Tensor],
+                 class_ids: Optional[List[int]] = None) -> Dict[str, torch.Tensor]:
+    """An official DINO state dict in our layout (:data:`DINO_KEYS`).
+
+    The alias keys of the shared heads (``transformer.decoder.{class,bbox}_embed.*``) must hold the
+    same values as ``class_embed.*`` / ``bbox_embed.*`` and are dropped. With ``class_ids`` (our class
+    ``k`` is the official class ``class_ids[k]``: for COCO, official DINO indexes the 91 category ids and
+    Detectron2 the 80 contiguous ones), the class rows of the score heads and of the denoising label
+    embedding are taken in that order (the embedding keeps its last, "no class" row).
+
+    Raises:
+        CheckpointMismatchError: an alias that differs from its head, or a key of no known part.
+    """
+    out, unknown = {}, []
+    for key, value in official.items():
+        if DINO_ALIASES.match(key):
+            owner = DINO_ALIASES.sub(lambda m: m.group(1) + ".", key)
+            if owner not in official or not torch.equal(official[owner], value):
+                raise CheckpointMismatchError(f"{key} is not the shared head {owner} of an official DINO model")
+            continue
+        for pattern, replacement in DINO_KEYS:
+            if re.match(pattern, key):
+                out[re.sub(pattern, replacement, key)] = value
+                break
+        else:
+            unknown.append(key)
+    if unknown:
+        raise CheckpointMismatchError(f"Keys of no DINO part: {unknown[:MAX_LISTED]}")
+    if class_ids is not None:
+        for key, value in out.items():
+            for prefix, extra_row in DINO_CLASS_ROWS.items():
+                if key.startswith(prefix):
+                    rows = list(class_ids) + ([value.shape[0] - 1] if extra_row else [])
+                    out[key] = value[rows]
+    return out
+
+
+def coco_category_ids() -> List[int]:
+    """COCO's 80 category ids in the order of Detectron2's contiguous classes 0..79 (ids 1..90 with
+    gaps: the rows the official 91-class heads use)."""
+    from detectron2.data.datasets.builtin_meta import COCO_CATEGORIES
+
+    return [c["id"] for c in COCO_CATEGORIES if c["isthing"]]
+
+
+def convert_dino_state_dict(official: Mapping[str, torch.Tensor], model: nn.Module) -> Dict[str, torch.Tensor]:
+    """An official DINO state dict for ``model`` (:func:`dino_to_ours`, then the strict check of
+    :func:`convert_official_state_dict`). A 91-row checkpoint (COCO category ids, as every official
+    COCO model) loads into an 80-class model (Detectron2's contiguous COCO classes) by taking the rows
+    of :func:`coco_category_ids`; other class counts must be equal."""
+    rows = official["class_embed.0.bias"].shape[0] if "class_embed.0.bias" in official else None
+    classes = getattr(getattr(model, "decoder", None), "num_classes", rows)
+    class_ids = None
+    if rows != classes:
+        if (rows, classes) != (91, 80):
+            raise CheckpointMismatchError(f"The checkpoint has {rows} classes, the model {classes}: only the official "
+                                          "91 COCO category ids map onto Detectron2's 80 COCO classes")
+        class_ids = coco_category_ids()
+    return convert_official_state_dict(dino_to_ours(official, class_ids), model)
 
 
 def _is_derived(key: str) -> bool:

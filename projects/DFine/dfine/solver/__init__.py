@@ -1,5 +1,5 @@
 """Optimizer parameter groups and learning-rate schedules (fvcore ParamSchedulers)."""
-from .lr_scheduler import ConstantSchedule, FlatCosine, LinearWarmup
+from .lr_scheduler import ConstantSchedule, FlatCosine, LinearWarmup, StepDecay
 from .param_groups import param_groups
 
-__all__ = ["ConstantSchedule", "FlatCosine", "LinearWarmup", "param_groups"]
+__all__ = ["ConstantSchedule", "FlatCosine", "LinearWarmup", "StepDecay", "param_groups"]

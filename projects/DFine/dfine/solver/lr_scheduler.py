@@ -14,7 +14,7 @@ import math
 
 from fvcore.common.param_scheduler import ParamScheduler
 
-__all__ = ["ConstantSchedule", "LinearWarmup", "FlatCosine"]
+__all__ = ["ConstantSchedule", "LinearWarmup", "FlatCosine", "StepDecay"]
 
 
 def _check_where(where: float) -> None:
@@ -129,3 +129,35 @@ class FlatCosine(ParamScheduler):
         _check_where(where)
         iteration = round(where * self.max_iter)
         return self.initial_factor if iteration == 0 else self.factor_at_step(iteration - 1)
+
+
+class StepDecay(ParamScheduler):
+    """The learning-rate drops of DETR, DN-DETR and DINO (``StepLR(lr_drop)`` stepped once per epoch):
+    the factor is ``gamma ** k`` in epoch ``e``, ``k`` the number of ``drop_epochs`` at or before ``e``,
+    the epoch of iteration ``i`` being ``floor(i / iters_per_epoch)``.
+
+    The official runs drop once (12 epochs: at 11; 24: at 20; 36: at 33; 50: at 40), where
+    ``StepLR``, which would drop again every ``lr_drop`` epochs, equals one milestone.
+
+    Args:
+        max_iter: training iterations (``train.max_iter``).
+        iters_per_epoch: training images / total batch size (``train.iters_per_epoch``, set by
+            train_net.py from the data set).
+        drop_epochs: the epochs from which the factor is multiplied by ``gamma``.
+        gamma: the factor of each drop.
+    """
+
+    def __init__(self, max_iter: int, iters_per_epoch: float, drop_epochs, gamma: float = 0.1):
+        if iters_per_epoch is None:
+            raise ValueError("StepDecay needs train.iters_per_epoch (train_net.py sets it from the training set)")
+        if max_iter <= 0 or iters_per_epoch <= 0:
+            raise ValueError(f"Need max_iter > 0 and iters_per_epoch > 0, got {max_iter} and {iters_per_epoch}")
+        self.max_iter = int(max_iter)
+        self.iters_per_epoch = float(iters_per_epoch)
+        self.drop_epochs = sorted(float(e) for e in drop_epochs)
+        self.gamma = float(gamma)
+
+    def __call__(self, where: float) -> float:
+        _check_where(where)
+        epoch = math.floor(round(where * self.max_iter) / self.iters_per_epoch)
+        return self.gamma ** sum(epoch >= e for e in self.drop_epochs)

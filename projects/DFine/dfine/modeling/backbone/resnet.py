@@ -20,8 +20,8 @@ _STAGE_CHANNELS = {18: [64, 128, 256, 512], 34: [64, 128, 256, 512], 50: [256, 5
 
 
 class ResNet(nn.Module):
-    """A torchvision ResNet without its classifier, every BatchNorm frozen (eps 1e-5, as the official
-    ``FrozenBatchNorm2d`` of DETR and DINO), returning the maps of the chosen stages.
+    """A torchvision ResNet without its classifier, every BatchNorm frozen by default (eps 1e-5, as the
+    official ``FrozenBatchNorm2d`` of DETR and DINO), returning the maps of the chosen stages.
 
     Args:
         depth: 18, 34, 50, 101 or 152.
@@ -30,19 +30,22 @@ class ResNet(nn.Module):
         dilation: dilate ``layer4`` instead of striding it (the "DC5" models: stride 16).
         freeze_at: frozen parameters, detectron2's convention: 0 none, 1 the stem, 2 the stem and
             ``layer1`` (the official DETR family: only ``layer2``..``layer4`` train), 5 everything.
+        frozen_bn: every BatchNorm frozen (the official models, which start from ImageNet weights);
+            False trains them (a network trained from scratch, as the quick starts).
 
     ``forward(x [B, 3, H, W])`` returns ``[B, out_channels[i], H / out_strides[i], W / out_strides[i]]``.
     """
 
     def __init__(self, depth: int = 50, return_idx: Sequence[int] = (1, 2, 3), dilation: bool = False,
-                 freeze_at: int = 2):
+                 freeze_at: int = 2, frozen_bn: bool = True):
         super().__init__()
         if depth not in _STAGE_CHANNELS:
             raise ValueError(f"ResNet depth must be one of {sorted(_STAGE_CHANNELS)}, got {depth}")
         if not 0 <= freeze_at <= 5:
             raise ValueError(f"freeze_at must be in 0..5, got {freeze_at}")
         body = getattr(torchvision.models, f"resnet{depth}")(
-            weights=None, replace_stride_with_dilation=[False, False, dilation], norm_layer=FrozenBatchNorm2d)
+            weights=None, replace_stride_with_dilation=[False, False, dilation],
+            norm_layer=FrozenBatchNorm2d if frozen_bn else nn.BatchNorm2d)
         del body.fc, body.avgpool
         self.body = body
         self.return_idx, self.out_channels, self.out_strides = select_stages(return_idx, _STAGE_CHANNELS[depth])

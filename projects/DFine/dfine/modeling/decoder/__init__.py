@@ -4,5 +4,5 @@ from .input_projection import InputProjection, Memory  # noqa: F401
 from .query_selection import EncoderTopK, generate_anchors  # noqa: F401
 from .layer import DeformableDecoderLayer  # noqa: F401
 from .heads import LQE, BoxHead, BoxPositionEmbedding, ClassHead, SineBoxPositionEmbedding  # noqa: F401
-from .denoising import ContrastiveDenoising, contrastive_denoising_group  # noqa: F401
+from .denoising import ContrastiveDenoising, DinoContrastiveDenoising, contrastive_denoising_group  # noqa: F401
 from .decoder import DetrDecoder  # noqa: F401

@@ -198,10 +198,12 @@ class DetrDecoder(nn.Module):
     def _level_scale(self, memory) -> Optional[torch.Tensor]:
         """``[B, 1, L, 4]``: what turns an image-relative box into each level's frame (the valid
         ratios, :func:`~.input_projection.valid_ratios`, in float32 as the official code computes
-        them), or None where boxes are in the frame of the batch or no image is padded."""
+        them, or float64 for a float64 model), or None where boxes are in the frame of the batch or
+        no image is padded."""
         if not self.image_relative_boxes or memory.valid is None:
             return None
         ratios = valid_ratios(memory.valid, memory.spatial_shapes, memory.tokens.shape[0],
+                              dtype=torch.promote_types(memory.tokens.dtype, torch.float32),
                               device=memory.tokens.device)
         return torch.cat([ratios, ratios], -1)[:, None]
 
