@@ -28,11 +28,18 @@ from test_train_net import TINY_DFINE, TINY_MODEL
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = (64, 64)
 TOLERANCE = 1e-4
+# DINO with ResNet-18, 64 channels, one encoder and two decoder layers, 30 queries (a 64x64 input
+# has 85 memory tokens over its 4 levels).
+TINY_DINO = ["model.backbone.depth=18", "model.encoder.in_channels=[128,256,512]", "model.encoder.hidden_dim=64",
+             "model.encoder.num_layers=1", "model.encoder.dim_feedforward=64", "model.decoder.hidden_dim=64",
+             "model.decoder.num_layers=2", "model.decoder.num_queries=30", "model.decoder.input_proj.in_channels="
+             "[64,64,64,64]", "model.decoder.layer.dim_feedforward=64", "model.num_top_queries=30"]
 FAMILIES = {
     "rtdetrv2_r18": TINY_MODEL,
     "deim_rtdetrv2_r18": TINY_MODEL,
     "dfine_hgnetv2_n": TINY_DFINE,
     "deim_dfine_hgnetv2_n": TINY_DFINE,
+    "dino_r50_4scale_12ep": TINY_DINO,
 }
 
 _spec = importlib.util.spec_from_file_location("export_onnx_tool", ROOT / "tools" / "export_onnx.py")
@@ -107,7 +114,7 @@ def test_export_with_postprocessor_matches_pytorch(config, tmp_path):
         torch.testing.assert_close(output.scores, scores[i])
 
 
-@pytest.mark.parametrize("config", ["rtdetrv2_r18", "dfine_hgnetv2_n"])
+@pytest.mark.parametrize("config", ["rtdetrv2_r18", "dfine_hgnetv2_n", "dino_r50_4scale_12ep"])
 def test_export_without_grid_sample_matches_default_sampler(config, tmp_path):
     """Raw outputs of the GridSample-free graph == the deploy model with grid_sample in PyTorch."""
     model = tiny_model(config).deploy()

@@ -61,7 +61,7 @@ from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 from torch import nn
 
-from dfine.config import load_config
+from dfine.config import eval_input_size, load_config
 from dfine.data import Mosaic
 from dfine.engine import Trainer, resolve_device
 from dfine.export import INPUT_NAME, export_onnx, onnxruntime_session, random_images
@@ -170,12 +170,6 @@ def benchmark_loader_memory(cfg, args, emit) -> None:
          pss_growth_mb=round(samples[-1]["total_pss_mb"] - samples[0]["total_pss_mb"], 1))
 
 
-def test_image_size(cfg):
-    """``(height, width)`` the test mapper resizes to."""
-    size = cfg.dataloader.test.mapper.image_size
-    return (size, size) if isinstance(size, int) else tuple(size)
-
-
 def random_batch(batch_size, size, device):
     """``batch_size`` random uint8 images in the model's input format."""
     generator = torch.Generator().manual_seed(0)
@@ -208,7 +202,7 @@ def benchmark_params(cfg, args, emit) -> None:
 def benchmark_flops(cfg, args, emit) -> None:
     from fvcore.nn import FlopCountAnalysis
 
-    size = test_image_size(cfg)
+    size = eval_input_size(cfg)
     model = instantiate(cfg.model).deploy()
     image = random_batch(1, size, "cpu")[0]["image"][None]
     counter = FlopCountAnalysis(_TensorOutputs(model), (image,))
@@ -250,7 +244,7 @@ def peak_memory_mb(device) -> float:
 
 def benchmark_latency(cfg, args, emit) -> None:
     device = torch.device(resolve_device(args.device))
-    size = test_image_size(cfg)
+    size = eval_input_size(cfg)
     model = instantiate(cfg.model).to(device).eval()
 
     def emit_latency(form, device, batch_size, times):

@@ -37,7 +37,7 @@ import cv2
 import torch
 from detectron2.config import instantiate
 
-from dfine.config import load_config
+from dfine.config import eval_input_size, load_config
 from dfine.data.mapper import read_rgb_image
 from dfine.checkpoint import load_ema_or_model_weights
 from dfine.export import compare_with_pytorch, export_onnx, onnxruntime_session, random_images, toy_images
@@ -54,8 +54,7 @@ def export_size(cfg, size):
     """``(H, W)``: ``--size`` (one value for a square), else the test mapper's ``image_size``."""
     if size:
         return (size[0], size[-1])
-    image_size = cfg.dataloader.test.mapper.image_size
-    return (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+    return eval_input_size(cfg)
 
 
 def file_images(files, batch_size, image_size):

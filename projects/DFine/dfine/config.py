@@ -27,7 +27,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import OverrideParseException
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-__all__ = ["ConfigError", "apply_overrides", "check_training_values", "load_config"]
+__all__ = ["ConfigError", "apply_overrides", "check_training_values", "load_config", "eval_input_size"]
 
 
 class ConfigError(ValueError):
@@ -98,6 +98,21 @@ def apply_overrides(cfg: DictConfig, overrides: Sequence[str], source: str = "th
     if sections:
         raise ConfigError("\n".join(sections))
     return cfg
+
+
+def eval_input_size(cfg: DictConfig) -> Tuple[int, int]:
+    """``(height, width)`` a config evaluates at, for tools that need one fixed size (export,
+    benchmarks): the test mapper's ``image_size``; for a mapper that keeps the aspect ratio
+    (``image_size=None``, the DETR / DINO resize to a shorter side ``size``), the square of that side."""
+    mapper = cfg.dataloader.test.mapper
+    size = mapper.image_size
+    if size is None:
+        augmentations = mapper.get("augmentations")
+        size = augmentations.get("size") if augmentations is not None and hasattr(augmentations, "get") else None
+        if size is None:
+            raise ConfigError("dataloader.test.mapper has no image_size and no resize size: give the input size "
+                              "explicitly (e.g. --size 800)")
+    return (size, size) if isinstance(size, int) else tuple(size)
 
 
 def check_training_values(cfg: DictConfig, world_size: int = 1) -> None:
