@@ -9,11 +9,13 @@ official weights go through our converter (``dino_to_ours``, then the strict che
 
 Tolerances. Both sides compute in float64, except a few steps that both compute in float32 whatever
 the dtype, in the same way (the proposals' anchor grid and its logit, the query sine embedding's
-frequencies): on one machine those are bit-identical, across CPU kernel ISAs their float32 ``log`` /
-``pow`` may differ by an ulp, a relative 1e-7 that the network carries to its outputs. Measured
-(AVX-512, and with ``ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2``): see each test. The issue's
-bounds are 1e-4 for the detections and 1e-5 for the losses; the tests use tighter ones that still
-leave two orders of magnitude over the measured differences.
+frequencies): on one machine those are bit-identical, but across CPU kernel ISAs a float32 ``log``
+or ``pow`` may differ by an ulp, a relative 1e-7 of an anchor that the network would carry to its
+outputs. The tolerances leave room for that (1e-6 for detections and losses, 1e-5 over 20 training
+steps, against the issue's 1e-4 and 1e-5), while a real difference of the model moves the values by
+far more (a GIoU without DETR's 1e-6 epsilon: 1e-5; the normalisation constants rounded to float32:
+3e-8 of the backbone maps, 2e-9 of the scores). Each test gives the differences measured on AVX-512
+(AMD EPYC) and with ``ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2``.
 """
 import json
 from pathlib import Path
@@ -51,7 +53,12 @@ def build(meta, name):
     entry = meta["models"][name]
     official = official_weights(entry["state_dict"], entry["aliases"], meta["weight_seed"])
     model.load_state_dict(convert_official_state_dict(dino_to_ours(official), model), strict=True)
-    return model.double(), cfg
+    model.double()
+    # The normalisation buffers are made in float32, and .double() keeps that rounding of the ImageNet
+    # statistics (2.5e-8 relative); the official float64 input is normalised with float64 values.
+    for name in ("pixel_mean", "pixel_std"):
+        getattr(model, name).copy_(torch.tensor(cfg.model[name], dtype=torch.float64).view(-1, 1, 1))
+    return model, cfg
 
 
 def inputs(meta, with_targets=False):
@@ -65,7 +72,9 @@ def inputs(meta, with_targets=False):
             instances = Instances((h, w))
             cx, cy, bw, bh = target["boxes"].unbind(-1)
             xyxy = torch.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], -1)
-            instances.gt_boxes = Boxes(xyxy * torch.tensor([w, h, w, h], dtype=torch.float64))
+            # Boxes() casts to float32; the golden's targets are float64.
+            instances.gt_boxes = Boxes(xyxy)
+            instances.gt_boxes.tensor = xyxy * torch.tensor([w, h, w, h], dtype=torch.float64)
             instances.gt_classes = target["labels"]
             x["instances"] = instances
         batch.append(x)
@@ -94,26 +103,26 @@ def test_parameter_count_and_conversion(golden, name):
 
 @pytest.mark.parametrize("name", ["4scale", "5scale"])
 def test_eval_detections(golden, name):
-    """The top-300 detections of the padded batch. Measured: 0 (AVX-512); tolerance 1e-7 relative."""
+    """The top-300 detections of the padded batch: the same classes in the same order, scores to 1e-6
+    relative (measured: 1.1e-15), boxes to 1e-3 pixels (Detectron2's ``Boxes`` hold float32, whose
+    rounding at a few hundred pixels is 3e-5; measured: 1.5e-5)."""
     meta, arrays = golden
     model, _ = build(meta, name)
     model.eval()
     with torch.no_grad():
         results = model(inputs(meta))
-    actual, expected = {}, {}
     for i, result in enumerate(results):
         instances = result["instances"]
-        actual.update({f"scores_{i}": instances.scores, f"boxes_{i}": instances.pred_boxes.tensor})
-        expected.update({f"scores_{i}": arrays[f"{name}/scores_{i}"], f"boxes_{i}": arrays[f"{name}/boxes_{i}"]})
         np.testing.assert_array_equal(instances.pred_classes.numpy(), arrays[f"{name}/labels_{i}"])
-    assert_all_close(actual, expected, rtol=1e-7)
+        assert_all_close({"scores": instances.scores}, {"scores": arrays[f"{name}/scores_{i}"]}, rtol=1e-6)
+        np.testing.assert_allclose(instances.pred_boxes.tensor.numpy(), arrays[f"{name}/boxes_{i}"], rtol=0, atol=1e-3)
 
 
 @pytest.mark.parametrize("denoising", [True, False])
 def test_training_losses(golden, denoising):
     """Every weighted loss term of one training forward, with denoising (the same noise: the official
     draws after ``torch.manual_seed``, reproduced) and without (the official dn terms are then zeros).
-    Measured: 0 (AVX-512); tolerance 1e-7 relative."""
+    Measured: 3.2e-15 relative; tolerance 1e-6."""
     meta, _ = golden
     model, _ = build(meta, "4scale")
     if not denoising:
@@ -125,7 +134,7 @@ def test_training_losses(golden, denoising):
     if not denoising:
         assert all(value == 0 for key, value in expected.items() if "_dn" in key)
         expected = {k: v for k, v in expected.items() if "_dn" not in k}
-    assert_all_close(losses, expected, rtol=1e-7)
+    assert_all_close(losses, expected, rtol=1e-6)
 
 
 class _SeededBatches:
@@ -146,7 +155,10 @@ class _SeededBatches:
 def test_training_trajectory(golden):
     """20 steps of our Trainer (the config's AdamW parameter groups, clipping 0.1, StepDecay with the
     drop after step 10) follow the official loop: every loss term at every step and the norm of
-    every parameter at the end. Measured: 0 (AVX-512); tolerance 1e-6 relative (the issue asks 1e-4)."""
+    every parameter at the end. Measured: losses 1.1e-14 relative, tolerance 1e-5 (the issue asks
+    1e-4); parameter norms 5.8e-8, tolerance 1e-5 (Adam divides by the root of the squared gradients,
+    so parameters whose gradients are nearly zero move by amounts that float64 rounding of those
+    gradients changes relatively more)."""
     meta, _ = golden
     reference = meta["models"]["4scale"]["trajectory"]
     model, cfg = build(meta, "4scale")
@@ -171,7 +183,7 @@ def test_training_trajectory(golden):
     for step, (ours, theirs) in enumerate(zip(recorded, reference["steps"])):
         actual.update({f"{step}/{k}": v for k, v in ours.items()})
         expected.update({f"{step}/{k}": v for k, v in theirs["losses"].items()})
-    assert_all_close(actual, expected, rtol=1e-6)
+    assert_all_close(actual, expected, rtol=1e-5)
     # The official names are those of named_parameters(): the shared heads appear once, under their
     # alias transformer.decoder.{bbox,class}_embed.0, which the converter wants next to its owner.
     norms = {k: torch.tensor(v) for k, v in reference["parameter_norms"].items()}
@@ -180,4 +192,4 @@ def test_training_trajectory(golden):
     converted = dino_to_ours(norms)
     ours = {k: v.detach().norm() for k, v in model.state_dict(keep_vars=True).items()
             if isinstance(v, torch.nn.Parameter)}
-    assert_all_close({k: ours[k] for k in converted}, converted, rtol=1e-6)
+    assert_all_close({k: ours[k] for k in converted}, converted, rtol=1e-5)

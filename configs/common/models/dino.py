@@ -117,9 +117,11 @@ model = L(RealTimeDETR)(
     criterion=L(SetCriterion)(
         num_classes="${..decoder.num_classes}",
         matcher=L(HungarianMatcher)(
-            weight_dict={"cost_class": 2.0, "cost_bbox": 5.0, "cost_giou": 2.0}, alpha=0.25, gamma=2.0
+            weight_dict={"cost_class": 2.0, "cost_bbox": 5.0, "cost_giou": 2.0}, alpha=0.25, gamma=2.0,
+            giou_eps=1e-6,
         ),
-        terms=[L(FocalLoss)(alpha=0.25, gamma=2.0), L(BoxLoss)()],
+        # DETR's GIoU adds 1e-6 to the union and the enclosing area.
+        terms=[L(FocalLoss)(alpha=0.25, gamma=2.0), L(BoxLoss)(giou_eps=1e-6)],
         losses=["focal", "boxes"],
         weight_dict={"loss_focal": 1.0, "loss_bbox": 5.0, "loss_giou": 2.0},
     ),

@@ -199,9 +199,10 @@ class RealTimeDETR(nn.Module):
                     f"outside the model's {num_classes} classes 0..{num_classes - 1}: map the data set's category "
                     "ids to contiguous classes (register it with dfine.data) and set model.decoder.num_classes."
                 )
-            instances = x["instances"].to(self.device)
-            boxes = instances.gt_boxes.tensor.to(dtype) / scale
-            targets.append({"labels": instances.gt_classes.long(), "boxes": box_xyxy_to_cxcywh(boxes)})
+            # The tensors themselves, not Instances.to(), whose Boxes would round them to float32.
+            boxes = x["instances"].gt_boxes.tensor.to(device=self.device, dtype=dtype) / scale
+            labels = classes.to(self.device).long()
+            targets.append({"labels": labels, "boxes": box_xyxy_to_cxcywh(boxes)})
         return targets
 
     def postprocess(self, outputs: DecoderOutput, batched_inputs: List[Dict], images: ImageList) -> List[Dict]:

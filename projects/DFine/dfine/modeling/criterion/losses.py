@@ -100,9 +100,10 @@ def l1_box_loss(boxes: torch.Tensor, gt_boxes: torch.Tensor, num_boxes) -> torch
     return F.l1_loss(boxes, gt_boxes, reduction="none").sum() / num_boxes
 
 
-def giou_box_loss(boxes: torch.Tensor, gt_boxes: torch.Tensor, num_boxes) -> torch.Tensor:
-    """``1 - GIoU`` of matched ``[N, 4]`` cxcywh boxes, summed over the pairs."""
-    giou = torch.diag(generalized_box_iou(box_cxcywh_to_xyxy(boxes), box_cxcywh_to_xyxy(gt_boxes)))
+def giou_box_loss(boxes: torch.Tensor, gt_boxes: torch.Tensor, num_boxes, eps: float = 0.0) -> torch.Tensor:
+    """``1 - GIoU`` of matched ``[N, 4]`` cxcywh boxes, summed over the pairs (``eps``: see
+    :func:`~dfine.modeling.layers.box_ops.generalized_box_iou`)."""
+    giou = torch.diag(generalized_box_iou(box_cxcywh_to_xyxy(boxes), box_cxcywh_to_xyxy(gt_boxes), eps))
     return (1 - giou).sum() / num_boxes
 
 

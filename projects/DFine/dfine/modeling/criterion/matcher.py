@@ -43,6 +43,7 @@ class HungarianMatcher(nn.Module):
         change_matcher: bool = False,
         iou_order_alpha: float = 1.0,
         matcher_change_epoch: int = 10000,
+        giou_eps: float = 0.0,
     ):
         """
         Args:
@@ -52,6 +53,7 @@ class HungarianMatcher(nn.Module):
             change_matcher: switch to the IoU-ordered cost at ``matcher_change_epoch`` (DEIMv2: True).
             iou_order_alpha: exponent of the IoU in that cost (DEIMv2: 4).
             matcher_change_epoch: first epoch (0-based) of that cost.
+            giou_eps: the GIoU cost's denominator epsilon (DETR and DINO: 1e-6).
         """
         super().__init__()
         self.cost_class = weight_dict["cost_class"]
@@ -65,6 +67,7 @@ class HungarianMatcher(nn.Module):
         self.change_matcher = change_matcher
         self.iou_order_alpha = iou_order_alpha
         self.matcher_change_epoch = matcher_change_epoch
+        self.giou_eps = giou_eps
 
     def uses_iou_order_cost(self, epoch: int) -> bool:
         """Whether the DEIMv2 cost applies at ``epoch``."""
@@ -98,7 +101,7 @@ class HungarianMatcher(nn.Module):
         else:
             cost_class = -logits.softmax(-1)[:, gt_labels]
         cost_bbox = torch.cdist(boxes, gt_boxes, p=1)
-        cost_giou = -generalized_box_iou(box_cxcywh_to_xyxy(boxes), box_cxcywh_to_xyxy(gt_boxes))
+        cost_giou = -generalized_box_iou(box_cxcywh_to_xyxy(boxes), box_cxcywh_to_xyxy(gt_boxes), self.giou_eps)
         return self.cost_bbox * cost_bbox + self.cost_class * cost_class + self.cost_giou * cost_giou
 
     @torch.no_grad()

@@ -154,7 +154,8 @@ class FocalLoss(LossTerm):
 
 
 class BoxLoss(LossTerm):
-    """``loss_bbox`` (L1 of cxcywh) and ``loss_giou`` (1 - GIoU) of the matched boxes."""
+    """``loss_bbox`` (L1 of cxcywh) and ``loss_giou`` (1 - GIoU) of the matched boxes; ``giou_eps`` is
+    the GIoU's denominator epsilon (DETR and DINO: 1e-6; the RT-DETR family: none)."""
 
     name = "boxes"
     kind = "boxes"
@@ -162,11 +163,15 @@ class BoxLoss(LossTerm):
 
     supervises_boxes = True
 
+    def __init__(self, giou_eps: float = 0.0):
+        super().__init__()
+        self.giou_eps = giou_eps
+
     def forward(self, predictions, targets, pairs, num_boxes, context):
         boxes, gt_boxes = matched_boxes(predictions, targets, pairs)
         return {
             "loss_bbox": l1_box_loss(boxes, gt_boxes, num_boxes),
-            "loss_giou": giou_box_loss(boxes, gt_boxes, num_boxes),
+            "loss_giou": giou_box_loss(boxes, gt_boxes, num_boxes, self.giou_eps),
         }
 
 

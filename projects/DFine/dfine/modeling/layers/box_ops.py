@@ -40,30 +40,32 @@ def box_area(boxes: torch.Tensor) -> torch.Tensor:
 
 
 @in_float32
-def box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor):
-    """Pairwise IoU of xyxy boxes ``[N, 4] x [M, 4] -> ([N, M] iou, [N, M] union)``."""
+def box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor, eps: float = 0.0):
+    """Pairwise IoU of xyxy boxes ``[N, 4] x [M, 4] -> ([N, M] iou, [N, M] union)``, the union
+    plus ``eps`` in the denominator (DETR's and DINO's 1e-6; none in the RT-DETR family)."""
     area1, area2 = box_area(boxes1), box_area(boxes2)
     lt = torch.max(boxes1[:, None, :2], boxes2[None, :, :2])
     rb = torch.min(boxes1[:, None, 2:], boxes2[None, :, 2:])
     wh = (rb - lt).clamp(min=0)
     inter = wh[..., 0] * wh[..., 1]
     union = area1[:, None] + area2[None, :] - inter
-    return inter / union, union
+    return inter / (union + eps) if eps else inter / union, union
 
 
 @in_float32
-def generalized_box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
-    """Pairwise GIoU of xyxy boxes ``[N, 4] x [M, 4] -> [N, M]`` (Rezatofighi et al., 2019).
+def generalized_box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor, eps: float = 0.0) -> torch.Tensor:
+    """Pairwise GIoU of xyxy boxes ``[N, 4] x [M, 4] -> [N, M]`` (Rezatofighi et al., 2019); ``eps``
+    is added to the union and the enclosing area in the denominators (DETR, DINO: 1e-6).
 
     Degenerate boxes (x2 < x1) are not rejected here: they give a finite, low GIoU, so one
     bad prediction cannot abort a training run (the official code asserts instead).
     """
-    iou, union = box_iou(boxes1, boxes2)
+    iou, union = box_iou(boxes1, boxes2, eps)
     lt = torch.min(boxes1[:, None, :2], boxes2[None, :, :2])
     rb = torch.max(boxes1[:, None, 2:], boxes2[None, :, 2:])
     wh = (rb - lt).clamp(min=0)
     enclosing = wh[..., 0] * wh[..., 1]
-    return iou - (enclosing - union) / enclosing
+    return iou - (enclosing - union) / (enclosing + eps if eps else enclosing)
 
 
 @in_float32
