@@ -157,3 +157,27 @@ def test_config_parameter_counts_equal_the_official_builds(name, expected):
     with torch.device("meta"):
         model = instantiate(cfg.model)
     assert sum(p.numel() for p in model.parameters()) == expected
+
+
+def test_batch_without_boxes_trains_with_zero_denoising_losses():
+    """Background-only images are training data: the official DINO builds no denoising query then,
+    and its denoising losses are zeros; ours keeps the same keys (every process of a DDP run returns
+    the same dict), zero, and the rest of the loss finite."""
+    from detectron2.structures import Boxes, Instances
+
+    overrides = ["model.backbone.depth=18", "model.encoder.in_channels=[128,256,512]", "model.encoder.hidden_dim=64",
+                 "model.encoder.num_layers=1", "model.decoder.hidden_dim=64", "model.decoder.num_layers=2",
+                 "model.decoder.num_queries=30", "model.decoder.input_proj.in_channels=[64,64,64,64]",
+                 "model.decoder.num_classes=6"]
+    model = instantiate(load_config("configs/dino_r50_4scale_12ep.py", overrides).model).train()
+    batch = []
+    for h, w in [(64, 80), (72, 64)]:
+        instances = Instances((h, w))
+        instances.gt_boxes = Boxes(torch.zeros(0, 4))
+        instances.gt_classes = torch.zeros(0, dtype=torch.int64)
+        batch.append({"image": torch.randint(0, 255, (3, h, w), dtype=torch.uint8), "instances": instances})
+    losses = model(batch)
+    denoising = {k: v for k, v in losses.items() if "_dn_" in k}
+    assert len(denoising) == 2 * 3 and all(v.item() == 0 for v in denoising.values())
+    assert all(torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()

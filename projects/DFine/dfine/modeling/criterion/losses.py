@@ -28,8 +28,10 @@ def _sum_over_queries(elementwise: torch.Tensor, num_boxes) -> torch.Tensor:
     """Sum of a ``[B, Q, C]`` loss over every element, divided by ``num_boxes``.
 
     Written as mean over queries times Q, the official order of operations, so that results
-    agree to the last bit.
+    agree to the last bit. No query (DINO's denoising part of a batch without boxes) sums to 0.
     """
+    if elementwise.shape[1] == 0:
+        return elementwise.sum() / num_boxes
     return elementwise.mean(1).sum() * elementwise.shape[1] / num_boxes
 
 
