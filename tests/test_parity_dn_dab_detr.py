@@ -4,8 +4,9 @@ The goldens (``tests/golden/dn_dab_detr_golden.json`` / ``.npz``) come from the 
 ``main.build_model_main`` with ``-m dn_dab_detr --use_dn`` (R50; and R50 with ``--dilation --num_patterns
 3``), 91 classes, run in float64 by ``tools/golden/make_dn_dab_detr_golden.py`` (its docstring says what
 runs and how) on synthetic weights and a padded batch of two images of different sizes, rebuilt here by
-``tests/golden/dino_inputs.py``. The official weights go through our converter (``dn_dab_detr_to_ours``,
-then the strict check of ``convert_official_state_dict``) into the model built from our config.
+``tests/golden/dino_inputs.py`` and ``dn_dab_detr_inputs.py``. The official weights go through our
+converter (``dn_dab_detr_to_ours``, then the strict check of ``convert_official_state_dict``) into the
+model built from our config.
 
 Tolerances. Both sides compute in float64, except the query sine embedding's frequencies, which both
 compute in float32 in the same way (exact on one machine; across CPU kernel ISAs a float32 ``pow`` may
@@ -29,7 +30,7 @@ from dfine.config import load_config
 from dfine.engine.trainer import Trainer
 from dfine.solver import StepDecay
 from golden.compare import assert_all_close
-from golden.dino_inputs import official_weights
+from golden.dn_dab_detr_inputs import dn_dab_detr_weights
 from test_parity_dino import _SeededBatches, inputs
 
 GOLDEN = Path(__file__).parent / "golden" / "dn_dab_detr_golden"
@@ -48,7 +49,7 @@ def build(meta, name):
     cfg = load_config(str(ROOT / CONFIGS[name]), [f"model.decoder.num_classes={meta['num_classes']}"])
     model = instantiate(cfg.model)
     entry = meta["models"][name]
-    official = official_weights(entry["state_dict"], entry["aliases"], meta["weight_seed"])
+    official = dn_dab_detr_weights(entry["state_dict"], entry["aliases"], meta["weight_seed"])
     model.load_state_dict(convert_official_state_dict(dn_dab_detr_to_ours(official), model), strict=True)
     model.double()
     # The normalisation buffers are made in float32; the official float64 input is normalised with
