@@ -190,12 +190,13 @@ def test_conversion_of_a_full_official_layout_into_the_80_class_config():
 @pytest.mark.parametrize("name,expected", [
     ("dn_dab_detr_r50_50ep", 43_694_977), ("dn_dab_detr_r50_dc5_50ep", 43_694_977),
     ("dab_detr_r50_50ep", 43_694_977),
-    # 3 patterns add 3 x 256; ResNet-101 adds its 33 extra bottlenecks.
+    # 3 patterns add 3 x 256.
     ("dn_dab_detr_r50_dc5_3pat_12ep", 43_695_745), ("dn_dab_detr_r101_dc5_3pat_12ep", 62_635_649),
 ])
 def test_config_parameter_counts_equal_the_official_builds(name, expected):
-    """43,694,977 for DN-DAB-DETR R50 (and DC5) with 91 classes, as the official build (measured with
-    the official code; the 3-pattern R50 is tests/golden/dn_dab_detr_golden.json's)."""
+    """The official builds' counts with 91 classes (``main.build_model_main``, measured with the official
+    code: 43,694,977 for DN-DAB-DETR R50 and R50-DC5; 43,695,745 with 3 patterns, as
+    tests/golden/dn_dab_detr_golden.json records; 62,635,649 for R101-DC5 with 3 patterns)."""
     cfg = load_config(f"configs/{name}.py", ["model.decoder.num_classes=91"])
     with torch.device("meta"):
         model = instantiate(cfg.model)
