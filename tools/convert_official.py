@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Convert an official RT-DETRv2 / D-FINE / DEIM / DEIMv2 / DINO checkpoint for one of our configs.
+"""Convert an official RT-DETRv2 / D-FINE / DEIM / DEIMv2 / DINO / DN-DETR checkpoint for one of our configs.
 
     python tools/convert_official.py --config-file configs/rtdetrv2_r50.py rtdetrv2_r50vd_6x_coco_ema.pth out.pth
     python train_net.py --config-file configs/rtdetrv2_r50.py --eval-only train.init_checkpoint=out.pth
@@ -11,6 +11,10 @@ checkpoints are renamed into our layout first; their 91 class rows (COCO categor
 the 80 Detectron2 classes of our COCO configs::
 
     python tools/convert_official.py --config-file configs/dino_r50_4scale_12ep.py checkpoint0011_4scale.pth out.pth
+
+Official DN-DETR DN-DAB-DETR checkpoints (``-m dn_dab_detr``) likewise::
+
+    python tools/convert_official.py --config-file configs/dn_dab_detr_r50_50ep.py checkpoint.pth out.pth
 
 ``--backbone`` converts pretrained backbone weights instead (HGNetv2 ``PPHGNetV2_B0_stage1.pth``,
 DINOv3 ``dinov3_vits16_pretrain_lvd1689m-08c60483.pth``, DEIMv2 ``vitt_distill.pt``) into a whole
@@ -36,9 +40,11 @@ from dfine.checkpoint.official import (
     CheckpointMismatchError,
     convert_backbone_state_dict,
     convert_dino_state_dict,
+    convert_dn_dab_detr_state_dict,
     convert_official_state_dict,
     extract_official_state_dict,
     is_dino_state_dict,
+    is_dn_dab_detr_state_dict,
 )
 from dfine.config import load_config
 
@@ -81,7 +87,12 @@ def main(argv=None):
                   + "".join(f"\n  {line}" for line in skipped))
         else:
             official = extract_official_state_dict(checkpoint)
-            convert = convert_dino_state_dict if is_dino_state_dict(official) else convert_official_state_dict
+            if is_dino_state_dict(official):
+                convert = convert_dino_state_dict
+            elif is_dn_dab_detr_state_dict(official):
+                convert = convert_dn_dab_detr_state_dict
+            else:
+                convert = convert_official_state_dict
             state_dict = convert(official, model)
     except CheckpointMismatchError as e:
         sys.exit(f"{args.official} does not fit {args.config_file}:\n{e}")

@@ -14,7 +14,8 @@ The official packages (:data:`PACKAGES`): ``src.zoo.rtdetr`` (lyuwenyu/RT-DETR, 
 has ``hybrid_encoder.HybridEncoder``; D-FINE and DEIM(v2) also ``dfine_utils.translate_gt`` and a
 criterion with ``unimodal_distribution_focal_loss``; DEIMv2 alone ``deim_utils.RMSNorm``. DINO
 (IDEA-Research/DINO) is ``models.dino``, with ``position_encoding.PositionEmbeddingSineHW`` and
-``deformable_transformer.DeformableTransformer.get_valid_ratio``.
+``deformable_transformer.DeformableTransformer.get_valid_ratio``. DN-DETR's DN-DAB-DETR
+(IDEA-Research/DN-DETR) is ``models.DN_DAB_DETR``, with the same ``position_encoding.PositionEmbeddingSineHW``.
 
 Usage, inside a golden script, after the official package is importable: :func:`install` (package,
 then all or the named class- and module-level patches) before building the models, and
@@ -35,6 +36,7 @@ PACKAGES = {
     "engine.deim": {"patches": ("rmsnorm", "sincos", "dfl_weight", "translate_gt"),
                     "criterion": "deim_criterion.DEIMCriterion"},
     "models.dino": {"patches": ("sine_hw", "valid_ratio")},
+    "models.DN_DAB_DETR": {"patches": ("sine_hw",)},
 }
 PATCHES = {
     "rope": SELF + ":rope_follow_dtype: after the cast to float64, every official RopePositionEmbedding "

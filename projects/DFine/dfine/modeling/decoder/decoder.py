@@ -174,7 +174,8 @@ class DetrDecoder(nn.Module):
         memory = self.input_proj(feats, padding_mask)
         selection = self.query_selection(memory, image_relative=self.image_relative_boxes)
         content, reference_unact, attn_mask = selection.content, selection.reference_unact, None
-        denoising = self.denoising(targets, self.num_queries) if self.training and self.denoising is not None else None
+        denoising = self._denoising_queries(targets, content.shape[1]) \
+            if self.training and self.denoising is not None else None
         if denoising is not None:
             # Denoising queries go first, as positive_idx assumes.
             content = torch.cat([denoising.content, content], 1)
@@ -194,6 +195,10 @@ class DetrDecoder(nn.Module):
         dn_pre, pre = split(pre) if pre is not None else (None, None)
         dn = DenoisingPart(Branch(list(dn_layers), dn_pre), denoising.positive_idx, denoising.num_groups)
         return DecoderOutput(Branch(list(layers), pre), selection.proposals, dn, geometry)
+
+    def _denoising_queries(self, targets, num_matching: int) -> Optional[DenoisingQueries]:
+        """The denoising queries placed before the ``num_matching`` matching queries."""
+        return self.denoising(targets, num_matching)
 
     def _level_scale(self, memory) -> Optional[torch.Tensor]:
         """``[B, 1, L, 4]``: what turns an image-relative box into each level's frame (the valid

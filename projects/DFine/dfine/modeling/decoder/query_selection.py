@@ -4,6 +4,9 @@
 box around its anchor, the ``K`` best-scoring proposals become the reference boxes of the queries, and
 the proposals are supervised as the encoder output. The query content is the selected memory
 (RT-DETR) or learned (``learn_content``: DINO's mixed query selection).
+
+:class:`LearnedAnchors` is the query selection of DAB-DETR and DN-DETR: learned anchor boxes, the same
+for every image, independent of the memory.
 """
 from collections import OrderedDict
 from typing import NamedTuple, Optional
@@ -11,11 +14,11 @@ from typing import NamedTuple, Optional
 import torch
 from torch import nn
 
-from ..layers.common import MLP, bias_init_with_prob
+from ..layers.common import MLP, bias_init_with_prob, inverse_sigmoid
 from .input_projection import Memory, level_strides
 from .outputs import Proposals
 
-__all__ = ["EncoderTopK", "QuerySelection", "generate_anchors"]
+__all__ = ["EncoderTopK", "LearnedAnchors", "QuerySelection", "generate_anchors"]
 
 
 def generate_anchors(spatial_shapes, grid_size=0.05, eps=1e-2, dtype=torch.float32, device="cpu", valid=None):
@@ -173,3 +176,56 @@ class EncoderTopK(nn.Module):
             content = topk_tokens.detach()
         proposals = Proposals(topk_logits, topk_boxes_unact.sigmoid(), class_agnostic=self.method == "agnostic")
         return QuerySelection(content, topk_boxes_unact.detach(), proposals)
+
+
+class LearnedAnchors(nn.Module):
+    """Learned anchor boxes as the queries (DAB-DETR; DN-DETR's DN-DAB-DETR).
+
+    ``refpoint_embed`` holds ``K = num_queries`` anchors as logits of normalised cxcywh boxes; they are
+    the reference boxes of the first decoder layer, with their gradient (the anchors train through
+    the first layer's positional queries and boxes). Every matching query has the same content, as
+    DN-DETR builds it: the embedding of the "no class" row ``num_classes`` of ``label_enc`` followed by
+    an indicator 0 (DN-DETR's denoising queries, :class:`~.denoising.DnDetrDenoising`, embed their
+    labels with the same table and carry an indicator 1). With ``num_patterns`` ``P > 0`` (Anchor
+    DETR's patterns) the ``K`` anchors are repeated ``P`` times, pattern ``p`` taking the queries
+    ``[p * K, (p + 1) * K)``, and its learned embedding ``patterns[p]`` is added to their content:
+    ``P * K`` matching queries.
+
+    Args:
+        hidden_dim: query width ``C``.
+        num_classes: ``label_enc`` has ``num_classes + 1`` rows of ``C - 1`` values.
+        num_queries: ``K`` (DN-DETR: 300).
+        num_patterns: ``P`` (0: none; the "3 pat" models: 3).
+        random_refpoints_xy: draw the anchors' centres uniformly in [0, 1] at initialisation (the
+            official ``--random_refpoints_xy``; its attempt to freeze them has no effect, so they
+            train here too).
+
+    Parameter names are the official ones: ``label_enc``, ``refpoint_embed``, ``patterns``
+    (``transformer.patterns`` in official checkpoints).
+    """
+
+    def __init__(self, hidden_dim: int, num_classes: int, num_queries: int = 300, num_patterns: int = 0,
+                 random_refpoints_xy: bool = False):
+        super().__init__()
+        self.num_classes = num_classes
+        self.num_queries = num_queries
+        self.num_patterns = num_patterns
+        self.label_enc = nn.Embedding(num_classes + 1, hidden_dim - 1)
+        self.refpoint_embed = nn.Embedding(num_queries, 4)
+        if random_refpoints_xy:
+            with torch.no_grad():
+                xy = self.refpoint_embed.weight[:, :2].uniform_(0, 1)
+                xy.copy_(inverse_sigmoid(xy, 1e-3))
+        if num_patterns > 0:
+            self.patterns = nn.Embedding(num_patterns, hidden_dim)
+
+    def forward(self, memory: Memory, image_relative: bool = False) -> QuerySelection:
+        """``P * K`` (or ``K``) queries per image of the memory's batch; the memory is not read."""
+        batch = memory.tokens.shape[0]
+        repeats = max(self.num_patterns, 1)
+        no_class = self.label_enc.weight[self.num_classes]
+        content = torch.cat([no_class, no_class.new_zeros(1)]).repeat(self.num_queries * repeats, 1)
+        if self.num_patterns > 0:
+            content = content + self.patterns.weight.repeat_interleave(self.num_queries, 0)
+        reference_unact = self.refpoint_embed.weight.repeat(repeats, 1)
+        return QuerySelection(content.expand(batch, -1, -1), reference_unact.expand(batch, -1, -1), None)
