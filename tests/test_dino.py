@@ -7,8 +7,9 @@ from detectron2.config import instantiate
 from dfine.checkpoint.official import (
     CheckpointMismatchError,
     coco_category_ids,
-    convert_dino_state_dict,
-    dino_to_ours,
+    DINO_LAYOUT,
+    convert_renamed_state_dict,
+    official_to_ours,
 )
 from dfine.config import load_config
 from dfine.modeling.decoder import DinoContrastiveDenoising
@@ -124,7 +125,7 @@ def test_conversion_maps_91_category_rows_to_80_classes_and_checks_aliases():
     }
     ids = coco_category_ids()
     assert len(ids) == 80 and ids[:12] == [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13] and ids[-1] == 90
-    ours = dino_to_ours(official, ids)
+    ours = official_to_ours(official, DINO_LAYOUT, ids)
     assert ours["decoder.dec_score_head.0.bias"].tolist() == ids
     assert ours["decoder.label_enc.weight"][:, 0].tolist() == ids + [91]
     assert "transformer.decoder.class_embed.0.bias" not in ours and len(ours) == 6
@@ -132,9 +133,9 @@ def test_conversion_maps_91_category_rows_to_80_classes_and_checks_aliases():
     assert ours["decoder.decoder.layers.0.norm2.weight"].tolist() == [1, 1]
     official["transformer.decoder.class_embed.0.bias"] = torch.zeros(91)
     with pytest.raises(CheckpointMismatchError, match="is not the shared head class_embed.0.bias"):
-        dino_to_ours(official)
+        official_to_ours(official, DINO_LAYOUT)
     with pytest.raises(CheckpointMismatchError, match="Keys of no DINO part"):
-        dino_to_ours({"transformer.something_else": torch.zeros(1)})
+        official_to_ours({"transformer.something_else": torch.zeros(1)}, DINO_LAYOUT)
 
 
 def test_conversion_refuses_other_class_counts():
@@ -144,7 +145,7 @@ def test_conversion_refuses_other_class_counts():
     official = {"class_embed.0.bias": torch.zeros(91), "transformer.tgt_embed.weight": torch.zeros(1),
                 "label_enc.weight": torch.zeros(92, 1)}
     with pytest.raises(CheckpointMismatchError, match="91 classes, the model 6"):
-        convert_dino_state_dict(official, model)
+        convert_renamed_state_dict(official, model, DINO_LAYOUT)
 
 
 @pytest.mark.parametrize("name,expected", [

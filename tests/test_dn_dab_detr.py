@@ -12,10 +12,11 @@ from torch import nn
 from dfine.checkpoint.official import (
     CheckpointMismatchError,
     coco_category_ids,
-    convert_dn_dab_detr_state_dict,
-    dn_dab_detr_to_ours,
-    is_dino_state_dict,
-    is_dn_dab_detr_state_dict,
+    DINO_LAYOUT,
+    DN_DAB_DETR_LAYOUT,
+    convert_renamed_state_dict,
+    official_layout,
+    official_to_ours,
 )
 from dfine.config import load_config
 from dfine.modeling.decoder import DnDetrDenoising, LearnedAnchors
@@ -141,19 +142,19 @@ def test_conversion_replicates_shared_heads_maps_class_rows_and_checks_alias():
         "transformer.decoder.bbox_embed.layers.0.weight": torch.full((2, 2), 3.0),
         "transformer.patterns.weight": torch.zeros(3, 2),
     }
-    assert is_dn_dab_detr_state_dict(official) and not is_dino_state_dict(official)
+    assert official_layout(official) is DN_DAB_DETR_LAYOUT and not DINO_LAYOUT.matches(official)
     ids = coco_category_ids()
-    ours = dn_dab_detr_to_ours(official, ids)
+    ours = official_to_ours(official, DN_DAB_DETR_LAYOUT, ids)
     assert ours["decoder.dec_score_head.0.bias"].tolist() == ids == ours["decoder.dec_score_head.1.bias"].tolist()
     assert ours["decoder.label_enc.weight"][:, 0].tolist() == ids + [91]
     assert torch.equal(ours["decoder.dec_bbox_head.1.layers.0.weight"], torch.full((2, 2), 3.0))
     assert "decoder.patterns.weight" in ours and "encoder.query_scale.layers.0.weight" in ours
     assert not any(k.startswith("transformer.") for k in ours)
     official["transformer.decoder.bbox_embed.layers.0.weight"] = torch.zeros(2, 2)
-    with pytest.raises(CheckpointMismatchError, match="is not the box head bbox_embed.layers.0.weight"):
-        dn_dab_detr_to_ours(official)
+    with pytest.raises(CheckpointMismatchError, match="is not the shared head bbox_embed.layers.0.weight"):
+        official_to_ours(official, DN_DAB_DETR_LAYOUT)
     with pytest.raises(CheckpointMismatchError, match="Keys of no DN-DAB-DETR part"):
-        dn_dab_detr_to_ours({"transformer.something_else": torch.zeros(1)})
+        official_to_ours({"transformer.something_else": torch.zeros(1)}, DN_DAB_DETR_LAYOUT)
 
 
 def test_conversion_of_a_full_official_layout_into_the_80_class_config():
@@ -181,7 +182,7 @@ def test_conversion_of_a_full_official_layout_into_the_80_class_config():
     official = {k: v for k, v in official.items() if not k.endswith("num_batches_tracked")}
     cfg80 = load_config("configs/dn_dab_detr_r50_50ep.py", SMALL[:2])
     model80 = instantiate(cfg80.model)
-    state = convert_dn_dab_detr_state_dict(official, model80)
+    state = convert_renamed_state_dict(official, model80, DN_DAB_DETR_LAYOUT)
     model80.load_state_dict(state, strict=True)
     torch.testing.assert_close(model80.decoder.query_selection.label_enc.weight,
                                official["label_enc.weight"][coco_category_ids() + [91]])

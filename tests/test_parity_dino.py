@@ -4,7 +4,7 @@ The goldens (``tests/golden/dino_golden.json`` / ``.npz``) come from the officia
 ``config/DINO/DINO_4scale.py`` and ``DINO_5scale.py`` (91 classes), run in float64 by
 ``tools/golden/make_dino_golden.py`` (its docstring says what runs and how) on synthetic weights and a
 padded batch of two images of different sizes, rebuilt here by ``tests/golden/dino_inputs.py``. The
-official weights go through our converter (``dino_to_ours``, then the strict check of
+official weights go through our converter (``official_to_ours`` with ``DINO_LAYOUT``, then the strict check of
 ``convert_official_state_dict``) into the model built from our config.
 
 Tolerances. Both sides compute in float64, except a few steps that both compute in float32 whatever
@@ -28,7 +28,7 @@ from detectron2.solver import LRMultiplier
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
-from dfine.checkpoint.official import convert_official_state_dict, dino_to_ours
+from dfine.checkpoint.official import DINO_LAYOUT, convert_official_state_dict, official_to_ours
 from dfine.config import load_config
 from dfine.engine.trainer import Trainer
 from dfine.solver import StepDecay
@@ -52,7 +52,7 @@ def build(meta, name):
     model = instantiate(cfg.model)
     entry = meta["models"][name]
     official = official_weights(entry["state_dict"], entry["aliases"], meta["weight_seed"])
-    model.load_state_dict(convert_official_state_dict(dino_to_ours(official), model), strict=True)
+    model.load_state_dict(convert_official_state_dict(official_to_ours(official, DINO_LAYOUT), model), strict=True)
     model.double()
     # The normalisation buffers are made in float32, and .double() keeps that rounding of the ImageNet
     # statistics (2.5e-8 relative); the official float64 input is normalised with float64 values.
@@ -189,7 +189,7 @@ def test_training_trajectory(golden):
     norms = {k: torch.tensor(v) for k, v in reference["parameter_norms"].items()}
     shared = ("transformer.decoder.bbox_embed.", "transformer.decoder.class_embed.")
     norms.update({k.replace("transformer.decoder.", "", 1): v for k, v in norms.items() if k.startswith(shared)})
-    converted = dino_to_ours(norms)
+    converted = official_to_ours(norms, DINO_LAYOUT)
     ours = {k: v.detach().norm() for k, v in model.state_dict(keep_vars=True).items()
             if isinstance(v, torch.nn.Parameter)}
     assert_all_close({k: ours[k] for k in converted}, converted, rtol=1e-5)

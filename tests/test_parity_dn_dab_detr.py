@@ -5,8 +5,8 @@ The goldens (``tests/golden/dn_dab_detr_golden.json`` / ``.npz``) come from the 
 3``), 91 classes, run in float64 by ``tools/golden/make_dn_dab_detr_golden.py`` (its docstring says what
 runs and how) on synthetic weights and a padded batch of two images of different sizes, rebuilt here by
 ``tests/golden/dino_inputs.py`` and ``dn_dab_detr_inputs.py``. The official weights go through our
-converter (``dn_dab_detr_to_ours``, then the strict check of ``convert_official_state_dict``) into the
-model built from our config.
+converter (``official_to_ours`` with ``DN_DAB_DETR_LAYOUT``, then the strict check of
+``convert_official_state_dict``) into the model built from our config.
 
 Tolerances. Both sides compute in float64, except the query sine embedding's frequencies, which both
 compute in float32 in the same way (exact on one machine; across CPU kernel ISAs a float32 ``pow`` may
@@ -26,7 +26,7 @@ from detectron2.config import instantiate
 from detectron2.solver import LRMultiplier
 from detectron2.utils.events import EventStorage
 
-from dfine.checkpoint.official import convert_official_state_dict, dn_dab_detr_to_ours
+from dfine.checkpoint.official import DN_DAB_DETR_LAYOUT, convert_official_state_dict, official_to_ours
 from dfine.config import load_config
 from dfine.engine.trainer import Trainer
 from dfine.solver import StepDecay
@@ -51,7 +51,8 @@ def build(meta, name):
     model = instantiate(cfg.model)
     entry = meta["models"][name]
     official = dn_dab_detr_weights(entry["state_dict"], entry["aliases"], meta["weight_seed"])
-    model.load_state_dict(convert_official_state_dict(dn_dab_detr_to_ours(official), model), strict=True)
+    state = convert_official_state_dict(official_to_ours(official, DN_DAB_DETR_LAYOUT), model)
+    model.load_state_dict(state, strict=True)
     model.double()
     # The normalisation buffers are made in float32; the official float64 input is normalised with
     # float64 values.
@@ -155,7 +156,7 @@ def test_training_trajectory(golden):
     norms = {k: torch.tensor(v) for k, v in reference["parameter_norms"].items()}
     norms.update({k.replace("transformer.decoder.", "", 1): v for k, v in norms.items()
                   if k.startswith("transformer.decoder.bbox_embed.")})
-    converted = dn_dab_detr_to_ours(norms)
+    converted = official_to_ours(norms, DN_DAB_DETR_LAYOUT)
     ours = {k: v.detach().norm() for k, v in model.state_dict(keep_vars=True).items()
             if isinstance(v, torch.nn.Parameter)}
     assert_all_close({k: ours[k] for k in converted}, converted, rtol=1e-5)

@@ -39,12 +39,10 @@ from dfine.checkpoint import CheckpointFileError, read_checkpoint_file
 from dfine.checkpoint.official import (
     CheckpointMismatchError,
     convert_backbone_state_dict,
-    convert_dino_state_dict,
-    convert_dn_dab_detr_state_dict,
+    convert_renamed_state_dict,
     convert_official_state_dict,
     extract_official_state_dict,
-    is_dino_state_dict,
-    is_dn_dab_detr_state_dict,
+    official_layout,
 )
 from dfine.config import load_config
 
@@ -87,13 +85,9 @@ def main(argv=None):
                   + "".join(f"\n  {line}" for line in skipped))
         else:
             official = extract_official_state_dict(checkpoint)
-            if is_dino_state_dict(official):
-                convert = convert_dino_state_dict
-            elif is_dn_dab_detr_state_dict(official):
-                convert = convert_dn_dab_detr_state_dict
-            else:
-                convert = convert_official_state_dict
-            state_dict = convert(official, model)
+            layout = official_layout(official)  # DINO and DN-DETR are renamed, the RT-DETR family is not
+            state_dict = convert_renamed_state_dict(official, model, layout) if layout else \
+                convert_official_state_dict(official, model)
     except CheckpointMismatchError as e:
         sys.exit(f"{args.official} does not fit {args.config_file}:\n{e}")
     model.load_state_dict(state_dict, strict=True)

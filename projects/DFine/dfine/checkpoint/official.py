@@ -4,11 +4,12 @@ Our RT-DETR-family modules use the official state-dict names, so the conversion 
 every key of our model must come from the official state dict with the same shape, and every
 official key must be used. The only exceptions are listed in ``DERIVED_BUFFERS``: buffers that a
 model rebuilds from its constructor arguments, which may be absent on either side. Official DINO
-checkpoints are first renamed into our layout (:func:`dino_to_ours`), then checked the same way; so are
-official DN-DETR DN-DAB-DETR checkpoints (:func:`dn_dab_detr_to_ours`).
+and DN-DETR checkpoints are first renamed into our layout (:func:`official_to_ours` with their
+:class:`OfficialLayout`), then checked the same way.
 """
 import re
 import logging
+from dataclasses import dataclass
 from typing import Dict, List, Mapping, Optional, Pattern, Tuple
 
 import torch
@@ -16,12 +17,13 @@ from torch import nn
 
 __all__ = [
     "extract_official_state_dict",
-    "dino_to_ours",
-    "convert_dino_state_dict",
-    "is_dino_state_dict",
-    "dn_dab_detr_to_ours",
-    "convert_dn_dab_detr_state_dict",
-    "is_dn_dab_detr_state_dict",
+    "OfficialLayout",
+    "DINO_LAYOUT",
+    "DN_DAB_DETR_LAYOUT",
+    "official_layout",
+    "official_to_ours",
+    "convert_renamed_state_dict",
+    "coco_category_ids",
     "convert_official_state_dict",
     "convert_backbone_state_dict",
     "fit_state_dict",
@@ -58,73 +60,136 @@ def extract_official_state_dict(checkpoint: Mapping) -> Dict[str, torch.Tensor]:
     )
 
 
-# Official DINO key -> ours (first match wins; regex, then the replacement). The decoder layers' norms
-# swap names: DINO's norm2 follows the self-attention and norm1 the cross-attention, ours the reverse.
-DINO_KEYS = (
-    (r"^backbone\.0\.body\.", "backbone.body."),
-    (r"^backbone\.0\.", "backbone."),  # Swin
-    (r"^input_proj\.", "encoder.input_proj."),
-    (r"^transformer\.level_embed$", "encoder.level_embed"),
-    (r"^transformer\.encoder\.layers\.", "encoder.layers."),
-    (r"^transformer\.decoder\.layers\.(\d+)\.norm1\.", r"decoder.decoder.layers.\1.norm2."),
-    (r"^transformer\.decoder\.layers\.(\d+)\.norm2\.", r"decoder.decoder.layers.\1.norm1."),
-    (r"^transformer\.decoder\.layers\.", "decoder.decoder.layers."),
-    (r"^transformer\.decoder\.norm\.", "decoder.decoder.norm."),
-    (r"^transformer\.decoder\.ref_point_head\.", "decoder.query_pos_head."),
-    (r"^transformer\.tgt_embed\.", "decoder.tgt_embed."),
-    (r"^transformer\.enc_output\.", "decoder.enc_output.proj."),
-    (r"^transformer\.enc_output_norm\.", "decoder.enc_output.norm."),
-    (r"^transformer\.enc_out_class_embed\.", "decoder.enc_score_head."),
-    (r"^transformer\.enc_out_bbox_embed\.", "decoder.enc_bbox_head."),
-    (r"^label_enc\.", "decoder.label_enc."),
-    (r"^class_embed\.", "decoder.dec_score_head."),
-    (r"^bbox_embed\.", "decoder.dec_bbox_head."),
+@dataclass(frozen=True)
+class OfficialLayout:
+    """How the state dict of an official model of the DETR lineage maps onto ours.
+
+    Attributes:
+        name: the official model, for messages.
+        keys: official key regex -> our key (first match wins; ``re.sub`` replacement). ``{layer}`` in a
+            replacement gives the tensor to every decoder layer's key (a head shared by all layers).
+        alias: ``(regex, replacement)``: official keys that hold a tensor a second time and the key of
+            its owner; they must equal the owner and are dropped.
+        class_rows: our key prefixes whose rows are classes -> whether a last extra row (the "no class"
+            label embedding) follows them.
+        class_key: an official key whose first dimension is the number of classes.
+        markers: official keys that only this model's state dict has.
+    """
+
+    name: str
+    keys: Tuple[Tuple[str, str], ...]
+    alias: Tuple[str, str]
+    class_rows: Dict[str, bool]
+    class_key: str
+    markers: Tuple[str, ...]
+
+    def matches(self, state_dict: Mapping[str, torch.Tensor]) -> bool:
+        return all(key in state_dict for key in self.markers)
+
+
+# Official IDEA-Research/DINO. The decoder layers' norms swap names: DINO's norm2 follows the
+# self-attention and norm1 the cross-attention, ours the reverse. The shared heads are saved under
+# every layer's key by both.
+DINO_LAYOUT = OfficialLayout(
+    name="DINO",
+    keys=(
+        (r"^backbone\.0\.body\.", "backbone.body."),
+        (r"^backbone\.0\.", "backbone."),  # Swin
+        (r"^input_proj\.", "encoder.input_proj."),
+        (r"^transformer\.level_embed$", "encoder.level_embed"),
+        (r"^transformer\.encoder\.layers\.", "encoder.layers."),
+        (r"^transformer\.decoder\.layers\.(\d+)\.norm1\.", r"decoder.decoder.layers.\1.norm2."),
+        (r"^transformer\.decoder\.layers\.(\d+)\.norm2\.", r"decoder.decoder.layers.\1.norm1."),
+        (r"^transformer\.decoder\.layers\.", "decoder.decoder.layers."),
+        (r"^transformer\.decoder\.norm\.", "decoder.decoder.norm."),
+        (r"^transformer\.decoder\.ref_point_head\.", "decoder.query_pos_head."),
+        (r"^transformer\.tgt_embed\.", "decoder.tgt_embed."),
+        (r"^transformer\.enc_output\.", "decoder.enc_output.proj."),
+        (r"^transformer\.enc_output_norm\.", "decoder.enc_output.norm."),
+        (r"^transformer\.enc_out_class_embed\.", "decoder.enc_score_head."),
+        (r"^transformer\.enc_out_bbox_embed\.", "decoder.enc_bbox_head."),
+        (r"^label_enc\.", "decoder.label_enc."),
+        (r"^class_embed\.", "decoder.dec_score_head."),
+        (r"^bbox_embed\.", "decoder.dec_bbox_head."),
+    ),
+    alias=(r"^transformer\.decoder\.(class_embed|bbox_embed)\.", r"\1."),
+    class_rows={"decoder.enc_score_head.": False, "decoder.dec_score_head.": False, "decoder.label_enc.": True},
+    class_key="class_embed.0.bias",
+    markers=("transformer.tgt_embed.weight", "label_enc.weight"),
 )
-# The official DINO model holds its shared decoder heads a second time under these keys.
-DINO_ALIASES = re.compile(r"^transformer\.decoder\.(class_embed|bbox_embed)\.")
-# Ours whose rows are classes, and whether a last extra row follows them (DINO's label_enc).
-DINO_CLASS_ROWS = {"decoder.enc_score_head.": False, "decoder.dec_score_head.": False, "decoder.label_enc.": True}
+
+# Official IDEA-Research/DN-DETR, DN-DAB-DETR: one class head and one box head, given to every
+# layer's key of our shared heads; the box head saved again for the decoder's refinement.
+DN_DAB_DETR_LAYOUT = OfficialLayout(
+    name="DN-DAB-DETR",
+    keys=(
+        (r"^backbone\.0\.body\.", "backbone.body."),
+        (r"^input_proj\.", "encoder.input_proj."),
+        (r"^transformer\.encoder\.", "encoder."),
+        (r"^transformer\.decoder\.layers\.", "decoder.decoder.layers."),
+        (r"^transformer\.decoder\.norm\.", "decoder.decoder.norm."),
+        (r"^transformer\.decoder\.ref_point_head\.", "decoder.query_pos_head."),
+        (r"^transformer\.decoder\.query_scale\.", "decoder.query_scale."),
+        (r"^transformer\.decoder\.ref_anchor_head\.", "decoder.ref_anchor_head."),
+        (r"^transformer\.patterns\.", "decoder.patterns."),
+        (r"^refpoint_embed\.", "decoder.refpoint_embed."),
+        (r"^label_enc\.", "decoder.label_enc."),
+        (r"^class_embed\.", "decoder.dec_score_head.{layer}."),
+        (r"^bbox_embed\.", "decoder.dec_bbox_head.{layer}."),
+    ),
+    alias=(r"^transformer\.decoder\.bbox_embed\.", "bbox_embed."),
+    class_rows={"decoder.dec_score_head.": False, "decoder.label_enc.": True},
+    class_key="class_embed.bias",
+    markers=("refpoint_embed.weight", "transformer.encoder.query_scale.layers.0.weight"),
+)
+
+OFFICIAL_LAYOUTS = (DINO_LAYOUT, DN_DAB_DETR_LAYOUT)
 
 
-def is_dino_state_dict(state_dict: Mapping[str, torch.Tensor]) -> bool:
-    """Whether a state dict is an official DINO model's (``transformer.tgt_embed`` and ``label_enc``)."""
-    return "transformer.tgt_embed.weight" in state_dict and "label_enc.weight" in state_dict
+def official_layout(state_dict: Mapping[str, torch.Tensor]) -> Optional[OfficialLayout]:
+    """The layout of :data:`OFFICIAL_LAYOUTS` whose marker keys ``state_dict`` has, or None (the RT-DETR
+    family, whose names are ours)."""
+    return next((layout for layout in OFFICIAL_LAYOUTS if layout.matches(state_dict)), None)
 
 
-def dino_to_ours(official: Mapping[str, torch.Tensor],
-                 class_ids: Optional[List[int]] = None) -> Dict[str, torch.Tensor]:
-    """An official DINO state dict in our layout (:data:`DINO_KEYS`).
+def official_to_ours(official: Mapping[str, torch.Tensor], layout: OfficialLayout,
+                     class_ids: Optional[List[int]] = None) -> Dict[str, torch.Tensor]:
+    """An official state dict in our layout (``layout.keys``).
 
-    The alias keys of the shared heads (``transformer.decoder.{class,bbox}_embed.*``) must hold the
-    same values as ``class_embed.*`` / ``bbox_embed.*`` and are dropped. With ``class_ids`` (our class
-    ``k`` is the official class ``class_ids[k]``: for COCO, official DINO indexes the 91 category ids and
-    Detectron2 the 80 contiguous ones), the class rows of the score heads and of the denoising label
-    embedding are taken in that order (the embedding keeps its last, "no class" row).
+    The alias keys must hold the same values as their owners and are dropped. With ``class_ids`` (our
+    class ``k`` is the official class ``class_ids[k]``: for COCO, the official models index the 91
+    category ids and Detectron2 the 80 contiguous ones), the class rows of ``layout.class_rows`` are
+    taken in that order (a "no class" last row is kept last).
 
     Raises:
-        CheckpointMismatchError: an alias that differs from its head, or a key of no known part.
+        CheckpointMismatchError: an alias that differs from its owner, or a key of no known part.
     """
+    alias_pattern, alias_owner = layout.alias
+    layers = {int(m.group(1)) for key in official for m in [re.match(r"^transformer\.decoder\.layers\.(\d+)\.", key)]
+              if m}
     out, unknown = {}, []
     for key, value in official.items():
-        if DINO_ALIASES.match(key):
-            owner = DINO_ALIASES.sub(lambda m: m.group(1) + ".", key)
+        if re.match(alias_pattern, key):
+            owner = re.sub(alias_pattern, alias_owner, key)
             if owner not in official or not torch.equal(official[owner], value):
-                raise CheckpointMismatchError(f"{key} is not the shared head {owner} of an official DINO model")
+                raise CheckpointMismatchError(f"{key} is not the shared head {owner} of an official {layout.name} "
+                                              "model")
             continue
-        for pattern, replacement in DINO_KEYS:
+        for pattern, replacement in layout.keys:
             if re.match(pattern, key):
-                out[re.sub(pattern, replacement, key)] = value
+                targets = [replacement.format(layer=i) for i in sorted(layers)] if "{layer}" in replacement \
+                    else [replacement]
+                out.update({re.sub(pattern, target, key): value for target in targets})
                 break
         else:
             unknown.append(key)
     if unknown:
-        raise CheckpointMismatchError(f"Keys of no DINO part: {unknown[:MAX_LISTED]}")
+        raise CheckpointMismatchError(f"Keys of no {layout.name} part: {unknown[:MAX_LISTED]}")
     if class_ids is not None:
         for key, value in out.items():
-            for prefix, extra_row in DINO_CLASS_ROWS.items():
+            for prefix, extra_row in layout.class_rows.items():
                 if key.startswith(prefix):
-                    rows = list(class_ids) + ([value.shape[0] - 1] if extra_row else [])
-                    out[key] = value[rows]
+                    out[key] = value[list(class_ids) + ([value.shape[0] - 1] if extra_row else [])]
     return out
 
 
@@ -136,12 +201,13 @@ def coco_category_ids() -> List[int]:
     return [c["id"] for c in COCO_CATEGORIES if c["isthing"]]
 
 
-def convert_dino_state_dict(official: Mapping[str, torch.Tensor], model: nn.Module) -> Dict[str, torch.Tensor]:
-    """An official DINO state dict for ``model`` (:func:`dino_to_ours`, then the strict check of
-    :func:`convert_official_state_dict`). A 91-row checkpoint (COCO category ids, as every official
+def convert_renamed_state_dict(official: Mapping[str, torch.Tensor], model: nn.Module,
+                               layout: OfficialLayout) -> Dict[str, torch.Tensor]:
+    """An official state dict of ``layout`` for ``model`` (:func:`official_to_ours`, then the strict check
+    of :func:`convert_official_state_dict`). A 91-row checkpoint (COCO category ids, as every official
     COCO model) loads into an 80-class model (Detectron2's contiguous COCO classes) by taking the rows
     of :func:`coco_category_ids`; other class counts must be equal."""
-    rows = official["class_embed.0.bias"].shape[0] if "class_embed.0.bias" in official else None
+    rows = official[layout.class_key].shape[0] if layout.class_key in official else None
     classes = getattr(getattr(model, "decoder", None), "num_classes", rows)
     class_ids = None
     if rows != classes:
@@ -149,92 +215,7 @@ def convert_dino_state_dict(official: Mapping[str, torch.Tensor], model: nn.Modu
             raise CheckpointMismatchError(f"The checkpoint has {rows} classes, the model {classes}: only the official "
                                           "91 COCO category ids map onto Detectron2's 80 COCO classes")
         class_ids = coco_category_ids()
-    return convert_official_state_dict(dino_to_ours(official, class_ids), model)
-
-
-# Official DN-DETR DN-DAB-DETR key -> ours (first match wins). The shared heads (one class_embed, one
-# bbox_embed) go to every layer's key of our shared heads (``{layer}`` is filled in per layer).
-DN_DAB_DETR_KEYS = (
-    (r"^backbone\.0\.body\.", "backbone.body."),
-    (r"^input_proj\.", "encoder.input_proj."),
-    (r"^transformer\.encoder\.", "encoder."),
-    (r"^transformer\.decoder\.layers\.", "decoder.decoder.layers."),
-    (r"^transformer\.decoder\.norm\.", "decoder.decoder.norm."),
-    (r"^transformer\.decoder\.ref_point_head\.", "decoder.query_pos_head."),
-    (r"^transformer\.decoder\.query_scale\.", "decoder.query_scale."),
-    (r"^transformer\.decoder\.ref_anchor_head\.", "decoder.ref_anchor_head."),
-    (r"^transformer\.patterns\.", "decoder.patterns."),
-    (r"^refpoint_embed\.", "decoder.refpoint_embed."),
-    (r"^label_enc\.", "decoder.label_enc."),
-    (r"^class_embed\.", "decoder.dec_score_head.{layer}."),
-    (r"^bbox_embed\.", "decoder.dec_bbox_head.{layer}."),
-)
-# The official model holds its box head a second time, for the decoder's refinement.
-DN_DAB_DETR_ALIAS = re.compile(r"^transformer\.decoder\.bbox_embed\.")
-DN_DAB_DETR_CLASS_ROWS = {"decoder.dec_score_head.": False, "decoder.label_enc.": True}
-
-
-def is_dn_dab_detr_state_dict(state_dict: Mapping[str, torch.Tensor]) -> bool:
-    """Whether a state dict is an official DN-DETR DN-DAB-DETR model's (learned anchors and the DAB-DETR
-    encoder's ``query_scale``)."""
-    return "refpoint_embed.weight" in state_dict and "transformer.encoder.query_scale.layers.0.weight" in state_dict
-
-
-def dn_dab_detr_to_ours(official: Mapping[str, torch.Tensor],
-                        class_ids: Optional[List[int]] = None) -> Dict[str, torch.Tensor]:
-    """An official DN-DETR DN-DAB-DETR state dict in our layout (:data:`DN_DAB_DETR_KEYS`).
-
-    The one class head and the one box head are given to every decoder layer (ours list a shared head
-    under each layer's key); the alias ``transformer.decoder.bbox_embed.*`` must hold the values of
-    ``bbox_embed.*`` and is dropped. ``class_ids`` as in :func:`dino_to_ours` (the class rows of the
-    class head, and of ``label_enc``, which keeps its last, "no class" row).
-
-    Raises:
-        CheckpointMismatchError: an alias that differs from its head, or a key of no known part.
-    """
-    layers = {int(m.group(1)) for key in official
-              for m in [re.match(r"^transformer\.decoder\.layers\.(\d+)\.", key)] if m}
-    num_layers = max(layers) + 1 if layers else 0
-    out, unknown = {}, []
-    for key, value in official.items():
-        if DN_DAB_DETR_ALIAS.match(key):
-            owner = DN_DAB_DETR_ALIAS.sub("bbox_embed.", key)
-            if owner not in official or not torch.equal(official[owner], value):
-                raise CheckpointMismatchError(f"{key} is not the box head {owner} of an official DN-DAB-DETR model")
-            continue
-        for pattern, replacement in DN_DAB_DETR_KEYS:
-            if re.match(pattern, key):
-                if "{layer}" in replacement:
-                    for layer in range(num_layers):
-                        out[re.sub(pattern, replacement.format(layer=layer), key)] = value
-                else:
-                    out[re.sub(pattern, replacement, key)] = value
-                break
-        else:
-            unknown.append(key)
-    if unknown:
-        raise CheckpointMismatchError(f"Keys of no DN-DAB-DETR part: {unknown[:MAX_LISTED]}")
-    if class_ids is not None:
-        for key, value in out.items():
-            for prefix, extra_row in DN_DAB_DETR_CLASS_ROWS.items():
-                if key.startswith(prefix):
-                    out[key] = value[list(class_ids) + ([value.shape[0] - 1] if extra_row else [])]
-    return out
-
-
-def convert_dn_dab_detr_state_dict(official: Mapping[str, torch.Tensor], model: nn.Module) -> Dict[str, torch.Tensor]:
-    """An official DN-DAB-DETR state dict for ``model`` (:func:`dn_dab_detr_to_ours`, then the strict check
-    of :func:`convert_official_state_dict`); a 91-row checkpoint loads into an 80-class model as in
-    :func:`convert_dino_state_dict`."""
-    rows = official["class_embed.bias"].shape[0] if "class_embed.bias" in official else None
-    classes = getattr(getattr(model, "decoder", None), "num_classes", rows)
-    class_ids = None
-    if rows != classes:
-        if (rows, classes) != (91, 80):
-            raise CheckpointMismatchError(f"The checkpoint has {rows} classes, the model {classes}: only the official "
-                                          "91 COCO category ids map onto Detectron2's 80 COCO classes")
-        class_ids = coco_category_ids()
-    return convert_official_state_dict(dn_dab_detr_to_ours(official, class_ids), model)
+    return convert_official_state_dict(official_to_ours(official, layout, class_ids), model)
 
 
 def _is_derived(key: str) -> bool:
