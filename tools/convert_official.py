@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Convert an official RT-DETRv2 / D-FINE / DEIM / DEIMv2 / DINO checkpoint for one of our configs.
+"""Convert an official RT-DETRv2 / D-FINE / DEIM / DEIMv2 / DINO / DN-DAB-Deformable-DETR checkpoint for one of our
+configs.
 
     python tools/convert_official.py --config-file configs/rtdetrv2_r50.py rtdetrv2_r50vd_6x_coco_ema.pth out.pth
     python train_net.py --config-file configs/rtdetrv2_r50.py --eval-only train.init_checkpoint=out.pth
@@ -11,6 +12,11 @@ checkpoints are renamed into our layout first; their 91 class rows (COCO categor
 the 80 Detectron2 classes of our COCO configs::
 
     python tools/convert_official.py --config-file configs/dino_r50_4scale_12ep.py checkpoint0011_4scale.pth out.pth
+
+So are official DN-DETR ``dn_dab_deformable_detr`` checkpoints (IDEA-Research/DN-DETR); into a config
+without denoising, their denoising label embedding is left out::
+
+    python tools/convert_official.py --config-file configs/dn_dab_deformable_detr_r50_50ep.py checkpoint.pth out.pth
 
 ``--backbone`` converts pretrained backbone weights instead (HGNetv2 ``PPHGNetV2_B0_stage1.pth``,
 DINOv3 ``dinov3_vits16_pretrain_lvd1689m-08c60483.pth``, DEIMv2 ``vitt_distill.pt``) into a whole
@@ -35,20 +41,23 @@ from dfine.checkpoint import CheckpointFileError, read_checkpoint_file
 from dfine.checkpoint.official import (
     CheckpointMismatchError,
     convert_backbone_state_dict,
+    convert_dab_deformable_detr_state_dict,
     convert_dino_state_dict,
     convert_official_state_dict,
     extract_official_state_dict,
+    is_dab_deformable_detr_state_dict,
     is_dino_state_dict,
 )
 from dfine.config import load_config
 
 
-OFFICIAL_CHECKPOINT_GLOBALS = [collections.Counter]
+OFFICIAL_CHECKPOINT_GLOBALS = [collections.Counter, argparse.Namespace]
 
 
 def load_official_file(path: str):
     """The official file, never unpickled as arbitrary objects: torch's safe loader, plus the plain
-    classes official training checkpoints hold besides tensors (the LR scheduler's Counter)."""
+    classes official training checkpoints hold besides tensors (the LR scheduler's Counter, the
+    command-line ``args`` Namespace that DETR-lineage ``main.py`` files save)."""
     with torch.serialization.safe_globals(OFFICIAL_CHECKPOINT_GLOBALS):
         return torch.load(path, map_location="cpu", weights_only=True)
 
@@ -81,7 +90,11 @@ def main(argv=None):
                   + "".join(f"\n  {line}" for line in skipped))
         else:
             official = extract_official_state_dict(checkpoint)
-            convert = convert_dino_state_dict if is_dino_state_dict(official) else convert_official_state_dict
+            convert = convert_official_state_dict
+            if is_dino_state_dict(official):
+                convert = convert_dino_state_dict
+            elif is_dab_deformable_detr_state_dict(official):
+                convert = convert_dab_deformable_detr_state_dict
             state_dict = convert(official, model)
     except CheckpointMismatchError as e:
         sys.exit(f"{args.official} does not fit {args.config_file}:\n{e}")

@@ -4,7 +4,9 @@ Our RT-DETR-family modules use the official state-dict names, so the conversion 
 every key of our model must come from the official state dict with the same shape, and every
 official key must be used. The only exceptions are listed in ``DERIVED_BUFFERS``: buffers that a
 model rebuilds from its constructor arguments, which may be absent on either side. Official DINO
-checkpoints are first renamed into our layout (:func:`dino_to_ours`), then checked the same way.
+checkpoints are first renamed into our layout (:func:`dino_to_ours`), then checked the same way; so
+are official (DN-)DAB-Deformable-DETR checkpoints of IDEA-Research/DN-DETR
+(:func:`dab_deformable_detr_to_ours`).
 """
 import re
 import logging
@@ -18,6 +20,9 @@ __all__ = [
     "dino_to_ours",
     "convert_dino_state_dict",
     "is_dino_state_dict",
+    "dab_deformable_detr_to_ours",
+    "convert_dab_deformable_detr_state_dict",
+    "is_dab_deformable_detr_state_dict",
     "convert_official_state_dict",
     "convert_backbone_state_dict",
     "fit_state_dict",
@@ -146,6 +151,110 @@ def convert_dino_state_dict(official: Mapping[str, torch.Tensor], model: nn.Modu
                                           "91 COCO category ids map onto Detectron2's 80 COCO classes")
         class_ids = coco_category_ids()
     return convert_official_state_dict(dino_to_ours(official, class_ids), model)
+
+
+# Official (DN-)DAB-Deformable-DETR key (IDEA-Research/DN-DETR, models/dn_dab_deformable_detr) -> ours,
+# as DINO_KEYS: the same backbone, encoder and decoder-layer names (norms swapped the same way); the
+# query position head holds DAB's query_scale; one-stage learned anchors and content.
+DAB_DEFORMABLE_KEYS = (
+    (r"^backbone\.0\.body\.", "backbone.body."),
+    (r"^input_proj\.", "encoder.input_proj."),
+    (r"^transformer\.level_embed$", "encoder.level_embed"),
+    (r"^transformer\.encoder\.layers\.", "encoder.layers."),
+    (r"^transformer\.decoder\.layers\.(\d+)\.norm1\.", r"decoder.decoder.layers.\1.norm2."),
+    (r"^transformer\.decoder\.layers\.(\d+)\.norm2\.", r"decoder.decoder.layers.\1.norm1."),
+    (r"^transformer\.decoder\.layers\.", "decoder.decoder.layers."),
+    (r"^transformer\.decoder\.ref_point_head\.", "decoder.query_pos_head."),
+    (r"^transformer\.decoder\.query_scale\.", "decoder.query_pos_head.query_scale."),
+    (r"^tgt_embed\.", "decoder.tgt_embed."),
+    (r"^refpoint_embed\.", "decoder.refpoint_embed."),
+    (r"^label_enc\.", "decoder.label_enc."),
+    (r"^class_embed\.", "decoder.dec_score_head."),
+    (r"^bbox_embed\.", "decoder.dec_bbox_head."),
+)
+# The official model holds its per-layer box heads a second time under these keys (the decoder's
+# handle for the iterative refinement).
+DAB_DEFORMABLE_ALIASES = re.compile(r"^transformer\.decoder\.(bbox_embed)\.")
+# Ours whose rows are classes, and whether a last extra row follows them (the denoising label_enc).
+DAB_DEFORMABLE_CLASS_ROWS = {"decoder.dec_score_head.": False, "decoder.label_enc.": True}
+# The denoising label embedding: in every official build, used only by the denoising.
+DAB_DEFORMABLE_DENOISING = "decoder.label_enc."
+
+
+def is_dab_deformable_detr_state_dict(state_dict: Mapping[str, torch.Tensor]) -> bool:
+    """Whether a state dict is an official (DN-)DAB-Deformable-DETR model's (learned anchors
+    ``refpoint_embed`` and the multi-scale ``transformer.level_embed``)."""
+    return "refpoint_embed.weight" in state_dict and "transformer.level_embed" in state_dict
+
+
+def _rename(official: Mapping[str, torch.Tensor], keys, aliases: Pattern, model_name: str,
+            class_rows: Mapping[str, bool], class_ids: Optional[List[int]]) -> Dict[str, torch.Tensor]:
+    """``official`` renamed by ``keys`` (first match wins), alias keys checked equal to their owner and
+    dropped, class rows taken in ``class_ids`` order (see :func:`dino_to_ours`)."""
+    out, unknown = {}, []
+    for key, value in official.items():
+        if aliases.match(key):
+            owner = aliases.sub(lambda m: m.group(1) + ".", key)
+            if owner not in official or not torch.equal(official[owner], value):
+                raise CheckpointMismatchError(f"{key} is not the head {owner} of an official {model_name} model")
+            continue
+        for pattern, replacement in keys:
+            if re.match(pattern, key):
+                out[re.sub(pattern, replacement, key)] = value
+                break
+        else:
+            unknown.append(key)
+    if unknown:
+        raise CheckpointMismatchError(f"Keys of no {model_name} part: {unknown[:MAX_LISTED]}")
+    if class_ids is not None:
+        for key, value in out.items():
+            for prefix, extra_row in class_rows.items():
+                if key.startswith(prefix):
+                    rows = list(class_ids) + ([value.shape[0] - 1] if extra_row else [])
+                    out[key] = value[rows]
+    return out
+
+
+def dab_deformable_detr_to_ours(official: Mapping[str, torch.Tensor], class_ids: Optional[List[int]] = None,
+                                denoising: bool = True) -> Dict[str, torch.Tensor]:
+    """An official (DN-)DAB-Deformable-DETR state dict in our layout (:data:`DAB_DEFORMABLE_KEYS`).
+
+    The alias keys ``transformer.decoder.bbox_embed.*`` must hold the same values as ``bbox_embed.*``
+    and are dropped. ``class_ids`` as in :func:`dino_to_ours`. Without ``denoising`` (our model
+    without DN-DETR's denoising), the official label embedding ``label_enc``, which every official
+    build has and only the denoising reads, is dropped.
+
+    Raises:
+        CheckpointMismatchError: an alias that differs from its head, or a key of no known part.
+    """
+    out = _rename(official, DAB_DEFORMABLE_KEYS, DAB_DEFORMABLE_ALIASES, "DAB-Deformable-DETR",
+                  DAB_DEFORMABLE_CLASS_ROWS, class_ids)
+    if not denoising:
+        out = {k: v for k, v in out.items() if not k.startswith(DAB_DEFORMABLE_DENOISING)}
+    return out
+
+
+def _class_ids_for(rows: Optional[int], model: nn.Module) -> Optional[List[int]]:
+    """The official rows of our classes: None when the counts agree, COCO's 80 of 91 category ids."""
+    classes = getattr(getattr(model, "decoder", None), "num_classes", rows)
+    if rows == classes:
+        return None
+    if (rows, classes) != (91, 80):
+        raise CheckpointMismatchError(f"The checkpoint has {rows} classes, the model {classes}: only the official "
+                                      "91 COCO category ids map onto Detectron2's 80 COCO classes")
+    return coco_category_ids()
+
+
+def convert_dab_deformable_detr_state_dict(official: Mapping[str, torch.Tensor],
+                                           model: nn.Module) -> Dict[str, torch.Tensor]:
+    """An official (DN-)DAB-Deformable-DETR state dict for ``model``
+    (:func:`dab_deformable_detr_to_ours`, then the strict check of :func:`convert_official_state_dict`);
+    91 rows map onto 80 classes as in :func:`convert_dino_state_dict`. The label embedding is kept
+    exactly when the model has denoising (a ``label_enc``)."""
+    rows = official["class_embed.0.bias"].shape[0] if "class_embed.0.bias" in official else None
+    denoising = any(k.startswith(DAB_DEFORMABLE_DENOISING) for k in model.state_dict())
+    converted = dab_deformable_detr_to_ours(official, _class_ids_for(rows, model), denoising=denoising)
+    return convert_official_state_dict(converted, model)
 
 
 def _is_derived(key: str) -> bool:

@@ -1,7 +1,7 @@
 from .outputs import Branch, DecoderOutput, DenoisingPart, DistributionGeometry, Predictions, Proposals  # noqa: F401
 from .msda import MSDeformableAttention, deformable_attention_core  # noqa: F401
 from .input_projection import InputProjection, Memory  # noqa: F401
-from .query_selection import EncoderTopK, generate_anchors  # noqa: F401
+from .query_selection import EncoderTopK, LearnedAnchors, generate_anchors  # noqa: F401
 from .layer import DeformableDecoderLayer  # noqa: F401
 from .heads import LQE, BoxHead, BoxPositionEmbedding, ClassHead, SineBoxPositionEmbedding  # noqa: F401
 from .denoising import ContrastiveDenoising, DinoContrastiveDenoising, contrastive_denoising_group  # noqa: F401

@@ -4,6 +4,9 @@
 box around its anchor, the ``K`` best-scoring proposals become the reference boxes of the queries, and
 the proposals are supervised as the encoder output. The query content is the selected memory
 (RT-DETR) or learned (``learn_content``: DINO's mixed query selection).
+
+:class:`LearnedAnchors` is one-stage selection (DAB-DETR, DAB-Deformable-DETR): the queries start from
+learned anchor boxes and learned content, the same for every image, trained through the decoder.
 """
 from collections import OrderedDict
 from typing import NamedTuple, Optional
@@ -15,7 +18,7 @@ from ..layers.common import MLP, bias_init_with_prob
 from .input_projection import Memory, level_strides
 from .outputs import Proposals
 
-__all__ = ["EncoderTopK", "QuerySelection", "generate_anchors"]
+__all__ = ["EncoderTopK", "LearnedAnchors", "QuerySelection", "generate_anchors"]
 
 
 def generate_anchors(spatial_shapes, grid_size=0.05, eps=1e-2, dtype=torch.float32, device="cpu", valid=None):
@@ -55,7 +58,8 @@ class QuerySelection(NamedTuple):
 
     Attributes:
         content: ``[B, K, C]`` initial query content.
-        reference_unact: ``[B, K, 4]`` logits of the initial reference boxes, detached.
+        reference_unact: ``[B, K, 4]`` logits of the initial reference boxes: detached when they come
+            from the encoder; learned anchors keep their gradient.
         proposals: the selected proposals with their gradient, supervised as the encoder output
             (None for selections without proposals).
     """
@@ -173,3 +177,39 @@ class EncoderTopK(nn.Module):
             content = topk_tokens.detach()
         proposals = Proposals(topk_logits, topk_boxes_unact.sigmoid(), class_agnostic=self.method == "agnostic")
         return QuerySelection(content, topk_boxes_unact.detach(), proposals)
+
+
+class LearnedAnchors(nn.Module):
+    """Learned anchor boxes and content as the queries' start (DAB-DETR's dynamic anchor boxes, as the
+    official DAB-Deformable-DETR of IDEA-Research/DN-DETR builds them, without two-stage).
+
+    The ``K`` anchors ``refpoint_embed`` (``[K, 4]``, logits of cxcywh) are the first layer's reference
+    boxes, the same for every image; they are not detached, so the first layer's attention sampling,
+    query position and boxes train them. The content ``tgt_embed`` is ``[K, C - 1]`` with a last
+    ``indicator`` channel of zeros (``[K, C]`` without ``indicator``): DN-DETR's denoising queries
+    carry a 1 there, so that the decoder tells them from the matching queries. Both start as
+    ``nn.Embedding``'s N(0, 1), as officially (``random_refpoints_xy`` off).
+
+    Args:
+        hidden_dim: query width ``C``.
+        num_queries: ``K``.
+        indicator: reserve the last content channel for the denoising indicator (zero here).
+    """
+
+    def __init__(self, hidden_dim: int, num_queries: int, indicator: bool = True):
+        super().__init__()
+        self.num_queries = num_queries
+        self.indicator = indicator
+        self.tgt_embed = nn.Embedding(num_queries, hidden_dim - 1 if indicator else hidden_dim)
+        self.refpoint_embed = nn.Embedding(num_queries, 4)
+
+    def forward(self, memory: Memory, image_relative: bool = False) -> QuerySelection:
+        """The same queries for each of the ``B`` images of ``memory`` (only its batch size is read;
+        ``image_relative`` changes nothing: anchors are in whatever frame the decoder predicts)."""
+        batch = memory.tokens.shape[0]
+        content = self.tgt_embed.weight
+        if self.indicator:
+            content = torch.cat([content, content.new_zeros(content.shape[0], 1)], 1)
+        reference_unact = self.refpoint_embed.weight
+        return QuerySelection(content.unsqueeze(0).expand(batch, -1, -1),
+                              reference_unact.unsqueeze(0).expand(batch, -1, -1), None)
