@@ -1,6 +1,5 @@
 #!/usr/bin/env python
-"""Convert an official RT-DETRv2 / D-FINE / DEIM / DEIMv2 / DINO / DN-DAB-Deformable-DETR checkpoint for one of our
-configs.
+"""Convert an official RT-DETRv2 / D-FINE / DEIM / DEIMv2 / DINO / DN-DETR checkpoint for one of our configs.
 
     python tools/convert_official.py --config-file configs/rtdetrv2_r50.py rtdetrv2_r50vd_6x_coco_ema.pth out.pth
     python train_net.py --config-file configs/rtdetrv2_r50.py --eval-only train.init_checkpoint=out.pth
@@ -13,7 +12,11 @@ the 80 Detectron2 classes of our COCO configs::
 
     python tools/convert_official.py --config-file configs/dino_r50_4scale_12ep.py checkpoint0011_4scale.pth out.pth
 
-So are official DN-DETR ``dn_dab_deformable_detr`` checkpoints (IDEA-Research/DN-DETR); into a config
+Official DN-DETR DN-DAB-DETR checkpoints (``-m dn_dab_detr``) likewise::
+
+    python tools/convert_official.py --config-file configs/dn_dab_detr_r50_50ep.py checkpoint.pth out.pth
+
+And official DN-DETR (DN-)DAB-Deformable-DETR checkpoints (``-m dn_dab_deformable_detr``); into a config
 without denoising, their denoising label embedding is left out::
 
     python tools/convert_official.py --config-file configs/dn_dab_deformable_detr_r50_50ep.py checkpoint.pth out.pth
@@ -43,10 +46,12 @@ from dfine.checkpoint.official import (
     convert_backbone_state_dict,
     convert_dab_deformable_detr_state_dict,
     convert_dino_state_dict,
+    convert_dn_dab_detr_state_dict,
     convert_official_state_dict,
     extract_official_state_dict,
     is_dab_deformable_detr_state_dict,
     is_dino_state_dict,
+    is_dn_dab_detr_state_dict,
 )
 from dfine.config import load_config
 
@@ -90,11 +95,14 @@ def main(argv=None):
                   + "".join(f"\n  {line}" for line in skipped))
         else:
             official = extract_official_state_dict(checkpoint)
-            convert = convert_official_state_dict
             if is_dino_state_dict(official):
                 convert = convert_dino_state_dict
+            elif is_dn_dab_detr_state_dict(official):
+                convert = convert_dn_dab_detr_state_dict
             elif is_dab_deformable_detr_state_dict(official):
                 convert = convert_dab_deformable_detr_state_dict
+            else:
+                convert = convert_official_state_dict
             state_dict = convert(official, model)
     except CheckpointMismatchError as e:
         sys.exit(f"{args.official} does not fit {args.config_file}:\n{e}")

@@ -14,8 +14,9 @@ The official packages (:data:`PACKAGES`): ``src.zoo.rtdetr`` (lyuwenyu/RT-DETR, 
 has ``hybrid_encoder.HybridEncoder``; D-FINE and DEIM(v2) also ``dfine_utils.translate_gt`` and a
 criterion with ``unimodal_distribution_focal_loss``; DEIMv2 alone ``deim_utils.RMSNorm``. DINO
 (IDEA-Research/DINO) is ``models.dino``, with ``position_encoding.PositionEmbeddingSineHW`` and
-``deformable_transformer.DeformableTransformer.get_valid_ratio``; DN-DETR's DAB-Deformable-DETR
-(IDEA-Research/DN-DETR) is ``models.dn_dab_deformable_detr``, with ``position_encoding.PositionEmbeddingSine``
+``deformable_transformer.DeformableTransformer.get_valid_ratio``. DN-DETR's DN-DAB-DETR
+(IDEA-Research/DN-DETR) is ``models.DN_DAB_DETR``, with the same ``position_encoding.PositionEmbeddingSineHW``;
+its DAB-Deformable-DETR is ``models.dn_dab_deformable_detr``, with ``position_encoding.PositionEmbeddingSine``
 and the same ``get_valid_ratio``.
 
 Usage, inside a golden script, after the official package is importable: :func:`install` (package,
@@ -37,6 +38,7 @@ PACKAGES = {
     "engine.deim": {"patches": ("rmsnorm", "sincos", "dfl_weight", "translate_gt"),
                     "criterion": "deim_criterion.DEIMCriterion"},
     "models.dino": {"patches": ("sine_hw", "valid_ratio")},
+    "models.DN_DAB_DETR": {"patches": ("sine_hw",)},
     "models.dn_dab_deformable_detr": {"patches": ("sine", "valid_ratio")},
 }
 PATCHES = {

@@ -72,7 +72,14 @@ model = L(RealTimeDETR)(
             num_levels="${..num_levels}",
             identity_when_equal=True,
         ),
-        query_selection=L(LearnedAnchors)(hidden_dim="${..hidden_dim}", num_queries="${..num_queries}"),
+        # Learned content; without denoising, no label embedding.
+        query_selection=L(LearnedAnchors)(
+            hidden_dim="${..hidden_dim}",
+            num_classes="${..num_classes}",
+            num_queries="${..num_queries}",
+            learned_content=True,
+            label_embedding=False,
+        ),
         layer=L(DeformableDecoderLayer)(
             d_model="${..hidden_dim}",
             n_head=8,

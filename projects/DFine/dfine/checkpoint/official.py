@@ -4,9 +4,9 @@ Our RT-DETR-family modules use the official state-dict names, so the conversion 
 every key of our model must come from the official state dict with the same shape, and every
 official key must be used. The only exceptions are listed in ``DERIVED_BUFFERS``: buffers that a
 model rebuilds from its constructor arguments, which may be absent on either side. Official DINO
-checkpoints are first renamed into our layout (:func:`dino_to_ours`), then checked the same way; so
-are official (DN-)DAB-Deformable-DETR checkpoints of IDEA-Research/DN-DETR
-(:func:`dab_deformable_detr_to_ours`).
+checkpoints are first renamed into our layout (:func:`dino_to_ours`), then checked the same way; so are
+official DN-DETR DN-DAB-DETR checkpoints (:func:`dn_dab_detr_to_ours`) and (DN-)DAB-Deformable-DETR
+checkpoints (:func:`dab_deformable_detr_to_ours`).
 """
 import re
 import logging
@@ -20,6 +20,9 @@ __all__ = [
     "dino_to_ours",
     "convert_dino_state_dict",
     "is_dino_state_dict",
+    "dn_dab_detr_to_ours",
+    "convert_dn_dab_detr_state_dict",
+    "is_dn_dab_detr_state_dict",
     "dab_deformable_detr_to_ours",
     "convert_dab_deformable_detr_state_dict",
     "is_dab_deformable_detr_state_dict",
@@ -151,6 +154,91 @@ def convert_dino_state_dict(official: Mapping[str, torch.Tensor], model: nn.Modu
                                           "91 COCO category ids map onto Detectron2's 80 COCO classes")
         class_ids = coco_category_ids()
     return convert_official_state_dict(dino_to_ours(official, class_ids), model)
+
+
+# Official DN-DETR DN-DAB-DETR key -> ours (first match wins). The shared heads (one class_embed, one
+# bbox_embed) go to every layer's key of our shared heads (``{layer}`` is filled in per layer).
+DN_DAB_DETR_KEYS = (
+    (r"^backbone\.0\.body\.", "backbone.body."),
+    (r"^input_proj\.", "encoder.input_proj."),
+    (r"^transformer\.encoder\.", "encoder."),
+    (r"^transformer\.decoder\.layers\.", "decoder.decoder.layers."),
+    (r"^transformer\.decoder\.norm\.", "decoder.decoder.norm."),
+    (r"^transformer\.decoder\.ref_point_head\.", "decoder.query_pos_head."),
+    (r"^transformer\.decoder\.query_scale\.", "decoder.query_scale."),
+    (r"^transformer\.decoder\.ref_anchor_head\.", "decoder.ref_anchor_head."),
+    (r"^transformer\.patterns\.", "decoder.patterns."),
+    (r"^refpoint_embed\.", "decoder.refpoint_embed."),
+    (r"^label_enc\.", "decoder.label_enc."),
+    (r"^class_embed\.", "decoder.dec_score_head.{layer}."),
+    (r"^bbox_embed\.", "decoder.dec_bbox_head.{layer}."),
+)
+# The official model holds its box head a second time, for the decoder's refinement.
+DN_DAB_DETR_ALIAS = re.compile(r"^transformer\.decoder\.bbox_embed\.")
+DN_DAB_DETR_CLASS_ROWS = {"decoder.dec_score_head.": False, "decoder.label_enc.": True}
+
+
+def is_dn_dab_detr_state_dict(state_dict: Mapping[str, torch.Tensor]) -> bool:
+    """Whether a state dict is an official DN-DETR DN-DAB-DETR model's (learned anchors and the DAB-DETR
+    encoder's ``query_scale``)."""
+    return "refpoint_embed.weight" in state_dict and "transformer.encoder.query_scale.layers.0.weight" in state_dict
+
+
+def dn_dab_detr_to_ours(official: Mapping[str, torch.Tensor],
+                        class_ids: Optional[List[int]] = None) -> Dict[str, torch.Tensor]:
+    """An official DN-DETR DN-DAB-DETR state dict in our layout (:data:`DN_DAB_DETR_KEYS`).
+
+    The one class head and the one box head are given to every decoder layer (ours list a shared head
+    under each layer's key); the alias ``transformer.decoder.bbox_embed.*`` must hold the values of
+    ``bbox_embed.*`` and is dropped. ``class_ids`` as in :func:`dino_to_ours` (the class rows of the
+    class head, and of ``label_enc``, which keeps its last, "no class" row).
+
+    Raises:
+        CheckpointMismatchError: an alias that differs from its head, or a key of no known part.
+    """
+    layers = {int(m.group(1)) for key in official
+              for m in [re.match(r"^transformer\.decoder\.layers\.(\d+)\.", key)] if m}
+    num_layers = max(layers) + 1 if layers else 0
+    out, unknown = {}, []
+    for key, value in official.items():
+        if DN_DAB_DETR_ALIAS.match(key):
+            owner = DN_DAB_DETR_ALIAS.sub("bbox_embed.", key)
+            if owner not in official or not torch.equal(official[owner], value):
+                raise CheckpointMismatchError(f"{key} is not the box head {owner} of an official DN-DAB-DETR model")
+            continue
+        for pattern, replacement in DN_DAB_DETR_KEYS:
+            if re.match(pattern, key):
+                if "{layer}" in replacement:
+                    for layer in range(num_layers):
+                        out[re.sub(pattern, replacement.format(layer=layer), key)] = value
+                else:
+                    out[re.sub(pattern, replacement, key)] = value
+                break
+        else:
+            unknown.append(key)
+    if unknown:
+        raise CheckpointMismatchError(f"Keys of no DN-DAB-DETR part: {unknown[:MAX_LISTED]}")
+    if class_ids is not None:
+        for key, value in out.items():
+            for prefix, extra_row in DN_DAB_DETR_CLASS_ROWS.items():
+                if key.startswith(prefix):
+                    out[key] = value[list(class_ids) + ([value.shape[0] - 1] if extra_row else [])]
+    return out
+
+
+def convert_dn_dab_detr_state_dict(official: Mapping[str, torch.Tensor], model: nn.Module) -> Dict[str, torch.Tensor]:
+    """An official DN-DAB-DETR state dict for ``model`` (:func:`dn_dab_detr_to_ours`, then the strict check
+    of :func:`convert_official_state_dict`); a 91-row checkpoint loads into an 80-class model as in
+    :func:`convert_dino_state_dict`."""
+    rows = official["class_embed.bias"].shape[0] if "class_embed.bias" in official else None
+    classes = getattr(getattr(model, "decoder", None), "num_classes", rows)
+    class_ids = None
+    if rows != classes:
+        if (rows, classes) != (91, 80):
+            raise CheckpointMismatchError(f"The checkpoint has {rows} classes, the model {classes}: only the official "
+                                          "91 COCO category ids map onto Detectron2's 80 COCO classes")
+        class_ids = coco_category_ids()
+    return convert_official_state_dict(dn_dab_detr_to_ours(official, class_ids), model)
 
 
 # Official (DN-)DAB-Deformable-DETR key (IDEA-Research/DN-DETR, models/dn_dab_deformable_detr) -> ours,

@@ -64,6 +64,18 @@ def _denoising_pairs(denoising: DenoisingPart, sizes: List[int]) -> MatchedPairs
     return MatchedPairs(torch.cat(batch_idx), torch.cat(list(denoising.positive_idx)), torch.cat(gt_idx))
 
 
+def _positives(predictions: Predictions, supervision: "_Supervision"):
+    """The paired queries of ``predictions`` alone, as one image of ``N`` queries (pair ``k`` is
+    query ``k``), with the supervision re-indexed to them: the classification terms then see no
+    unpaired query (DN-DETR's denoising loss)."""
+    pairs = supervision.pairs
+    picked = Predictions(**{name: None if value is None else value[pairs.batch_idx, pairs.query_idx][None]
+                            for name, value in vars(predictions).items()})
+    query_idx = torch.arange(len(pairs.query_idx), device=pairs.query_idx.device)
+    return picked, _Supervision(MatchedPairs(torch.zeros_like(query_idx), query_idx, pairs.gt_idx),
+                                supervision.num_boxes)
+
+
 def _log_scalar(name: str, value: float) -> None:
     """Into the training's event storage (metrics.json), when a forward runs inside one."""
     try:
@@ -104,7 +116,13 @@ class SetCriterion(nn.Module):
     * ``final``, ``aux``, ``pre`` (D-FINE's first-layer boxes) and ``encoder`` (the proposals): their
       own Hungarian match, ``num_boxes``; class-agnostic proposals are matched and supervised as if
       every ground truth were class 0;
-    * ``denoising``: the positives of the denoising part by construction, ``num_boxes * num_groups``.
+    * ``denoising``: the positives of the denoising part by construction, ``num_boxes * num_groups``
+      (``denoising_normaliser="global"``, DINO and the RT-DETR family), or this process's ground-truth
+      count times ``num_groups``, neither averaged over processes nor clamped (``"local"``, DN-DETR's
+      ``num_tgt``; a batch without boxes has no denoising pair, its losses are 0). The other denoising
+      queries (DINO's negatives, the padding of images with fewer boxes) are background for the
+      classification terms, unless ``denoising_positives_only`` (DN-DETR: its classification loss
+      sees the positive queries only, as a set of ``num_tgt`` queries).
 
     With ``go_lsd`` (D-FINE's Globally Optimal Localization Self-Distillation) the box terms
     (``supervises_boxes``) of every Hungarian-matched output use instead the union of all these
@@ -127,12 +145,17 @@ class SetCriterion(nn.Module):
         go_lsd: the union-set matching of the box terms and the DDF distillation (D-FINE and
             DEIM-D-FINE; off for RT-DETRv2 and DEIM-RT-DETRv2, and for the GO-LSD ablation).
         group_weights: a factor per group of :data:`GROUPS` on every loss of that group (1 if absent).
+        denoising_normaliser: ``"global"`` or ``"local"``, see above.
+        denoising_positives_only: see above.
     """
 
     def __init__(self, matcher: nn.Module, terms: Sequence[LossTerm], losses: Sequence[str],
                  weight_dict: Dict[str, float], num_classes: int, go_lsd: bool = False,
-                 group_weights: Optional[Dict[str, float]] = None):
+                 group_weights: Optional[Dict[str, float]] = None, denoising_normaliser: str = "global",
+                 denoising_positives_only: bool = False):
         super().__init__()
+        if denoising_normaliser not in ("global", "local"):
+            raise ValueError(f"Unknown denoising_normaliser {denoising_normaliser!r}; choose 'global' or 'local'")
         names = [term.name for term in terms]
         if len(set(names)) != len(names):
             raise ValueError(f"Two loss terms have the same name: {names}")
@@ -153,6 +176,8 @@ class SetCriterion(nn.Module):
         self.num_classes = num_classes
         self.go_lsd = go_lsd
         self.group_weights = dict(group_weights or {})
+        self.denoising_normaliser = denoising_normaliser
+        self.denoising_positives_only = denoising_positives_only
 
     def loss_group(self, key: str) -> str:
         """The group the training log sums loss ``key`` into: "denoising" for every loss of the
@@ -208,14 +233,24 @@ class SetCriterion(nn.Module):
                 ddf_weights = ddf_balance_weights(union.pairs.batch_idx, union.pairs.query_idx,
                                                   *outputs.final.logits.shape[:2])
             if outputs.denoising is not None:
-                denoising = _Supervision(_denoising_pairs(outputs.denoising, sizes),
-                                         num_boxes * outputs.denoising.num_groups)
+                groups = outputs.denoising.num_groups
+                if self.denoising_normaliser == "local":
+                    # Clamped only so that a batch without boxes (no pair, losses 0) does not divide 0 by 0.
+                    dn_normaliser = torch.full((), float(sum(sizes) * groups), dtype=torch.float32,
+                                               device=device).clamp(min=1)
+                else:
+                    dn_normaliser = num_boxes * groups
+                denoising = _Supervision(_denoising_pairs(outputs.denoising, sizes), dn_normaliser)
 
             losses = {}
             for output in supervised:
                 _, output_targets = self._targets(output, targets, batch_targets)
+                predictions = output.predictions
                 if output.group == "denoising":
                     own, box_supervision = denoising, denoising
+                    if self.denoising_positives_only:
+                        predictions, own = _positives(predictions, denoising)
+                        box_supervision = own
                 else:
                     own = _Supervision(_hungarian_pairs(indices[output.suffix], sizes, device), num_boxes)
                     box_supervision = union if union is not None else own
@@ -223,10 +258,10 @@ class SetCriterion(nn.Module):
                 factor = self.group_weights.get(output.group, 1.0)
                 for name in self.losses:
                     term = self.terms[name]
-                    if not term.applies_to(output.predictions):
+                    if not term.applies_to(predictions):
                         continue
                     pairs, normaliser = box_supervision if term.supervises_boxes else own
-                    for key, value in term(output.predictions, output_targets, pairs, normaliser, context).items():
+                    for key, value in term(predictions, output_targets, pairs, normaliser, context).items():
                         weighted = value * self.weight_dict[key]
                         losses[key + output.suffix] = weighted if factor == 1.0 else weighted * factor
         return losses

@@ -19,7 +19,7 @@ from typing import Dict, List, Optional
 import torch
 from torch import nn
 
-from .denoising import DenoisingQueries
+from .denoising import DenoisingQueries, DnDetrDenoising
 from .input_projection import valid_ratios
 from .outputs import Branch, DecoderOutput, DenoisingPart, Predictions
 
@@ -176,7 +176,8 @@ class DetrDecoder(nn.Module):
         memory = self.input_proj(feats, padding_mask)
         selection = self.query_selection(memory, image_relative=self.image_relative_boxes)
         content, reference_unact, attn_mask = selection.content, selection.reference_unact, None
-        denoising = self.denoising(targets, self.num_queries) if self.training and self.denoising is not None else None
+        denoising = self._denoising_queries(targets, content.shape[1]) \
+            if self.training and self.denoising is not None else None
         if denoising is not None:
             # Denoising queries go first, as positive_idx assumes.
             content = torch.cat([denoising.content, content], 1)
@@ -196,6 +197,13 @@ class DetrDecoder(nn.Module):
         dn_pre, pre = split(pre) if pre is not None else (None, None)
         dn = DenoisingPart(Branch(list(dn_layers), dn_pre), denoising.positive_idx, denoising.num_groups)
         return DecoderOutput(Branch(list(layers), pre), selection.proposals, dn, geometry)
+
+    def _denoising_queries(self, targets, num_matching: int) -> Optional[DenoisingQueries]:
+        """The denoising queries placed before the ``num_matching`` matching queries."""
+        if isinstance(self.denoising, DnDetrDenoising):
+            # DN-DETR's denoising embeds its labels with the query selection's label_enc.
+            return self.denoising(targets, num_matching, self.query_selection.label_enc)
+        return self.denoising(targets, num_matching)
 
     def _level_scale(self, memory) -> Optional[torch.Tensor]:
         """``[B, 1, L, 4]``: what turns an image-relative box into each level's frame (the valid

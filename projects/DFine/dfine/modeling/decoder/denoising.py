@@ -4,6 +4,8 @@
 D-FINE, DEIM and DEIMv2 build it (positive and negative groups, built by
 :func:`contrastive_denoising_group`); :class:`DinoContrastiveDenoising` is the official DINO's own
 (``prepare_for_cdn``), which differs in its random draws, its padding queries and its logit clipping.
+:class:`DnDetrDenoising` is the original denoising of DN-DETR (Li et al. 2022), positives only, in a
+fixed number of groups (``prepare_for_dn`` of IDEA-Research/DN-DETR's DN-DAB-DETR).
 """
 from typing import Dict, List, NamedTuple, Optional, Tuple
 
@@ -13,8 +15,8 @@ from torch import nn
 from ..layers.box_ops import box_cxcywh_to_xyxy, box_xyxy_to_cxcywh
 from ..layers.common import inverse_sigmoid
 
-__all__ = ["contrastive_denoising_group", "ContrastiveDenoising", "DinoContrastiveDenoising", "DenoisingQueries",
-           "denoising_attention_mask"]
+__all__ = ["contrastive_denoising_group", "ContrastiveDenoising", "DinoContrastiveDenoising", "DnDetrDenoising",
+           "DenoisingQueries", "denoising_attention_mask"]
 
 
 class DenoisingQueries(NamedTuple):
@@ -259,3 +261,85 @@ class DinoContrastiveDenoising(nn.Module):
         group_start = 2 * max_gt * torch.arange(num_group, device=device)[:, None]
         positive_idx = [(torch.arange(n, device=device)[None] + group_start).flatten() for n in num_gts]
         return DenoisingQueries(content, boxes_unact, attn_mask, positive_idx, num_group)
+
+
+class DnDetrDenoising(nn.Module):
+    """DN-DETR's denoising queries: ``num_groups`` noised copies of the ground truth, positives only.
+
+    Layout. With ``P = max_gt`` (the most boxes of an image of the batch), the ``T = P * G`` denoising
+    queries come before the matching ones; group ``g`` holds the queries ``[g * P, (g + 1) * P)``, in
+    which image ``i`` puts its ``n_i`` ground truths first, in order; the slots of an image with fewer
+    boxes are padding (zero content, zero box logit). The self-attention mask keeps the matching
+    queries from seeing any denoising query and each group from seeing the other groups
+    (:func:`denoising_attention_mask`); the denoising queries do see the matching ones.
+
+    Noise, per copy: the label flips with probability ``label_noise_ratio`` to a uniform class in
+    ``[0, num_classes)``; the centre moves by ``U(-1, 1) * size / 2 * box_noise_scale`` and the width
+    and height by ``U(-1, 1) * size * box_noise_scale``, then the box is clamped to [0, 1] and its
+    logit (clipped at ``eps``) is the query's reference. The draws (one uniform per copy for the
+    flip, one class per flipped copy, one uniform per coordinate) are made in the official order and
+    shapes over the batch's ground truths, group after group, so a seeded run gives the official
+    queries.
+
+    Content. ``label_enc`` has ``hidden_dim - 1`` columns (the official ``label_enc``, which the
+    matching queries share for their "no class" row, see
+    :class:`~.query_selection.LearnedAnchors`); a denoising query's content is its label's embedding
+    followed by an indicator 1 (the matching queries have 0). The embedding is handed in by the
+    decoder at every call, since the query selection owns it.
+
+    A batch without ground truth has no denoising query (``T = 0``): its denoising losses are zero,
+    as the official ones.
+
+    Args:
+        num_classes: ``K``.
+        num_groups: ``G`` (the official ``--scalar``, 5).
+        label_noise_ratio: the label-flip probability (``--label_noise_scale``, 0.2).
+        box_noise_scale: ``--box_noise_scale``, 0.4.
+        eps: clipping of the boxes' logits (1e-3, the official ``inverse_sigmoid``).
+    """
+
+    def __init__(self, num_classes: int, num_groups: int = 5, label_noise_ratio: float = 0.2,
+                 box_noise_scale: float = 0.4, eps: float = 1e-3):
+        super().__init__()
+        if num_groups < 1:
+            raise ValueError(f"num_groups must be at least 1, got {num_groups}; turn denoising off with "
+                             "decoder.denoising=None")
+        self.num_classes = num_classes
+        self.num_groups = num_groups
+        self.label_noise_ratio = label_noise_ratio
+        self.box_noise_scale = box_noise_scale
+        self.eps = eps
+
+    def forward(self, targets: List[Dict[str, torch.Tensor]], num_queries: int,
+                label_enc: nn.Embedding) -> DenoisingQueries:
+        """The queries for ``targets`` before ``num_queries`` matching queries, the content from
+        ``label_enc`` (``[num_classes + 1, hidden_dim - 1]``)."""
+        if targets is None:
+            raise ValueError("Training with denoising needs the targets")
+        weight = label_enc.weight
+        device = weight.device
+        num_gts = [len(t["labels"]) for t in targets]
+        groups, batch, max_gt = self.num_groups, len(targets), max(num_gts, default=0)
+        labels = torch.cat([t["labels"] for t in targets]).repeat(groups)
+        boxes = torch.cat([t["boxes"] for t in targets]).repeat(groups, 1)
+        if self.label_noise_ratio > 0:
+            flip = torch.nonzero(torch.rand_like(labels.float()) < self.label_noise_ratio).view(-1)
+            labels = labels.scatter(0, flip, torch.randint_like(flip, 0, self.num_classes))
+        if self.box_noise_scale > 0:
+            spread = torch.cat([boxes[:, 2:] / 2, boxes[:, 2:]], -1)
+            boxes = (boxes + (torch.rand_like(boxes) * 2 - 1.0) * spread * self.box_noise_scale).clamp(min=0.0,
+                                                                                                      max=1.0)
+        num_dn = max_gt * groups
+        content = weight.new_zeros(batch, num_dn, weight.shape[1] + 1)
+        boxes_unact = boxes.new_zeros(batch, num_dn, 4)
+        image = torch.cat([torch.full((n,), i, dtype=torch.int64, device=device) for i, n in enumerate(num_gts)])
+        slot = torch.cat([torch.arange(n, device=device) for n in num_gts])
+        copies = torch.arange(groups, device=device).repeat_interleave(len(slot))
+        image, slot = image.repeat(groups), slot.repeat(groups) + copies * max_gt
+        embedded = label_enc(labels)
+        content[image, slot] = torch.cat([embedded, embedded.new_ones(len(labels), 1)], -1)
+        boxes_unact[image, slot] = inverse_sigmoid(boxes, self.eps)
+        attn_mask = denoising_attention_mask(num_dn, max_gt, num_queries, device)
+        group_start = max_gt * torch.arange(groups, device=device)[:, None]
+        positive_idx = [(torch.arange(n, device=device)[None] + group_start).flatten() for n in num_gts]
+        return DenoisingQueries(content, boxes_unact, attn_mask, positive_idx, groups)

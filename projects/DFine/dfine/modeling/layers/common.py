@@ -27,6 +27,8 @@ _ACTIVATIONS = {
     "gelu": nn.GELU,
     "leaky_relu": nn.LeakyReLU,
     "hardsigmoid": nn.Hardsigmoid,
+    # A learned slope (one parameter, 0.25 at first): DN-DETR's and DAB-DETR's default activation.
+    "prelu": nn.PReLU,
 }
 
 

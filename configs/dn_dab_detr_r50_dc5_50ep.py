@@ -1,0 +1,12 @@
+"""DN-DETR-R50-DC5 (``-m dn_dab_detr --use_dn --dilation --epochs 50 --lr_drop 40``). README: 46.3 box AP.
+
+Official IDEA-Research/DN-DETR, model ``models/DN_DAB_DETR``, the main.py defaults otherwise."""
+from .common.data.coco_detr import dataloader
+from .common.dn_dab_detr import dn_dab_detr_schedule, dc5
+from .common.models.dn_dab_detr import model
+from .common.optim import DinoAdamW as optimizer
+from .common.optim import dino_lr_multiplier as lr_multiplier
+from .common.train import train
+
+dc5(model)
+dn_dab_detr_schedule(train, lr_multiplier, epochs=50, output_dir="./output/dn_dab_detr_r50_dc5_50ep")
