@@ -59,6 +59,8 @@ def test_config_instantiates(name):
     cfg.train.update(max_iter=10000, iters_per_epoch=10000 / (cfg.train.epochs or 100))
     lr_multiplier = instantiate(cfg.lr_multiplier)
     final = cfg.lr_multiplier.get("lr_gamma", 1.0)  # flat-cosine ends at lr_gamma
+    if "drop_epochs" in cfg.lr_multiplier:  # StepDecay (DINO, DN-DETR) ends after all its drops
+        final = cfg.lr_multiplier.get("gamma", 0.1) ** len(cfg.lr_multiplier.drop_epochs)
     assert lr_multiplier(0.0) > 0 and lr_multiplier(1.0) == pytest.approx(final)
     if name in OFFICIAL_PARAMETERS:
         assert sum(p.numel() for p in model.parameters()) == OFFICIAL_PARAMETERS[name]

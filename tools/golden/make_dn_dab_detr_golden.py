@@ -36,7 +36,9 @@ only, no attention mask) and hands the criterion an empty ``mask_dict`` (its den
 the official zeros).
 
 Weights are ``tests/golden/synth.py::synth_state_dict`` over the official keys, one draw per tensor
-(the alias key gets its owner's values: ``tests/golden/dino_inputs.py::official_weights``). Images are
+(the alias key gets its owner's values: ``tests/golden/dino_inputs.py::official_weights``), the class
+head's weight scaled to the fan-in variance (``tests/golden/dn_dab_detr_inputs.py``: drawn as an
+embedding table, it would saturate every score). Images are
 ``synth_image``, targets ``synth_targets`` (91 classes): ``dino_inputs.synth_batch``.
 
 Runtime stand-ins, none of them numeric: ``Tensor.cuda()`` and ``.to('cuda')`` keep tensors on the CPU;
@@ -63,7 +65,8 @@ import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT / "tests"))
-from golden.dino_inputs import official_weights, synth_batch  # noqa: E402
+from golden.dino_inputs import synth_batch  # noqa: E402
+from golden.dn_dab_detr_inputs import dn_dab_detr_weights  # noqa: E402
 from golden.synth import fingerprint  # noqa: E402
 
 import float64_patches  # noqa: E402  (tools/golden, this script's directory)
@@ -178,7 +181,7 @@ def job_counts(flags) -> dict:
 
 
 def _load(model, counts):
-    weights = official_weights(counts["state_dict"], counts["aliases"], WEIGHT_SEED)
+    weights = dn_dab_detr_weights(counts["state_dict"], counts["aliases"], WEIGHT_SEED)
     model.load_state_dict(weights, strict=True)
     return fingerprint({k: v for k, v in weights.items() if k not in counts["aliases"]})
 
