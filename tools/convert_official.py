@@ -12,6 +12,11 @@ the 80 Detectron2 classes of our COCO configs::
 
     python tools/convert_official.py --config-file configs/dino_r50_4scale_12ep.py checkpoint0011_4scale.pth out.pth
 
+And official DN-DETR checkpoints (``-m dn_dab_detr``, ``-m dn_dab_deformable_detr``); into a config without
+denoising, the denoising label embedding is left out::
+
+    python tools/convert_official.py --config-file configs/dn_dab_deformable_detr_r50_50ep.py checkpoint.pth out.pth
+
 Official DN-DETR DN-DAB-DETR checkpoints (``-m dn_dab_detr``) likewise::
 
     python tools/convert_official.py --config-file configs/dn_dab_detr_r50_50ep.py checkpoint.pth out.pth
@@ -47,12 +52,13 @@ from dfine.checkpoint.official import (
 from dfine.config import load_config
 
 
-OFFICIAL_CHECKPOINT_GLOBALS = [collections.Counter]
+OFFICIAL_CHECKPOINT_GLOBALS = [collections.Counter, argparse.Namespace]
 
 
 def load_official_file(path: str):
     """The official file, never unpickled as arbitrary objects: torch's safe loader, plus the plain
-    classes official training checkpoints hold besides tensors (the LR scheduler's Counter)."""
+    classes official training checkpoints hold besides tensors (the LR scheduler's Counter, the
+    command-line ``args`` Namespace that DETR-lineage ``main.py`` files save)."""
     with torch.serialization.safe_globals(OFFICIAL_CHECKPOINT_GLOBALS):
         return torch.load(path, map_location="cpu", weights_only=True)
 

@@ -15,7 +15,9 @@ has ``hybrid_encoder.HybridEncoder``; D-FINE and DEIM(v2) also ``dfine_utils.tra
 criterion with ``unimodal_distribution_focal_loss``; DEIMv2 alone ``deim_utils.RMSNorm``. DINO
 (IDEA-Research/DINO) is ``models.dino``, with ``position_encoding.PositionEmbeddingSineHW`` and
 ``deformable_transformer.DeformableTransformer.get_valid_ratio``. DN-DETR's DN-DAB-DETR
-(IDEA-Research/DN-DETR) is ``models.DN_DAB_DETR``, with the same ``position_encoding.PositionEmbeddingSineHW``.
+(IDEA-Research/DN-DETR) is ``models.DN_DAB_DETR``, with the same ``position_encoding.PositionEmbeddingSineHW``;
+its DAB-Deformable-DETR is ``models.dn_dab_deformable_detr``, with ``position_encoding.PositionEmbeddingSine``
+and the same ``get_valid_ratio``.
 
 Usage, inside a golden script, after the official package is importable: :func:`install` (package,
 then all or the named class- and module-level patches) before building the models, and
@@ -37,6 +39,7 @@ PACKAGES = {
                     "criterion": "deim_criterion.DEIMCriterion"},
     "models.dino": {"patches": ("sine_hw", "valid_ratio")},
     "models.DN_DAB_DETR": {"patches": ("sine_hw",)},
+    "models.dn_dab_deformable_detr": {"patches": ("sine", "valid_ratio")},
 }
 PATCHES = {
     "rope": SELF + ":rope_follow_dtype: after the cast to float64, every official RopePositionEmbedding "
@@ -61,6 +64,11 @@ PATCHES = {
                + ":sine_hw_position_embedding: the same encoding computed in float64 (officially float32 cumsums "
                "and frequencies, which the backbone joiner and the extra levels then cast to the features' dtype; "
                "checked equal to the official one in float32 to float32 rounding)",
+    "sine": "{package}.position_encoding.PositionEmbeddingSine.forward replaced by " + SELF
+            + ":sine_position_embedding: the same encoding (Deformable-DETR's: pixel centres, offset -0.5) computed "
+            "in float64 (officially float32 cumsums and frequencies, which the backbone joiner and the extra "
+            "levels then cast to the features' dtype; checked equal to the official one in float32 to float32 "
+            "rounding)",
     "valid_ratio": "{package}.deformable_transformer.DeformableTransformer.get_valid_ratio replaced by " + SELF
                    + ":valid_ratio_in_float64: the same ratios in float64 (officially valid counts .float() / size); "
                    "with them the encoder's reference points are float64 too (their official float32 linspace "
@@ -121,6 +129,27 @@ def sine_hw_position_embedding(self, tensor_list):
     return features.permute(0, 3, 1, 2)
 
 
+def sine_position_embedding(self, tensor_list):
+    """Deformable-DETR's ``PositionEmbeddingSine.forward`` (attributes ``num_pos_feats``, ``temperature``,
+    ``normalize``, ``scale``; DN-DETR's ``models/dn_dab_deformable_detr``) in :data:`DTYPE`: as
+    :func:`sine_hw_position_embedding` with one temperature and the positions shifted by -0.5 (pixel
+    centres) before they are normalised by the last, unshifted, count."""
+    valid = ~tensor_list.mask
+    y_pos = valid.cumsum(1, dtype=DTYPE)
+    x_pos = valid.cumsum(2, dtype=DTYPE)
+    if self.normalize:
+        y_pos = (y_pos - 0.5) / (y_pos[:, -1:, :] + 1e-6) * self.scale
+        x_pos = (x_pos - 0.5) / (x_pos[:, :, -1:] + 1e-6) * self.scale
+    index = torch.arange(self.num_pos_feats, dtype=DTYPE, device=y_pos.device)
+    frequencies = self.temperature ** (2 * (index // 2) / self.num_pos_feats)
+
+    def encode(positions):
+        angles = positions[..., None] / frequencies
+        return torch.stack((angles[..., 0::2].sin(), angles[..., 1::2].cos()), dim=4).flatten(3)
+
+    return torch.cat((encode(y_pos), encode(x_pos)), dim=3).permute(0, 3, 1, 2)
+
+
 def valid_ratio_in_float64(self, mask):
     """DINO's ``DeformableTransformer.get_valid_ratio`` in :data:`DTYPE`: ``[B, 2]`` (x, y), the valid
     columns of the first row over the width and the valid rows of the first column over the height."""
@@ -153,6 +182,25 @@ def check_sine_hw(cls) -> None:
         b = sine_hw_position_embedding(module, SimpleNamespace(tensors=tensors, mask=mask))
         assert a.dtype == torch.float32 and b.dtype == DTYPE and a.shape == b.shape
         assert (a.double() - b).abs().max().item() < 1e-5, list(mask.shape)
+
+
+def check_sine(cls) -> None:
+    """:func:`sine_position_embedding` is the official float32 encoding (Deformable-DETR's settings: 128
+    features per axis, temperature 10000, normalized) to float32 rounding on the image. On the padding
+    of a column or row without any valid pixel the position is ``-0.5 / 1e-6 * 2 pi``, whose sines no
+    float32 computation resolves (both sides are finite there; the padding's encoding reaches only
+    padded tokens, which every attention masks)."""
+    from types import SimpleNamespace
+
+    module = cls(128, normalize=True)
+    for mask in _dino_masks():
+        tensors = torch.zeros(mask.shape[0], 1, *mask.shape[1:])
+        a = module(SimpleNamespace(tensors=tensors, mask=mask))
+        b = sine_position_embedding(module, SimpleNamespace(tensors=tensors, mask=mask))
+        assert a.dtype == torch.float32 and b.dtype == DTYPE and a.shape == b.shape
+        assert torch.isfinite(a).all() and torch.isfinite(b).all()
+        on_image = (~mask)[:, None].expand_as(b)
+        assert (a.double() - b)[on_image].abs().max().item() < 1e-5, list(mask.shape)
 
 
 def check_valid_ratio(official) -> None:
@@ -262,6 +310,10 @@ def install(package: str, *names: str) -> list:
         encoding = _attr(package, "position_encoding.PositionEmbeddingSineHW")
         check_sine_hw(encoding)
         encoding.forward = sine_hw_position_embedding
+    if "sine" in names:
+        encoding = _attr(package, "position_encoding.PositionEmbeddingSine")
+        check_sine(encoding)
+        encoding.forward = sine_position_embedding
     if "valid_ratio" in names:
         transformer = _attr(package, "deformable_transformer.DeformableTransformer")
         check_valid_ratio(transformer.get_valid_ratio)

@@ -4,7 +4,7 @@ Our RT-DETR-family modules use the official state-dict names, so the conversion 
 every key of our model must come from the official state dict with the same shape, and every
 official key must be used. The only exceptions are listed in ``DERIVED_BUFFERS``: buffers that a
 model rebuilds from its constructor arguments, which may be absent on either side. Official DINO
-and DN-DETR checkpoints are first renamed into our layout (:func:`official_to_ours` with their
+and DN-DETR (DN-DAB-DETR, (DN-)DAB-Deformable-DETR) checkpoints are first renamed into our layout (:func:`official_to_ours` with their
 :class:`OfficialLayout`), then checked the same way.
 """
 import re
@@ -20,6 +20,7 @@ __all__ = [
     "OfficialLayout",
     "DINO_LAYOUT",
     "DN_DAB_DETR_LAYOUT",
+    "DAB_DEFORMABLE_DETR_LAYOUT",
     "official_layout",
     "official_to_ours",
     "convert_renamed_state_dict",
@@ -74,6 +75,8 @@ class OfficialLayout:
             label embedding) follows them.
         class_key: an official key whose first dimension is the number of classes.
         markers: official keys that only this model's state dict has.
+        denoising_only: our key prefixes of tensors every official build has but only its denoising
+            uses (dropped for our model without denoising).
     """
 
     name: str
@@ -82,6 +85,7 @@ class OfficialLayout:
     class_rows: Dict[str, bool]
     class_key: str
     markers: Tuple[str, ...]
+    denoising_only: Tuple[str, ...] = ()
 
     def matches(self, state_dict: Mapping[str, torch.Tensor]) -> bool:
         return all(key in state_dict for key in self.markers)
@@ -143,7 +147,35 @@ DN_DAB_DETR_LAYOUT = OfficialLayout(
     markers=("refpoint_embed.weight", "transformer.encoder.query_scale.layers.0.weight"),
 )
 
-OFFICIAL_LAYOUTS = (DINO_LAYOUT, DN_DAB_DETR_LAYOUT)
+# Official IDEA-Research/DN-DETR, (DN-)DAB-Deformable-DETR (models/dn_dab_deformable_detr): DINO's
+# backbone, encoder and decoder-layer names (norms swapped the same way); the query position head holds
+# DAB's query_scale; learned anchors and content; per-layer heads, saved again for the refinement.
+DAB_DEFORMABLE_DETR_LAYOUT = OfficialLayout(
+    name="DAB-Deformable-DETR",
+    keys=(
+        (r"^backbone\.0\.body\.", "backbone.body."),
+        (r"^input_proj\.", "encoder.input_proj."),
+        (r"^transformer\.level_embed$", "encoder.level_embed"),
+        (r"^transformer\.encoder\.layers\.", "encoder.layers."),
+        (r"^transformer\.decoder\.layers\.(\d+)\.norm1\.", r"decoder.decoder.layers.\1.norm2."),
+        (r"^transformer\.decoder\.layers\.(\d+)\.norm2\.", r"decoder.decoder.layers.\1.norm1."),
+        (r"^transformer\.decoder\.layers\.", "decoder.decoder.layers."),
+        (r"^transformer\.decoder\.ref_point_head\.", "decoder.query_pos_head."),
+        (r"^transformer\.decoder\.query_scale\.", "decoder.query_pos_head.query_scale."),
+        (r"^tgt_embed\.", "decoder.tgt_embed."),
+        (r"^refpoint_embed\.", "decoder.refpoint_embed."),
+        (r"^label_enc\.", "decoder.label_enc."),
+        (r"^class_embed\.", "decoder.dec_score_head."),
+        (r"^bbox_embed\.", "decoder.dec_bbox_head."),
+    ),
+    alias=(r"^transformer\.decoder\.bbox_embed\.", "bbox_embed."),
+    class_rows={"decoder.dec_score_head.": False, "decoder.label_enc.": True},
+    class_key="class_embed.0.bias",
+    markers=("refpoint_embed.weight", "transformer.level_embed"),
+    denoising_only=("decoder.label_enc.",),
+)
+
+OFFICIAL_LAYOUTS = (DINO_LAYOUT, DN_DAB_DETR_LAYOUT, DAB_DEFORMABLE_DETR_LAYOUT)
 
 
 def official_layout(state_dict: Mapping[str, torch.Tensor]) -> Optional[OfficialLayout]:
@@ -153,13 +185,14 @@ def official_layout(state_dict: Mapping[str, torch.Tensor]) -> Optional[Official
 
 
 def official_to_ours(official: Mapping[str, torch.Tensor], layout: OfficialLayout,
-                     class_ids: Optional[List[int]] = None) -> Dict[str, torch.Tensor]:
+                     class_ids: Optional[List[int]] = None, denoising: bool = True) -> Dict[str, torch.Tensor]:
     """An official state dict in our layout (``layout.keys``).
 
     The alias keys must hold the same values as their owners and are dropped. With ``class_ids`` (our
     class ``k`` is the official class ``class_ids[k]``: for COCO, the official models index the 91
     category ids and Detectron2 the 80 contiguous ones), the class rows of ``layout.class_rows`` are
-    taken in that order (a "no class" last row is kept last).
+    taken in that order (a "no class" last row is kept last). Without ``denoising`` (our model without
+    the official denoising), the tensors of ``layout.denoising_only`` are dropped.
 
     Raises:
         CheckpointMismatchError: an alias that differs from its owner, or a key of no known part.
@@ -190,6 +223,8 @@ def official_to_ours(official: Mapping[str, torch.Tensor], layout: OfficialLayou
             for prefix, extra_row in layout.class_rows.items():
                 if key.startswith(prefix):
                     out[key] = value[list(class_ids) + ([value.shape[0] - 1] if extra_row else [])]
+    if not denoising:
+        out = {k: v for k, v in out.items() if not k.startswith(layout.denoising_only)}
     return out
 
 
@@ -206,7 +241,8 @@ def convert_renamed_state_dict(official: Mapping[str, torch.Tensor], model: nn.M
     """An official state dict of ``layout`` for ``model`` (:func:`official_to_ours`, then the strict check
     of :func:`convert_official_state_dict`). A 91-row checkpoint (COCO category ids, as every official
     COCO model) loads into an 80-class model (Detectron2's contiguous COCO classes) by taking the rows
-    of :func:`coco_category_ids`; other class counts must be equal."""
+    of :func:`coco_category_ids`; other class counts must be equal. The denoising-only tensors are kept
+    exactly when ``model`` has them."""
     rows = official[layout.class_key].shape[0] if layout.class_key in official else None
     classes = getattr(getattr(model, "decoder", None), "num_classes", rows)
     class_ids = None
@@ -215,7 +251,8 @@ def convert_renamed_state_dict(official: Mapping[str, torch.Tensor], model: nn.M
             raise CheckpointMismatchError(f"The checkpoint has {rows} classes, the model {classes}: only the official "
                                           "91 COCO category ids map onto Detectron2's 80 COCO classes")
         class_ids = coco_category_ids()
-    return convert_official_state_dict(official_to_ours(official, layout, class_ids), model)
+    denoising = not layout.denoising_only or any(k.startswith(layout.denoising_only) for k in model.state_dict())
+    return convert_official_state_dict(official_to_ours(official, layout, class_ids, denoising), model)
 
 
 def _is_derived(key: str) -> bool:

@@ -19,7 +19,7 @@ from typing import Dict, List, Optional
 import torch
 from torch import nn
 
-from .denoising import DenoisingQueries
+from .denoising import DenoisingQueries, DnDetrDenoising
 from .input_projection import valid_ratios
 from .outputs import Branch, DecoderOutput, DenoisingPart, Predictions
 
@@ -100,7 +100,9 @@ class DetrDecoder(nn.Module):
         query_selection: memory -> initial queries and proposals (:class:`~.query_selection.EncoderTopK`).
         layer: one decoder layer (:class:`~.layer.DeformableDecoderLayer`), cloned ``num_layers``
             times so that every layer starts from the same weights, as officially.
-        query_pos_head: reference boxes -> query position embedding (:class:`~.heads.BoxPositionEmbedding`).
+        query_pos_head: reference boxes -> query position embedding (:class:`~.heads.BoxPositionEmbedding`);
+            one whose ``content_scaled`` is True also takes, after the first layer, the content the
+            layer receives (DAB-DETR's ``query_scale``, :class:`~.heads.SineBoxPositionEmbedding`).
         class_head: per-layer class logits (:class:`~.heads.ClassHead`).
         box_head: per-layer boxes and the refinement rule (:class:`~.heads.BoxHead`).
         denoising: denoising queries in training (:class:`~.denoising.ContrastiveDenoising`), or None.
@@ -198,6 +200,9 @@ class DetrDecoder(nn.Module):
 
     def _denoising_queries(self, targets, num_matching: int) -> Optional[DenoisingQueries]:
         """The denoising queries placed before the ``num_matching`` matching queries."""
+        if isinstance(self.denoising, DnDetrDenoising):
+            # DN-DETR's denoising embeds its labels with the query selection's label_enc.
+            return self.denoising(targets, num_matching, self.query_selection.label_enc)
         return self.denoising(targets, num_matching)
 
     def _level_scale(self, memory) -> Optional[torch.Tensor]:
@@ -223,6 +228,9 @@ class DetrDecoder(nn.Module):
             reference = flow.reference if level_scale is None else flow.reference[:, :, None] * level_scale
             if shared_pos is not None:
                 query_pos = shared_pos
+            elif i > 0 and getattr(self.query_pos_head, "content_scaled", False):
+                # DAB-DETR: the position embedding scaled by the content this layer receives.
+                query_pos = self.query_pos_head(reference if level_scale is None else reference[:, :, 0], content)
             else:
                 query_pos = self.query_pos_head(reference if level_scale is None else reference[:, :, 0])
             content = self.layers[i](content, reference, memory.tokens, memory.spatial_shapes, attn_mask,

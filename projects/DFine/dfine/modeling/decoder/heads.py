@@ -102,19 +102,38 @@ class SineBoxPositionEmbedding(MLP):
     ``C / 2`` features per coordinate) through ``MLP(2C, C, C, 2)``.
 
     The boxes are those of the first memory level's frame (scaled by its valid ratio), as the
-    official decoders embed them."""
+    official decoders embed them.
+
+    Args:
+        hidden_dim: query width ``C``.
+        temperature: of the sine embedding.
+        act: the MLPs' activation.
+        query_scale: DAB-DETR's conditional scaling (``query_scale``, ``MLP(C, C, C, 2)``): from the
+            second layer on, the embedding is multiplied element-wise by ``query_scale`` of the
+            query content the layer receives (the previous layer's output); DINO has none.
+    """
 
     shared = False
     clamp = None
 
-    def __init__(self, hidden_dim: int, temperature: float = 10000, act: str = "relu"):
+    def __init__(self, hidden_dim: int, temperature: float = 10000, act: str = "relu", query_scale: bool = False):
         super().__init__(2 * hidden_dim, hidden_dim, hidden_dim, 2, act=act)
         self.num_pos_feats = hidden_dim // 2
         self.temperature = temperature
+        self.query_scale = MLP(hidden_dim, hidden_dim, hidden_dim, 2, act=act) if query_scale else None
 
-    def forward(self, boxes: torch.Tensor) -> torch.Tensor:
-        """``[B, Q, 4]`` cxcywh -> ``[B, Q, C]``."""
-        return super().forward(sine_box_embedding(boxes, self.num_pos_feats, self.temperature))
+    @property
+    def content_scaled(self) -> bool:
+        """Whether :meth:`forward` takes the query content (after the first layer)."""
+        return self.query_scale is not None
+
+    def forward(self, boxes: torch.Tensor, content: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``[B, Q, 4]`` cxcywh -> ``[B, Q, C]``; with ``query_scale``, ``content`` ``[B, Q, C]`` (None
+        for the first layer) scales the result."""
+        pos = super().forward(sine_box_embedding(boxes, self.num_pos_feats, self.temperature))
+        if self.query_scale is not None and content is not None:
+            pos = self.query_scale(content) * pos
+        return pos
 
 
 class ClassHead(nn.Module):
@@ -214,11 +233,15 @@ class BoxHead(nn.Module):
         share, clone: see :func:`layer_heads` (DEIMv2 Atto/Femto/Pico share; DINO shares; DEIMv2 clones).
         eps: the clipping of ``inverse_sigmoid`` on the reference boxes (1e-5 in the RT-DETR family,
             1e-3 in DINO and the Deformable-DETR family).
+        first_size_bias: initial bias of the first layer's width and height deltas (Deformable-DETR's
+            and DAB-Deformable-DETR's box refinement: -2.0, boxes start smaller than their anchors),
+            else zero like the rest of the last layer; deltas only.
     """
 
     def __init__(self, hidden_dim: int, num_layers: int, eval_idx: int = -1, reg_max: Optional[int] = None,
                  reg_scale: float = 4.0, up: float = 0.5, refinement: str = "look_forward_twice", act: str = "relu",
-                 lqe_act: str = "relu", share: bool = False, clone: bool = False, eps: float = 1e-5):
+                 lqe_act: str = "relu", share: bool = False, clone: bool = False, eps: float = 1e-5,
+                 first_size_bias: Optional[float] = None):
         super().__init__()
         self.eps = eps
         if refinement not in REFINEMENTS:
@@ -239,6 +262,10 @@ class BoxHead(nn.Module):
             self.up = nn.Parameter(torch.tensor([float(up)]), requires_grad=False)
             self.reg_scale = nn.Parameter(torch.tensor([float(reg_scale)]), requires_grad=False)
         self.dec_bbox_head = layer_heads(make_head, num_layers, self.eval_idx, share, clone)
+        if first_size_bias is not None:
+            if reg_max is not None:
+                raise ValueError("first_size_bias applies to delta heads (reg_max None)")
+            nn.init.constant_(self.dec_bbox_head[0].layers[-1].bias[2:], first_size_bias)
         if reg_max is not None:
             self.pre_bbox_head = MLP(hidden_dim, hidden_dim, 4, 3, act=act)
             nn.init.constant_(self.pre_bbox_head.layers[-1].weight, 0)

@@ -6,7 +6,8 @@ the proposals are supervised as the encoder output. The query content is the sel
 (RT-DETR) or learned (``learn_content``: DINO's mixed query selection).
 
 :class:`LearnedAnchors` is the query selection of DAB-DETR and DN-DETR: learned anchor boxes, the same
-for every image, independent of the memory.
+for every image, independent of the memory, with the content of DN-DETR's "no class" label or learned
+(DAB-Deformable-DETR).
 """
 from collections import OrderedDict
 from typing import NamedTuple, Optional
@@ -58,7 +59,8 @@ class QuerySelection(NamedTuple):
 
     Attributes:
         content: ``[B, K, C]`` initial query content.
-        reference_unact: ``[B, K, 4]`` logits of the initial reference boxes, detached.
+        reference_unact: ``[B, K, 4]`` logits of the initial reference boxes: detached when they come
+            from the encoder; learned anchors keep their gradient.
         proposals: the selected proposals with their gradient, supervised as the encoder output
             (None for selections without proposals).
     """
@@ -179,38 +181,58 @@ class EncoderTopK(nn.Module):
 
 
 class LearnedAnchors(nn.Module):
-    """Learned anchor boxes as the queries (DAB-DETR; DN-DETR's DN-DAB-DETR).
+    """Learned anchor boxes as the queries (DAB-DETR; DN-DETR's DN-DAB-DETR and DAB-Deformable-DETR).
 
     ``refpoint_embed`` holds ``K = num_queries`` anchors as logits of normalised cxcywh boxes; they are
     the reference boxes of the first decoder layer, with their gradient (the anchors train through
-    the first layer's positional queries and boxes). Every matching query has the same content, as
-    DN-DETR builds it: the embedding of the "no class" row ``num_classes`` of ``label_enc`` followed by
-    an indicator 0 (DN-DETR's denoising queries, :class:`~.denoising.DnDetrDenoising`, embed their
-    labels with the same table and carry an indicator 1). With ``num_patterns`` ``P > 0`` (Anchor
-    DETR's patterns) the ``K`` anchors are repeated ``P`` times, pattern ``p`` taking the queries
-    ``[p * K, (p + 1) * K)``, and its learned embedding ``patterns[p]`` is added to their content:
-    ``P * K`` matching queries.
+    the first layer's positional queries, attention sampling and boxes). The content of every
+    matching query ends with an indicator 0 (DN-DETR's denoising queries,
+    :class:`~.denoising.DnDetrDenoising`, embed their labels with ``label_enc`` and carry an indicator
+    1); before it:
+
+    * DN-DAB-DETR: the same for every query, the embedding of the "no class" row ``num_classes`` of
+      ``label_enc``;
+    * ``learned_content`` (DAB-Deformable-DETR): a learned row per query, ``tgt_embed``
+      (``[K, C - 1]``, ``nn.Embedding``'s N(0, 1) as officially).
+
+    With ``num_patterns`` ``P > 0`` (Anchor DETR's patterns) the ``K`` anchors are repeated ``P`` times,
+    pattern ``p`` taking the queries ``[p * K, (p + 1) * K)``, and its learned embedding
+    ``patterns[p]`` is added to their content: ``P * K`` matching queries.
 
     Args:
         hidden_dim: query width ``C``.
         num_classes: ``label_enc`` has ``num_classes + 1`` rows of ``C - 1`` values.
         num_queries: ``K`` (DN-DETR: 300).
-        num_patterns: ``P`` (0: none; the "3 pat" models: 3).
+        num_patterns: ``P`` (0: none; the "3 pat" models: 3; not with ``learned_content``, which the
+            official DAB-Deformable-DETR does not implement with patterns).
         random_refpoints_xy: draw the anchors' centres uniformly in [0, 1] at initialisation (the
             official ``--random_refpoints_xy``; its attempt to freeze them has no effect, so they
             train here too).
+        learned_content: see above.
+        label_embedding: hold ``label_enc``; with ``learned_content`` only the denoising reads it, and
+            a model without denoising may leave it out (the official model always has it).
 
-    Parameter names are the official ones: ``label_enc``, ``refpoint_embed``, ``patterns``
-    (``transformer.patterns`` in official checkpoints).
+    Parameter names are the official ones: ``label_enc``, ``refpoint_embed``, ``tgt_embed``,
+    ``patterns`` (``transformer.patterns`` in official checkpoints).
     """
 
     def __init__(self, hidden_dim: int, num_classes: int, num_queries: int = 300, num_patterns: int = 0,
-                 random_refpoints_xy: bool = False):
+                 random_refpoints_xy: bool = False, learned_content: bool = False, label_embedding: bool = True):
         super().__init__()
+        if not (learned_content or label_embedding):
+            raise ValueError("LearnedAnchors without learned_content takes its content from label_enc: "
+                             "label_embedding must be True")
+        if learned_content and num_patterns > 0:
+            raise ValueError("LearnedAnchors: learned_content with num_patterns > 0 is not a model of the official "
+                             "code (DAB-Deformable-DETR has no patterns)")
         self.num_classes = num_classes
         self.num_queries = num_queries
         self.num_patterns = num_patterns
-        self.label_enc = nn.Embedding(num_classes + 1, hidden_dim - 1)
+        self.learned_content = learned_content
+        if label_embedding:
+            self.label_enc = nn.Embedding(num_classes + 1, hidden_dim - 1)
+        if learned_content:
+            self.tgt_embed = nn.Embedding(num_queries, hidden_dim - 1)
         self.refpoint_embed = nn.Embedding(num_queries, 4)
         if random_refpoints_xy:
             with torch.no_grad():
@@ -220,11 +242,16 @@ class LearnedAnchors(nn.Module):
             self.patterns = nn.Embedding(num_patterns, hidden_dim)
 
     def forward(self, memory: Memory, image_relative: bool = False) -> QuerySelection:
-        """``P * K`` (or ``K``) queries per image of the memory's batch; the memory is not read."""
+        """``P * K`` (or ``K``) queries per image of the memory's batch; the memory is not read (nor is
+        ``image_relative``: anchors are in whatever frame the decoder predicts)."""
         batch = memory.tokens.shape[0]
         repeats = max(self.num_patterns, 1)
-        no_class = self.label_enc.weight[self.num_classes]
-        content = torch.cat([no_class, no_class.new_zeros(1)]).repeat(self.num_queries * repeats, 1)
+        if self.learned_content:
+            learned = self.tgt_embed.weight
+            content = torch.cat([learned, learned.new_zeros(len(learned), 1)], 1)
+        else:
+            no_class = self.label_enc.weight[self.num_classes]
+            content = torch.cat([no_class, no_class.new_zeros(1)]).repeat(self.num_queries * repeats, 1)
         if self.num_patterns > 0:
             content = content + self.patterns.weight.repeat_interleave(self.num_queries, 0)
         reference_unact = self.refpoint_embed.weight.repeat(repeats, 1)

@@ -1,4 +1,5 @@
-"""DeformableEncoder: the multi-scale deformable encoder of DINO (Zhang et al. 2022), after Deformable DETR.
+"""DeformableEncoder: the multi-scale deformable encoder of DINO (Zhang et al. 2022) and of (DAB-)Deformable
+DETR (Zhu et al. 2021; Liu et al. 2022), which differ only in their sine position encoding.
 
 Every backbone map is projected to ``hidden_dim`` channels (1x1 conv + GroupNorm); levels beyond the
 backbone's are made by a stride-2 3x3 conv + GroupNorm, the first from the last *backbone* map (not
@@ -131,7 +132,10 @@ class DeformableEncoder(nn.Module):
         num_heads, num_points: of the deformable self-attention (DINO: 8 and 4).
         dim_feedforward, dropout, activation: of the feed-forward blocks (DINO: 2048, 0.0, "relu").
         num_groups: GroupNorm groups of the input projection (DINO: 32).
-        pe_temperature_h, pe_temperature_w: of the sine position encoding (DINO: 20 and 20).
+        pe_temperature_h, pe_temperature_w: of the sine position encoding (DINO: 20 and 20;
+            Deformable-DETR and DAB-Deformable-DETR: 10000 and 10000).
+        pe_offset: added to the cumulative pixel counts of the sine position encoding before they are
+            normalised (DINO: 0; Deformable-DETR and DAB-Deformable-DETR: -0.5, pixel centres).
 
     Input: ``feats``, one ``[B, in_channels[l], H_l, W_l]`` map per backbone level, and optionally
     ``padding_mask`` ``[B, H, W]`` bool at input resolution, True on the padding. Output: one
@@ -143,7 +147,8 @@ class DeformableEncoder(nn.Module):
     def __init__(self, in_channels: Sequence[int] = (512, 1024, 2048), feat_strides: Sequence[int] = (8, 16, 32),
                  hidden_dim: int = 256, num_levels: int = 4, num_layers: int = 6, num_heads: int = 8,
                  num_points: int = 4, dim_feedforward: int = 2048, dropout: float = 0.0, activation: str = "relu",
-                 num_groups: int = 32, pe_temperature_h: float = 20, pe_temperature_w: float = 20):
+                 num_groups: int = 32, pe_temperature_h: float = 20, pe_temperature_w: float = 20,
+                 pe_offset: float = 0.0):
         super().__init__()
         if len(in_channels) != len(feat_strides) or not 0 < len(in_channels) <= num_levels:
             raise ValueError(f"in_channels {list(in_channels)} and feat_strides {list(feat_strides)} need one entry "
@@ -167,7 +172,7 @@ class DeformableEncoder(nn.Module):
             projections.append(nn.Sequential(conv, nn.GroupNorm(num_groups, hidden_dim)))
         self.input_proj = nn.ModuleList(projections)
         self.position_encoding = SinePositionEncoding(hidden_dim // 2, pe_temperature_h, pe_temperature_w,
-                                                      normalize=True)
+                                                      normalize=True, offset=pe_offset)
         self.level_embed = nn.Parameter(torch.empty(num_levels, hidden_dim))
         self.layers = nn.ModuleList(
             DeformableEncoderLayer(hidden_dim, num_heads, num_levels, num_points, dim_feedforward, dropout, activation)
