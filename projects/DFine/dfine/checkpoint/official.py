@@ -4,8 +4,8 @@ Our RT-DETR-family modules use the official state-dict names, so the conversion 
 every key of our model must come from the official state dict with the same shape, and every
 official key must be used. The only exceptions are listed in ``DERIVED_BUFFERS``: buffers that a
 model rebuilds from its constructor arguments, which may be absent on either side. Official DINO
-and DN-DETR (DN-DAB-DETR, (DN-)DAB-Deformable-DETR) checkpoints are first renamed into our layout (:func:`official_to_ours` with their
-:class:`OfficialLayout`), then checked the same way.
+and DN-DETR (DN-DAB-DETR, (DN-)DAB-Deformable-DETR) checkpoints are first renamed into our layout
+(:func:`official_to_ours` with their :class:`OfficialLayout`), then checked the same way.
 """
 import re
 import logging
