@@ -7,8 +7,8 @@ configs/dino_r50_4scale_12ep.py with DINO's parts and recipe (mixed query select
 denoising, look-forward-twice, focal loss, the DETR augmentation with aspect-ratio resizes and crops
 in padded batches, AdamW, one LR drop), narrowed and shortened for 2 CPU cores: ResNet-18 with
 trainable BatchNorm (no pretrained weights can be downloaded), 1 encoder and 3 decoder layers of
-width 128, training images of shorter side 96-144 (crops of 80-128), evaluation at 128, 8 epochs of
-batch 8 (800 iterations) with the LR drop after epoch 6, at a higher LR than the official one (2e-4,
+width 128, training images of shorter side 96-144 (crops of 80-128), evaluation at 128, 6 epochs of
+batch 8 (600 iterations) with the LR drop after epoch 5, at a higher LR than the official one (2e-4,
 the backbone too).
 """
 from detectron2.config import LazyCall as L
@@ -33,7 +33,7 @@ dataloader.train.mapper.augmentations = L(detr_train_augmentations)(
 )
 dataloader.test.mapper.augmentations = L(detr_test_augmentations)(size=128, max_size=213)
 
-short_run(train, "./output/quickstart_dino_r18_toy", epochs=8, eval_epochs=8)
-lr_multiplier.drop_epochs = [6]
+short_run(train, "./output/quickstart_dino_r18_toy", epochs=6, eval_epochs=6)
+lr_multiplier.drop_epochs = [5]
 optimizer.lr = 2e-4
 optimizer.params.rules.backbone.lr = 2e-4
