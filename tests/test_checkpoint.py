@@ -125,11 +125,13 @@ def test_convert_official_dfine_checkpoint_with_integer_reg_scale(tmp_path):
 
 
 def test_convert_official_never_unpickles_arbitrary_objects(tmp_path):
-    """An official training file with the LR scheduler's Counter converts with the safe loader; a
-    file holding any other object is refused with a clear message, without unpickling it."""
+    """An official training file with the LR scheduler's Counter and the command line's ``args``
+    Namespace (the DETR lineage's main.py saves it) converts with the safe loader; a file holding any
+    other object is refused with a clear message, without unpickling it."""
     import argparse
     import collections
     import sys
+    import types
     from pathlib import Path
 
     from detectron2.config import LazyConfig, instantiate
@@ -142,13 +144,13 @@ def test_convert_official_never_unpickles_arbitrary_objects(tmp_path):
 
     config = str(root / "configs/quickstart/rtdetrv2_r18_toy.py")
     weights = instantiate(LazyConfig.apply_overrides(LazyConfig.load(config), TINY_MODEL).model).state_dict()
-    torch.save({"model": weights, "lr_scheduler": {"milestones": collections.Counter({1000: 1})}},
-               tmp_path / "official.pth")
+    torch.save({"model": weights, "lr_scheduler": {"milestones": collections.Counter({1000: 1})},
+                "args": argparse.Namespace(lr=1e-4)}, tmp_path / "official.pth")
     convert_official.main(["--config-file", config, str(tmp_path / "official.pth"), str(tmp_path / "ours.pth"),
                            *TINY_MODEL])
     assert (tmp_path / "ours.pth").exists()
 
-    torch.save({"model": weights, "args": argparse.Namespace(lr=1.0)}, tmp_path / "pickled.pth")
+    torch.save({"model": weights, "args": types.SimpleNamespace(lr=1.0)}, tmp_path / "pickled.pth")
     with pytest.raises(SystemExit, match=r"pickled.pth holds objects other than tensors, which are not unpickled"):
         convert_official.main(["--config-file", config, str(tmp_path / "pickled.pth"), str(tmp_path / "x.pth"),
                                *TINY_MODEL])

@@ -13,10 +13,10 @@ from dfine.checkpoint.official import (
     CheckpointMismatchError,
     coco_category_ids,
     DAB_DEFORMABLE_DETR_LAYOUT,
+    DINO_LAYOUT,
+    DN_DAB_DETR_LAYOUT,
     official_layout,
     official_to_ours,
-    is_dino_state_dict,
-    is_dn_dab_detr_state_dict,
 )
 from dfine.config import load_config
 from dfine.modeling.decoder import BoxHead, LearnedAnchors, Memory, SineBoxPositionEmbedding
@@ -113,7 +113,7 @@ def _official(num_classes=91, hidden=4):
 def test_conversion_renames_checks_aliases_and_maps_91_rows():
     official = _official()
     assert official_layout(official) is DAB_DEFORMABLE_DETR_LAYOUT
-    assert not is_dino_state_dict(official) and not is_dn_dab_detr_state_dict(official)
+    assert not DINO_LAYOUT.matches(official) and not DN_DAB_DETR_LAYOUT.matches(official)
     ours = official_to_ours(official, DAB_DEFORMABLE_DETR_LAYOUT)
     layer = "transformer.decoder.layers.0."
     assert torch.equal(ours["decoder.decoder.layers.0.norm2.weight"], official[layer + "norm1.weight"])
