@@ -321,11 +321,11 @@ def test_dino_trains_on_padded_batches_and_evaluates(tiny_coco, tmp_path):
     """The DINO quick start's recipe on images that keep their aspect ratio (random resizes and crops,
     batches padded with a mask), 3 iterations, then COCOEvaluator."""
     out = tmp_path / "dino"
-    results = train_net.main(_args(
+    train_net.main(_args(
         tiny_coco, str(out), "train.max_iter=3", "train.eval_period=3", "train.checkpointer.period=3",
         "dataloader.train.mapper.image_size=null", "dataloader.test.mapper.image_size=null",
         config="quickstart/dino_r18_toy.py", model=[]))
-    assert set(results["bbox"]) >= {"AP", "AP50"}
+    assert any("bbox/AP" in m for m in _metrics(out)), "the final evaluation must be logged"
     losses = [m for m in _metrics(out) if "total_loss" in m]
     assert losses and all(math.isfinite(m["total_loss"]) for m in losses)
 
