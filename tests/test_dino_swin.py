@@ -146,7 +146,10 @@ def test_swin_l_as_official_dino_builds_it():
     with torch.device("meta"):
         model = SwinTransformer(**SWIN_L, out_indices=(1, 2, 3), use_checkpoint=True)
     assert model.use_checkpoint
-    assert [b.drop_path.p for stage in model.layers for b in stage.blocks] == dino["backbone_drop_path"]
+    # torch's float32 linspace rounds by its CPU kernel (measured: an ulp, 1.5e-8, apart with
+    # ATEN_CPU_CAPABILITY=default), so the rates agree to float32 rounding, not bit for bit.
+    rates = [b.drop_path.p for stage in model.layers for b in stage.blocks]
+    assert rates == pytest.approx(dino["backbone_drop_path"], rel=1e-6, abs=1e-9)
     assert all(p.requires_grad for p in model.parameters())
 
 
