@@ -330,26 +330,38 @@ def test_dino_trains_on_padded_batches_and_evaluates(tiny_coco, tmp_path):
     assert losses and all(math.isfinite(m["total_loss"]) for m in losses)
 
 
-def test_official_dino_checkpoint_converts_and_evaluates(tiny_coco, tmp_path):
-    """An official-layout DINO checkpoint (the official 4-scale keys and shapes with 6 classes, the
-    shared heads under all their alias keys) goes through tools/convert_official.py into
-    configs/dino_r50_4scale_12ep.py and is evaluated by ``--eval-only`` with COCOEvaluator."""
+# Official checkpoints that tools/convert_official.py takes: the golden whose key layout (keys, shapes
+# and alias keys of the official build) the checkpoint is made in, the entry of that golden's "models"
+# (None: the golden is one model), and our config.
+OFFICIAL_CHECKPOINTS = {
+    "dino": ("dino_golden.json", "4scale", "dino_r50_4scale_12ep.py"),
+    "dn_dab_detr": ("dn_dab_detr_golden.json", "r50", "dn_dab_detr_r50_50ep.py"),
+    "dn_dab_deformable_detr": ("dab_deformable_detr_golden.json", None, "dn_dab_deformable_detr_r50_50ep.py"),
+}
+
+
+@pytest.mark.parametrize("family", sorted(OFFICIAL_CHECKPOINTS))
+def test_official_checkpoint_converts_and_evaluates(tiny_coco, tmp_path, family):
+    """An official-layout checkpoint (the official build's keys and shapes, its class rows cut to the 6
+    classes of the data set and its denoising label embedding to 7, the tensors that the official model
+    holds twice under all their keys) goes through tools/convert_official.py, with its strict key and
+    shape check, into our config and is evaluated by ``--eval-only`` with COCOEvaluator."""
     from golden.dino_inputs import official_weights
 
-    golden = json.loads((ROOT / "tests" / "golden" / "dino_golden.json").read_text())["models"]["4scale"]
-    shapes = dict(golden["state_dict"])
-    for key, shape in shapes.items():
-        if key.startswith(("class_embed.", "transformer.decoder.class_embed.", "transformer.enc_out_class_embed.")):
-            shapes[key] = [6, *shape[1:]]
-    shapes["label_enc.weight"] = [7, shapes["label_enc.weight"][1]]
-    official = tmp_path / "checkpoint0011_4scale.pth"
-    torch.save({"model": official_weights(shapes, golden["aliases"]), "epoch": 11}, official)
-    converted = tmp_path / "dino_d2.pth"
-    convert_official.main(["--config-file", str(ROOT / "configs" / "dino_r50_4scale_12ep.py"), str(official),
-                           str(converted), "model.decoder.num_classes=6"])
+    golden_file, entry, config = OFFICIAL_CHECKPOINTS[family]
+    golden = json.loads((ROOT / "tests" / "golden" / golden_file).read_text())
+    layout = golden["models"][entry] if entry else golden
+    official_classes = golden["num_classes"]
+    rows = {official_classes: 6, official_classes + 1: 7}  # class rows; the label embedding's rows
+    shapes = {key: [rows.get(shape[0], shape[0]), *shape[1:]] if shape else shape
+              for key, shape in layout["state_dict"].items()}
+    official = tmp_path / "checkpoint.pth"
+    torch.save({"model": official_weights(shapes, layout["aliases"]), "epoch": 11}, official)
+    converted = tmp_path / f"{family}_d2.pth"
+    convert_official.main(["--config-file", str(ROOT / "configs" / config), str(official), str(converted),
+                           "model.decoder.num_classes=6"])
     results = train_net.main(_args(
         tiny_coco, str(tmp_path / "eval"), f"train.init_checkpoint={converted}", "model.decoder.num_classes=6",
         "dataloader.test.mapper.image_size=null", "dataloader.test.mapper.augmentations.size=256",
-        "dataloader.test.mapper.augmentations.max_size=256", config="dino_r50_4scale_12ep.py", model=[],
-        eval_only=True))
+        "dataloader.test.mapper.augmentations.max_size=256", config=config, model=[], eval_only=True))
     assert set(results["bbox"]) >= {"AP", "AP50"}
