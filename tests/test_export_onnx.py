@@ -37,8 +37,9 @@ TINY_DINO = ["model.backbone.depth=18", "model.encoder.in_channels=[128,256,512]
 # DN-DAB-DETR with ResNet-18, 64 channels, one encoder and two decoder layers, 30 anchors.
 TINY_DN_DAB_DETR = ["model.backbone.depth=18", "model.encoder.in_channels=[512]", "model.encoder.hidden_dim=64",
                     "model.encoder.num_layers=1", "model.encoder.dim_feedforward=64", "model.decoder.hidden_dim=64",
-                    "model.decoder.num_layers=2", "model.decoder.num_queries=30", "model.decoder.input_proj.in_channels="
-                    "[64]", "model.decoder.layer.dim_feedforward=64", "model.num_top_queries=30"]
+                    "model.decoder.num_layers=2", "model.decoder.num_queries=30",
+                    "model.decoder.input_proj.in_channels=[64]", "model.decoder.layer.dim_feedforward=64",
+                    "model.num_top_queries=30"]
 FAMILIES = {
     "rtdetrv2_r18": TINY_MODEL,
     "deim_rtdetrv2_r18": TINY_MODEL,

@@ -13,7 +13,7 @@ be downloaded), 1 encoder and 3 decoder layers of width 128, training images of 
 epoch 5, at a higher LR than the official one (2e-4, the backbone too).
 
 The same model without denoising (DAB-Deformable-DETR) is one override away:
-``model.decoder.denoising=None``.
+``model.decoder.denoising=null``.
 """
 from detectron2.config import LazyCall as L
 
