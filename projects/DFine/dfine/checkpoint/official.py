@@ -4,7 +4,7 @@ Our RT-DETR-family modules use the official state-dict names, so the conversion 
 every key of our model must come from the official state dict with the same shape, and every
 official key must be used. The only exceptions are listed in ``DERIVED_BUFFERS``: buffers that a
 model rebuilds from its constructor arguments, which may be absent on either side. Official DINO
-and DN-DETR (DN-DAB-DETR, (DN-)DAB-Deformable-DETR) checkpoints are first renamed into our layout
+DN-DETR (DN-DAB-DETR, (DN-)DAB-Deformable-DETR) and Deformable-DETR checkpoints are first renamed into our layout
 (:func:`official_to_ours` with their :class:`OfficialLayout`), then checked the same way.
 """
 import re
@@ -21,6 +21,7 @@ __all__ = [
     "DINO_LAYOUT",
     "DN_DAB_DETR_LAYOUT",
     "DAB_DEFORMABLE_DETR_LAYOUT",
+    "DEFORMABLE_DETR_LAYOUT",
     "official_layout",
     "official_to_ours",
     "convert_renamed_state_dict",
@@ -68,7 +69,9 @@ class OfficialLayout:
     Attributes:
         name: the official model, for messages.
         keys: official key regex -> our key (first match wins; ``re.sub`` replacement). ``{layer}`` in a
-            replacement gives the tensor to every decoder layer's key (a head shared by all layers).
+            replacement gives the tensor to every decoder layer's key (a head shared by all layers);
+            ``{num_layers}`` in a regex is the official model's number of decoder layers (the index of
+            two-stage Deformable-DETR's encoder heads, after the layers' own).
         alias: ``(regex, replacement)``: official keys that hold a tensor a second time and the key of
             its owner; they must equal the owner and are dropped.
         class_rows: our key prefixes whose rows are classes -> whether a last extra row (the "no class"
@@ -175,7 +178,35 @@ DAB_DEFORMABLE_DETR_LAYOUT = OfficialLayout(
     denoising_only=("decoder.label_enc.",),
 )
 
-OFFICIAL_LAYOUTS = (DINO_LAYOUT, DN_DAB_DETR_LAYOUT, DAB_DEFORMABLE_DETR_LAYOUT)
+# Official fundamentalvision/Deformable-DETR, two-stage with iterative box refinement: DINO's backbone,
+# encoder and decoder-layer names (norms swapped the same way); per-layer heads whose last clone (index
+# num_layers) is the encoder's, each saved again under the decoder for the refinement and the proposals.
+DEFORMABLE_DETR_LAYOUT = OfficialLayout(
+    name="Deformable-DETR",
+    keys=(
+        (r"^backbone\.0\.body\.", "backbone.body."),
+        (r"^input_proj\.", "encoder.input_proj."),
+        (r"^transformer\.level_embed$", "encoder.level_embed"),
+        (r"^transformer\.encoder\.layers\.", "encoder.layers."),
+        (r"^transformer\.decoder\.layers\.(\d+)\.norm1\.", r"decoder.decoder.layers.\1.norm2."),
+        (r"^transformer\.decoder\.layers\.(\d+)\.norm2\.", r"decoder.decoder.layers.\1.norm1."),
+        (r"^transformer\.decoder\.layers\.", "decoder.decoder.layers."),
+        (r"^transformer\.enc_output\.", "decoder.enc_output.proj."),
+        (r"^transformer\.enc_output_norm\.", "decoder.enc_output.norm."),
+        (r"^transformer\.pos_trans\.", "decoder.pos_trans."),
+        (r"^transformer\.pos_trans_norm\.", "decoder.pos_trans_norm."),
+        (r"^class_embed\.{num_layers}\.", "decoder.enc_score_head."),
+        (r"^bbox_embed\.{num_layers}\.", "decoder.enc_bbox_head."),
+        (r"^class_embed\.", "decoder.dec_score_head."),
+        (r"^bbox_embed\.", "decoder.dec_bbox_head."),
+    ),
+    alias=(r"^transformer\.decoder\.(class_embed|bbox_embed)\.", r"\1."),
+    class_rows={"decoder.enc_score_head.": False, "decoder.dec_score_head.": False},
+    class_key="class_embed.0.bias",
+    markers=("transformer.pos_trans.weight", "transformer.level_embed"),
+)
+
+OFFICIAL_LAYOUTS = (DINO_LAYOUT, DN_DAB_DETR_LAYOUT, DAB_DEFORMABLE_DETR_LAYOUT, DEFORMABLE_DETR_LAYOUT)
 
 
 def official_layout(state_dict: Mapping[str, torch.Tensor]) -> Optional[OfficialLayout]:
@@ -209,6 +240,7 @@ def official_to_ours(official: Mapping[str, torch.Tensor], layout: OfficialLayou
                                               "model")
             continue
         for pattern, replacement in layout.keys:
+            pattern = pattern.replace("{num_layers}", str(len(layers)))
             if re.match(pattern, key):
                 targets = [replacement.format(layer=i) for i in sorted(layers)] if "{layer}" in replacement \
                     else [replacement]
