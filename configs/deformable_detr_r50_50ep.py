@@ -5,8 +5,9 @@
 --with_box_refine --two_stage`` (main.py's defaults otherwise: 50 epochs, LR drop at 40).
 README: 46.9 box AP, 41M parameters."""
 from .common.data.coco_detr import dataloader
-from .common.deformable_detr import deformable_detr_schedule, optimizer
+from .common.deformable_detr import deformable_detr_schedule
 from .common.models.deformable_detr import model
+from .common.optim import DeformableDetrAdamW as optimizer
 from .common.optim import dino_lr_multiplier as lr_multiplier
 from .common.train import train
 
