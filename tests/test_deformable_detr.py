@@ -7,13 +7,13 @@ import math
 import pytest
 import torch
 from detectron2.config import instantiate
-from detectron2.structures import Boxes, Instances
 
 from dfine.config import load_config
 from dfine.modeling.criterion import FocalLoss, HungarianMatcher, SetCriterion
 from dfine.modeling.decoder import EncoderTopK, Memory
 from dfine.modeling.decoder.outputs import Branch, DecoderOutput, Predictions, Proposals
 from dfine.modeling.layers.position_encoding import sine_box_embedding
+from test_dab_deformable_detr import _batch
 
 CONFIG = "configs/deformable_detr_r50_50ep.py"
 SMALL = ["model.backbone.depth=18", "model.encoder.in_channels=[128,256,512]", "model.encoder.hidden_dim=64",
@@ -29,7 +29,8 @@ def test_proposal_sine_embedding_keeps_the_coordinate_order():
     embedding = sine_box_embedding(boxes, 8, 10000, y_first=False)
     assert embedding.shape == (1, 32)
     for i, value in enumerate(boxes[0].tolist()):
-        torch.testing.assert_close(embedding[0, 8 * i], torch.tensor(math.sin(2 * math.pi * value), dtype=torch.float64))
+        sine = torch.tensor(math.sin(2 * math.pi * value), dtype=torch.float64)
+        torch.testing.assert_close(embedding[0, 8 * i], sine)
         frequency = 10000 ** (2 * 1 / 8)
         torch.testing.assert_close(embedding[0, 8 * i + 3],
                                    torch.tensor(math.cos(2 * math.pi * value / frequency), dtype=torch.float64))
@@ -108,16 +109,6 @@ def test_recipe():
     names = {id(p): n for n, p in cfg.optimizer.params.model.named_parameters()}
     assert groups["linear_proj"]["params"] and all("sampling_offsets" in names[id(p)]
                                                    for p in groups["linear_proj"]["params"])
-
-
-def _batch(boxes_per_image):
-    batch = []
-    for (h, w), n in zip([(64, 80), (72, 64)], boxes_per_image):
-        instances = Instances((h, w))
-        instances.gt_boxes = Boxes(torch.tensor([[4.0, 6.0, 30.0, 40.0]]).repeat(n, 1))
-        instances.gt_classes = torch.arange(n) % 6
-        batch.append({"image": torch.randint(0, 255, (3, h, w), dtype=torch.uint8), "instances": instances})
-    return batch
 
 
 @pytest.mark.parametrize("boxes_per_image", [(1, 3), (0, 0)])

@@ -25,9 +25,6 @@ import numpy as np
 import pytest
 import torch
 from detectron2.config import instantiate
-from detectron2.solver import LRMultiplier
-from detectron2.structures import Boxes, Instances
-from detectron2.utils.events import EventStorage
 
 from dfine.checkpoint.official import (
     CheckpointMismatchError,
@@ -39,10 +36,10 @@ from dfine.checkpoint.official import (
     official_to_ours,
 )
 from dfine.config import load_config
-from dfine.engine.trainer import Trainer
-from dfine.solver import StepDecay
 from golden.compare import assert_all_close
-from golden.dino_inputs import official_weights, synth_batch
+from golden.dino_inputs import official_weights
+from test_parity_dab_deformable_detr import assert_trajectory_close, run_trajectory, top_k_detections
+from test_parity_dino import inputs, load_in_float64
 
 GOLDEN = Path(__file__).parent / "golden" / "deformable_detr_golden"
 CONFIG = "configs/deformable_detr_r50_50ep.py"
@@ -59,36 +56,8 @@ def golden():
 def build(meta, overrides=()):
     """Our model of the official one with the golden's synthetic weights, in float64."""
     cfg = load_config(str(ROOT / CONFIG), [f"model.decoder.num_classes={meta['num_classes']}", *overrides])
-    model = instantiate(cfg.model)
     official = official_weights(meta["state_dict"], meta["aliases"], meta["weight_seed"])
-    converted = official_to_ours(official, DEFORMABLE_DETR_LAYOUT)
-    model.load_state_dict(convert_official_state_dict(converted, model), strict=True)
-    model.double()
-    # The normalisation buffers are made in float32, and .double() keeps that rounding of the ImageNet
-    # statistics (2.5e-8 relative); the official float64 input is normalised with float64 values.
-    for name in ("pixel_mean", "pixel_std"):
-        getattr(model, name).copy_(torch.tensor(cfg.model[name], dtype=torch.float64).view(-1, 1, 1))
-    return model, cfg
-
-
-def inputs(meta, with_targets=False):
-    images, targets = synth_batch(meta["image_sizes"], meta["image_seeds"], meta["num_targets"], meta["num_classes"],
-                                  meta["target_seed"])
-    batch = []
-    for image, target in zip(images, targets):
-        h, w = image.shape[:2]
-        x = {"image": torch.from_numpy(image).permute(2, 0, 1).contiguous(), "height": h, "width": w}
-        if with_targets:
-            instances = Instances((h, w))
-            cx, cy, bw, bh = target["boxes"].unbind(-1)
-            xyxy = torch.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], -1)
-            # Boxes() casts to float32; the golden's targets are float64.
-            instances.gt_boxes = Boxes(xyxy)
-            instances.gt_boxes.tensor = xyxy * torch.tensor([w, h, w, h], dtype=torch.float64)
-            instances.gt_classes = target["labels"]
-            x["instances"] = instances
-        batch.append(x)
-    return batch
+    return load_in_float64(instantiate(cfg.model), cfg, official_to_ours(official, DEFORMABLE_DETR_LAYOUT)), cfg
 
 
 def official_names(losses: dict) -> dict:
@@ -159,13 +128,7 @@ def test_eval_detections(golden, top_k):
     ``PostProcess``): the same classes in the same order (up to exact ties), scores to 1e-9 relative
     (measured: MEASURED_EVAL), boxes to 1e-3 pixels (float32 ``Boxes``)."""
     meta, arrays = golden
-    model, cfg = build(meta)
-    assert cfg.model.num_top_queries == meta["eval"]["official_top_k"]
-    model.num_top_queries = top_k
-    model.eval()
-    with torch.no_grad():
-        results = model(inputs(meta))
-    for i, result in enumerate(results):
+    for i, result in enumerate(top_k_detections(*build(meta), meta, top_k)):
         assert_same_detections(result["instances"], arrays[f"scores_{i}"][:top_k], arrays[f"labels_{i}"][:top_k],
                                arrays[f"boxes_{i}"][:top_k], rtol=1e-9)
 
@@ -179,44 +142,6 @@ def test_training_losses(golden):
     model.train()
     losses = official_names(model(inputs(meta, with_targets=True)))
     assert_all_close(losses, meta["train"]["losses"], rtol=1e-9)
-
-
-class _SameBatch:
-    def __init__(self, batch):
-        self.batch = batch
-
-    def __iter__(self):
-        while True:
-            yield self.batch
-
-
-def run_trajectory(model, cfg, meta, reference):
-    """Our Trainer for the golden's steps (the config's AdamW parameter groups, clipping 0.1,
-    StepDecay with the drop after ``lr_drop_after`` steps); returns the official-named loss terms of
-    every step."""
-    model.train()
-    cfg.optimizer.params.model = model
-    optimizer = instantiate(cfg.optimizer)
-    lrs = {g["name"]: (g.get("lr", cfg.optimizer.lr), len(g["params"])) for g in optimizer.param_groups}
-    # main.py's groups: (default, backbone.0, linear projections), here (backbone, linear_proj, default).
-    default, backbone, linear_proj = reference["group_sizes"]
-    assert lrs == {"backbone": (reference["lr_backbone"], backbone), "linear_proj": (reference["lr_linear_proj"],
-                   linear_proj), "default": (reference["lr"], default)}
-    assert all(g["weight_decay"] == reference["weight_decay"] for g in optimizer.param_groups)
-    assert cfg.train.clip_grad.max_norm == reference["clip_max_norm"]
-    steps = len(reference["steps"])
-    schedule = StepDecay(max_iter=steps, iters_per_epoch=meta["lr_drop_after"], drop_epochs=[1])
-    scheduler = LRMultiplier(optimizer, schedule, max_iter=steps)
-    trainer = Trainer(model=model, data_loader=_SameBatch(inputs(meta, with_targets=True)), optimizer=optimizer,
-                      clip_grad_max_norm=cfg.train.clip_grad.max_norm)
-    recorded = []
-    model.register_forward_hook(lambda module, args, output: recorded.append(official_names(output)))
-    with EventStorage(0) as storage:
-        for step in range(steps):
-            storage.iter = step
-            trainer.run_step()
-            scheduler.step()
-    return recorded
 
 
 def official_norms(reference) -> dict:
@@ -239,15 +164,9 @@ def test_training_trajectory(golden):
     meta, _ = golden
     reference = meta["trajectory"]
     model, cfg = build(meta, NO_DROPOUT)
-    recorded = run_trajectory(model, cfg, meta, reference)
-    actual, expected = {}, {}
-    for step, (ours, theirs) in enumerate(zip(recorded, reference["steps"])):
-        actual.update({f"{step}/{k}": v for k, v in ours.items()})
-        expected.update({f"{step}/{k}": v for k, v in theirs["losses"].items()})
-    assert len(recorded) == len(reference["steps"])
-    assert_all_close(actual, expected, rtol=1e-8)
-    converted = official_norms(reference)
-    ours = {k: v.detach().norm() for k, v in model.state_dict(keep_vars=True).items()
-            if isinstance(v, torch.nn.Parameter)}
-    assert set(converted) == set(ours)
-    assert_all_close({k: ours[k] for k in converted}, converted, rtol=1e-5)
+    # main.py's groups (default, "backbone.0", linear projections) are ours (default, backbone, linear_proj).
+    cfg.optimizer.params.model = model
+    groups = {g["name"]: len(g["params"]) for g in instantiate(cfg.optimizer).param_groups}
+    assert [groups["default"], groups["backbone"], groups["linear_proj"]] == reference["group_sizes"]
+    recorded = run_trajectory(model, cfg, meta, reference, official_names)
+    assert_trajectory_close(model, recorded, reference, official_norms(reference))

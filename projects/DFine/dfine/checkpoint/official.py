@@ -94,31 +94,42 @@ class OfficialLayout:
         return all(key in state_dict for key in self.markers)
 
 
-# Official IDEA-Research/DINO. The decoder layers' norms swap names: DINO's norm2 follows the
-# self-attention and norm1 the cross-attention, ours the reverse. The shared heads are saved under
-# every layer's key by both.
+# The deformable models' shared names (DINO, DAB-Deformable-DETR, Deformable-DETR): the backbone, the input
+# projections, the level embedding, the encoder layers and the decoder layers, whose norms swap names
+# (officially norm2 follows the self-attention and norm1 the cross-attention, ours the reverse).
+_DEFORMABLE_TRUNK = (
+    (r"^backbone\.0\.body\.", "backbone.body."),
+    (r"^input_proj\.", "encoder.input_proj."),
+    (r"^transformer\.level_embed$", "encoder.level_embed"),
+    (r"^transformer\.encoder\.layers\.", "encoder.layers."),
+    (r"^transformer\.decoder\.layers\.(\d+)\.norm1\.", r"decoder.decoder.layers.\1.norm2."),
+    (r"^transformer\.decoder\.layers\.(\d+)\.norm2\.", r"decoder.decoder.layers.\1.norm1."),
+    (r"^transformer\.decoder\.layers\.", "decoder.decoder.layers."),
+)
+# Two-stage proposals: the memory's Linear + LayerNorm (DINO, Deformable-DETR).
+_ENC_OUTPUT = (
+    (r"^transformer\.enc_output\.", "decoder.enc_output.proj."),
+    (r"^transformer\.enc_output_norm\.", "decoder.enc_output.norm."),
+)
+# One class head and one box head per decoder layer, ``{class,bbox}_embed.{l}``.
+_LAYER_HEADS = (
+    (r"^class_embed\.", "decoder.dec_score_head."),
+    (r"^bbox_embed\.", "decoder.dec_bbox_head."),
+)
+
+# Official IDEA-Research/DINO. The shared heads are saved under every layer's key by both.
 DINO_LAYOUT = OfficialLayout(
     name="DINO",
-    keys=(
-        (r"^backbone\.0\.body\.", "backbone.body."),
+    keys=_DEFORMABLE_TRUNK + (
         (r"^backbone\.0\.", "backbone."),  # Swin
-        (r"^input_proj\.", "encoder.input_proj."),
-        (r"^transformer\.level_embed$", "encoder.level_embed"),
-        (r"^transformer\.encoder\.layers\.", "encoder.layers."),
-        (r"^transformer\.decoder\.layers\.(\d+)\.norm1\.", r"decoder.decoder.layers.\1.norm2."),
-        (r"^transformer\.decoder\.layers\.(\d+)\.norm2\.", r"decoder.decoder.layers.\1.norm1."),
-        (r"^transformer\.decoder\.layers\.", "decoder.decoder.layers."),
         (r"^transformer\.decoder\.norm\.", "decoder.decoder.norm."),
         (r"^transformer\.decoder\.ref_point_head\.", "decoder.query_pos_head."),
         (r"^transformer\.tgt_embed\.", "decoder.tgt_embed."),
-        (r"^transformer\.enc_output\.", "decoder.enc_output.proj."),
-        (r"^transformer\.enc_output_norm\.", "decoder.enc_output.norm."),
+    ) + _ENC_OUTPUT + (
         (r"^transformer\.enc_out_class_embed\.", "decoder.enc_score_head."),
         (r"^transformer\.enc_out_bbox_embed\.", "decoder.enc_bbox_head."),
         (r"^label_enc\.", "decoder.label_enc."),
-        (r"^class_embed\.", "decoder.dec_score_head."),
-        (r"^bbox_embed\.", "decoder.dec_bbox_head."),
-    ),
+    ) + _LAYER_HEADS,
     alias=(r"^transformer\.decoder\.(class_embed|bbox_embed)\.", r"\1."),
     class_rows={"decoder.enc_score_head.": False, "decoder.dec_score_head.": False, "decoder.label_enc.": True},
     class_key="class_embed.0.bias",
@@ -151,26 +162,17 @@ DN_DAB_DETR_LAYOUT = OfficialLayout(
 )
 
 # Official IDEA-Research/DN-DETR, (DN-)DAB-Deformable-DETR (models/dn_dab_deformable_detr): DINO's
-# backbone, encoder and decoder-layer names (norms swapped the same way); the query position head holds
-# DAB's query_scale; learned anchors and content; per-layer heads, saved again for the refinement.
+# backbone, encoder and decoder-layer names; the query position head holds DAB's query_scale; learned
+# anchors and content; per-layer heads, saved again for the refinement.
 DAB_DEFORMABLE_DETR_LAYOUT = OfficialLayout(
     name="DAB-Deformable-DETR",
-    keys=(
-        (r"^backbone\.0\.body\.", "backbone.body."),
-        (r"^input_proj\.", "encoder.input_proj."),
-        (r"^transformer\.level_embed$", "encoder.level_embed"),
-        (r"^transformer\.encoder\.layers\.", "encoder.layers."),
-        (r"^transformer\.decoder\.layers\.(\d+)\.norm1\.", r"decoder.decoder.layers.\1.norm2."),
-        (r"^transformer\.decoder\.layers\.(\d+)\.norm2\.", r"decoder.decoder.layers.\1.norm1."),
-        (r"^transformer\.decoder\.layers\.", "decoder.decoder.layers."),
+    keys=_DEFORMABLE_TRUNK + (
         (r"^transformer\.decoder\.ref_point_head\.", "decoder.query_pos_head."),
         (r"^transformer\.decoder\.query_scale\.", "decoder.query_pos_head.query_scale."),
         (r"^tgt_embed\.", "decoder.tgt_embed."),
         (r"^refpoint_embed\.", "decoder.refpoint_embed."),
         (r"^label_enc\.", "decoder.label_enc."),
-        (r"^class_embed\.", "decoder.dec_score_head."),
-        (r"^bbox_embed\.", "decoder.dec_bbox_head."),
-    ),
+    ) + _LAYER_HEADS,
     alias=(r"^transformer\.decoder\.bbox_embed\.", "bbox_embed."),
     class_rows={"decoder.dec_score_head.": False, "decoder.label_enc.": True},
     class_key="class_embed.0.bias",
@@ -179,27 +181,16 @@ DAB_DEFORMABLE_DETR_LAYOUT = OfficialLayout(
 )
 
 # Official fundamentalvision/Deformable-DETR, two-stage with iterative box refinement: DINO's backbone,
-# encoder and decoder-layer names (norms swapped the same way); per-layer heads whose last clone (index
-# num_layers) is the encoder's, each saved again under the decoder for the refinement and the proposals.
+# encoder and decoder-layer names; per-layer heads whose last clone (index num_layers) is the encoder's,
+# each saved again under the decoder for the refinement and the proposals.
 DEFORMABLE_DETR_LAYOUT = OfficialLayout(
     name="Deformable-DETR",
-    keys=(
-        (r"^backbone\.0\.body\.", "backbone.body."),
-        (r"^input_proj\.", "encoder.input_proj."),
-        (r"^transformer\.level_embed$", "encoder.level_embed"),
-        (r"^transformer\.encoder\.layers\.", "encoder.layers."),
-        (r"^transformer\.decoder\.layers\.(\d+)\.norm1\.", r"decoder.decoder.layers.\1.norm2."),
-        (r"^transformer\.decoder\.layers\.(\d+)\.norm2\.", r"decoder.decoder.layers.\1.norm1."),
-        (r"^transformer\.decoder\.layers\.", "decoder.decoder.layers."),
-        (r"^transformer\.enc_output\.", "decoder.enc_output.proj."),
-        (r"^transformer\.enc_output_norm\.", "decoder.enc_output.norm."),
+    keys=_DEFORMABLE_TRUNK + _ENC_OUTPUT + (
         (r"^transformer\.pos_trans\.", "decoder.pos_trans."),
         (r"^transformer\.pos_trans_norm\.", "decoder.pos_trans_norm."),
         (r"^class_embed\.{num_layers}\.", "decoder.enc_score_head."),
         (r"^bbox_embed\.{num_layers}\.", "decoder.enc_bbox_head."),
-        (r"^class_embed\.", "decoder.dec_score_head."),
-        (r"^bbox_embed\.", "decoder.dec_bbox_head."),
-    ),
+    ) + _LAYER_HEADS,
     alias=(r"^transformer\.decoder\.(class_embed|bbox_embed)\.", r"\1."),
     class_rows={"decoder.enc_score_head.": False, "decoder.dec_score_head.": False},
     class_key="class_embed.0.bias",

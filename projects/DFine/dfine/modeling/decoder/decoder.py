@@ -40,8 +40,8 @@ OFFICIAL_ALIASES = {"decoder.up": "up", "decoder.reg_scale": "reg_scale"}
 # The order of the official modules' tensors in a state dict (the official registration order).
 OFFICIAL_ORDER = ("up", "reg_scale", "anchors", "valid_mask", "input_proj", "decoder.up", "decoder.reg_scale",
                   "decoder.layers", "decoder.norm", "decoder.lqe_layers", "denoising_class_embed", "tgt_embed",
-                  "query_pos_head", "enc_output", "pos_trans", "pos_trans_norm", "enc_score_head", "enc_bbox_head", "dec_score_head", "dec_bbox_head",
-                  "pre_bbox_head")
+                  "query_pos_head", "enc_output", "pos_trans", "pos_trans_norm", "enc_score_head", "enc_bbox_head",
+                  "dec_score_head", "dec_bbox_head", "pre_bbox_head")
 
 
 def _official_key(path: str) -> str:
@@ -119,8 +119,9 @@ class DetrDecoder(nn.Module):
 
     def __init__(self, *, num_classes: int, hidden_dim: int, num_queries: int, num_layers: int, num_levels: int,
                  input_proj: nn.Module, query_selection: nn.Module, layer: nn.Module,
-                 query_pos_head: Optional[nn.Module], class_head: nn.Module, box_head: nn.Module, denoising: Optional[nn.Module] = None, eval_idx: int = -1,
-                 aux_loss: bool = True, output_norm: bool = False, image_relative_boxes: bool = False):
+                 query_pos_head: Optional[nn.Module], class_head: nn.Module, box_head: nn.Module,
+                 denoising: Optional[nn.Module] = None, eval_idx: int = -1, aux_loss: bool = True,
+                 output_norm: bool = False, image_relative_boxes: bool = False):
         super().__init__()
         if not -num_layers <= eval_idx < num_layers:
             raise ValueError(f"eval_idx {eval_idx} is not a layer of a {num_layers}-layer decoder")
