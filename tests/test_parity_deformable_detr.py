@@ -41,6 +41,7 @@ from dfine.checkpoint.official import (
 from dfine.config import load_config
 from golden.compare import assert_all_close
 from golden.dino_inputs import official_weights
+from golden.synth import fingerprint
 from test_parity_dab_deformable_detr import assert_trajectory_close, run_trajectory, top_k_detections
 from test_parity_dino import inputs, load_in_float64
 
@@ -80,6 +81,8 @@ def test_parameter_count_and_strict_conversion(golden):
     assert sum(p.numel() for p in model.parameters()) == meta["num_parameters"]
     assert sum(p.numel() for p in model.parameters() if p.requires_grad) == meta["num_trainable"]
     official = official_weights(meta["state_dict"], meta["aliases"], meta["weight_seed"])
+    # The synthetic weights are those the golden ran with.
+    assert fingerprint({k: v for k, v in official.items() if k not in meta["aliases"]}) == meta["eval"]["weights_crc32"]
     assert official_layout(official) is DEFORMABLE_DETR_LAYOUT
     converted = official_to_ours(official, DEFORMABLE_DETR_LAYOUT)
     for key in ("decoder.pos_trans.weight", "decoder.enc_score_head.weight"):
