@@ -30,7 +30,7 @@ E2E_MODULES = {"test_train_net", "test_launch", "test_resume", "test_ddp", "test
 PARITY_MODULES = {"test_parity_rtdetrv2", "test_parity_dfine", "test_parity_deimv2", "test_refactor_golden",
                   "test_backbone_encoder", "test_hgnetv2", "test_deimv2_vit", "test_deimv2_encoders",
                   "test_dino_encoder", "test_dino_swin", "test_parity_dino", "test_parity_dn_dab_detr",
-                  "test_parity_dab_deformable_detr"}
+                  "test_parity_dab_deformable_detr", "test_parity_deformable_detr"}
 OTHER_SLOW_MODULES = {"test_export_onnx", "test_benchmark", "test_meta_arch", "test_checkpoint", "test_predictor"}
 MARKERS = {
     "e2e": "train_net.py end to end",
