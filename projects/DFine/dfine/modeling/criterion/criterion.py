@@ -245,16 +245,18 @@ class SetCriterion(nn.Module):
             losses = {}
             for output in supervised:
                 _, output_targets = self._targets(output, targets, batch_targets)
-                predictions = output.predictions
+                predictions, teacher = output.predictions, output.teacher if self.go_lsd else None
                 if output.group == "denoising":
                     own, box_supervision = denoising, denoising
                     if self.denoising_positives_only:
                         predictions, own = _positives(predictions, denoising)
                         box_supervision = own
+                        # The teacher's queries are the student's: its positives too.
+                        teacher = None if teacher is None else _positives(teacher, denoising)[0]
                 else:
                     own = _Supervision(_hungarian_pairs(indices[output.suffix], sizes, device), num_boxes)
                     box_supervision = union if union is not None else own
-                context = LossContext(outputs.geometry, output.teacher if self.go_lsd else None, ddf_weights)
+                context = LossContext(outputs.geometry, teacher, ddf_weights)
                 factor = self.group_weights.get(output.group, 1.0)
                 for name in self.losses:
                     term = self.terms[name]

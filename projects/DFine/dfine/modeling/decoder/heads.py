@@ -292,11 +292,11 @@ class BoxHead(nn.Module):
         ``output_content``: the content the layer's predictions are read from when it differs from
         what the next layer receives (DINO normalises every layer's output for its heads): the next
         reference box is then refined from ``content`` and the layer's box from ``output_content``,
-        on the same reference (the previous layer's undetached box with look-forward-twice)."""
+        on the same reference (the previous layer's undetached box with look-forward-twice).
+        Distributions read ``output_content`` where given (the distribution head plugged into DINO
+        or DAB-DETR reads the normalised outputs, as their class heads do)."""
         if self.distributions:
-            if output_content is not None:
-                raise ValueError("Edge distributions read the layer's content itself (no output_content)")
-            return self._distributions(i, content, flow)
+            return self._distributions(i, content if output_content is None else output_content, flow)
         refined = (self.dec_bbox_head[i](content) + inverse_sigmoid(flow.reference, self.eps)).sigmoid()
         boxes = refined
         look_forward_twice = self.refinement == "look_forward_twice" and flow.previous is not None
@@ -310,6 +310,8 @@ class BoxHead(nn.Module):
         return LayerBoxes(boxes), _Flow(reference=refined.detach(), previous=refined)
 
     def _distributions(self, i: int, content: torch.Tensor, flow: _Flow):
+        # `content`: what the heads read (the layer's output, or its normalised form in the decoders
+        # with an output norm: DINO, DAB-DETR), as every layer's residual of the previous one's.
         pre = anchor = flow.anchor
         if i == 0:
             pre = (self.pre_bbox_head(content) + inverse_sigmoid(flow.reference, self.eps)).sigmoid()
