@@ -19,6 +19,13 @@ Ablations, one override each:
   RT-DETRv2 baseline configs express it: lr_gamma 1, quadratic warm-up);
 * DEIMv2: Copy-Blend off ``dataloader.train.copy_blend.prob=0``, MixUp off
   ``dataloader.train.mixup_prob=0``.
+
+On the DETR pipeline (configs/common/data/coco_detr.py: aspect-preserving resizes and crops,
+padded batches) the Mosaic canvas goes through the DETR augmentation like any image (flip, then
+a resize to a shorter side of the DETR scales, or a resize, crop and resize), which is the
+pipeline's only scale handling and runs in every stage: a policy there switches Mosaic (and
+MixUp, by its epochs) only. MixUp mixes the images of a batch, each in its own frame
+(:class:`dfine.data.MixUp`). configs/ablations/*_deim.py apply Dense O2O and MAL to these models.
 """
 from detectron2.config import LazyCall as L
 
@@ -110,14 +117,21 @@ def _silu_decoder(model):
     decoder.box_head.act = "silu"
 
 
+def set_augmentation_stages(dataloader, policy):
+    """DEIM's augmentation stages (official ``policy.epoch``, ``mixup_epochs``, ``stop_epoch``):
+    ``policy = [e0, e1, e2]`` for the mapper (see :func:`dfine.data.policy_for_epoch`), MixUp in
+    ``[e0, e1)``, batch multi-scale until ``e2``."""
+    dataloader.train.mapper.policy_epoch = list(policy)
+    dataloader.train.update(mixup_epochs=list(policy[:2]), multi_scale_stop_epoch=policy[2])
+
+
 def set_stages(dataloader, train, lr_multiplier, epochs, policy, flat_epochs, no_aug_epochs):
     """DEIM's schedule in epochs (official ``epoches``, ``policy.epoch``, ``mixup_epochs``,
     ``stop_epoch``, ``flat_epoch``, ``no_aug_epoch``): ``policy = [e0, e1, e2]`` gives the four
-    augmentation stages, MixUp in ``[e0, e1)``, multi-scale and the stage switch (best stage-1
-    state reloaded) at ``e2``; the LR stays flat for ``flat_epochs`` and constant for the last
+    augmentation stages (:func:`set_augmentation_stages`), the stage switch (best stage-1 state
+    reloaded) at ``e2``; the LR stays flat for ``flat_epochs`` and constant for the last
     ``no_aug_epochs``."""
-    dataloader.train.mapper.policy_epoch = list(policy)
-    dataloader.train.update(mixup_epochs=list(policy[:2]), multi_scale_stop_epoch=policy[2])
+    set_augmentation_stages(dataloader, policy)
     train.epochs = epochs
     train.stage_switch.epoch = policy[2]
     lr_multiplier.update(flat_epochs=flat_epochs, no_aug_epochs=no_aug_epochs)
