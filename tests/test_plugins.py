@@ -3,6 +3,7 @@
 to its base, that switching the plug-in off gives the base back exactly, the GO-LSD distillation
 against a value computed by hand, and FDR's decoding from edges to distributions and back. Training
 end to end: tests/test_train_net.py."""
+import importlib.util
 import math
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from dfine.config import load_config
 from dfine.modeling.criterion.losses import fgl_and_ddf_losses
 from dfine.modeling.decoder.fdr import bbox2distance, distance2bbox, integral, weighting_function
 from dfine.modeling.layers.box_ops import box_cxcywh_to_xyxy, box_xyxy_to_cxcywh
+from test_dab_deformable_detr import SMALL as SMALL_DAB_DEFORMABLE
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -104,6 +106,7 @@ def test_fdr_ablation_adds_only_the_distribution_head(config):
     assert changed == {f"decoder.box_head.dec_bbox_head.0.layers.2.{p}" for p in ("weight", "bias")}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("config", sorted(FDR_ABLATIONS))
 def test_fdr_plug_in_switched_off_is_the_base_model_exactly(config):
     """``reg_max=null go_lsd=False`` on the ablation config: the base's parameters (same seed, same
@@ -121,13 +124,30 @@ def test_fdr_plug_in_switched_off_is_the_base_model_exactly(config):
     base, ablation = (m.state_dict() for m in models)
     assert list(base) == list(ablation) and all(torch.equal(base[k], ablation[k]) for k in base)
     assert losses[0] == losses[1]
-    on = instantiate(load_config(str(ROOT / "configs" / config), small).model).train()
-    assert {"loss_fgl", "loss_ddf_aux_0", "loss_bbox_pre"} <= set(on(_batch()))
+
+
+def test_fdr_golsd_plugs_into_dab_deformable_detr():
+    """The same plug-in on DN-DAB-Deformable-DETR (per-layer heads, detached refinement, the first
+    box's size bias, which goes to the initial box that the distributions refine)."""
+    spec = importlib.util.spec_from_file_location("dfine_plugin", ROOT / "configs" / "common" / "dfine.py")
+    plugin = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(plugin)
+    cfg = load_config(str(ROOT / "configs" / "dn_dab_deformable_detr_r50_50ep.py"), SMALL_DAB_DEFORMABLE)
+    plugin.use_fdr_golsd(cfg.model)
+    torch.manual_seed(0)
+    model = instantiate(cfg.model).train()
+    assert model.decoder.box_head.pre_bbox_head.layers[-1].bias.tolist() == [0.0, 0.0, -2.0, -2.0]
+    losses = model(_batch())
+    assert {"loss_fgl_aux_0", "loss_ddf_aux_0", "loss_fgl_dn_0", "loss_ddf_dn_0", "loss_bbox_pre"} <= set(losses)
+    assert all(torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
 
 
 def test_deim_ablation_switches_mal_and_dense_o2o():
-    """MAL (gamma 1.5, weight 1) in place of the focal loss, which stays one override away; Mosaic and
-    MixUp at 0.5 in epochs [1, 6); DINO's step LR unless ``lr_multiplier=${deim_lr_multiplier}``."""
+    """No parameter added; MAL (gamma 1.5, weight 1) in place of the focal loss, which stays one override
+    away; Mosaic and MixUp at 0.5 in epochs [1, 6); DINO's step LR unless
+    ``lr_multiplier=${deim_lr_multiplier}``."""
+    assert _count("ablations/dino_r50_deim.py") == _count("dino_r50_4scale_12ep.py")
     config = str(ROOT / "configs" / "ablations" / "dino_r50_deim.py")
     cfg = load_config(config)
     assert cfg.model.criterion.losses == ["mal", "boxes"] and cfg.model.criterion.weight_dict.loss_mal == 1

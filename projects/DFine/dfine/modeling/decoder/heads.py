@@ -235,7 +235,8 @@ class BoxHead(nn.Module):
             1e-3 in DINO and the Deformable-DETR family).
         first_size_bias: initial bias of the first layer's width and height deltas (Deformable-DETR's
             and DAB-Deformable-DETR's box refinement: -2.0, boxes start smaller than their anchors),
-            else zero like the rest of the last layer; deltas only.
+            else zero like the rest of the last layer; with distributions, of the initial box's
+            (``pre_bbox_head``), which plays layer 0's delta there.
     """
 
     def __init__(self, hidden_dim: int, num_layers: int, eval_idx: int = -1, reg_max: Optional[int] = None,
@@ -262,15 +263,16 @@ class BoxHead(nn.Module):
             self.up = nn.Parameter(torch.tensor([float(up)]), requires_grad=False)
             self.reg_scale = nn.Parameter(torch.tensor([float(reg_scale)]), requires_grad=False)
         self.dec_bbox_head = layer_heads(make_head, num_layers, self.eval_idx, share, clone)
-        if first_size_bias is not None:
-            if reg_max is not None:
-                raise ValueError("first_size_bias applies to delta heads (reg_max None)")
-            nn.init.constant_(self.dec_bbox_head[0].layers[-1].bias[2:], first_size_bias)
         if reg_max is not None:
             self.pre_bbox_head = MLP(hidden_dim, hidden_dim, 4, 3, act=act)
             nn.init.constant_(self.pre_bbox_head.layers[-1].weight, 0)
             nn.init.constant_(self.pre_bbox_head.layers[-1].bias, 0)
             self.lqe_layers = nn.ModuleList(LQE(reg_max, act=lqe_act) for _ in range(num_layers))
+        if first_size_bias is not None:
+            # The first box the layers predict starts smaller than its anchor: layer 0's delta, or
+            # the initial box that the distributions refine.
+            first = self.dec_bbox_head[0] if reg_max is None else self.pre_bbox_head
+            nn.init.constant_(first.layers[-1].bias[2:], first_size_bias)
 
     @property
     def distributions(self) -> bool:
