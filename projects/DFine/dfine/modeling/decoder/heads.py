@@ -9,7 +9,12 @@ from layer to layer (the refinement rule):
   ``pre_bbox_head`` gives the first layer an initial box; every layer predicts, per edge, logits
   over ``reg_max + 1`` bins that it adds to the previous layer's, and moves the edges of that same
   initial box by the expected offsets (:mod:`.fdr`). A localization quality estimator (:class:`LQE`)
-  adds the distributions' confidence to the class logits.
+  adds the distributions' confidence to the class logits. Plugged into DINO or a DAB-DETR decoder,
+  the reference box each layer attends from (DAB-DETR: its anchor, embedded as positional query
+  and width/height modulation) is the previous layer's refined box, detached, as in D-FINE, while
+  the edges every layer's distributions move stay those of the initial box: the logits a layer
+  adds to the previous layer's are over the same edges. The offsets are in units of that box's
+  width and height, so boxes relative to each image of a padded batch need no other scale.
 
 The refinement rule says whether the loss of layer ``i``'s box also trains layer ``i - 1``:
 ``"look_forward_twice"`` (DINO, RT-DETR, D-FINE) yes, ``"detached"`` (Deformable-DETR's iterative
