@@ -126,7 +126,9 @@ class SetCriterion(nn.Module):
 
     With ``go_lsd`` (D-FINE's Globally Optimal Localization Self-Distillation) the box terms
     (``supervises_boxes``) of every Hungarian-matched output use instead the union of all these
-    matches (:func:`~.matcher.union_matched_indices`), normalised by its size, and the distribution
+    matches (:func:`~.matcher.union_matched_indices`), normalised by its size (proposals of every
+    memory token, Deformable-DETR's, are other queries: they keep their own matches and stay out of
+    the union), and the distribution
     term adds the DDF distillation of the auxiliary and denoising layers. DEIM's and DEIMv2's
     ``use_uni_set`` is ``go_lsd``.
 
@@ -224,8 +226,15 @@ class SetCriterion(nn.Module):
                     indices[output.suffix] = self.matcher(output.predictions, output_targets, **match_kwargs)
 
             union, ddf_weights = None, None
+            # The union set joins the matches of the outputs on the matching queries themselves: every
+            # layer, the initial boxes and the selected proposals, not every token's proposal
+            # (Deformable-DETR), whose query indices are other queries'.
+            num_queries = outputs.final.logits.shape[1]
+            in_union = {output.suffix for output in supervised
+                        if output.suffix in indices and output.predictions.logits.shape[1] == num_queries}
             if self.go_lsd:
-                union_indices = union_matched_indices(indices[""], [v for k, v in indices.items() if k != ""])
+                union_indices = union_matched_indices(indices[""], [v for k, v in indices.items()
+                                                                    if k != "" and k in in_union])
                 union = _Supervision(_hungarian_pairs(union_indices, sizes, device),
                                      self._num_boxes(sum(len(q) for q, _ in union_indices), device))
                 # DDF balances matched and unmatched queries by the union set's counts, for the
@@ -255,7 +264,7 @@ class SetCriterion(nn.Module):
                         teacher = None if teacher is None else _positives(teacher, denoising)[0]
                 else:
                     own = _Supervision(_hungarian_pairs(indices[output.suffix], sizes, device), num_boxes)
-                    box_supervision = union if union is not None else own
+                    box_supervision = union if union is not None and output.suffix in in_union else own
                 context = LossContext(outputs.geometry, teacher, ddf_weights)
                 factor = self.group_weights.get(output.group, 1.0)
                 for name in self.losses:
