@@ -126,11 +126,10 @@ class SetCriterion(nn.Module):
 
     With ``go_lsd`` (D-FINE's Globally Optimal Localization Self-Distillation) the box terms
     (``supervises_boxes``) of every Hungarian-matched output use instead the union of all these
-    matches (:func:`~.matcher.union_matched_indices`), normalised by its size (proposals of every
-    memory token, Deformable-DETR's, are other queries: they keep their own matches and stay out of
-    the union), and the distribution
-    term adds the DDF distillation of the auxiliary and denoising layers. DEIM's and DEIMv2's
-    ``use_uni_set`` is ``go_lsd``.
+    matches (:func:`~.matcher.union_matched_indices`), normalised by its size, and the distribution
+    term adds the DDF distillation of the auxiliary and denoising layers. Proposals of every memory
+    token (Deformable-DETR's) are other queries than the decoder's: they keep their own matches and
+    stay out of the union. DEIM's and DEIMv2's ``use_uni_set`` is ``go_lsd``.
 
     ``num_boxes`` is the number of ground-truth boxes averaged over processes, at least 1. It stays a
     tensor on the device: the host waits for the device only where the matcher hands its costs to
