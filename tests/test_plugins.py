@@ -38,6 +38,8 @@ FDR_ABLATIONS = {
 }
 DEIM_ABLATIONS = {"ablations/dino_r50_deim.py": "dino_r50_4scale_12ep.py"}
 ABLATIONS = {**{name: base for name, (base, _) in FDR_ABLATIONS.items()}, **DEIM_ABLATIONS}
+# The ablations whose base trains with denoising queries.
+DENOISING = {"ablations/dino_r50_fdr_golsd.py", "ablations/dn_detr_r50_fdr_golsd.py", "ablations/dino_r50_deim.py"}
 
 # Narrow models of the bases' families (ResNet-18, width 64, 2 decoder layers, 6 classes).
 SMALL = {

@@ -13,7 +13,7 @@ from detectron2.config import instantiate
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import train_net  # noqa: E402
-from test_plugins import FDR_ABLATIONS, SMALL, TINY_DETR_DATA, small_model  # noqa: E402
+from test_plugins import DEIM_ABLATIONS, DENOISING, FDR_ABLATIONS, TINY_DETR_DATA, small_model  # noqa: E402
 
 _spec = importlib.util.spec_from_file_location("convert_official", ROOT / "tools" / "convert_official.py")
 convert_official = importlib.util.module_from_spec(_spec)
@@ -327,24 +327,26 @@ def test_fdr_golsd_ablation_trains_and_evaluates(tiny_coco, tmp_path, config):
                          config=config, model=small_model(config)))
     losses = [m for m in _metrics(out) if "total_loss" in m][-1]
     expected = {"loss_fgl", "loss_fgl_aux_0", "loss_ddf_aux_0", "loss_bbox_pre"}
-    expected |= {"loss_fgl_dn_0", "loss_ddf_dn_0"} if "dab_detr" not in config else set()
+    expected |= {"loss_fgl_dn_0", "loss_ddf_dn_0"} if config in DENOISING else set()
     assert expected <= set(losses)
     assert all(math.isfinite(v) for k, v in losses.items() if k.startswith("loss"))
     assert any("bbox/AP" in m for m in _metrics(out))
 
 
-def test_deim_ablation_trains_with_mosaic_mixup_mal_and_flat_cosine(tiny_coco, tmp_path):
-    """configs/ablations/dino_r50_deim.py (narrowed) with its Dense O2O window moved to the first
-    epoch and the flat-cosine switch: every batch is Mosaic + MixUp of padded images, MAL is finite."""
+@pytest.mark.parametrize("config", sorted(DEIM_ABLATIONS))
+def test_deim_ablation_trains_with_mosaic_mixup_mal_and_flat_cosine(tiny_coco, tmp_path, config):
+    """configs/ablations/*_deim.py (narrowed) with the Dense O2O window moved to the first epoch and
+    the flat-cosine switch: every batch is Mosaic + MixUp of padded images, MAL is finite."""
     out = tmp_path / "deim"
     train_net.main(_args(
         tiny_coco, str(out), "train.max_iter=3", "train.eval_period=0", "train.log_period=1", *TINY_DETR_DATA,
         "dataloader.train.mapper.policy_epoch=[0,6,12]", "dataloader.train.mixup_epochs=[0,6]",
         "dataloader.train.mapper.mosaic_prob=1.0", "dataloader.train.mapper.mosaic.output_size=32",
-        "lr_multiplier=${deim_lr_multiplier}", config="ablations/dino_r50_deim.py", model=SMALL["dino"]))
+        "lr_multiplier=${deim_lr_multiplier}", config=config, model=small_model(config)))
     logged = _by_iteration(out)
     assert [(logged[i]["data/mosaic"], logged[i]["data/mixup"]) for i in range(3)] == [(1.0, 1.0)] * 3
-    assert all(math.isfinite(logged[i][k]) for i in range(3) for k in ("loss_mal", "loss_mal_dn_0", "loss_mal_enc_0"))
+    keys = ("loss_mal", "loss_mal_aux_0", "loss_mal_enc_0") + (("loss_mal_dn_0",) if config in DENOISING else ())
+    assert all(math.isfinite(logged[i][k]) for i in range(3) for k in keys)
     assert not any("focal" in k for k in logged[2])
 
 
