@@ -28,8 +28,9 @@ from test_train_net import TINY_DFINE, TINY_MODEL
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = (64, 64)
 TOLERANCE = 1e-4
-# DINO with ResNet-18, 64 channels, one encoder and two decoder layers, 30 queries (a 64x64 input
-# has 85 memory tokens over its 4 levels).
+# DINO (and DN-DAB-Deformable-DETR and two-stage Deformable-DETR, whose configs have the same keys) with
+# ResNet-18, 64 channels, one encoder and two decoder layers, 30 queries (a 64x64 input has 85 memory
+# tokens over its 4 levels).
 TINY_DINO = ["model.backbone.depth=18", "model.encoder.in_channels=[128,256,512]", "model.encoder.hidden_dim=64",
              "model.encoder.num_layers=1", "model.encoder.dim_feedforward=64", "model.decoder.hidden_dim=64",
              "model.decoder.num_layers=2", "model.decoder.num_queries=30", "model.decoder.input_proj.in_channels="
@@ -47,8 +48,8 @@ FAMILIES = {
     "deim_dfine_hgnetv2_n": TINY_DFINE,
     "dino_r50_4scale_12ep": TINY_DINO,
     "dn_dab_detr_r50_50ep": TINY_DN_DAB_DETR,
-    # Its deformable encoder and decoder take DINO's narrowing as it is.
     "dn_dab_deformable_detr_r50_50ep": TINY_DINO,
+    "deformable_detr_r50_50ep": TINY_DINO,
 }
 
 _spec = importlib.util.spec_from_file_location("export_onnx_tool", ROOT / "tools" / "export_onnx.py")

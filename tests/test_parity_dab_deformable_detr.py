@@ -27,15 +27,15 @@ import pytest
 import torch
 from detectron2.config import instantiate
 from detectron2.solver import LRMultiplier
-from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
-from dfine.checkpoint.official import DAB_DEFORMABLE_DETR_LAYOUT, convert_official_state_dict, official_to_ours
+from dfine.checkpoint.official import DAB_DEFORMABLE_DETR_LAYOUT, official_to_ours
 from dfine.config import load_config
 from dfine.engine.trainer import Trainer
 from dfine.solver import StepDecay
 from golden.compare import assert_all_close
-from golden.dino_inputs import official_weights, synth_batch
+from golden.dino_inputs import official_weights
+from test_parity_dino import _SeededBatches, inputs, load_in_float64
 
 GOLDEN = Path(__file__).parent / "golden" / "dab_deformable_detr_golden"
 CONFIGS = {False: "configs/dab_deformable_detr_r50_50ep.py", True: "configs/dn_dab_deformable_detr_r50_50ep.py"}
@@ -54,36 +54,9 @@ def build(meta, denoising=False):
     """Our model of the official one (without or with DN-DETR's denoising) with the golden's synthetic
     weights, in float64."""
     cfg = load_config(str(ROOT / CONFIGS[denoising]), [f"model.decoder.num_classes={meta['num_classes']}"])
-    model = instantiate(cfg.model)
     official = official_weights(meta["state_dict"], meta["aliases"], meta["weight_seed"])
     converted = official_to_ours(official, DAB_DEFORMABLE_DETR_LAYOUT, denoising=denoising)
-    model.load_state_dict(convert_official_state_dict(converted, model), strict=True)
-    model.double()
-    # The normalisation buffers are made in float32, and .double() keeps that rounding of the ImageNet
-    # statistics (2.5e-8 relative); the official float64 input is normalised with float64 values.
-    for name in ("pixel_mean", "pixel_std"):
-        getattr(model, name).copy_(torch.tensor(cfg.model[name], dtype=torch.float64).view(-1, 1, 1))
-    return model, cfg
-
-
-def inputs(meta, with_targets=False):
-    images, targets = synth_batch(meta["image_sizes"], meta["image_seeds"], meta["num_targets"], meta["num_classes"],
-                                  meta["target_seed"])
-    batch = []
-    for image, target in zip(images, targets):
-        h, w = image.shape[:2]
-        x = {"image": torch.from_numpy(image).permute(2, 0, 1).contiguous(), "height": h, "width": w}
-        if with_targets:
-            instances = Instances((h, w))
-            cx, cy, bw, bh = target["boxes"].unbind(-1)
-            xyxy = torch.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], -1)
-            # Boxes() casts to float32; the golden's targets are float64.
-            instances.gt_boxes = Boxes(xyxy)
-            instances.gt_boxes.tensor = xyxy * torch.tensor([w, h, w, h], dtype=torch.float64)
-            instances.gt_classes = target["labels"]
-            x["instances"] = instances
-        batch.append(x)
-    return batch
+    return load_in_float64(instantiate(cfg.model), cfg, converted), cfg
 
 
 def official_names(losses: dict, num_layers: int = 6) -> dict:
@@ -111,6 +84,16 @@ def test_parameter_count_and_conversion(golden, denoising):
     assert sum(p.numel() for p in model.parameters() if p.requires_grad) == meta["num_trainable"] - label_enc
 
 
+def top_k_detections(model, cfg, meta, top_k):
+    """Our detections of the golden's batch in eval, the best ``top_k`` per image (the config keeps the
+    official ``PostProcess``'s 100)."""
+    assert cfg.model.num_top_queries == meta["eval"]["official_top_k"]
+    model.num_top_queries = top_k
+    model.eval()
+    with torch.no_grad():
+        return model(inputs(meta))
+
+
 @pytest.mark.parametrize("top_k", [300, 100])
 def test_eval_detections(golden, top_k):
     """The top-300 detections of the padded batch, and the config's top 100 (the official
@@ -118,13 +101,7 @@ def test_eval_detections(golden, top_k):
     boxes to 1e-3 pixels (Detectron2's ``Boxes`` hold float32, whose rounding at a few hundred pixels is
     3e-5; measured: 1.5e-5)."""
     meta, arrays = golden
-    model, cfg = build(meta)
-    assert cfg.model.num_top_queries == meta["eval"]["official_top_k"]
-    model.num_top_queries = top_k
-    model.eval()
-    with torch.no_grad():
-        results = model(inputs(meta))
-    for i, result in enumerate(results):
+    for i, result in enumerate(top_k_detections(*build(meta), meta, top_k)):
         instances = result["instances"]
         np.testing.assert_array_equal(instances.pred_classes.numpy(), arrays[f"labels_{i}"][:top_k])
         assert_all_close({"scores": instances.scores}, {"scores": arrays[f"scores_{i}"][:top_k]}, rtol=1e-9)
@@ -145,39 +122,26 @@ def test_training_losses(golden, denoising):
     assert_all_close(losses, meta["train"]["dn" if denoising else "no_dn"]["losses"], rtol=1e-9)
 
 
-class _SeededBatches:
-    """The same batch every step, the noise of step ``s`` drawn after ``manual_seed(seed + s)`` (as
-    the golden's official loop)."""
-
-    def __init__(self, batch, seed):
-        self.batch, self.seed = batch, seed
-
-    def __iter__(self):
-        step = 0
-        while True:
-            torch.manual_seed(self.seed + step)
-            yield self.batch
-            step += 1
-
-
-def run_trajectory(model, cfg, meta, reference):
-    """Our Trainer for the golden's steps (the config's AdamW parameter groups, clipping 0.1,
-    StepDecay with the drop after ``lr_drop_after`` steps); returns the official-named loss terms of
-    every step."""
+def run_trajectory(model, cfg, meta, reference, rename=official_names):
+    """Our Trainer for the golden's steps on its batch (the config's AdamW parameter groups, whose
+    learning rates must be the golden's ``lr*`` values, clipping 0.1, StepDecay with the drop after
+    ``lr_drop_after`` steps), the noise of step ``s`` drawn after ``manual_seed(train_noise_seed + s)``
+    (if the golden has one); returns the loss terms of every step, renamed by ``rename``."""
     model.train()
     cfg.optimizer.params.model = model
     optimizer = instantiate(cfg.optimizer)
-    assert sorted(g["lr"] for g in optimizer.param_groups) == sorted([reference["lr_backbone"], reference["lr"]])
+    assert sorted(g["lr"] for g in optimizer.param_groups) == sorted(v for k, v in reference.items()
+                                                                      if k.startswith("lr"))
     assert all(g["weight_decay"] == reference["weight_decay"] for g in optimizer.param_groups)
     assert cfg.train.clip_grad.max_norm == reference["clip_max_norm"]
     steps = len(reference["steps"])
     schedule = StepDecay(max_iter=steps, iters_per_epoch=meta["lr_drop_after"], drop_epochs=[1])
     scheduler = LRMultiplier(optimizer, schedule, max_iter=steps)
-    batches = _SeededBatches(inputs(meta, with_targets=True), meta["train_noise_seed"])
+    batches = _SeededBatches(inputs(meta, with_targets=True), meta.get("train_noise_seed", 0))
     trainer = Trainer(model=model, data_loader=batches, optimizer=optimizer,
                       clip_grad_max_norm=cfg.train.clip_grad.max_norm)
     recorded = []
-    model.register_forward_hook(lambda module, args, output: recorded.append(official_names(output)))
+    model.register_forward_hook(lambda module, args, output: recorded.append(rename(output)))
     with EventStorage(0) as storage:
         for step in range(steps):
             storage.iter = step
@@ -205,14 +169,19 @@ def test_training_trajectory(golden, denoising):
     reference = meta["trajectory"]["dn" if denoising else "no_dn"]
     model, cfg = build(meta, denoising)
     recorded = run_trajectory(model, cfg, meta, reference)
+    assert_trajectory_close(model, recorded, reference, official_norms(reference, denoising=denoising))
+
+
+def assert_trajectory_close(model, recorded, reference, norms, loss_rtol=1e-8):
+    """Every loss term of every step within ``loss_rtol`` of the golden's, and the norm of every parameter
+    at the end within 1e-5 of ``norms`` (the official ones in our names)."""
     actual, expected = {}, {}
     for step, (ours, theirs) in enumerate(zip(recorded, reference["steps"])):
         actual.update({f"{step}/{k}": v for k, v in ours.items()})
         expected.update({f"{step}/{k}": v for k, v in theirs["losses"].items()})
     assert len(recorded) == len(reference["steps"])
-    assert_all_close(actual, expected, rtol=1e-8)
-    converted = official_norms(reference, denoising=denoising)
+    assert_all_close(actual, expected, rtol=loss_rtol)
     ours = {k: v.detach().norm() for k, v in model.state_dict(keep_vars=True).items()
             if isinstance(v, torch.nn.Parameter)}
-    assert set(converted) == set(ours)
-    assert_all_close({k: ours[k] for k in converted}, converted, rtol=1e-5)
+    assert set(norms) == set(ours)
+    assert_all_close({k: ours[k] for k in norms}, norms, rtol=1e-5)

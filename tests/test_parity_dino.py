@@ -46,19 +46,24 @@ def golden():
     return meta, np.load(GOLDEN.with_suffix(".npz"))
 
 
-def build(meta, name):
-    """Our model of the official ``name`` with the golden's synthetic weights, in float64."""
-    cfg = load_config(str(ROOT / CONFIGS[name]), [f"model.decoder.num_classes={meta['num_classes']}"])
-    model = instantiate(cfg.model)
-    entry = meta["models"][name]
-    official = official_weights(entry["state_dict"], entry["aliases"], meta["weight_seed"])
-    model.load_state_dict(convert_official_state_dict(official_to_ours(official, DINO_LAYOUT), model), strict=True)
+def load_in_float64(model, cfg, converted: dict):
+    """``model`` with the official weights ``converted`` into our names (checked key for key and shape for
+    shape by ``convert_official_state_dict``), in float64."""
+    model.load_state_dict(convert_official_state_dict(converted, model), strict=True)
     model.double()
     # The normalisation buffers are made in float32, and .double() keeps that rounding of the ImageNet
     # statistics (2.5e-8 relative); the official float64 input is normalised with float64 values.
     for name in ("pixel_mean", "pixel_std"):
         getattr(model, name).copy_(torch.tensor(cfg.model[name], dtype=torch.float64).view(-1, 1, 1))
-    return model, cfg
+    return model
+
+
+def build(meta, name):
+    """Our model of the official ``name`` with the golden's synthetic weights, in float64."""
+    cfg = load_config(str(ROOT / CONFIGS[name]), [f"model.decoder.num_classes={meta['num_classes']}"])
+    entry = meta["models"][name]
+    official = official_weights(entry["state_dict"], entry["aliases"], meta["weight_seed"])
+    return load_in_float64(instantiate(cfg.model), cfg, official_to_ours(official, DINO_LAYOUT)), cfg
 
 
 def inputs(meta, with_targets=False):

@@ -26,13 +26,13 @@ from detectron2.config import instantiate
 from detectron2.solver import LRMultiplier
 from detectron2.utils.events import EventStorage
 
-from dfine.checkpoint.official import DN_DAB_DETR_LAYOUT, convert_official_state_dict, official_to_ours
+from dfine.checkpoint.official import DN_DAB_DETR_LAYOUT, official_to_ours
 from dfine.config import load_config
 from dfine.engine.trainer import Trainer
 from dfine.solver import StepDecay
 from golden.compare import assert_all_close
 from golden.dn_dab_detr_inputs import dn_dab_detr_weights
-from test_parity_dino import _SeededBatches, inputs
+from test_parity_dino import _SeededBatches, inputs, load_in_float64
 
 GOLDEN = Path(__file__).parent / "golden" / "dn_dab_detr_golden"
 CONFIGS = {"r50": "configs/dn_dab_detr_r50_50ep.py", "r50_dc5_3pat": "configs/dn_dab_detr_r50_dc5_3pat_12ep.py"}
@@ -48,17 +48,9 @@ def golden():
 def build(meta, name):
     """Our model of the official ``name`` with the golden's synthetic weights, in float64."""
     cfg = load_config(str(ROOT / CONFIGS[name]), [f"model.decoder.num_classes={meta['num_classes']}"])
-    model = instantiate(cfg.model)
     entry = meta["models"][name]
     official = dn_dab_detr_weights(entry["state_dict"], entry["aliases"], meta["weight_seed"])
-    state = convert_official_state_dict(official_to_ours(official, DN_DAB_DETR_LAYOUT), model)
-    model.load_state_dict(state, strict=True)
-    model.double()
-    # The normalisation buffers are made in float32; the official float64 input is normalised with
-    # float64 values.
-    for key in ("pixel_mean", "pixel_std"):
-        getattr(model, key).copy_(torch.tensor(cfg.model[key], dtype=torch.float64).view(-1, 1, 1))
-    return model, cfg
+    return load_in_float64(instantiate(cfg.model), cfg, official_to_ours(official, DN_DAB_DETR_LAYOUT)), cfg
 
 
 def official_names(losses: dict, num_layers: int = 6) -> dict:

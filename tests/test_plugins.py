@@ -29,14 +29,19 @@ ROOT = Path(__file__).resolve().parents[1]
 #   W(n)'s frozen up and reg_scale:                                                          =       2
 SHARED_HEAD_FDR_PARAMETERS = 32_896 + 132_612 + 8_454 + 2
 assert SHARED_HEAD_FDR_PARAMETERS == 173_964
+# The same with one box head per layer (Deformable-DETR): six heads widen.
+PER_LAYER_HEAD_FDR_PARAMETERS = 6 * 32_896 + 132_612 + 8_454 + 2
+assert PER_LAYER_HEAD_FDR_PARAMETERS == 338_444
 
 FDR_ABLATIONS = {
     # ablation config: (base config, parameters the plug-in adds)
     "ablations/dino_r50_fdr_golsd.py": ("dino_r50_4scale_12ep.py", SHARED_HEAD_FDR_PARAMETERS),
     "ablations/dn_detr_r50_fdr_golsd.py": ("dn_dab_detr_r50_50ep.py", SHARED_HEAD_FDR_PARAMETERS),
     "ablations/dab_detr_r50_fdr_golsd.py": ("dab_detr_r50_50ep.py", SHARED_HEAD_FDR_PARAMETERS),
+    "ablations/deformable_detr_r50_fdr_golsd.py": ("deformable_detr_r50_50ep.py", PER_LAYER_HEAD_FDR_PARAMETERS),
 }
-DEIM_ABLATIONS = {"ablations/dino_r50_deim.py": "dino_r50_4scale_12ep.py"}
+DEIM_ABLATIONS = {"ablations/dino_r50_deim.py": "dino_r50_4scale_12ep.py",
+                  "ablations/deformable_detr_r50_deim.py": "deformable_detr_r50_50ep.py"}
 ABLATIONS = {**{name: base for name, (base, _) in FDR_ABLATIONS.items()}, **DEIM_ABLATIONS}
 # The ablations whose base trains with denoising queries.
 DENOISING = {"ablations/dino_r50_fdr_golsd.py", "ablations/dn_detr_r50_fdr_golsd.py", "ablations/dino_r50_deim.py"}
@@ -48,6 +53,11 @@ SMALL = {
              "model.decoder.num_layers=2", "model.decoder.num_queries=20", "model.decoder.num_classes=6",
              "model.decoder.input_proj.in_channels=[64,64,64,64]", "model.decoder.layer.dim_feedforward=64",
              "model.decoder.denoising.num_denoising=10", "model.num_top_queries=20"],
+    "deformable": ["model.backbone.depth=18", "model.encoder.in_channels=[128,256,512]", "model.encoder.hidden_dim=64",
+                   "model.encoder.num_layers=1", "model.encoder.dim_feedforward=64", "model.decoder.hidden_dim=64",
+                   "model.decoder.num_layers=2", "model.decoder.num_queries=20", "model.decoder.num_classes=6",
+                   "model.decoder.input_proj.in_channels=[64,64,64,64]", "model.decoder.layer.dim_feedforward=64",
+                   "model.num_top_queries=20"],
     "dab": ["model.backbone.depth=18", "model.encoder.in_channels=[512]", "model.encoder.hidden_dim=64",
             "model.encoder.num_layers=1", "model.decoder.hidden_dim=64", "model.decoder.num_layers=2",
             "model.decoder.num_queries=20", "model.decoder.input_proj.in_channels=[64]", "model.decoder.num_classes=6"],
@@ -65,7 +75,7 @@ TINY_DETR_DATA = [
 
 def small_model(config):
     """The narrow model overrides of ``config``'s family."""
-    return SMALL["dino" if "dino" in config else "dab"]
+    return SMALL[next((family for family in ("dino", "deformable") if family in config), "dab")]
 
 
 def _count(config, overrides=()):
@@ -152,7 +162,7 @@ def test_deim_ablation_switches_mal_and_dense_o2o():
     """No parameter added; MAL (gamma 1.5, weight 1) in place of the focal loss, which stays one override
     away; Mosaic and MixUp at 0.5 in epochs [1, 6); DINO's step LR unless
     ``lr_multiplier=${deim_lr_multiplier}``."""
-    assert _count("ablations/dino_r50_deim.py") == _count("dino_r50_4scale_12ep.py")
+    assert all(_count(config) == _count(base) for config, base in DEIM_ABLATIONS.items())
     config = str(ROOT / "configs" / "ablations" / "dino_r50_deim.py")
     cfg = load_config(config)
     assert cfg.model.criterion.losses == ["mal", "boxes"] and cfg.model.criterion.weight_dict.loss_mal == 1

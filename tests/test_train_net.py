@@ -350,14 +350,15 @@ def test_deim_ablation_trains_with_mosaic_mixup_mal_and_flat_cosine(tiny_coco, t
     assert not any("focal" in k for k in logged[2])
 
 
-def test_dino_trains_on_padded_batches_and_evaluates(tiny_coco, tmp_path):
-    """The DINO quick start's recipe on images that keep their aspect ratio (random resizes and crops,
-    batches padded with a mask), 3 iterations, then COCOEvaluator."""
-    out = tmp_path / "dino"
+@pytest.mark.parametrize("quick_start", ["dino_r18_toy", "dn_dab_deformable_detr_r18_toy"])
+def test_detr_quick_start_trains_on_padded_batches_and_evaluates(tiny_coco, tmp_path, quick_start):
+    """The DINO and DN-DAB-Deformable-DETR quick starts' recipe on images that keep their aspect ratio
+    (random resizes and crops, batches padded with a mask), 3 iterations, then COCOEvaluator."""
+    out = tmp_path / quick_start
     train_net.main(_args(
         tiny_coco, str(out), "train.max_iter=3", "train.eval_period=3", "train.checkpointer.period=3",
         "dataloader.train.mapper.image_size=null", "dataloader.test.mapper.image_size=null",
-        config="quickstart/dino_r18_toy.py", model=[]))
+        config=f"quickstart/{quick_start}.py", model=[]))
     assert any("bbox/AP" in m for m in _metrics(out)), "the final evaluation must be logged"
     losses = [m for m in _metrics(out) if "total_loss" in m]
     assert losses and all(math.isfinite(m["total_loss"]) for m in losses)

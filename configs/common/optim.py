@@ -51,3 +51,19 @@ dino_lr_multiplier = L(StepDecay)(
     drop_epochs=[11],
     gamma=0.1,
 )
+
+# Official Deformable-DETR (main.py defaults): AdamW with lr 2e-4, parameters named "backbone" at 2e-5,
+# the linear projections named "reference_points" (the one-stage model's; the two-stage model has none)
+# and "sampling_offsets" (every deformable attention's) at lr x lr_linear_proj_mult 0.1, weight decay 1e-4
+# on every parameter.
+DeformableDetrAdamW = L(torch.optim.AdamW)(
+    params=L(param_groups)(
+        rules={
+            "backbone": {"pattern": r"backbone", "lr": 2e-5},
+            "linear_proj": {"pattern": r"reference_points|sampling_offsets", "lr": 2e-4 * 0.1},
+        }
+    ),
+    lr=2e-4,
+    betas=(0.9, 0.999),
+    weight_decay=1e-4,
+)

@@ -17,7 +17,8 @@ criterion with ``unimodal_distribution_focal_loss``; DEIMv2 alone ``deim_utils.R
 ``deformable_transformer.DeformableTransformer.get_valid_ratio``. DN-DETR's DN-DAB-DETR
 (IDEA-Research/DN-DETR) is ``models.DN_DAB_DETR``, with the same ``position_encoding.PositionEmbeddingSineHW``;
 its DAB-Deformable-DETR is ``models.dn_dab_deformable_detr``, with ``position_encoding.PositionEmbeddingSine``
-and the same ``get_valid_ratio``.
+and the same ``get_valid_ratio``. Deformable-DETR (fundamentalvision/Deformable-DETR) is the top-level
+``models``, with the same ``position_encoding.PositionEmbeddingSine`` and ``get_valid_ratio``.
 
 Usage, inside a golden script, after the official package is importable: :func:`install` (package,
 then all or the named class- and module-level patches) before building the models, and
@@ -40,6 +41,7 @@ PACKAGES = {
     "models.dino": {"patches": ("sine_hw", "valid_ratio")},
     "models.DN_DAB_DETR": {"patches": ("sine_hw",)},
     "models.dn_dab_deformable_detr": {"patches": ("sine", "valid_ratio")},
+    "models": {"patches": ("sine", "valid_ratio")},
 }
 PATCHES = {
     "rope": SELF + ":rope_follow_dtype: after the cast to float64, every official RopePositionEmbedding "

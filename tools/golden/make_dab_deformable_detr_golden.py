@@ -55,7 +55,6 @@ them.
 import argparse
 import json
 import os
-import subprocess
 import sys
 import types
 from pathlib import Path
@@ -65,28 +64,20 @@ import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT / "tests"))
-from golden.dino_inputs import official_weights, synth_batch  # noqa: E402
-from golden.synth import fingerprint  # noqa: E402
 
 import float64_patches  # noqa: E402  (tools/golden, this script's directory)
+import official_detr  # noqa: E402
+from official_detr import IMAGE_SEEDS, IMAGE_SIZES, NUM_CLASSES, NUM_TARGETS, TARGET_SEED, WEIGHT_SEED  # noqa: E402
 
 GOLDEN = REPO_ROOT / "tests" / "golden" / "dab_deformable_detr_golden"
 COMMAND = "PYTHONDONTWRITEBYTECODE=1 python tools/golden/make_dab_deformable_detr_golden.py <DN-DETR clone>"
 PACKAGE = "models.dn_dab_deformable_detr"
 ARGV = ["-m", "dn_dab_deformable_detr", "--transformer_activation", "relu", "--coco_path", "/nonexistent"]
-NUM_CLASSES = 91  # the official build's for COCO
-WEIGHT_SEED = 0
-IMAGE_SIZES = ((256, 320), (224, 288))  # (height, width): the second image is padded in the batch
-IMAGE_SEEDS = (0, 1)
-NUM_TARGETS = (3, 5)
-TARGET_SEED = 2
 TRAIN_NOISE_SEED = 7
 TRAJECTORY_STEPS = 20
 LR_DROP_AFTER = 10
 TOP_K = 300
 OFFICIAL_TOP_K = 100
-PIXEL_MEAN = (0.485, 0.456, 0.406)
-PIXEL_STD = (0.229, 0.224, 0.225)
 
 
 def _stub_runtime(root: Path):
@@ -101,44 +92,10 @@ def _stub_runtime(root: Path):
     for name, module in (("addict", addict), ("yapf", types.ModuleType("yapf")),
                          ("yapf.yapflib", types.ModuleType("yapf.yapflib")), ("yapf.yapflib.yapf_api", yapf_api)):
         sys.modules.setdefault(name, module)
-    try:
-        import timm.models.layers  # noqa: F401
-    except ImportError:
-        timm = types.ModuleType("timm")
-        models = types.ModuleType("timm.models")
-        layers = types.ModuleType("timm.models.layers")
-        layers.DropPath = torch.nn.Identity
-        layers.to_2tuple = lambda x: tuple(x) if isinstance(x, (list, tuple)) else (x, x)
-        layers.trunc_normal_ = torch.nn.init.trunc_normal_
-        timm.models, models.layers = models, layers
-        sys.modules.update({"timm": timm, "timm.models": models, "timm.models.layers": layers})
-    sys.modules.setdefault("MultiScaleDeformableAttention", types.ModuleType("MultiScaleDeformableAttention"))
-    torch.Tensor.cuda = lambda self, *args, **kwargs: self
-    to = torch.Tensor.to
-
-    def to_cpu(self, *args, **kwargs):
-        args = tuple("cpu" if a == "cuda" or (isinstance(a, torch.device) and a.type == "cuda") else a for a in args)
-        return to(self, *args, **kwargs)
-
-    torch.Tensor.to = to_cpu
-    import torchvision
-
-    build = torchvision.models.resnet50
-
-    def without_pretrained(*args, pretrained=False, weights=None, **kwargs):
-        return build(*args, weights=None, **kwargs)
-
-    torchvision.models.resnet50 = without_pretrained
-    from models.dn_dab_deformable_detr.ops.functions import ms_deform_attn_func
-    from models.dn_dab_deformable_detr.ops.modules import ms_deform_attn
-
-    class PurePyTorch:
-        @staticmethod
-        def apply(value, spatial_shapes, level_start_index, sampling_locations, attention_weights, im2col_step):
-            return ms_deform_attn_func.ms_deform_attn_core_pytorch(value, spatial_shapes, sampling_locations,
-                                                                   attention_weights)
-
-    ms_deform_attn.MSDeformAttnFunction = PurePyTorch
+    official_detr.stub_missing_modules()
+    official_detr.keep_tensors_on_cpu()
+    official_detr.resnets_without_pretrained(("resnet50",))
+    official_detr.pure_pytorch_deformable_attention("models.dn_dab_deformable_detr.ops")
 
 
 def _denoising_off():
@@ -172,66 +129,17 @@ def _build(args):
     return model.double(), criterion, postprocessors
 
 
-def alias_groups(model: torch.nn.Module) -> dict:
-    """State-dict key -> the first key naming the same tensor (only for the keys that alias another)."""
-    first, aliases = {}, {}
-    for key, value in model.state_dict(keep_vars=True).items():
-        owner = first.setdefault(value.data_ptr(), key)
-        if owner != key:
-            aliases[key] = owner
-    return aliases
-
-
-def batch():
-    """The official inputs: a padded NestedTensor of the two normalised float64 images, and targets
-    (labels, cxcywh boxes normalised by each image's size)."""
-    from util.misc import nested_tensor_from_tensor_list
-
-    mean, std = torch.tensor(PIXEL_MEAN)[:, None, None], torch.tensor(PIXEL_STD)[:, None, None]
-    images, targets = synth_batch(IMAGE_SIZES, IMAGE_SEEDS, NUM_TARGETS, NUM_CLASSES, TARGET_SEED)
-    images = [torch.from_numpy(image).permute(2, 0, 1).double() for image in images]
-    samples = nested_tensor_from_tensor_list([(image / 255 - mean) / std for image in images])
-    return samples, targets
-
-
-def job_counts(args) -> dict:
-    model, _, _ = _build(args)
-    sd = model.state_dict()
-    return {"num_parameters": sum(p.numel() for p in model.parameters()),
-            "num_trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
-            "state_dict": {k: list(v.shape) for k, v in sd.items()}, "aliases": alias_groups(model)}
-
-
-def _load(model, counts):
-    weights = official_weights(counts["state_dict"], counts["aliases"], WEIGHT_SEED)
-    model.load_state_dict(weights, strict=True)
-    return fingerprint({k: v for k, v in weights.items() if k not in counts["aliases"]})
-
-
-def topk_detections(outputs, target_sizes, k):
-    """The official ``PostProcess`` with ``k`` instead of its fixed 100: top-k sigmoid scores over the
-    flattened (query, class) pairs, boxes cxcywh -> xyxy scaled by each image's ``(h, w)``."""
-    from util import box_ops
-
-    logits, boxes = outputs["pred_logits"], outputs["pred_boxes"]
-    scores, index = logits.sigmoid().flatten(1).topk(k, dim=1)
-    query, labels = index // logits.shape[2], index % logits.shape[2]
-    boxes = box_ops.box_cxcywh_to_xyxy(boxes).gather(1, query.unsqueeze(-1).repeat(1, 1, 4))
-    h, w = target_sizes.unbind(1)
-    return scores, labels, boxes * torch.stack([w, h, w, h], 1)[:, None, :]
-
-
 def job_eval(args, counts: dict) -> tuple:
     model, _, postprocessors = _build(args)
-    crc = _load(model, counts)
+    crc = official_detr.load_synthetic(model, counts)
     model.eval()
-    samples, _ = batch()
+    samples, _ = official_detr.official_batch()
     sizes = torch.tensor([list(s) for s in IMAGE_SIZES])
     with torch.no_grad():
         outputs, mask_dict = model(samples, dn_args=args.num_patterns)
         official = postprocessors["bbox"](outputs, sizes)
     assert mask_dict is None
-    scores, labels, boxes = topk_detections(outputs, sizes, TOP_K)
+    scores, labels, boxes = official_detr.topk_detections(outputs, sizes, TOP_K)
     for i, result in enumerate(official):
         assert len(result["scores"]) == OFFICIAL_TOP_K
         assert torch.equal(result["scores"], scores[i, :OFFICIAL_TOP_K])
@@ -248,7 +156,7 @@ def job_eval(args, counts: dict) -> tuple:
 
 def _official_step_parts(args, counts: dict):
     model, criterion, _ = _build(args)
-    _load(model, counts)
+    official_detr.load_synthetic(model, counts)
     model.train()
     criterion.train()
     return model, criterion
@@ -269,7 +177,7 @@ def _forward(model, criterion, samples, targets, args):
 
 def job_train(args_by_dn: dict, counts: dict) -> dict:
     out = {}
-    samples, targets = batch()
+    samples, targets = official_detr.official_batch()
     for name, args in args_by_dn.items():
         model, criterion = _official_step_parts(args, counts)
         torch.manual_seed(TRAIN_NOISE_SEED)
@@ -288,7 +196,7 @@ def job_trajectory(args, counts: dict) -> dict:
     ]
     optimizer = torch.optim.AdamW(param_dicts, lr=args.lr, weight_decay=args.weight_decay)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, 1)
-    samples, targets = batch()
+    samples, targets = official_detr.official_batch()
     steps = []
     for step in range(TRAJECTORY_STEPS):
         torch.manual_seed(TRAIN_NOISE_SEED + step)
@@ -313,10 +221,7 @@ def main():
                         help="rerun these jobs only, keeping the golden's other entries (same commit and seeds)")
     args = parser.parse_args()
     root = args.dn_detr.resolve()
-    if subprocess.run(["git", "-C", str(root), "status", "--porcelain"], capture_output=True, text=True).stdout:
-        sys.exit(f"{root} has local changes; the golden must come from a clean commit")
-    commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
-                            check=True).stdout.strip()
+    commit = official_detr.clean_commit(root)
     torch.set_num_threads(1)
     torch.set_default_dtype(torch.float64)
     _stub_runtime(root)
@@ -329,7 +234,7 @@ def main():
               "num_classes": NUM_CLASSES, "image_sizes": IMAGE_SIZES, "image_seeds": IMAGE_SEEDS,
               "num_targets": NUM_TARGETS, "target_seed": TARGET_SEED, "weight_seed": WEIGHT_SEED,
               "train_noise_seed": TRAIN_NOISE_SEED, "lr_drop_after": LR_DROP_AFTER,
-              "pixel_mean": PIXEL_MEAN, "pixel_std": PIXEL_STD,
+              "pixel_mean": official_detr.PIXEL_MEAN, "pixel_std": official_detr.PIXEL_STD,
               "denoising": {k: getattr(args_by_dn["dn"], k) for k in ("scalar", "label_noise_scale",
                                                                        "box_noise_scale")}}
     jobs = set(args.only or ["eval", "train", "trajectory_no_dn", "trajectory_dn"])
@@ -341,7 +246,7 @@ def main():
         golden = previous
         with np.load(GOLDEN.with_suffix(".npz")) as stored:
             arrays = dict(stored)
-    counts = job_counts(args_by_dn["no_dn"])
+    counts = official_detr.model_counts(_build(args_by_dn["no_dn"])[0])
     golden.update(counts)
     print("parameters", counts["num_parameters"], flush=True)
     if "eval" in jobs:

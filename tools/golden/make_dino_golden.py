@@ -45,9 +45,7 @@ draws.
 import argparse
 import json
 import os
-import subprocess
 import sys
-import types
 from pathlib import Path
 
 import numpy as np
@@ -55,70 +53,27 @@ import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT / "tests"))
-from golden.dino_inputs import official_weights, synth_batch  # noqa: E402
-from golden.synth import fingerprint  # noqa: E402
 
 import float64_patches  # noqa: E402  (tools/golden, this script's directory)
+import official_detr  # noqa: E402
+from official_detr import IMAGE_SEEDS, IMAGE_SIZES, NUM_CLASSES, NUM_TARGETS, TARGET_SEED, WEIGHT_SEED  # noqa: E402
 
 GOLDEN = REPO_ROOT / "tests" / "golden" / "dino_golden"
 COMMAND = "PYTHONDONTWRITEBYTECODE=1 python tools/golden/make_dino_golden.py <DINO clone>"
 CONFIGS = {"4scale": "config/DINO/DINO_4scale.py", "5scale": "config/DINO/DINO_5scale.py"}
-NUM_CLASSES = 91
-WEIGHT_SEED = 0
-IMAGE_SIZES = ((256, 320), (224, 288))  # (height, width): the second image is padded in the batch
-IMAGE_SEEDS = (0, 1)
-NUM_TARGETS = (3, 5)
-TARGET_SEED = 2
 TRAIN_NOISE_SEED = 7
 TRAJECTORY_STEPS = 20
 LR_DROP_AFTER = 10
-PIXEL_MEAN = (0.485, 0.456, 0.406)
-PIXEL_STD = (0.229, 0.224, 0.225)
 
 
 def _stub_runtime(root: Path):
     """The stand-ins of the module docstring; afterwards ``models.dino`` imports on a CPU-only torch."""
     sys.path.insert(0, str(root))
     os.chdir(root)
-    sys.modules.setdefault("MultiScaleDeformableAttention", types.ModuleType("MultiScaleDeformableAttention"))
-    try:
-        import timm.models.layers  # noqa: F401
-    except ImportError:
-        timm = types.ModuleType("timm")
-        models = types.ModuleType("timm.models")
-        layers = types.ModuleType("timm.models.layers")
-        layers.DropPath = torch.nn.Identity
-        layers.to_2tuple = lambda x: tuple(x) if isinstance(x, (list, tuple)) else (x, x)
-        layers.trunc_normal_ = torch.nn.init.trunc_normal_
-        timm.models, models.layers = models, layers
-        sys.modules.update({"timm": timm, "timm.models": models, "timm.models.layers": layers})
-    torch.Tensor.cuda = lambda self, *args, **kwargs: self
-    to = torch.Tensor.to
-
-    def to_cpu(self, *args, **kwargs):
-        args = tuple("cpu" if a == "cuda" or (isinstance(a, torch.device) and a.type == "cuda") else a for a in args)
-        return to(self, *args, **kwargs)
-
-    torch.Tensor.to = to_cpu
-    import torchvision
-
-    for name in ("resnet50", "resnet101"):
-        build = getattr(torchvision.models, name)
-
-        def without_pretrained(*args, _build=build, pretrained=False, **kwargs):
-            return _build(*args, weights=None, **kwargs)
-
-        setattr(torchvision.models, name, without_pretrained)
-    from models.dino.ops.functions import ms_deform_attn_func
-    from models.dino.ops.modules import ms_deform_attn
-
-    class PurePyTorch:
-        @staticmethod
-        def apply(value, spatial_shapes, level_start_index, sampling_locations, attention_weights, im2col_step):
-            return ms_deform_attn_func.ms_deform_attn_core_pytorch(value, spatial_shapes, sampling_locations,
-                                                                   attention_weights)
-
-    ms_deform_attn.MSDeformAttnFunction = PurePyTorch
+    official_detr.stub_missing_modules()
+    official_detr.keep_tensors_on_cpu()
+    official_detr.resnets_without_pretrained()
+    official_detr.pure_pytorch_deformable_attention("models.dino.ops")
 
 
 def _config(config: str, **overrides) -> argparse.Namespace:
@@ -139,51 +94,15 @@ def _build(config: str):
     return model.double(), criterion, postprocessors
 
 
-def alias_groups(model: torch.nn.Module) -> dict:
-    """State-dict key -> the first key naming the same tensor (only for the keys that alias another)."""
-    first, aliases = {}, {}
-    for key, value in model.state_dict(keep_vars=True).items():
-        owner = first.setdefault(value.data_ptr(), key)
-        if owner != key:
-            aliases[key] = owner
-    return aliases
-
-
-def batch():
-    """The official inputs: a padded NestedTensor of the two normalised float64 images, and targets
-    (labels, cxcywh boxes normalised by each image's size)."""
-    from util.misc import nested_tensor_from_tensor_list
-
-    mean, std = torch.tensor(PIXEL_MEAN)[:, None, None], torch.tensor(PIXEL_STD)[:, None, None]
-    images, targets = synth_batch(IMAGE_SIZES, IMAGE_SEEDS, NUM_TARGETS, NUM_CLASSES, TARGET_SEED)
-    images = [torch.from_numpy(image).permute(2, 0, 1).double() for image in images]
-    samples = nested_tensor_from_tensor_list([(image / 255 - mean) / std for image in images])
-    return samples, targets
-
-
 def _weighted(loss_dict: dict, weight_dict: dict) -> dict:
     return {k: float(v * weight_dict[k]) for k, v in loss_dict.items() if k in weight_dict}
 
 
-def job_counts(config: str) -> dict:
-    model, _, _ = _build(config)
-    sd = model.state_dict()
-    return {"num_parameters": sum(p.numel() for p in model.parameters()),
-            "num_trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
-            "state_dict": {k: list(v.shape) for k, v in sd.items()}, "aliases": alias_groups(model)}
-
-
-def _load(model, counts):
-    weights = official_weights(counts["state_dict"], counts["aliases"], WEIGHT_SEED)
-    model.load_state_dict(weights, strict=True)
-    return fingerprint({k: v for k, v in weights.items() if k not in counts["aliases"]})
-
-
 def job_eval(config: str, counts: dict) -> tuple:
     model, _, postprocessors = _build(config)
-    crc = _load(model, counts)
+    crc = official_detr.load_synthetic(model, counts)
     model.eval()
-    samples, _ = batch()
+    samples, _ = official_detr.official_batch()
     sizes = torch.tensor([list(s) for s in IMAGE_SIZES])
     with torch.no_grad():
         outputs = model(samples)
@@ -198,7 +117,7 @@ def _official_step_parts(config: str, counts: dict, dn: bool):
     model, criterion, _ = _build(config)
     if not dn:
         model.dn_number = 0
-    _load(model, counts)
+    official_detr.load_synthetic(model, counts)
     model.train()
     return model, criterion
 
@@ -212,7 +131,7 @@ def _forward(model, criterion, samples, targets, dn: bool):
 
 def job_train(config: str, counts: dict) -> dict:
     out = {}
-    samples, targets = batch()
+    samples, targets = official_detr.official_batch()
     for dn in (True, False):
         model, criterion = _official_step_parts(config, counts, dn)
         torch.manual_seed(TRAIN_NOISE_SEED)
@@ -228,7 +147,7 @@ def job_trajectory(config: str, counts: dict) -> dict:
     model, criterion = _official_step_parts(config, counts, True)
     optimizer = torch.optim.AdamW(get_param_dict(args, model), lr=args.lr, weight_decay=args.weight_decay)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, 1)
-    samples, targets = batch()
+    samples, targets = official_detr.official_batch()
     steps = []
     for step in range(TRAJECTORY_STEPS):
         torch.manual_seed(TRAIN_NOISE_SEED + step)
@@ -250,10 +169,7 @@ def main():
     parser.add_argument("dino", type=Path, help="a clone of IDEA-Research/DINO")
     args = parser.parse_args()
     root = args.dino.resolve()
-    if subprocess.run(["git", "-C", str(root), "status", "--porcelain"], capture_output=True, text=True).stdout:
-        sys.exit(f"{root} has local changes; the golden must come from a clean commit")
-    commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
-                            check=True).stdout.strip()
+    commit = official_detr.clean_commit(root)
     torch.set_num_threads(1)
     torch.set_default_dtype(torch.float64)
     _stub_runtime(root)
@@ -263,10 +179,10 @@ def main():
               "num_classes": NUM_CLASSES, "image_sizes": IMAGE_SIZES, "image_seeds": IMAGE_SEEDS,
               "num_targets": NUM_TARGETS, "target_seed": TARGET_SEED, "weight_seed": WEIGHT_SEED,
               "train_noise_seed": TRAIN_NOISE_SEED, "lr_drop_after": LR_DROP_AFTER,
-              "pixel_mean": PIXEL_MEAN, "pixel_std": PIXEL_STD, "models": {}}
+              "pixel_mean": official_detr.PIXEL_MEAN, "pixel_std": official_detr.PIXEL_STD, "models": {}}
     arrays = {}
     for name, config in CONFIGS.items():
-        counts = job_counts(config)
+        counts = official_detr.model_counts(_build(config)[0])
         entry = {"config": config, **counts}
         entry["eval"], eval_arrays = job_eval(config, counts)
         arrays.update({f"{name}/{k}": v for k, v in eval_arrays.items()})

@@ -4,7 +4,7 @@ Our RT-DETR-family modules use the official state-dict names, so the conversion 
 every key of our model must come from the official state dict with the same shape, and every
 official key must be used. The only exceptions are listed in ``DERIVED_BUFFERS``: buffers that a
 model rebuilds from its constructor arguments, which may be absent on either side. Official DINO
-and DN-DETR (DN-DAB-DETR, (DN-)DAB-Deformable-DETR) checkpoints are first renamed into our layout
+DN-DETR (DN-DAB-DETR, (DN-)DAB-Deformable-DETR) and Deformable-DETR checkpoints are first renamed into our layout
 (:func:`official_to_ours` with their :class:`OfficialLayout`), then checked the same way.
 """
 import re
@@ -21,6 +21,7 @@ __all__ = [
     "DINO_LAYOUT",
     "DN_DAB_DETR_LAYOUT",
     "DAB_DEFORMABLE_DETR_LAYOUT",
+    "DEFORMABLE_DETR_LAYOUT",
     "official_layout",
     "official_to_ours",
     "convert_renamed_state_dict",
@@ -68,7 +69,9 @@ class OfficialLayout:
     Attributes:
         name: the official model, for messages.
         keys: official key regex -> our key (first match wins; ``re.sub`` replacement). ``{layer}`` in a
-            replacement gives the tensor to every decoder layer's key (a head shared by all layers).
+            replacement gives the tensor to every decoder layer's key (a head shared by all layers);
+            ``{num_layers}`` in a regex is the official model's number of decoder layers (the index of
+            two-stage Deformable-DETR's encoder heads, after the layers' own).
         alias: ``(regex, replacement)``: official keys that hold a tensor a second time and the key of
             its owner; they must equal the owner and are dropped.
         class_rows: our key prefixes whose rows are classes -> whether a last extra row (the "no class"
@@ -91,31 +94,42 @@ class OfficialLayout:
         return all(key in state_dict for key in self.markers)
 
 
-# Official IDEA-Research/DINO. The decoder layers' norms swap names: DINO's norm2 follows the
-# self-attention and norm1 the cross-attention, ours the reverse. The shared heads are saved under
-# every layer's key by both.
+# The deformable models' shared names (DINO, DAB-Deformable-DETR, Deformable-DETR): the backbone, the input
+# projections, the level embedding, the encoder layers and the decoder layers, whose norms swap names
+# (officially norm2 follows the self-attention and norm1 the cross-attention, ours the reverse).
+_DEFORMABLE_TRUNK = (
+    (r"^backbone\.0\.body\.", "backbone.body."),
+    (r"^input_proj\.", "encoder.input_proj."),
+    (r"^transformer\.level_embed$", "encoder.level_embed"),
+    (r"^transformer\.encoder\.layers\.", "encoder.layers."),
+    (r"^transformer\.decoder\.layers\.(\d+)\.norm1\.", r"decoder.decoder.layers.\1.norm2."),
+    (r"^transformer\.decoder\.layers\.(\d+)\.norm2\.", r"decoder.decoder.layers.\1.norm1."),
+    (r"^transformer\.decoder\.layers\.", "decoder.decoder.layers."),
+)
+# Two-stage proposals: the memory's Linear + LayerNorm (DINO, Deformable-DETR).
+_ENC_OUTPUT = (
+    (r"^transformer\.enc_output\.", "decoder.enc_output.proj."),
+    (r"^transformer\.enc_output_norm\.", "decoder.enc_output.norm."),
+)
+# One class head and one box head per decoder layer, ``{class,bbox}_embed.{l}``.
+_LAYER_HEADS = (
+    (r"^class_embed\.", "decoder.dec_score_head."),
+    (r"^bbox_embed\.", "decoder.dec_bbox_head."),
+)
+
+# Official IDEA-Research/DINO. The shared heads are saved under every layer's key by both.
 DINO_LAYOUT = OfficialLayout(
     name="DINO",
-    keys=(
-        (r"^backbone\.0\.body\.", "backbone.body."),
+    keys=_DEFORMABLE_TRUNK + (
         (r"^backbone\.0\.", "backbone."),  # Swin
-        (r"^input_proj\.", "encoder.input_proj."),
-        (r"^transformer\.level_embed$", "encoder.level_embed"),
-        (r"^transformer\.encoder\.layers\.", "encoder.layers."),
-        (r"^transformer\.decoder\.layers\.(\d+)\.norm1\.", r"decoder.decoder.layers.\1.norm2."),
-        (r"^transformer\.decoder\.layers\.(\d+)\.norm2\.", r"decoder.decoder.layers.\1.norm1."),
-        (r"^transformer\.decoder\.layers\.", "decoder.decoder.layers."),
         (r"^transformer\.decoder\.norm\.", "decoder.decoder.norm."),
         (r"^transformer\.decoder\.ref_point_head\.", "decoder.query_pos_head."),
         (r"^transformer\.tgt_embed\.", "decoder.tgt_embed."),
-        (r"^transformer\.enc_output\.", "decoder.enc_output.proj."),
-        (r"^transformer\.enc_output_norm\.", "decoder.enc_output.norm."),
+    ) + _ENC_OUTPUT + (
         (r"^transformer\.enc_out_class_embed\.", "decoder.enc_score_head."),
         (r"^transformer\.enc_out_bbox_embed\.", "decoder.enc_bbox_head."),
         (r"^label_enc\.", "decoder.label_enc."),
-        (r"^class_embed\.", "decoder.dec_score_head."),
-        (r"^bbox_embed\.", "decoder.dec_bbox_head."),
-    ),
+    ) + _LAYER_HEADS,
     alias=(r"^transformer\.decoder\.(class_embed|bbox_embed)\.", r"\1."),
     class_rows={"decoder.enc_score_head.": False, "decoder.dec_score_head.": False, "decoder.label_enc.": True},
     class_key="class_embed.0.bias",
@@ -148,26 +162,17 @@ DN_DAB_DETR_LAYOUT = OfficialLayout(
 )
 
 # Official IDEA-Research/DN-DETR, (DN-)DAB-Deformable-DETR (models/dn_dab_deformable_detr): DINO's
-# backbone, encoder and decoder-layer names (norms swapped the same way); the query position head holds
-# DAB's query_scale; learned anchors and content; per-layer heads, saved again for the refinement.
+# backbone, encoder and decoder-layer names; the query position head holds DAB's query_scale; learned
+# anchors and content; per-layer heads, saved again for the refinement.
 DAB_DEFORMABLE_DETR_LAYOUT = OfficialLayout(
     name="DAB-Deformable-DETR",
-    keys=(
-        (r"^backbone\.0\.body\.", "backbone.body."),
-        (r"^input_proj\.", "encoder.input_proj."),
-        (r"^transformer\.level_embed$", "encoder.level_embed"),
-        (r"^transformer\.encoder\.layers\.", "encoder.layers."),
-        (r"^transformer\.decoder\.layers\.(\d+)\.norm1\.", r"decoder.decoder.layers.\1.norm2."),
-        (r"^transformer\.decoder\.layers\.(\d+)\.norm2\.", r"decoder.decoder.layers.\1.norm1."),
-        (r"^transformer\.decoder\.layers\.", "decoder.decoder.layers."),
+    keys=_DEFORMABLE_TRUNK + (
         (r"^transformer\.decoder\.ref_point_head\.", "decoder.query_pos_head."),
         (r"^transformer\.decoder\.query_scale\.", "decoder.query_pos_head.query_scale."),
         (r"^tgt_embed\.", "decoder.tgt_embed."),
         (r"^refpoint_embed\.", "decoder.refpoint_embed."),
         (r"^label_enc\.", "decoder.label_enc."),
-        (r"^class_embed\.", "decoder.dec_score_head."),
-        (r"^bbox_embed\.", "decoder.dec_bbox_head."),
-    ),
+    ) + _LAYER_HEADS,
     alias=(r"^transformer\.decoder\.bbox_embed\.", "bbox_embed."),
     class_rows={"decoder.dec_score_head.": False, "decoder.label_enc.": True},
     class_key="class_embed.0.bias",
@@ -175,7 +180,24 @@ DAB_DEFORMABLE_DETR_LAYOUT = OfficialLayout(
     denoising_only=("decoder.label_enc.",),
 )
 
-OFFICIAL_LAYOUTS = (DINO_LAYOUT, DN_DAB_DETR_LAYOUT, DAB_DEFORMABLE_DETR_LAYOUT)
+# Official fundamentalvision/Deformable-DETR, two-stage with iterative box refinement: DINO's backbone,
+# encoder and decoder-layer names; per-layer heads whose last clone (index num_layers) is the encoder's,
+# each saved again under the decoder for the refinement and the proposals.
+DEFORMABLE_DETR_LAYOUT = OfficialLayout(
+    name="Deformable-DETR",
+    keys=_DEFORMABLE_TRUNK + _ENC_OUTPUT + (
+        (r"^transformer\.pos_trans\.", "decoder.pos_trans."),
+        (r"^transformer\.pos_trans_norm\.", "decoder.pos_trans_norm."),
+        (r"^class_embed\.{num_layers}\.", "decoder.enc_score_head."),
+        (r"^bbox_embed\.{num_layers}\.", "decoder.enc_bbox_head."),
+    ) + _LAYER_HEADS,
+    alias=(r"^transformer\.decoder\.(class_embed|bbox_embed)\.", r"\1."),
+    class_rows={"decoder.enc_score_head.": False, "decoder.dec_score_head.": False},
+    class_key="class_embed.0.bias",
+    markers=("transformer.pos_trans.weight", "transformer.level_embed"),
+)
+
+OFFICIAL_LAYOUTS = (DINO_LAYOUT, DN_DAB_DETR_LAYOUT, DAB_DEFORMABLE_DETR_LAYOUT, DEFORMABLE_DETR_LAYOUT)
 
 
 def official_layout(state_dict: Mapping[str, torch.Tensor]) -> Optional[OfficialLayout]:
@@ -209,6 +231,7 @@ def official_to_ours(official: Mapping[str, torch.Tensor], layout: OfficialLayou
                                               "model")
             continue
         for pattern, replacement in layout.keys:
+            pattern = pattern.replace("{num_layers}", str(len(layers)))
             if re.match(pattern, key):
                 targets = [replacement.format(layer=i) for i in sorted(layers)] if "{layer}" in replacement \
                     else [replacement]

@@ -279,12 +279,15 @@ class SetCriterion(nn.Module):
     @staticmethod
     def _targets(output: _Supervised, targets, batch_targets: BatchTargets):
         """The per-image and concatenated ground truth of ``output``: every ground truth as class 0
-        for class-agnostic proposals (the official code would match single-class logits against the
-        real labels, which indexes past the logits as soon as a label is not 0)."""
+        for class-agnostic proposals, whose logits are one objectness column (the official RT-DETR
+        code would match them against the real labels, which indexes past the logits as soon as a
+        label is not 0) or, in two-stage Deformable-DETR, all classes' (the first one the objectness,
+        the others negatives)."""
         if not getattr(output.predictions, "class_agnostic", False):
             return targets, batch_targets
         agnostic = [{"labels": torch.zeros_like(t["labels"]), "boxes": t["boxes"]} for t in targets]
-        return agnostic, batch_targets._replace(labels=torch.zeros_like(batch_targets.labels), num_classes=1)
+        return agnostic, batch_targets._replace(labels=torch.zeros_like(batch_targets.labels),
+                                                num_classes=output.predictions.logits.shape[-1])
 
     @staticmethod
     def _num_boxes(local_count: int, device: torch.device) -> torch.Tensor:

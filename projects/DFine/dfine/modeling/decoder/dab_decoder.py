@@ -272,7 +272,7 @@ class DabDetrDecoder(DetrDecoder):
         return torch.cat([sine[..., :half] * (ref_wh[..., 1] / reference[..., 3]).unsqueeze(-1),
                           sine[..., half:] * (ref_wh[..., 0] / reference[..., 2]).unsqueeze(-1)], -1)
 
-    def _decode(self, content, reference_unact, memory, attn_mask, level_scale=None):
+    def _decode(self, content, reference_unact, memory, attn_mask, level_scale=None, shared_pos=None):
         memory_pos, padding = self._memory_position(memory)
         head = self.query_pos_head
         flow = self.box_head.begin(reference_unact.sigmoid())

@@ -40,8 +40,8 @@ OFFICIAL_ALIASES = {"decoder.up": "up", "decoder.reg_scale": "reg_scale"}
 # The order of the official modules' tensors in a state dict (the official registration order).
 OFFICIAL_ORDER = ("up", "reg_scale", "anchors", "valid_mask", "input_proj", "decoder.up", "decoder.reg_scale",
                   "decoder.layers", "decoder.norm", "decoder.lqe_layers", "denoising_class_embed", "tgt_embed",
-                  "query_pos_head", "enc_output", "enc_score_head", "enc_bbox_head", "dec_score_head", "dec_bbox_head",
-                  "pre_bbox_head")
+                  "query_pos_head", "enc_output", "pos_trans", "pos_trans_norm", "enc_score_head", "enc_bbox_head",
+                  "dec_score_head", "dec_bbox_head", "pre_bbox_head")
 
 
 def _official_key(path: str) -> str:
@@ -103,6 +103,8 @@ class DetrDecoder(nn.Module):
         query_pos_head: reference boxes -> query position embedding (:class:`~.heads.BoxPositionEmbedding`);
             one whose ``content_scaled`` is True also takes, after the first layer, the content the
             layer receives (DAB-DETR's ``query_scale``, :class:`~.heads.SineBoxPositionEmbedding`).
+            None where the query selection makes the position embedding of every layer (two-stage
+            Deformable-DETR, ``EncoderTopK(embed_proposals=True)``).
         class_head: per-layer class logits (:class:`~.heads.ClassHead`).
         box_head: per-layer boxes and the refinement rule (:class:`~.heads.BoxHead`).
         denoising: denoising queries in training (:class:`~.denoising.ContrastiveDenoising`), or None.
@@ -116,9 +118,10 @@ class DetrDecoder(nn.Module):
     """
 
     def __init__(self, *, num_classes: int, hidden_dim: int, num_queries: int, num_layers: int, num_levels: int,
-                 input_proj: nn.Module, query_selection: nn.Module, layer: nn.Module, query_pos_head: nn.Module,
-                 class_head: nn.Module, box_head: nn.Module, denoising: Optional[nn.Module] = None, eval_idx: int = -1,
-                 aux_loss: bool = True, output_norm: bool = False, image_relative_boxes: bool = False):
+                 input_proj: nn.Module, query_selection: nn.Module, layer: nn.Module,
+                 query_pos_head: Optional[nn.Module], class_head: nn.Module, box_head: nn.Module,
+                 denoising: Optional[nn.Module] = None, eval_idx: int = -1, aux_loss: bool = True,
+                 output_norm: bool = False, image_relative_boxes: bool = False):
         super().__init__()
         if not -num_layers <= eval_idx < num_layers:
             raise ValueError(f"eval_idx {eval_idx} is not a layer of a {num_layers}-layer decoder")
@@ -178,12 +181,18 @@ class DetrDecoder(nn.Module):
         content, reference_unact, attn_mask = selection.content, selection.reference_unact, None
         denoising = self._denoising_queries(targets, content.shape[1]) \
             if self.training and self.denoising is not None else None
+        if denoising is not None and selection.query_pos is not None:
+            raise ValueError("Denoising queries need the decoder's query_pos_head: this query selection makes the "
+                             "position embedding of its own queries only")
+        if selection.query_pos is None and self.query_pos_head is None:
+            raise ValueError("The decoder has no query_pos_head and its query selection makes no query position")
         if denoising is not None:
             # Denoising queries go first, as positive_idx assumes.
             content = torch.cat([denoising.content, content], 1)
             reference_unact = torch.cat([denoising.reference_unact, reference_unact], 1)
             attn_mask = denoising.attn_mask
-        layers, pre = self._decode(content, reference_unact, memory, attn_mask, self._level_scale(memory))
+        layers, pre = self._decode(content, reference_unact, memory, attn_mask, self._level_scale(memory),
+                                   selection.query_pos)
         geometry = self.box_head.geometry
         if not self.training:
             return DecoderOutput(Branch(layers), geometry=geometry)
@@ -217,11 +226,13 @@ class DetrDecoder(nn.Module):
                               device=memory.tokens.device)
         return torch.cat([ratios, ratios], -1)[:, None]
 
-    def _decode(self, content, reference_unact, memory, attn_mask, level_scale=None):
+    def _decode(self, content, reference_unact, memory, attn_mask, level_scale=None, shared_pos=None):
         """Every layer's predictions in training (only layer ``eval_idx``'s in eval), and the first
-        layer's initial boxes (distribution heads, training) as ``(layers, pre)``."""
+        layer's initial boxes (distribution heads, training) as ``(layers, pre)``. ``shared_pos``: the
+        query position of every layer, when the query selection made it."""
         flow = self.box_head.begin(reference_unact.sigmoid())
-        shared_pos = self.query_pos_head(flow.reference) if self.query_pos_head.shared else None
+        if shared_pos is None and self.query_pos_head.shared:
+            shared_pos = self.query_pos_head(flow.reference)
         last = self.num_layers - 1 if self.training else self.eval_idx
         layers, pre = [], None
         for i in range(last + 1):

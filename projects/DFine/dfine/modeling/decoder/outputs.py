@@ -36,9 +36,10 @@ class Predictions:
 
 @dataclass
 class Proposals(Predictions):
-    """The encoder proposals the decoder queries start from (two-stage query selection), supervised
-    like a decoder layer. ``class_agnostic``: the logits have one column (objectness), matched and
-    supervised as if every ground truth were class 0."""
+    """The encoder proposals the decoder queries start from (two-stage query selection: the selected
+    ones, or every token's in Deformable-DETR), supervised like a decoder layer. ``class_agnostic``:
+    matched and supervised as if every ground truth were class 0 (the logits are one objectness
+    column, or, in Deformable-DETR, all classes' with the first as the objectness)."""
 
     class_agnostic: bool = False
 

@@ -3,7 +3,8 @@
 :class:`EncoderTopK` is two-stage selection (Deformable-DETR, RT-DETR): every memory token proposes a
 box around its anchor, the ``K`` best-scoring proposals become the reference boxes of the queries, and
 the proposals are supervised as the encoder output. The query content is the selected memory
-(RT-DETR) or learned (``learn_content``: DINO's mixed query selection).
+(RT-DETR), learned (``learn_content``: DINO's mixed query selection), or, with the query position,
+an embedding of the selected boxes (``embed_proposals``: two-stage Deformable-DETR).
 
 :class:`LearnedAnchors` is the query selection of DAB-DETR and DN-DETR: learned anchor boxes, the same
 for every image, independent of the memory, with the content of DN-DETR's "no class" label or learned
@@ -16,10 +17,14 @@ import torch
 from torch import nn
 
 from ..layers.common import MLP, bias_init_with_prob, inverse_sigmoid
+from ..layers.position_encoding import sine_box_embedding
 from .input_projection import Memory, level_strides
 from .outputs import Proposals
 
-__all__ = ["EncoderTopK", "LearnedAnchors", "QuerySelection", "generate_anchors"]
+__all__ = ["EncoderTopK", "LearnedAnchors", "QuerySelection", "SELECTION_METHODS", "generate_anchors"]
+
+# EncoderTopK's ways of scoring the tokens (see its docstring).
+SELECTION_METHODS = ("default", "one2many", "agnostic", "first_logit")
 
 
 def generate_anchors(spatial_shapes, grid_size=0.05, eps=1e-2, dtype=torch.float32, device="cpu", valid=None):
@@ -61,17 +66,22 @@ class QuerySelection(NamedTuple):
         content: ``[B, K, C]`` initial query content.
         reference_unact: ``[B, K, 4]`` logits of the initial reference boxes: detached when they come
             from the encoder; learned anchors keep their gradient.
-        proposals: the selected proposals with their gradient, supervised as the encoder output
-            (None for selections without proposals).
+        proposals: the proposals with their gradient, supervised as the encoder output (None for
+            selections without proposals).
+        query_pos: ``[B, K, C]`` the query position embedding of every decoder layer, where the
+            selection makes it (two-stage Deformable-DETR); None: the decoder's ``query_pos_head``
+            embeds each layer's reference boxes.
     """
 
     content: torch.Tensor
     reference_unact: torch.Tensor
     proposals: Optional[Proposals]
+    query_pos: Optional[torch.Tensor] = None
 
 
 class EncoderTopK(nn.Module):
-    """Two-stage query selection from the encoder memory (the official RT-DETRv2 / D-FINE / DEIMv2).
+    """Two-stage query selection from the encoder memory (the official RT-DETRv2 / D-FINE / DEIMv2,
+    DINO, two-stage Deformable-DETR).
 
     Args:
         hidden_dim: memory and query width ``C``.
@@ -80,7 +90,11 @@ class EncoderTopK(nn.Module):
         in_strides, num_levels: strides of the decoder's input maps and its number of memory levels
             (:func:`~.input_projection.level_strides`), for the anchors of ``eval_spatial_size``.
         method: ``"default"`` (top-K of the max class logit per token), ``"one2many"`` (top-K over all
-            (token, class) pairs) or ``"agnostic"`` (a single-logit score head).
+            (token, class) pairs), ``"agnostic"`` (a single-logit score head) or ``"first_logit"``
+            (top-K of each token's first class logit, two-stage Deformable-DETR). The proposals of
+            ``"agnostic"`` and ``"first_logit"`` are class-agnostic: supervised as if every ground
+            truth were class 0 (Deformable-DETR: its first logit is the objectness, the others are
+            trained as negatives).
         eval_spatial_size: ``(H, W)`` of the eval input; its anchors are precomputed as buffers.
         eps: anchors closer than ``eps`` to the image border are invalid.
         output_proj: the ``enc_output`` Linear + LayerNorm on the memory before the heads (DEIMv2
@@ -89,18 +103,28 @@ class EncoderTopK(nn.Module):
             mixed query selection).
         mlp_act: activation of the box MLP.
         content_init: initialisation of ``tgt_embed``: ``"xavier"`` (RT-DETR) or ``"normal"`` (DINO).
-        propose_padding: let padding tokens compete in the top-K like any other (DINO: their memory
-            is zeroed and their boxes are +inf, but their scores are not masked); by default they
-            are never proposed.
+        propose_padding: let padding tokens compete in the top-K like any other (DINO,
+            Deformable-DETR: their memory is zeroed and their boxes are +inf, but their scores are
+            not masked); by default they are never proposed.
+        embed_proposals: the query content and position from the selected boxes (two-stage
+            Deformable-DETR): their sine embedding (:func:`~..layers.position_encoding.sine_box_embedding`
+            in the order x, y, w, h, ``C / 2`` features each) through ``pos_trans`` (Linear ``2C -> 2C``)
+            and ``pos_trans_norm`` (LayerNorm), split into the position (first half), the same for
+            every decoder layer, and the content (second half).
+        supervise_all: the encoder loss supervises every token's proposal (Deformable-DETR), not only
+            the ``K`` selected ones (RT-DETR, DINO).
     """
 
     def __init__(self, hidden_dim: int, num_classes: int, num_queries: int, in_strides, num_levels: int,
                  method: str = "default", eval_spatial_size=None, eps: float = 1e-2, output_proj: bool = True,
                  learn_content: bool = False, mlp_act: str = "relu", content_init: str = "xavier",
-                 propose_padding: bool = False):
+                 propose_padding: bool = False, embed_proposals: bool = False, supervise_all: bool = False):
         super().__init__()
-        if method not in ("default", "one2many", "agnostic"):
-            raise ValueError(f"Unknown query selection method {method!r}; choose 'default', 'one2many' or 'agnostic'")
+        if method not in SELECTION_METHODS:
+            raise ValueError(f"Unknown query selection method {method!r}; choose one of {SELECTION_METHODS}")
+        if learn_content and embed_proposals:
+            raise ValueError("EncoderTopK: learn_content and embed_proposals both make the query content; "
+                             "choose one")
         self.num_classes = num_classes
         self.num_queries = num_queries
         self.feat_strides = level_strides(in_strides, num_levels)
@@ -123,9 +147,16 @@ class EncoderTopK(nn.Module):
         # The box head starts as the identity on the anchor.
         nn.init.constant_(self.enc_bbox_head.layers[-1].weight, 0)
         nn.init.constant_(self.enc_bbox_head.layers[-1].bias, 0)
+        if embed_proposals:
+            self.pos_trans = nn.Linear(2 * hidden_dim, 2 * hidden_dim)
+            self.pos_trans_norm = nn.LayerNorm(2 * hidden_dim)
+            nn.init.xavier_uniform_(self.pos_trans.weight)
+        self.hidden_dim = hidden_dim
         self.learn_content = learn_content
         self.output_proj = output_proj
         self.propose_padding = propose_padding
+        self.embed_proposals = embed_proposals
+        self.supervise_all = supervise_all
         if eval_spatial_size:
             anchors, valid_mask = generate_anchors(self._eval_spatial_shapes(), eps=eps)
             self.register_buffer("anchors", anchors)
@@ -149,7 +180,7 @@ class EncoderTopK(nn.Module):
             return logits.max(-1).values.topk(self.num_queries, dim=-1).indices
         if self.method == "one2many":
             return logits.flatten(1).topk(self.num_queries, dim=-1).indices // self.num_classes
-        return logits.squeeze(-1).topk(self.num_queries, dim=-1).indices
+        return logits[..., 0].topk(self.num_queries, dim=-1).indices
 
     def forward(self, memory: Memory, image_relative: bool = False) -> QuerySelection:
         """``image_relative``: boxes in the frame of each unpadded image (DINO), else of the padded
@@ -171,13 +202,21 @@ class EncoderTopK(nn.Module):
         def gather(x):
             return x.gather(1, index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
 
-        topk_tokens, topk_logits, topk_boxes_unact = gather(tokens), gather(logits), gather(boxes_unact)
+        topk_boxes_unact = gather(boxes_unact)
+        reference_unact, query_pos = topk_boxes_unact.detach(), None
         if self.learn_content:
             content = self.tgt_embed.weight.unsqueeze(0).expand(tokens.shape[0], -1, -1)
+        elif self.embed_proposals:
+            sine = sine_box_embedding(reference_unact.sigmoid(), self.hidden_dim // 2, 10000, y_first=False)
+            query_pos, content = self.pos_trans_norm(self.pos_trans(sine)).split(self.hidden_dim, -1)
         else:
-            content = topk_tokens.detach()
-        proposals = Proposals(topk_logits, topk_boxes_unact.sigmoid(), class_agnostic=self.method == "agnostic")
-        return QuerySelection(content, topk_boxes_unact.detach(), proposals)
+            content = gather(tokens).detach()
+        agnostic = self.method in ("agnostic", "first_logit")
+        if self.supervise_all:
+            proposals = Proposals(logits, boxes_unact.sigmoid(), class_agnostic=agnostic)
+        else:
+            proposals = Proposals(gather(logits), topk_boxes_unact.sigmoid(), class_agnostic=agnostic)
+        return QuerySelection(content, reference_unact, proposals, query_pos)
 
 
 class LearnedAnchors(nn.Module):

@@ -61,13 +61,16 @@ class SinePositionEncoding(nn.Module):
         return pos.permute(0, 3, 1, 2)
 
 
-def sine_box_embedding(boxes: torch.Tensor, num_pos_feats: int = 128, temperature: float = 10000) -> torch.Tensor:
-    """The sine embedding of normalised points or boxes (Conditional/DAB-DETR, DINO): every coordinate
-    times 2*pi, encoded like :class:`SinePositionEncoding`'s axes by ``num_pos_feats`` interleaved
-    sines and cosines; ``[..., 2]`` (x, y) gives ``[y, x]`` features and ``[..., 4]`` (cx, cy, w, h)
-    gives ``[y, x, w, h]`` features, ``[..., 2 * num_pos_feats]`` or ``[..., 4 * num_pos_feats]``.
+def sine_box_embedding(boxes: torch.Tensor, num_pos_feats: int = 128, temperature: float = 10000,
+                       y_first: bool = True) -> torch.Tensor:
+    """The sine embedding of normalised points or boxes (Conditional/DAB-DETR, DINO, Deformable-DETR's
+    proposals): every coordinate times 2*pi, encoded like :class:`SinePositionEncoding`'s axes by
+    ``num_pos_feats`` interleaved sines and cosines; ``[..., 2]`` (x, y) gives ``[y, x]`` features and
+    ``[..., 4]`` (cx, cy, w, h) gives ``[y, x, w, h]`` features, ``[..., 2 * num_pos_feats]`` or
+    ``[..., 4 * num_pos_feats]``. ``y_first=False`` keeps the coordinates' own order, ``[x, y, w, h]``
+    (two-stage Deformable-DETR's ``get_proposal_pos_embed``).
 
-    The frequencies are float32 whatever the dtype of ``boxes``, as the official function makes them."""
+    The frequencies are float32 whatever the dtype of ``boxes``, as the official functions make them."""
     if boxes.shape[-1] not in (2, 4):
         raise ValueError(f"sine_box_embedding takes points (x, y) or boxes (cx, cy, w, h), got {boxes.shape[-1]} "
                          "values")
@@ -75,5 +78,7 @@ def sine_box_embedding(boxes: torch.Tensor, num_pos_feats: int = 128, temperatur
     dim_t = temperature ** (2 * torch.div(dim_t, 2, rounding_mode="floor") / num_pos_feats)
     pos = boxes[..., None] * (2 * math.pi) / dim_t
     pos = torch.stack((pos[..., 0::2].sin(), pos[..., 1::2].cos()), dim=-1).flatten(-2)
+    if not y_first:
+        return pos.flatten(-2)
     order = [1, 0, 2, 3][: boxes.shape[-1]]
     return torch.cat([pos[..., i, :] for i in order], dim=-1)
