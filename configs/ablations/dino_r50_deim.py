@@ -3,12 +3,9 @@
 (DEIM-RT-DETRv2-R18's stages [4, 64) of 120 epochs, scaled to 12), MAL (gamma 1.5, weight 1) in place of
 the focal loss. DINO's step LR stays; DEIM's flat-cosine schedule is the switch
 ``lr_multiplier=${deim_lr_multiplier}`` (flat for 6 epochs, constant for the last one)."""
+from ..common.deim import apply_to_detr
 from ..common.deim import lr_multiplier as deim_lr_multiplier
-from ..common.deim import set_augmentation_stages, use_dense_o2o, use_mal
 from ..dino_r50_4scale_12ep import dataloader, lr_multiplier, model, optimizer, train
 
-use_dense_o2o(dataloader)
-set_augmentation_stages(dataloader, policy=[1, 6, 12])
-use_mal(model.criterion, ["mal", "boxes"])
-deim_lr_multiplier.update(flat_epochs=6, no_aug_epochs=1)
+apply_to_detr(model, dataloader, deim_lr_multiplier, policy=[1, 6, 12], flat_epochs=6, no_aug_epochs=1)
 train.output_dir = "./output/ablations/dino_r50_deim"

@@ -125,6 +125,18 @@ def set_augmentation_stages(dataloader, policy):
     dataloader.train.update(mixup_epochs=list(policy[:2]), multi_scale_stop_epoch=policy[2])
 
 
+def apply_to_detr(model, dataloader, deim_lr_multiplier, policy, flat_epochs, no_aug_epochs):
+    """Dense O2O and MAL on a config of the DETR pipeline (configs/ablations/*_deim.py): Mosaic and
+    MixUp at 0.5 in ``[policy[0], policy[1])``, MAL in place of the focal loss, and
+    ``deim_lr_multiplier`` (this module's :data:`lr_multiplier`) set up for the switch
+    ``lr_multiplier=${deim_lr_multiplier}`` (flat for ``flat_epochs``, constant for the last
+    ``no_aug_epochs``); the base's LR schedule and the rest of its recipe stay."""
+    use_dense_o2o(dataloader)
+    set_augmentation_stages(dataloader, policy)
+    use_mal(model.criterion, ["mal", "boxes"])
+    deim_lr_multiplier.update(flat_epochs=flat_epochs, no_aug_epochs=no_aug_epochs)
+
+
 def set_stages(dataloader, train, lr_multiplier, epochs, policy, flat_epochs, no_aug_epochs):
     """DEIM's schedule in epochs (official ``epoches``, ``policy.epoch``, ``mixup_epochs``,
     ``stop_epoch``, ``flat_epoch``, ``no_aug_epoch``): ``policy = [e0, e1, e2]`` gives the four
