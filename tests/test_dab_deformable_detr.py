@@ -87,8 +87,10 @@ def test_first_box_head_size_bias():
     head = BoxHead(hidden_dim=8, num_layers=3, refinement="detached", eps=1e-3, first_size_bias=-2.0)
     assert torch.equal(head.dec_bbox_head[0].layers[-1].bias, torch.tensor([0.0, 0.0, -2.0, -2.0]))
     assert all(torch.equal(h.layers[-1].bias, torch.zeros(4)) for h in head.dec_bbox_head[1:])
-    with pytest.raises(ValueError, match="delta heads"):
-        BoxHead(hidden_dim=8, num_layers=3, reg_max=4, first_size_bias=-2.0)
+    # With distributions (the FDR plug-in) the bias goes to the initial box they refine.
+    head = BoxHead(hidden_dim=8, num_layers=3, reg_max=4, first_size_bias=-2.0)
+    assert torch.equal(head.pre_bbox_head.layers[-1].bias, torch.tensor([0.0, 0.0, -2.0, -2.0]))
+    assert all(torch.equal(h.layers[-1].bias, torch.zeros(20)) for h in head.dec_bbox_head)
 
 
 def _official(num_classes=91, hidden=4):

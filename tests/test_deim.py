@@ -113,8 +113,32 @@ def test_mixup_window_and_coin(monkeypatch):
     assert MixUp(prob=0.5, epochs=(2, 5))(batch, epoch=1) is batch  # before the window
     assert MixUp(prob=0.5, epochs=(0, 1))(batch, epoch=1) is batch  # the window is half-open
     assert MixUp(prob=0.05, epochs=(0, 5))(batch, epoch=1) is batch  # the coin says no
-    with pytest.raises(ValueError, match="one size"):
-        MixUp.mix(batch[:1] + [{**batch[1], "image": torch.zeros(2, 4, 4, dtype=torch.uint8)}], 0.5)
+
+
+def _sized_sample(height, width, value, boxes):
+    instances = Instances((height, width))
+    instances.gt_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4))
+    instances.gt_classes = torch.arange(len(boxes), dtype=torch.int64)
+    return {"image": torch.full((3, height, width), value, dtype=torch.uint8), "instances": instances}
+
+
+def test_mixup_of_images_of_different_sizes_keeps_each_frame():
+    """The DETR pipeline's batches: each image keeps its size; the previous image is laid at its
+    top-left corner, cut to it, and mixed where it has pixels; its boxes are clipped to the frame
+    and those without area there dropped."""
+    small = _sized_sample(4, 6, 100, [[1, 1, 3, 3]])
+    tall = _sized_sample(8, 4, 200, [[0, 0, 4, 2], [1, 5, 3, 7], [1, 3, 3, 7]])
+    into_small, into_tall = MixUp.mix([small, tall], 0.5)  # small mixes in tall, tall mixes in small
+    assert into_small["image"].shape == (3, 4, 6) and into_tall["image"].shape == (3, 8, 4)
+    assert into_small["image"].dtype == torch.float32
+    assert (into_small["image"][:, :, :4] == 150).all() and (into_small["image"][:, :, 4:] == 100).all()
+    assert (into_tall["image"][:, :4] == 150).all() and (into_tall["image"][:, 4:] == 200).all()
+    # tall's box below row 4 leaves the small frame; the one across row 4 is cut there.
+    assert into_small["instances"].gt_boxes.tensor.tolist() == [[1, 1, 3, 3], [0, 0, 4, 2], [1, 3, 3, 4]]
+    assert into_small["instances"].gt_classes.tolist() == [0, 0, 2]
+    assert into_tall["instances"].gt_boxes.tensor.tolist() == [[0, 0, 4, 2], [1, 5, 3, 7], [1, 3, 3, 7],
+                                                                [1, 1, 3, 3]]
+    assert small["image"].dtype == torch.uint8 and (small["image"] == 100).all()  # inputs untouched
 
 
 _OFFICIAL_TO_OURS = {"SanitizeBoundingBoxes": "SanitizeBoxes", "RandomHorizontalFlip": "RandomFlip", "Resize": "Resize"}

@@ -13,6 +13,7 @@ from detectron2.config import instantiate
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import train_net  # noqa: E402
+from test_plugins import DEIM_ABLATIONS, DENOISING, FDR_ABLATIONS, TINY_DETR_DATA, small_model  # noqa: E402
 
 _spec = importlib.util.spec_from_file_location("convert_official", ROOT / "tools" / "convert_official.py")
 convert_official = importlib.util.module_from_spec(_spec)
@@ -315,6 +316,38 @@ def test_ablation_config_trains_rtdetrv2_with_distributions(tiny_coco, tmp_path)
     losses = [m for m in _metrics(out) if "total_loss" in m][-1]
     assert {"loss_vfl", "loss_fgl", "loss_ddf_aux_0", "loss_fgl_dn_0", "loss_bbox_pre"} <= set(losses)
     assert all(torch.isfinite(torch.tensor(v)) for k, v in losses.items() if k.startswith("loss"))
+
+
+@pytest.mark.parametrize("config", sorted(FDR_ABLATIONS))
+def test_fdr_golsd_ablation_trains_and_evaluates(tiny_coco, tmp_path, config):
+    """configs/ablations/*_fdr_golsd.py (narrowed): 3 iterations on padded batches with finite FGL and
+    DDF losses on every layer (and the denoising queries), then COCOEvaluator."""
+    out = tmp_path / "fdr"
+    train_net.main(_args(tiny_coco, str(out), "train.max_iter=3", "train.eval_period=3", *TINY_DETR_DATA,
+                         config=config, model=small_model(config)))
+    losses = [m for m in _metrics(out) if "total_loss" in m][-1]
+    expected = {"loss_fgl", "loss_fgl_aux_0", "loss_ddf_aux_0", "loss_bbox_pre"}
+    expected |= {"loss_fgl_dn_0", "loss_ddf_dn_0"} if config in DENOISING else set()
+    assert expected <= set(losses)
+    assert all(math.isfinite(v) for k, v in losses.items() if k.startswith("loss"))
+    assert any("bbox/AP" in m for m in _metrics(out))
+
+
+@pytest.mark.parametrize("config", sorted(DEIM_ABLATIONS))
+def test_deim_ablation_trains_with_mosaic_mixup_mal_and_flat_cosine(tiny_coco, tmp_path, config):
+    """configs/ablations/*_deim.py (narrowed) with the Dense O2O window moved to the first epoch and
+    the flat-cosine switch: every batch is Mosaic + MixUp of padded images, MAL is finite."""
+    out = tmp_path / "deim"
+    train_net.main(_args(
+        tiny_coco, str(out), "train.max_iter=3", "train.eval_period=0", "train.log_period=1", *TINY_DETR_DATA,
+        "dataloader.train.mapper.policy_epoch=[0,6,12]", "dataloader.train.mixup_epochs=[0,6]",
+        "dataloader.train.mapper.mosaic_prob=1.0", "dataloader.train.mapper.mosaic.output_size=32",
+        "lr_multiplier=${deim_lr_multiplier}", config=config, model=small_model(config)))
+    logged = _by_iteration(out)
+    assert [(logged[i]["data/mosaic"], logged[i]["data/mixup"]) for i in range(3)] == [(1.0, 1.0)] * 3
+    keys = ("loss_mal", "loss_mal_aux_0", "loss_mal_enc_0") + (("loss_mal_dn_0",) if config in DENOISING else ())
+    assert all(math.isfinite(logged[i][k]) for i in range(3) for k in keys)
+    assert not any("focal" in k for k in logged[2])
 
 
 @pytest.mark.parametrize("quick_start", ["dino_r18_toy", "dn_dab_deformable_detr_r18_toy"])

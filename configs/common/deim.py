@@ -19,6 +19,13 @@ Ablations, one override each:
   RT-DETRv2 baseline configs express it: lr_gamma 1, quadratic warm-up);
 * DEIMv2: Copy-Blend off ``dataloader.train.copy_blend.prob=0``, MixUp off
   ``dataloader.train.mixup_prob=0``.
+
+On the DETR pipeline (configs/common/data/coco_detr.py: aspect-preserving resizes and crops,
+padded batches) the Mosaic canvas goes through the DETR augmentation like any image (flip, then
+a resize to a shorter side of the DETR scales, or a resize, crop and resize), which is the
+pipeline's only scale handling and runs in every stage: a policy there switches Mosaic (and
+MixUp, by its epochs) only. MixUp mixes the images of a batch, each in its own frame
+(:class:`dfine.data.MixUp`). configs/ablations/*_deim.py apply Dense O2O and MAL to these models.
 """
 from detectron2.config import LazyCall as L
 
@@ -110,14 +117,33 @@ def _silu_decoder(model):
     decoder.box_head.act = "silu"
 
 
+def set_augmentation_stages(dataloader, policy):
+    """DEIM's augmentation stages (official ``policy.epoch``, ``mixup_epochs``, ``stop_epoch``):
+    ``policy = [e0, e1, e2]`` for the mapper (see :func:`dfine.data.policy_for_epoch`), MixUp in
+    ``[e0, e1)``, batch multi-scale until ``e2``."""
+    dataloader.train.mapper.policy_epoch = list(policy)
+    dataloader.train.update(mixup_epochs=list(policy[:2]), multi_scale_stop_epoch=policy[2])
+
+
+def apply_to_detr(model, dataloader, deim_lr_multiplier, policy, flat_epochs, no_aug_epochs):
+    """Dense O2O and MAL on a config of the DETR pipeline (configs/ablations/*_deim.py): Mosaic and
+    MixUp at 0.5 in ``[policy[0], policy[1])``, MAL in place of the focal loss, and
+    ``deim_lr_multiplier`` (this module's :data:`lr_multiplier`) set up for the switch
+    ``lr_multiplier=${deim_lr_multiplier}`` (flat for ``flat_epochs``, constant for the last
+    ``no_aug_epochs``); the base's LR schedule and the rest of its recipe stay."""
+    use_dense_o2o(dataloader)
+    set_augmentation_stages(dataloader, policy)
+    use_mal(model.criterion, ["mal", "boxes"])
+    deim_lr_multiplier.update(flat_epochs=flat_epochs, no_aug_epochs=no_aug_epochs)
+
+
 def set_stages(dataloader, train, lr_multiplier, epochs, policy, flat_epochs, no_aug_epochs):
     """DEIM's schedule in epochs (official ``epoches``, ``policy.epoch``, ``mixup_epochs``,
     ``stop_epoch``, ``flat_epoch``, ``no_aug_epoch``): ``policy = [e0, e1, e2]`` gives the four
-    augmentation stages, MixUp in ``[e0, e1)``, multi-scale and the stage switch (best stage-1
-    state reloaded) at ``e2``; the LR stays flat for ``flat_epochs`` and constant for the last
+    augmentation stages (:func:`set_augmentation_stages`), the stage switch (best stage-1 state
+    reloaded) at ``e2``; the LR stays flat for ``flat_epochs`` and constant for the last
     ``no_aug_epochs``."""
-    dataloader.train.mapper.policy_epoch = list(policy)
-    dataloader.train.update(mixup_epochs=list(policy[:2]), multi_scale_stop_epoch=policy[2])
+    set_augmentation_stages(dataloader, policy)
     train.epochs = epochs
     train.stage_switch.epoch = policy[2]
     lr_multiplier.update(flat_epochs=flat_epochs, no_aug_epochs=no_aug_epochs)

@@ -202,6 +202,12 @@ class MixUp:
     (1 - beta) * image_{i-1}`` (cyclically, ``beta = round(U(0.45, 0.55), 6)``) and gets the boxes
     of both images. One decision per batch. The mixed images are float32 in the uint8 value
     range, which the model normalises like uint8 images.
+
+    Images of different sizes (the DETR pipeline, whose batches the model pads): each image keeps
+    its own size, so that the model's padding mask stays right, and the previous image is laid at
+    its top-left corner (as the batch pads), cut to its frame; where the previous image has no
+    pixel, the image stays as it is. The previous image's boxes are clipped to the frame, and
+    those left without area dropped. On images of one size this is the official MixUp.
     """
 
     def __init__(self, prob: float = 0.5, epochs: Tuple[int, int] = (0, 0)):
@@ -225,18 +231,25 @@ class MixUp:
 
     @staticmethod
     def mix(batch: List[Dict], beta: float) -> List[Dict]:
-        """Mix every image with the previous one (cyclically) with weight ``beta`` on its own."""
-        sizes = {tuple(sample["image"].shape) for sample in batch}
-        if len(sizes) != 1:
-            raise ValueError(f"MixUp needs images of one size in a batch, got {sorted(sizes)}.")
+        """Mix every image with the previous one (cyclically) with weight ``beta`` on its own (in
+        its frame, see the class docstring)."""
         mixed = []
         for i, sample in enumerate(batch):
             other = batch[i - 1]
             out = dict(sample)
-            out["image"] = sample["image"].float() * beta + other["image"].float() * (1.0 - beta)
+            image, other_image = sample["image"], other["image"]
+            h, w = (min(a, b) for a, b in zip(image.shape[-2:], other_image.shape[-2:]))
+            mix = image.to(torch.float32, copy=True)
+            mix[:, :h, :w] = mix[:, :h, :w] * beta + other_image[:, :h, :w].float() * (1.0 - beta)
+            out["image"] = mix
             out["augmentations"] = {**sample.get("augmentations", {}), "mixup": 1}
             if "instances" in sample:
                 own, theirs = sample["instances"], other["instances"]
+                if theirs.image_size != own.image_size:
+                    boxes = theirs.gt_boxes.clone()
+                    boxes.clip(own.image_size)
+                    keep = boxes.nonempty()
+                    theirs = Instances(own.image_size, gt_boxes=boxes[keep], gt_classes=theirs.gt_classes[keep])
                 instances = Instances(own.image_size)
                 instances.gt_boxes = Boxes.cat([own.gt_boxes, theirs.gt_boxes])
                 instances.gt_classes = torch.cat([own.gt_classes, theirs.gt_classes])

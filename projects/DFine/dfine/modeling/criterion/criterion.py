@@ -127,8 +127,9 @@ class SetCriterion(nn.Module):
     With ``go_lsd`` (D-FINE's Globally Optimal Localization Self-Distillation) the box terms
     (``supervises_boxes``) of every Hungarian-matched output use instead the union of all these
     matches (:func:`~.matcher.union_matched_indices`), normalised by its size, and the distribution
-    term adds the DDF distillation of the auxiliary and denoising layers. DEIM's and DEIMv2's
-    ``use_uni_set`` is ``go_lsd``.
+    term adds the DDF distillation of the auxiliary and denoising layers. Proposals of every memory
+    token (Deformable-DETR's) are other queries than the decoder's: they keep their own matches and
+    stay out of the union. DEIM's and DEIMv2's ``use_uni_set`` is ``go_lsd``.
 
     ``num_boxes`` is the number of ground-truth boxes averaged over processes, at least 1. It stays a
     tensor on the device: the host waits for the device only where the matcher hands its costs to
@@ -224,8 +225,15 @@ class SetCriterion(nn.Module):
                     indices[output.suffix] = self.matcher(output.predictions, output_targets, **match_kwargs)
 
             union, ddf_weights = None, None
+            # The union set joins the matches of the outputs on the matching queries themselves: every
+            # layer, the initial boxes and the selected proposals, not every token's proposal
+            # (Deformable-DETR), whose query indices are other queries'.
+            num_queries = outputs.final.logits.shape[1]
+            in_union = {output.suffix for output in supervised
+                        if output.suffix in indices and output.predictions.logits.shape[1] == num_queries}
             if self.go_lsd:
-                union_indices = union_matched_indices(indices[""], [v for k, v in indices.items() if k != ""])
+                union_indices = union_matched_indices(indices[""], [v for k, v in indices.items()
+                                                                    if k != "" and k in in_union])
                 union = _Supervision(_hungarian_pairs(union_indices, sizes, device),
                                      self._num_boxes(sum(len(q) for q, _ in union_indices), device))
                 # DDF balances matched and unmatched queries by the union set's counts, for the
@@ -245,16 +253,18 @@ class SetCriterion(nn.Module):
             losses = {}
             for output in supervised:
                 _, output_targets = self._targets(output, targets, batch_targets)
-                predictions = output.predictions
+                predictions, teacher = output.predictions, output.teacher if self.go_lsd else None
                 if output.group == "denoising":
                     own, box_supervision = denoising, denoising
                     if self.denoising_positives_only:
                         predictions, own = _positives(predictions, denoising)
                         box_supervision = own
+                        # The teacher's queries are the student's: its positives too.
+                        teacher = None if teacher is None else _positives(teacher, denoising)[0]
                 else:
                     own = _Supervision(_hungarian_pairs(indices[output.suffix], sizes, device), num_boxes)
-                    box_supervision = union if union is not None else own
-                context = LossContext(outputs.geometry, output.teacher if self.go_lsd else None, ddf_weights)
+                    box_supervision = union if union is not None and output.suffix in in_union else own
+                context = LossContext(outputs.geometry, teacher, ddf_weights)
                 factor = self.group_weights.get(output.group, 1.0)
                 for name in self.losses:
                     term = self.terms[name]

@@ -52,7 +52,6 @@ from torch import nn
 from ..layers.common import MLP, get_activation
 from ..layers.position_encoding import SinePositionEncoding, sine_box_embedding
 from .decoder import DetrDecoder
-from .outputs import Predictions
 
 __all__ = ["ConditionalAttention", "DabDecoderLayer", "DabDetrDecoder"]
 
@@ -278,7 +277,7 @@ class DabDetrDecoder(DetrDecoder):
         head = self.query_pos_head
         flow = self.box_head.begin(reference_unact.sigmoid())
         last = self.num_layers - 1 if self.training else self.eval_idx
-        layers = []
+        layers, pre = [], None
         for i in range(last + 1):
             reference = flow.reference
             sine = sine_box_embedding(reference, head.num_pos_feats, head.temperature)
@@ -288,5 +287,5 @@ class DabDetrDecoder(DetrDecoder):
             output = self.norm(content)
             boxes, flow = self.box_head(i, content, flow, output)
             if self.training or i == last:
-                layers.append(Predictions(self.class_head(i, output), boxes.boxes))
-        return layers, None
+                pre = self._predict(i, output, boxes, layers) or pre
+        return layers, pre

@@ -248,13 +248,19 @@ class DetrDecoder(nn.Module):
                                      memory.valid, query_pos)
             output = None if self.norm is None else self.norm(content)
             boxes, flow = self.box_head(i, content, flow, output)
-            output = content if output is None else output
             if self.training or i == last:
-                logits = self.box_head.quality(i, self.class_head(i, output), boxes)
-                layers.append(Predictions(logits, boxes.boxes, boxes.corners, boxes.reference))
-            if self.training and boxes.pre is not None:
-                pre = Predictions(self.class_head(i, output), boxes.pre)
+                pre = self._predict(i, content if output is None else output, boxes, layers) or pre
         return layers, pre
+
+    def _predict(self, i: int, output: torch.Tensor, boxes, layers: List[Predictions]) -> Optional[Predictions]:
+        """Append layer ``i``'s predictions (class logits of ``output`` with the box head's quality
+        term, and ``boxes``, a :class:`~.heads.LayerBoxes`) to ``layers``; return the predictions of
+        the first layer's initial boxes (distribution heads, training), else None."""
+        logits = self.box_head.quality(i, self.class_head(i, output), boxes)
+        layers.append(Predictions(logits, boxes.boxes, boxes.corners, boxes.reference))
+        if self.training and boxes.pre is not None:
+            return Predictions(self.class_head(i, output), boxes.pre)
+        return None
 
 
 class _Splitter:

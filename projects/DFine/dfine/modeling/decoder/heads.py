@@ -9,7 +9,12 @@ from layer to layer (the refinement rule):
   ``pre_bbox_head`` gives the first layer an initial box; every layer predicts, per edge, logits
   over ``reg_max + 1`` bins that it adds to the previous layer's, and moves the edges of that same
   initial box by the expected offsets (:mod:`.fdr`). A localization quality estimator (:class:`LQE`)
-  adds the distributions' confidence to the class logits.
+  adds the distributions' confidence to the class logits. Plugged into DINO or a DAB-DETR decoder,
+  the reference box each layer attends from (DAB-DETR: its anchor, embedded as positional query
+  and width/height modulation) is the previous layer's refined box, detached, as in D-FINE, while
+  the edges every layer's distributions move stay those of the initial box: the logits a layer
+  adds to the previous layer's are over the same edges. The offsets are in units of that box's
+  width and height, so boxes relative to each image of a padded batch need no other scale.
 
 The refinement rule says whether the loss of layer ``i``'s box also trains layer ``i - 1``:
 ``"look_forward_twice"`` (DINO, RT-DETR, D-FINE) yes, ``"detached"`` (Deformable-DETR's iterative
@@ -235,7 +240,8 @@ class BoxHead(nn.Module):
             1e-3 in DINO and the Deformable-DETR family).
         first_size_bias: initial bias of the first layer's width and height deltas (Deformable-DETR's
             and DAB-Deformable-DETR's box refinement: -2.0, boxes start smaller than their anchors),
-            else zero like the rest of the last layer; deltas only.
+            else zero like the rest of the last layer; with distributions, of the initial box's
+            (``pre_bbox_head``), which plays layer 0's delta there.
     """
 
     def __init__(self, hidden_dim: int, num_layers: int, eval_idx: int = -1, reg_max: Optional[int] = None,
@@ -262,15 +268,16 @@ class BoxHead(nn.Module):
             self.up = nn.Parameter(torch.tensor([float(up)]), requires_grad=False)
             self.reg_scale = nn.Parameter(torch.tensor([float(reg_scale)]), requires_grad=False)
         self.dec_bbox_head = layer_heads(make_head, num_layers, self.eval_idx, share, clone)
-        if first_size_bias is not None:
-            if reg_max is not None:
-                raise ValueError("first_size_bias applies to delta heads (reg_max None)")
-            nn.init.constant_(self.dec_bbox_head[0].layers[-1].bias[2:], first_size_bias)
         if reg_max is not None:
             self.pre_bbox_head = MLP(hidden_dim, hidden_dim, 4, 3, act=act)
             nn.init.constant_(self.pre_bbox_head.layers[-1].weight, 0)
             nn.init.constant_(self.pre_bbox_head.layers[-1].bias, 0)
             self.lqe_layers = nn.ModuleList(LQE(reg_max, act=lqe_act) for _ in range(num_layers))
+        if first_size_bias is not None:
+            # The first box the layers predict starts smaller than its anchor: layer 0's delta, or
+            # the initial box that the distributions refine.
+            first = self.dec_bbox_head[0] if reg_max is None else self.pre_bbox_head
+            nn.init.constant_(first.layers[-1].bias[2:], first_size_bias)
 
     @property
     def distributions(self) -> bool:
@@ -292,11 +299,11 @@ class BoxHead(nn.Module):
         ``output_content``: the content the layer's predictions are read from when it differs from
         what the next layer receives (DINO normalises every layer's output for its heads): the next
         reference box is then refined from ``content`` and the layer's box from ``output_content``,
-        on the same reference (the previous layer's undetached box with look-forward-twice)."""
+        on the same reference (the previous layer's undetached box with look-forward-twice).
+        Distributions read ``output_content`` where given (the distribution head plugged into DINO
+        or DAB-DETR reads the normalised outputs, as their class heads do)."""
         if self.distributions:
-            if output_content is not None:
-                raise ValueError("Edge distributions read the layer's content itself (no output_content)")
-            return self._distributions(i, content, flow)
+            return self._distributions(i, content if output_content is None else output_content, flow)
         refined = (self.dec_bbox_head[i](content) + inverse_sigmoid(flow.reference, self.eps)).sigmoid()
         boxes = refined
         look_forward_twice = self.refinement == "look_forward_twice" and flow.previous is not None
@@ -310,6 +317,8 @@ class BoxHead(nn.Module):
         return LayerBoxes(boxes), _Flow(reference=refined.detach(), previous=refined)
 
     def _distributions(self, i: int, content: torch.Tensor, flow: _Flow):
+        # `content`: what the heads read (the layer's output, or its normalised form in the decoders
+        # with an output norm: DINO, DAB-DETR), as every layer's residual of the previous one's.
         pre = anchor = flow.anchor
         if i == 0:
             pre = (self.pre_bbox_head(content) + inverse_sigmoid(flow.reference, self.eps)).sigmoid()
