@@ -23,7 +23,7 @@ import torch
 from detectron2.layers import FrozenBatchNorm2d
 from torch import nn
 
-from dfine.modeling.backbone import PResNet, freeze_batch_norm
+from dfine.modeling.backbone import PResNet, ResNet, freeze_batch_norm
 from dfine.modeling.encoder import HybridEncoder, RepVggBlock, build_2d_sincos_position_embedding
 from golden.synth import synth_image, synth_state_dict
 
@@ -121,6 +121,23 @@ def test_presnet_all_stages_and_odd_sizes_round_up():
     assert [tuple(f.shape[2:]) for f in feats] == [(18, 13), (9, 7), (5, 4), (3, 2)]
     with pytest.raises(ValueError):
         PResNet(18, return_idx=(3, 1))
+
+
+def test_resnet_stops_after_its_last_returned_stage():
+    """A ResNet that returns C4 (the toy DN-DETR's stride-16 map) does not run layer4 and does not train
+    it; ResNet-18 cannot dilate (the DC5 form), which is an error at construction that says so."""
+    torch.manual_seed(0)
+    full, c4 = ResNet(18, return_idx=[2, 3], freeze_at=0), ResNet(18, return_idx=[2], freeze_at=0)
+    c4.load_state_dict(full.state_dict())
+    c4.body.layer4.register_forward_hook(lambda *_: pytest.fail("layer4 ran"))
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(c4.eval()(x)[0], full.eval()(x)[0])
+    assert (c4.out_channels, c4.out_strides) == ([256], [16])
+    assert not any(p.requires_grad for p in c4.body.layer4.parameters())
+    assert all(p.requires_grad for p in c4.body.layer3.parameters())
+    with pytest.raises(ValueError, match="ResNet-18's basic blocks cannot dilate"):
+        ResNet(18, dilation=True)
 
 
 @pytest.mark.parametrize("name", sorted(OFFICIAL_CONFIGS))

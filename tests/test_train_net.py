@@ -350,15 +350,21 @@ def test_deim_ablation_trains_with_mosaic_mixup_mal_and_flat_cosine(tiny_coco, t
     assert not any("focal" in k for k in logged[2])
 
 
-@pytest.mark.parametrize("quick_start", ["dino_r18_toy", "dn_dab_deformable_detr_r18_toy"])
-def test_detr_quick_start_trains_on_padded_batches_and_evaluates(tiny_coco, tmp_path, quick_start):
-    """The DINO and DN-DAB-Deformable-DETR quick starts' recipe on images that keep their aspect ratio
-    (random resizes and crops, batches padded with a mask), 3 iterations, then COCOEvaluator."""
-    out = tmp_path / quick_start
+# The toy configs of the DETR data pipeline: the DINO and DN-DAB-Deformable-DETR quick starts and the
+# toy ablation cells of the README ("FDR + GO-LSD and DEIM on the DETR lineage").
+DETR_TOY_CONFIGS = ["quickstart/dino_r18_toy.py", "quickstart/dn_dab_deformable_detr_r18_toy.py"] + sorted(
+    str(path.relative_to(ROOT / "configs")) for path in (ROOT / "configs" / "ablations" / "toy").glob("*.py"))
+
+
+@pytest.mark.parametrize("config", DETR_TOY_CONFIGS)
+def test_detr_toy_config_trains_on_padded_batches_and_evaluates(tiny_coco, tmp_path, config):
+    """A toy config's recipe on images that keep their aspect ratio (random resizes and crops, batches
+    padded with a mask), 3 iterations, then COCOEvaluator."""
+    out = tmp_path / "toy"
     train_net.main(_args(
         tiny_coco, str(out), "train.max_iter=3", "train.eval_period=3", "train.checkpointer.period=3",
         "dataloader.train.mapper.image_size=null", "dataloader.test.mapper.image_size=null",
-        config=f"quickstart/{quick_start}.py", model=[]))
+        config=config, model=[]))
     assert any("bbox/AP" in m for m in _metrics(out)), "the final evaluation must be logged"
     losses = [m for m in _metrics(out) if "total_loss" in m]
     assert losses and all(math.isfinite(m["total_loss"]) for m in losses)

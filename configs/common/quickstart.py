@@ -4,6 +4,10 @@ from scratch on 2 CPU cores.
 The toy data set is generated on first use into ~/.cache/dfine/datasets (or $DFINE_DATASETS): six
 classes of shapes on textured 256x256 images, 800 train / 200 val.
 """
+from detectron2.config import LazyCall as L
+
+from dfine.data import detr_test_augmentations, detr_train_augmentations
+
 TOY_CLASSES = 6
 
 
@@ -51,3 +55,32 @@ def rtdetrv2_r18_toy(model, dataloader, train, optimizer, lr_multiplier, image_s
     short_run(train, "./output/quickstart_rtdetrv2_r18_toy", epochs=4, eval_epochs=4)
     optimizer.lr = 4e-4
     lr_multiplier.warmup_iters = 100
+
+
+def detr_r18_toy(model, dataloader, train, optimizer, lr_multiplier, output_dir, epochs):
+    """A config on the DETR data pipeline (DINO, the DN-DETRs, Deformable-DETR) narrowed for the toy
+    set: ResNet-18 with trainable BatchNorm (no pretrained weights can be downloaded), 1 encoder and
+    3 decoder layers of width 128 (feed-forward 512), 100 queries, the DETR augmentation at the toy
+    images' scale (shorter side 96-144, crops of 80-128; 128 for evaluation) in padded batches of 8,
+    ``epochs`` epochs with the LR drop before the last one, at 2e-4 (above the official LRs; the
+    backbone too, it trains from scratch)."""
+    model.backbone.update(depth=18, freeze_at=0, frozen_bn=False)
+    # ResNet-18's stages have a quarter of ResNet-50's channels.
+    in_channels = [channels // 4 for channels in model.encoder.in_channels]
+    model.encoder.update(in_channels=in_channels, hidden_dim=128, num_layers=1, dim_feedforward=512)
+    model.decoder.update(num_classes=TOY_CLASSES, hidden_dim=128, num_queries=100, num_layers=3)
+    model.decoder.input_proj.in_channels = [128] * len(model.decoder.input_proj.in_channels)
+    model.decoder.layer.dim_feedforward = 512
+    model.num_top_queries = 100
+
+    use_toy_shapes(dataloader, image_size=None)
+    # The toy images are 256x256 on disk.
+    dataloader.train.mapper.augmentations = L(detr_train_augmentations)(
+        scales=[96, 112, 128, 144], max_size=240, crop_resize_scales=[96, 112, 128], crop_size=[80, 128]
+    )
+    dataloader.test.mapper.augmentations = L(detr_test_augmentations)(size=128, max_size=213)
+
+    short_run(train, output_dir, epochs=epochs, eval_epochs=epochs)
+    lr_multiplier.drop_epochs = [epochs - 1]
+    optimizer.lr = 2e-4
+    optimizer.params.rules.backbone.lr = 2e-4

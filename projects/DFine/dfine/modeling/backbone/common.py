@@ -45,9 +45,10 @@ def select_stages(return_idx: Sequence[int], stage_channels: Sequence[int]) -> T
 
 
 def run_stages(x: torch.Tensor, stages: Sequence[nn.Module], return_idx: Sequence[int]) -> List[torch.Tensor]:
-    """Run ``stages`` in a chain on ``x`` and return the outputs of the stages in ``return_idx``."""
+    """Run ``stages`` in a chain on ``x`` and return the outputs of the stages in ``return_idx``
+    (increasing); the stages after the last of them are not run."""
     outs = []
-    for i, stage in enumerate(stages):
+    for i, stage in enumerate(stages[:return_idx[-1] + 1]):
         x = stage(x)
         if i in return_idx:
             outs.append(x)

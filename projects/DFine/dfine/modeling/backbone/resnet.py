@@ -11,7 +11,7 @@ import torchvision
 from detectron2.layers import FrozenBatchNorm2d
 from torch import nn
 
-from .common import select_stages
+from .common import run_stages, select_stages
 
 __all__ = ["ResNet"]
 
@@ -43,6 +43,9 @@ class ResNet(nn.Module):
             raise ValueError(f"ResNet depth must be one of {sorted(_STAGE_CHANNELS)}, got {depth}")
         if not 0 <= freeze_at <= 5:
             raise ValueError(f"freeze_at must be in 0..5, got {freeze_at}")
+        if dilation and depth < 50:
+            raise ValueError(f"dilation (the DC5 models) needs a ResNet of depth 50 or more: ResNet-{depth}'s "
+                             "basic blocks cannot dilate; use return_idx=[2] for a stride-16 map instead")
         body = getattr(torchvision.models, f"resnet{depth}")(
             weights=None, replace_stride_with_dilation=[False, False, dilation],
             norm_layer=FrozenBatchNorm2d if frozen_bn else nn.BatchNorm2d)
@@ -54,13 +57,11 @@ class ResNet(nn.Module):
         stages = [body.conv1, body.layer1, body.layer2, body.layer3, body.layer4]  # the stem's norm is frozen
         for stage in stages[:freeze_at]:
             stage.requires_grad_(False)
+        # Stages after the last returned one are never run (and never trained).
+        for stage in stages[max(self.return_idx) + 2:]:
+            stage.requires_grad_(False)
 
     def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
         body = self.body
         x = body.maxpool(body.relu(body.bn1(body.conv1(x))))
-        outs = []
-        for i, stage in enumerate((body.layer1, body.layer2, body.layer3, body.layer4)):
-            x = stage(x)
-            if i in self.return_idx:
-                outs.append(x)
-        return outs
+        return run_stages(x, (body.layer1, body.layer2, body.layer3, body.layer4), self.return_idx)
