@@ -6,11 +6,11 @@ from scratch on the bundled toy shapes data set on CPU, then evaluated with Dete
 configs/dino_r50_4scale_12ep.py with DINO's parts and recipe (mixed query selection, contrastive
 denoising, look-forward-twice, focal loss, the DETR augmentation with aspect-ratio resizes and crops
 in padded batches, AdamW, one LR drop), narrowed and shortened for 2 CPU cores
-(configs/common/quickstart.py::detr_r18_toy): 6 epochs of batch 8 (600 iterations) with the LR
-drop after epoch 5, 50 denoising queries.
+(configs/common/quickstart.py::detr_r18_toy): 4 epochs of batch 8 (400 iterations) with the LR
+drop after epoch 3, 50 denoising queries.
 """
 from ..common.quickstart import detr_r18_toy
 from ..dino_r50_4scale_12ep import dataloader, lr_multiplier, model, optimizer, train
 
-detr_r18_toy(model, dataloader, train, optimizer, lr_multiplier, "./output/quickstart_dino_r18_toy", epochs=6)
+detr_r18_toy(model, dataloader, train, optimizer, lr_multiplier, "./output/quickstart_dino_r18_toy", epochs=4)
 model.decoder.denoising.num_denoising = 50

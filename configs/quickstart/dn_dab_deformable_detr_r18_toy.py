@@ -7,8 +7,8 @@ on CPU, then evaluated with Detectron2's COCOEvaluator.
 configs/dn_dab_deformable_detr_r50_50ep.py with its parts and recipe (learned 4-D anchors refined
 layer by layer, DN-DETR's label and box denoising, focal loss, the DETR augmentation in padded
 batches, AdamW, one LR drop), narrowed and shortened for 2 CPU cores as the DINO quick start
-(configs/common/quickstart.py::detr_r18_toy): 6 epochs of batch 8 (600 iterations) with the
-LR drop after epoch 5.
+(configs/common/quickstart.py::detr_r18_toy): 4 epochs of batch 8 (400 iterations) with the
+LR drop after epoch 3.
 
 The same model without denoising (DAB-Deformable-DETR) is one override away:
 ``model.decoder.denoising=null``.
@@ -17,5 +17,5 @@ from ..common.quickstart import detr_r18_toy
 from ..dn_dab_deformable_detr_r50_12ep import dataloader, lr_multiplier, model, optimizer, train
 
 detr_r18_toy(
-    model, dataloader, train, optimizer, lr_multiplier, "./output/quickstart_dn_dab_deformable_detr_r18_toy", epochs=6
+    model, dataloader, train, optimizer, lr_multiplier, "./output/quickstart_dn_dab_deformable_detr_r18_toy", epochs=4
 )
