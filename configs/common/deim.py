@@ -125,13 +125,15 @@ def set_augmentation_stages(dataloader, policy):
     dataloader.train.update(mixup_epochs=list(policy[:2]), multi_scale_stop_epoch=policy[2])
 
 
-def apply_to_detr(model, dataloader, deim_lr_multiplier, policy, flat_epochs, no_aug_epochs):
-    """Dense O2O and MAL on a config of the DETR pipeline (configs/ablations/*_deim.py): Mosaic and
-    MixUp at 0.5 in ``[policy[0], policy[1])``, MAL in place of the focal loss, and
-    ``deim_lr_multiplier`` (this module's :data:`lr_multiplier`) set up for the switch
-    ``lr_multiplier=${deim_lr_multiplier}`` (flat for ``flat_epochs``, constant for the last
-    ``no_aug_epochs``); the base's LR schedule and the rest of its recipe stay."""
+def apply_to_detr(model, dataloader, deim_lr_multiplier, policy, flat_epochs, no_aug_epochs, mosaic_size=320):
+    """Dense O2O and MAL on a config of the DETR pipeline (configs/ablations/*_deim.py): Mosaic (tiles
+    at a shorter side of ``mosaic_size``, half the training scale: 320 on COCO) and MixUp at 0.5 in
+    ``[policy[0], policy[1])``, MAL in place of the focal loss, and ``deim_lr_multiplier`` (this
+    module's :data:`lr_multiplier`) set up for the switch ``lr_multiplier=${deim_lr_multiplier}``
+    (flat for ``flat_epochs``, constant for the last ``no_aug_epochs``); the base's LR schedule and
+    the rest of its recipe stay."""
     use_dense_o2o(dataloader)
+    dataloader.train.mapper.mosaic.output_size = mosaic_size
     set_augmentation_stages(dataloader, policy)
     use_mal(model.criterion, ["mal", "boxes"])
     deim_lr_multiplier.update(flat_epochs=flat_epochs, no_aug_epochs=no_aug_epochs)
