@@ -60,8 +60,9 @@ def rtdetrv2_r18_toy(model, dataloader, train, optimizer, lr_multiplier, image_s
 def detr_r18_toy(model, dataloader, train, optimizer, lr_multiplier, output_dir, epochs):
     """A config on the DETR data pipeline (DINO, the DN-DETRs, Deformable-DETR) narrowed for the toy
     set: ResNet-18 with trainable BatchNorm (no pretrained weights can be downloaded), 1 encoder and
-    3 decoder layers of width 128 (feed-forward 512), 100 queries, the DETR augmentation at the toy
-    images' scale (shorter side 96-144, crops of 80-128; 128 for evaluation) in padded batches of 8,
+    3 decoder layers of width 128 (feed-forward 512), 100 queries (DINO: 50 denoising queries), the
+    DETR augmentation at the toy images' scale (shorter side 96-144, crops of 80-128; 128 for
+    evaluation) in padded batches of 8,
     ``epochs`` epochs with the LR drop before the last one, at 4e-4 (above the official LRs, for a
     short run; the backbone too, it trains from scratch)."""
     model.backbone.update(depth=18, freeze_at=0, frozen_bn=False)
@@ -72,6 +73,8 @@ def detr_r18_toy(model, dataloader, train, optimizer, lr_multiplier, output_dir,
     model.decoder.input_proj.in_channels = [128] * len(model.decoder.input_proj.in_channels)
     model.decoder.layer.dim_feedforward = 512
     model.num_top_queries = 100
+    if model.decoder.denoising is not None and "num_denoising" in model.decoder.denoising:
+        model.decoder.denoising.num_denoising = 50  # DINO's contrastive denoising queries
 
     use_toy_shapes(dataloader, image_size=None)
     # The toy images are 256x256 on disk.
@@ -84,3 +87,5 @@ def detr_r18_toy(model, dataloader, train, optimizer, lr_multiplier, output_dir,
     lr_multiplier.drop_epochs = [epochs - 1]
     optimizer.lr = 4e-4
     optimizer.params.rules.backbone.lr = 4e-4
+    if "linear_proj" in optimizer.params.rules:  # Deformable-DETR's sampling offsets: 0.1 x LR
+        optimizer.params.rules.linear_proj.lr = 4e-5

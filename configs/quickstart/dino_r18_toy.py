@@ -13,4 +13,3 @@ from ..common.quickstart import detr_r18_toy
 from ..dino_r50_4scale_12ep import dataloader, lr_multiplier, model, optimizer, train
 
 detr_r18_toy(model, dataloader, train, optimizer, lr_multiplier, "./output/quickstart_dino_r18_toy", epochs=4)
-model.decoder.denoising.num_denoising = 50

@@ -7,4 +7,3 @@ from ...common.quickstart import detr_r18_toy
 from ...deformable_detr_r50_50ep import dataloader, lr_multiplier, model, optimizer, train
 
 detr_r18_toy(model, dataloader, train, optimizer, lr_multiplier, "./output/ablations/toy/deformable_detr_r18", epochs=4)
-optimizer.params.rules.linear_proj.lr = 4e-5

@@ -1,8 +1,11 @@
-"""The toy base configs/quickstart/dn_dab_deformable_detr_r18_toy.py with D-FINE's FDR + GO-LSD
-(configs/common/dfine.py), as configs/ablations/*_fdr_golsd.py on the R50 bases. FDR alone:
-``model.criterion.go_lsd=False``. DAB-Deformable-DETR: ``model.decoder.denoising=null``."""
+"""configs/quickstart/dn_dab_deformable_detr_r18_toy.py (the toy base: dn_dab_deformable_detr_r50_12ep.py narrowed by
+configs/common/quickstart.py::detr_r18_toy) with FDR + GO-LSD (configs/common/dfine.py::use_fdr_golsd).
+FDR alone: ``model.criterion.go_lsd=False``. DAB-Deformable-DETR:
+``model.decoder.denoising=null``."""
 from ...common.dfine import use_fdr_golsd
-from ...quickstart.dn_dab_deformable_detr_r18_toy import dataloader, lr_multiplier, model, optimizer, train
+from ...common.quickstart import detr_r18_toy
+from ...dn_dab_deformable_detr_r50_12ep import dataloader, lr_multiplier, model, optimizer, train
 
+detr_r18_toy(model, dataloader, train, optimizer, lr_multiplier,
+             "./output/ablations/toy/dn_dab_deformable_detr_r18_fdr_golsd", epochs=4)
 use_fdr_golsd(model)
-train.output_dir = "./output/ablations/toy/dn_dab_deformable_detr_r18_fdr_golsd"
