@@ -124,8 +124,8 @@ def test_presnet_all_stages_and_odd_sizes_round_up():
 
 
 def test_resnet_stops_after_its_last_returned_stage():
-    """A ResNet that returns C4 (the toy DN-DETR's stride-16 map) does not run layer4 and does not train
-    it; ResNet-18 cannot dilate (the DC5 form), which is an error at construction that says so."""
+    """A ResNet that returns C4 (a stride-16 map) does not run layer4 and does not train it; ResNet-18
+    cannot dilate (the DC5 form), which is an error at construction that says so."""
     torch.manual_seed(0)
     full, c4 = ResNet(18, return_idx=[2, 3], freeze_at=0), ResNet(18, return_idx=[2], freeze_at=0)
     c4.load_state_dict(full.state_dict())

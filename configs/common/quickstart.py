@@ -62,9 +62,9 @@ def detr_r18_toy(model, dataloader, train, optimizer, lr_multiplier, output_dir,
     set: ResNet-18 with trainable BatchNorm (no pretrained weights can be downloaded), 1 encoder and
     3 decoder layers of width 128 (feed-forward 512), 100 queries (DINO: 50 denoising queries), the
     DETR augmentation at the toy images' scale (shorter side 96-144, crops of 80-128; 128 for
-    evaluation) in padded batches of 8,
-    ``epochs`` epochs with the LR drop before the last one, at 4e-4 (above the official LRs, for a
-    short run; the backbone too, it trains from scratch)."""
+    evaluation) in padded batches of 8, ``epochs`` epochs with the LR drop before the last one, at
+    4e-4 (above the official LRs, for a short run; the backbone too, it trains from scratch;
+    Deformable-DETR's sampling offsets at 0.1 x)."""
     model.backbone.update(depth=18, freeze_at=0, frozen_bn=False)
     # ResNet-18's stages have a quarter of ResNet-50's channels.
     in_channels = [channels // 4 for channels in model.encoder.in_channels]
